@@ -1,0 +1,22 @@
+//! herald: a DRP-compatible websocket event hub with a durable, replayable event log.
+//!
+//! The modules, one per concept:
+//! - [`config`]: flags, environment and TOML file merged into a validated `Config`.
+//! - [`tls`]: the server certificate (configured, or self-signed on first start) and rustls setup.
+//! - [`http`]: HTTP/1.1 request heads, bodies and responses; DRP's error shape.
+//! - [`websocket`]: the upgrade, reading client frames, writing server frame headers.
+//! - [`filter`]: `type.action.key` filters and the compiled per-core filter index.
+//! - [`command`]: client commands on the websocket (`register`, `deregister`, `replay`).
+//! - [`auth`]: users, roles, claims, passwords and signed tokens.
+//! - [`event`]: events, their validation, and the frame encoded once for every receiver.
+//! - [`log`]: the durable event log in sled behind a narrow storage interface.
+
+pub mod auth;
+pub mod command;
+pub mod config;
+pub mod event;
+pub mod filter;
+pub mod http;
+pub mod log;
+pub mod tls;
+pub mod websocket;
