@@ -274,8 +274,9 @@ impl LogArgs {
     }
 }
 
-/// The flags of `herald serve`. Every field is optional so that a flag or its `HERALD_*`
-/// variable can be told apart from "not given", which lets the config file fill the gaps.
+/// Settings of `herald serve`, each a flag that can also be set by a HERALD_* variable.
+// Every field is optional so that "not given" can be told apart from a value, which lets the
+// config file fill only the gaps that flags and variables leave.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
     /// TOML config file; flags and HERALD_* variables override its settings
@@ -401,6 +402,13 @@ impl Config {
     /// Validates a TOML file alone (for `herald check-config FILE`).
     pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
         resolve(read_file(path)?)
+    }
+
+    /// Applies the process-wide effects of this config: starts logging, then prepares the data
+    /// directory (so its problems are logged). Call once, before starting the server.
+    pub fn prepare(&self) -> Result<(), ConfigError> {
+        init_logging(&self.log_level, self.log_format)?;
+        prepare_data_dir(&self.data_dir)
     }
 }
 
@@ -753,7 +761,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(digits_end);
     let hint = "write a whole number of bytes with an optional unit, e.g. 65536, 64KiB or 1GiB";
-    if digits.is_empty() {
+    if digits.is_empty() || unit.starts_with(['.', ',']) {
         return Err(format!("{s:?} is not a size; {hint}"));
     }
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
