@@ -1205,6 +1205,22 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic_the_head_parser_or_chunk_decoder(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            piece in 1usize..64,
+        ) {
+            let _ = parse_head(&bytes, 256);
+            let _ = decode_all(&bytes, 128, piece);
+            let mut request = b"GET /".to_vec();
+            request.extend_from_slice(&bytes);
+            if let Ok(Head::Complete { head, .. }) = parse_head(&request, LIMIT) {
+                let _ = (head.path_segments(), head.query("a"), head.websocket_refusal());
+            }
+        }
+    }
+
     #[test]
     fn responses_encode_with_length_and_connection() {
         let mut out = Vec::new();
