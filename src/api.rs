@@ -477,7 +477,7 @@ async fn read_events(core: &Core, head: &RequestHead, claims: &std::sync::Arc<Cl
         }
     }
     body.push(b']');
-    Ok(Response::new(200)
+    Ok(Response::empty(200)
         .with_body("application/json", body)
         .with_header("Herald-Next-Since", next.to_string()))
 }

@@ -260,7 +260,12 @@ impl Writer {
 
     fn trim(&mut self) {
         self.last_trim = Instant::now();
-        match self.log.trim(&self.retention, SystemTime::now()) {
+        let retention = crate::log::Retention {
+            max_events: self.retention.max_events,
+            max_age: self.retention.max_age,
+            max_bytes: self.retention.max_bytes,
+        };
+        match self.log.trim(&retention, SystemTime::now()) {
             Ok(report) => {
                 if report.removed > 0 {
                     tracing::debug!(removed = report.removed, first_seq = report.first_seq, "retention trimmed the log");
