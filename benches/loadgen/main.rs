@@ -1,0 +1,686 @@
+//! herald's fan-out load generator, side by side with NATS.
+//!
+//! Starts each server as a child, opens many websocket subscribers from a few mio threads,
+//! publishes marked events in acknowledged batches, and reports delivered events per second,
+//! publish-to-receive latency, connection setup rate and the server's memory and CPU. Run it as
+//! `cargo bench --bench loadgen -- --help`; `benches/compare.sh` runs every workload.
+//!
+//! Modules:
+//! - `ws`: the client side of the websocket protocol.
+//! - `nats`: the NATS text protocol.
+//! - `event`: the benchmark event and the mark (phase, send time) inside it.
+//! - `clients`: subscriber threads multiplexing sockets with mio.
+//! - `publish`: publisher threads with one acknowledged batch in flight each.
+//! - `server`: starting, measuring and stopping the servers.
+//! - `stats`: histograms and the comparison table.
+//! - `tls`: the TLS client setup for `--tls`.
+
+mod clients;
+mod event;
+mod nats;
+mod publish;
+mod server;
+mod stats;
+mod tls;
+mod ws;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::{Parser, ValueEnum};
+
+use clients::{Endpoint, Plan, Protocol, Role, Subscribers};
+use publish::{BatchShape, Control, mode};
+use server::{HeraldOptions, Server};
+use stats::Results;
+
+/// How long the controller waits for stragglers after publishing stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// No new delivery for this long ends the drain early (events were lost).
+const DRAIN_QUIET: Duration = Duration::from_secs(2);
+/// How long the subscribers settle before idle memory is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// Every subscriber on `*.*.*` (NATS `>`).
+    Firehose,
+    /// Each subscriber on its own key, plus a few on everything.
+    Selective,
+    /// Connected, registered, silent subscribers: memory and CPU per connection.
+    Idle,
+    /// Many clients reconnecting at once and replaying the log (herald only).
+    Replay,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    /// herald `--durability batched`.
+    HeraldBatched,
+    /// herald `--durability sync`.
+    HeraldSync,
+    /// nats-server with a websocket listener.
+    Nats,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::HeraldBatched => "herald-batched",
+            Target::HeraldSync => "herald-sync",
+            Target::Nats => "nats",
+        }
+    }
+}
+
+/// Fan-out load generator for herald and NATS.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen")]
+struct Args {
+    /// Workloads to run, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "firehose,selective,idle,replay"
+    )]
+    workloads: Vec<Workload>,
+    /// Servers to measure, each in turn with the same workload.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "herald-batched,herald-sync,nats"
+    )]
+    targets: Vec<Target>,
+    /// The herald binary (cargo builds it next to this bench).
+    #[arg(long, default_value = env!("CARGO_BIN_EXE_herald"))]
+    herald_bin: PathBuf,
+    /// The nats-server binary.
+    #[arg(long, default_value = "nats-server")]
+    nats_bin: PathBuf,
+    /// Connect to herald over TLS (its generated certificate) instead of `--plain`.
+    #[arg(long)]
+    tls: bool,
+    /// herald's `--cores`.
+    #[arg(long, default_value_t = 2)]
+    cores: usize,
+    /// Subscriber threads, each multiplexing its share of the sockets.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Publisher threads, each with one batch in flight.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Events per publish batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Bytes of each published event's JSON.
+    #[arg(long, default_value_t = 600)]
+    event_bytes: usize,
+    /// Length of each measured phase.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    duration: Duration,
+    /// Events published but not yet received by the slowest full-stream subscriber, at most,
+    /// in the as-fast-as-possible phase.
+    #[arg(long, default_value_t = 2048)]
+    window: u64,
+    /// Events per second in the paced (latency) phase of firehose; 0 skips the phase.
+    #[arg(long, default_value_t = 500)]
+    firehose_rate: u64,
+    /// Events per second in the paced (latency) phase of selective; 0 skips the phase.
+    #[arg(long, default_value_t = 5000)]
+    selective_rate: u64,
+    /// Subscribers in firehose.
+    #[arg(long, default_value_t = 1000)]
+    firehose_conns: usize,
+    /// Keyed subscribers (and keys) in selective.
+    #[arg(long, default_value_t = 10_000)]
+    selective_keys: usize,
+    /// Full-stream subscribers in selective.
+    #[arg(long, default_value_t = 10)]
+    selective_watchers: usize,
+    /// Connections in idle.
+    #[arg(long, default_value_t = 20_000)]
+    idle_conns: usize,
+    /// How long idle CPU is measured.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    idle_time: Duration,
+    /// Clients reconnecting at once in replay.
+    #[arg(long, default_value_t = 1000)]
+    replay_clients: usize,
+    /// Events in the log that each replaying client reads.
+    #[arg(long, default_value_t = 10_000)]
+    replay_events: u64,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 1000)]
+    connect_concurrency: usize,
+    /// herald's admin password (the tool starts herald with it).
+    #[arg(long, default_value = "loadgen-bench")]
+    password: String,
+    /// A quick run: 50 connections, 2 s phases, small replay.
+    #[arg(long)]
+    smoke: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+impl Args {
+    fn shrink_for_smoke(&mut self) {
+        self.firehose_conns = self.firehose_conns.min(50);
+        self.selective_keys = self.selective_keys.min(50);
+        self.selective_watchers = self.selective_watchers.min(2);
+        self.idle_conns = self.idle_conns.min(50);
+        self.replay_clients = self.replay_clients.min(20);
+        self.replay_events = self.replay_events.min(1024);
+        self.duration = self.duration.min(Duration::from_secs(2));
+        self.idle_time = self.idle_time.min(Duration::from_secs(1));
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.shrink_for_smoke();
+    }
+    let command: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    println!("loadgen {}", command.join(" "));
+    println!(
+        "event {} B, batch {}, {} publishers, {} subscriber threads, window {}, phases {:?}, herald --cores {}{}",
+        args.event_bytes,
+        args.batch,
+        args.publishers,
+        args.threads,
+        args.window,
+        args.duration,
+        args.cores,
+        if args.tls { ", TLS" } else { "" }
+    );
+    let mut results = Results::default();
+    let mut failures = 0;
+    for &workload in &args.workloads {
+        for &target in &args.targets {
+            if workload == Workload::Replay && target == Target::Nats {
+                println!("\n## replay / nats: skipped (core NATS keeps no log to replay)");
+                continue;
+            }
+            println!("\n## {workload:?} / {}", target.name());
+            if let Err(error) = run(&args, workload, target, &mut results) {
+                println!("  FAILED: {error}");
+                failures += 1;
+            }
+        }
+    }
+    println!("\n{}", results.table());
+    if failures > 0 {
+        println!("{failures} run(s) failed");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// One workload against one server, from start to stop.
+fn run(
+    args: &Args,
+    workload: Workload,
+    target: Target,
+    results: &mut Results,
+) -> Result<(), String> {
+    let server = match target {
+        Target::HeraldBatched | Target::HeraldSync => Server::herald(&HeraldOptions {
+            bin: &args.herald_bin,
+            durability: if target == Target::HeraldSync {
+                "sync"
+            } else {
+                "batched"
+            },
+            tls: args.tls,
+            cores: args.cores,
+            password: &args.password,
+        })?,
+        Target::Nats => Server::nats(&args.nats_bin, false)?,
+    };
+    let endpoint = Arc::new(match target {
+        Target::Nats => Endpoint {
+            addr: server.addr,
+            protocol: Protocol::Nats,
+            tls: None,
+            authorization: String::new(),
+        },
+        _ => Endpoint {
+            addr: server.addr,
+            protocol: Protocol::Herald,
+            tls: args.tls.then(tls::client_config),
+            authorization: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("rocketskates:{}", args.password))
+            ),
+        },
+    });
+    if endpoint.protocol == Protocol::Herald {
+        let status =
+            publish::probe(&endpoint).map_err(|e| format!("herald does not answer: {e}"))?;
+        if !status.contains(" 200") {
+            server.stop();
+            return Err(format!("herald refused the credentials: {status}"));
+        }
+    }
+    let mut run = Run {
+        args,
+        target,
+        workload,
+        server: &server,
+        endpoint,
+        results,
+    };
+    let outcome = match workload {
+        Workload::Firehose | Workload::Selective => run.fan_out(),
+        Workload::Idle => run.idle(),
+        Workload::Replay => run.replay(),
+    };
+    server.stop();
+    outcome
+}
+
+struct Run<'a> {
+    args: &'a Args,
+    target: Target,
+    workload: Workload,
+    server: &'a Server,
+    endpoint: Arc<Endpoint>,
+    results: &'a mut Results,
+}
+
+/// What one measured phase delivered.
+struct Phase {
+    published: u64,
+    expected: u64,
+    delivered: u64,
+    publish_secs: f64,
+    deliver_secs: f64,
+}
+
+impl Run<'_> {
+    fn put(&mut self, metric: &str, value: f64) {
+        let workload = format!("{:?}", self.workload).to_lowercase();
+        self.results
+            .put(&workload, metric, self.target.name(), value);
+    }
+
+    /// The subscription that sees everything.
+    fn everything(&self) -> String {
+        match self.endpoint.protocol {
+            Protocol::Herald => "*.*.*".into(),
+            Protocol::Nats => ">".into(),
+        }
+    }
+
+    /// Opens every planned subscriber and waits until each is acknowledged or failed.
+    fn connect(&mut self, plans: Vec<Plan>) -> Result<Subscribers, String> {
+        let count = plans.len() as u64;
+        let started = Instant::now();
+        let concurrency = self.args.connect_concurrency;
+        let subscribers = Subscribers::start(&self.endpoint, plans, self.args.threads, concurrency);
+        let deadline = started + Duration::from_secs(60) + Duration::from_millis(count);
+        loop {
+            let ready = subscribers.sum(|p| &p.ready);
+            let failed = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
+            if failed > 0 {
+                let report = subscribers.stop();
+                return Err(format!(
+                    "{failed} of {count} subscribers failed: {:?}",
+                    report.errors
+                ));
+            }
+            if ready >= count {
+                break;
+            }
+            if Instant::now() > deadline {
+                let report = subscribers.stop();
+                return Err(format!(
+                    "only {ready} of {count} subscribers were ready in time: {:?}",
+                    report.errors
+                ));
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "  setup: {count} subscribers ready in {secs:.2} s ({:.0} connections/s)",
+            count as f64 / secs
+        );
+        self.put("setup conn/s", count as f64 / secs);
+        Ok(subscribers)
+    }
+
+    fn fan_out(&mut self) -> Result<(), String> {
+        let args = self.args;
+        let (keys, mut plans, fanout, rate) = match self.workload {
+            Workload::Firehose => {
+                let keys = random_keys(args.firehose_conns.max(1));
+                let plans = (0..args.firehose_conns)
+                    .map(|_| Plan {
+                        subscription: self.everything(),
+                        role: Role::Stream,
+                    })
+                    .collect::<Vec<_>>();
+                (keys, plans, args.firehose_conns as u64, args.firehose_rate)
+            }
+            _ => {
+                let keys = random_keys(args.selective_keys.max(1));
+                let mut plans: Vec<Plan> = (0..args.selective_watchers)
+                    .map(|_| Plan {
+                        subscription: self.everything(),
+                        role: Role::Stream,
+                    })
+                    .collect();
+                plans.extend(keys.iter().map(|key| Plan {
+                    subscription: format!("{}.*.{}", event::TYPE, String::from_utf8_lossy(key)),
+                    role: Role::Keyed,
+                }));
+                (
+                    keys,
+                    plans,
+                    1 + args.selective_watchers as u64,
+                    args.selective_rate,
+                )
+            }
+        };
+        // Watchers first, so the window has someone to follow from the start.
+        plans.sort_by_key(|p| p.role != Role::Stream);
+        let connections = plans.len() as u64;
+        let rss_base = self.server.rss_kib();
+        let subscribers = self.connect(plans)?;
+        let rss_connected = self.server.rss_kib();
+        let per_conn = (rss_connected.saturating_sub(rss_base)) as f64 / connections as f64;
+        println!(
+            "  memory: {} KiB before, {} KiB connected, {per_conn:.1} KiB per connection",
+            rss_base, rss_connected
+        );
+        self.put("RSS/conn KiB", per_conn);
+
+        let shape = BatchShape {
+            batch: args.batch.max(1),
+            template: event::EventTemplate::new(args.event_bytes),
+            keys: Arc::new(keys),
+        };
+        let control = Control::new(args.publishers, args.window, subscribers.progress.clone());
+        let publishers = publish::spawn(&self.endpoint, &shape, &control);
+        let max = self.phase(&subscribers, &control, mode::MAX, fanout);
+        let rss_loaded = self.server.rss_kib();
+        let paced = if rate > 0 {
+            control.rate.store(rate, Ordering::Release);
+            Some(self.phase(&subscribers, &control, mode::PACED, fanout))
+        } else {
+            None
+        };
+        control.mode.store(mode::EXIT, Ordering::Release);
+        let mut acks = [stats::histogram(), stats::histogram(), stats::histogram()];
+        for handle in publishers {
+            if let Ok(report) = handle.join() {
+                for (into, from) in acks.iter_mut().zip(&report.ack) {
+                    stats::merge(into, from);
+                }
+            }
+        }
+        let dropped = subscribers.sum(|p| &p.dropped);
+        let report = subscribers.stop();
+        if let Ok(Some(error)) = control.first_error.lock().map(|e| e.clone()) {
+            println!(
+                "  publish errors: {} events failed; first: {error}",
+                control.failed.load(Ordering::Acquire)
+            );
+        }
+        if dropped > 0 || !report.errors.is_empty() {
+            println!(
+                "  subscribers dropped: {dropped}; errors: {:?}",
+                report.errors
+            );
+        }
+        println!("  memory under load: {rss_loaded} KiB");
+        self.put("RSS MiB (max phase)", rss_loaded as f64 / 1024.0);
+
+        for (label, phase, result) in [("max", mode::MAX, Some(max)), ("paced", mode::PACED, paced)]
+        {
+            let Some(result) = result else { continue };
+            let latency = &report.latency[phase];
+            let delivered_rate = result.delivered as f64 / result.deliver_secs;
+            println!(
+                "  {label}: published {} ({:.0}/s), delivered {} of {} ({:.0}/s), latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms, batch ack p99 {:.2} ms",
+                result.published,
+                result.published as f64 / result.publish_secs,
+                result.delivered,
+                result.expected,
+                delivered_rate,
+                stats::quantile_ms(latency, 0.5),
+                stats::quantile_ms(latency, 0.99),
+                stats::quantile_ms(latency, 0.999),
+                stats::quantile_ms(&acks[phase], 0.99),
+            );
+            if label == "max" {
+                self.put("delivered ev/s (max)", delivered_rate);
+                self.put(
+                    "published ev/s (max)",
+                    result.published as f64 / result.publish_secs,
+                );
+                self.put("p50 ms (max)", stats::quantile_ms(latency, 0.5));
+                self.put("p99 ms (max)", stats::quantile_ms(latency, 0.99));
+            } else {
+                self.put(
+                    &format!("p50 ms ({rate} ev/s)"),
+                    stats::quantile_ms(latency, 0.5),
+                );
+                self.put(
+                    &format!("p99 ms ({rate} ev/s)"),
+                    stats::quantile_ms(latency, 0.99),
+                );
+                self.put(
+                    &format!("p99.9 ms ({rate} ev/s)"),
+                    stats::quantile_ms(latency, 0.999),
+                );
+            }
+            self.put(
+                &format!("lost events ({label})"),
+                result.expected.saturating_sub(result.delivered) as f64,
+            );
+        }
+        Ok(())
+    }
+
+    /// Publishes in `phase` for the configured duration, then waits for the deliveries.
+    fn phase(
+        &self,
+        subscribers: &Subscribers,
+        control: &Control,
+        phase: usize,
+        fanout: u64,
+    ) -> Phase {
+        let acked_before = control.acked[phase].load(Ordering::Acquire);
+        let delivered_before = subscribers.sum(|p| &p.delivered[phase]);
+        let started = event::now_ns();
+        control.mode.store(phase, Ordering::Release);
+        thread::sleep(self.args.duration);
+        control.mode.store(mode::PAUSE, Ordering::Release);
+        let publish_secs = (event::now_ns() - started) as f64 / 1e9;
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while control.sent.load(Ordering::Acquire) > control.settled() && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let published = control.acked[phase].load(Ordering::Acquire) - acked_before;
+        let expected = published * fanout;
+        let mut last = (0, Instant::now());
+        let delivered = loop {
+            let delivered = subscribers.sum(|p| &p.delivered[phase]) - delivered_before;
+            if delivered >= expected || Instant::now() > deadline {
+                break delivered;
+            }
+            if delivered != last.0 {
+                last = (delivered, Instant::now());
+            } else if last.1.elapsed() > DRAIN_QUIET {
+                break delivered;
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        let last_ns = subscribers.last_ns(phase).max(started + 1);
+        Phase {
+            published,
+            expected,
+            delivered,
+            publish_secs,
+            deliver_secs: (last_ns - started) as f64 / 1e9,
+        }
+    }
+
+    fn idle(&mut self) -> Result<(), String> {
+        let args = self.args;
+        let keys = random_keys(args.idle_conns.max(1));
+        let plans: Vec<Plan> = keys
+            .iter()
+            .map(|key| Plan {
+                subscription: format!("{}.*.{}", event::TYPE, String::from_utf8_lossy(key)),
+                role: Role::Keyed,
+            })
+            .collect();
+        let count = plans.len() as f64;
+        let rss_base = self.server.rss_kib();
+        let subscribers = self.connect(plans)?;
+        thread::sleep(IDLE_SETTLE);
+        let rss = self.server.rss_kib();
+        let cpu_before = self.server.cpu_seconds();
+        let started = Instant::now();
+        thread::sleep(args.idle_time);
+        let cpu =
+            (self.server.cpu_seconds() - cpu_before) / started.elapsed().as_secs_f64() * 100.0;
+        let dropped = subscribers.sum(|p| &p.dropped);
+        let report = subscribers.stop();
+        let per_conn = rss.saturating_sub(rss_base) as f64 * 1024.0 / count;
+        println!(
+            "  memory: {rss_base} KiB before, {rss} KiB with {count} idle connections: {per_conn:.0} B per connection; \
+             CPU while idle {cpu:.2}% of one core"
+        );
+        if dropped > 0 {
+            println!("  dropped while idle: {dropped}: {:?}", report.errors);
+        }
+        self.put("RSS/conn bytes", per_conn);
+        self.put("idle CPU %", cpu);
+        Ok(())
+    }
+
+    fn replay(&mut self) -> Result<(), String> {
+        let args = self.args;
+        let batch = args.batch.max(1) as u64;
+        let events = args.replay_events.div_ceil(batch) * batch;
+        let shape = BatchShape {
+            batch: batch as usize,
+            template: event::EventTemplate::new(args.event_bytes),
+            keys: Arc::new(random_keys(1000)),
+        };
+        let control = Control::new(args.publishers, args.window, Vec::new());
+        control.limit.store(events, Ordering::Release);
+        let publishers = publish::spawn(&self.endpoint, &shape, &control);
+        let started = Instant::now();
+        control.mode.store(mode::PREFILL, Ordering::Release);
+        while control.settled() < events && started.elapsed() < Duration::from_secs(300) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        control.mode.store(mode::EXIT, Ordering::Release);
+        for handle in publishers {
+            let _ = handle.join();
+        }
+        let stored = control.acked[mode::PREFILL].load(Ordering::Acquire);
+        if stored < events {
+            let error = control
+                .first_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default();
+            return Err(format!(
+                "only {stored} of {events} events were stored: {error:?}"
+            ));
+        }
+        println!(
+            "  log: {stored} events stored in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        // Let `batched` durability flush, so every event is readable by a replay.
+        thread::sleep(Duration::from_millis(200));
+
+        let clients = args.replay_clients;
+        let plans: Vec<Plan> = (0..clients)
+            .map(|_| Plan {
+                subscription: format!("{}.*.*", event::TYPE),
+                role: Role::Replay {
+                    after: 0,
+                    events: stored,
+                },
+            })
+            .collect();
+        let started = Instant::now();
+        let concurrency = args.connect_concurrency.max(clients);
+        let subscribers = Subscribers::start(&self.endpoint, plans, args.threads, concurrency);
+        let deadline = started + Duration::from_secs(300);
+        loop {
+            let finished = subscribers.sum(|p| &p.replays_done);
+            let broken = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
+            if finished + broken >= clients as u64 || Instant::now() > deadline {
+                break;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let delivered = subscribers.sum(|p| &p.delivered[mode::PREFILL]);
+        let finished = subscribers.sum(|p| &p.replays_done);
+        let broken = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
+        let rss = self.server.rss_kib();
+        let report = subscribers.stop();
+        println!(
+            "  replay: {finished} of {clients} clients replayed {stored} events each in {secs:.2} s: \
+             {:.0} events/s delivered; per client p50 {:.0} ms p99 {:.0} ms; server {} MiB",
+            delivered as f64 / secs,
+            stats::quantile_ms(&report.replay, 0.5),
+            stats::quantile_ms(&report.replay, 0.99),
+            rss / 1024
+        );
+        if broken > 0
+            || report.out_of_order > 0
+            || report.not_recovered > 0
+            || !report.errors.is_empty()
+        {
+            println!(
+                "  problems: {broken} clients failed, {} events out of order, {} replies not recovered; errors {:?}",
+                report.out_of_order, report.not_recovered, report.errors
+            );
+        }
+        self.put("replayed ev/s", delivered as f64 / secs);
+        self.put(
+            "client done p50 ms",
+            stats::quantile_ms(&report.replay, 0.5),
+        );
+        self.put(
+            "client done p99 ms",
+            stats::quantile_ms(&report.replay, 0.99),
+        );
+        if finished < clients as u64 {
+            return Err(format!(
+                "only {finished} of {clients} clients finished their replay"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn random_keys(count: usize) -> Vec<[u8; event::KEY_BYTES]> {
+    (0..count)
+        .map(|_| event::key_bytes(&uuid::Uuid::new_v4()))
+        .collect()
+}

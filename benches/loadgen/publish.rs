@@ -1,0 +1,491 @@
+//! Publishers: a few blocking threads, each with one connection and one batch in flight.
+//!
+//! herald gets `POST /api/v3/events` with a JSON array, acknowledged by `204` and `Herald-Seq`;
+//! NATS gets one websocket frame of `PUB`s followed by `PING`, acknowledged by its `PONG` (the
+//! server has processed every `PUB` before it answers). Both acknowledge a whole batch at once.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::clients::{Endpoint, PHASES, Progress, Protocol};
+use crate::event::{self, EventTemplate, KEY_BYTES};
+use crate::nats;
+use crate::ws::{self, OpCode};
+
+/// What the publishers are doing; a phase number (below [`PHASES`]) means publishing in it.
+pub mod mode {
+    /// Publish into the log before anyone listens, up to [`super::Control::limit`] events.
+    pub const PREFILL: usize = 0;
+    /// As fast as the slowest full-stream subscriber keeps up, within the window.
+    pub const MAX: usize = 1;
+    /// At the configured rate.
+    pub const PACED: usize = 2;
+    /// Not publishing.
+    pub const PAUSE: usize = 8;
+    /// Stop the threads.
+    pub const EXIT: usize = 9;
+}
+
+/// Shared between the controller and the publisher threads.
+pub struct Control {
+    /// One of [`mode`].
+    pub mode: AtomicUsize,
+    /// Events per second across all publishers in [`mode::PACED`].
+    pub rate: AtomicU64,
+    /// Events that may be published but not yet received by every full-stream subscriber.
+    pub window: u64,
+    /// Events handed to a connection so far (the next event's ordinal).
+    pub sent: AtomicU64,
+    /// Events acknowledged, per phase.
+    pub acked: [AtomicU64; PHASES],
+    /// Events whose batch failed.
+    pub failed: AtomicU64,
+    /// [`mode::PREFILL`] stops once this many events were sent.
+    pub limit: AtomicU64,
+    /// Highest `Herald-Seq` seen.
+    pub last_seq: AtomicU64,
+    /// Publisher threads sharing [`Control::rate`].
+    pub publishers: usize,
+    /// Subscriber progress, for the window.
+    pub flow: Vec<Arc<Progress>>,
+    /// The first failure, for the report.
+    pub first_error: Mutex<Option<String>>,
+}
+
+impl Control {
+    /// Paused publishers with the given window, watching `flow` for it.
+    pub fn new(publishers: usize, window: u64, flow: Vec<Arc<Progress>>) -> Arc<Control> {
+        Arc::new(Control {
+            mode: AtomicUsize::new(mode::PAUSE),
+            rate: AtomicU64::new(0),
+            window,
+            sent: AtomicU64::new(0),
+            acked: Default::default(),
+            failed: AtomicU64::new(0),
+            limit: AtomicU64::new(0),
+            last_seq: AtomicU64::new(0),
+            publishers: publishers.max(1),
+            flow,
+            first_error: Mutex::new(None),
+        })
+    }
+
+    /// Events acknowledged in all phases, plus those that failed.
+    pub fn settled(&self) -> u64 {
+        self.acked
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .sum::<u64>()
+            + self.failed.load(Ordering::Acquire)
+    }
+
+    fn in_flight(&self) -> u64 {
+        let slowest = self
+            .flow
+            .iter()
+            .map(|p| p.min_stream.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX);
+        self.sent.load(Ordering::Acquire).saturating_sub(slowest)
+    }
+
+    fn fail(&self, events: u64, error: String) {
+        self.failed.fetch_add(events, Ordering::AcqRel);
+        if let Ok(mut first) = self.first_error.lock() {
+            first.get_or_insert(error);
+        }
+    }
+}
+
+/// What one publisher thread measured.
+pub struct PublisherReport {
+    /// Batch round trips (send to acknowledgement), in nanoseconds, per phase.
+    pub ack: Vec<Histogram<u64>>,
+}
+
+/// The shape of every batch.
+#[derive(Clone)]
+pub struct BatchShape {
+    /// Events per batch.
+    pub batch: usize,
+    /// One event.
+    pub template: EventTemplate,
+    /// Keys, used round-robin by event ordinal.
+    pub keys: Arc<Vec<[u8; KEY_BYTES]>>,
+}
+
+/// Starts the publisher threads; each connects first, and reports a connect failure.
+pub fn spawn(
+    endpoint: &Arc<Endpoint>,
+    shape: &BatchShape,
+    control: &Arc<Control>,
+) -> Vec<JoinHandle<PublisherReport>> {
+    (0..control.publishers)
+        .map(|i| {
+            let (endpoint, shape, control) = (endpoint.clone(), shape.clone(), control.clone());
+            thread::Builder::new()
+                .name(format!("loadgen-pub-{i}"))
+                .spawn(move || run(i, &endpoint, &shape, &control))
+                .unwrap_or_else(|e| panic!("cannot start a publisher thread: {e}"))
+        })
+        .collect()
+}
+
+fn histograms() -> Vec<Histogram<u64>> {
+    (0..PHASES).map(|_| crate::stats::histogram()).collect()
+}
+
+fn run(
+    index: usize,
+    endpoint: &Endpoint,
+    shape: &BatchShape,
+    control: &Control,
+) -> PublisherReport {
+    let mut report = PublisherReport { ack: histograms() };
+    let mut conn = match Connection::open(endpoint, shape) {
+        Ok(conn) => conn,
+        Err(error) => {
+            control.fail(0, format!("publisher could not connect: {error}"));
+            return report;
+        }
+    };
+    let per_batch = shape.batch as u64;
+    let mut next_due: Option<Instant> = None;
+    loop {
+        let phase = control.mode.load(Ordering::Acquire);
+        match phase {
+            mode::EXIT => break,
+            mode::PAUSE => {
+                next_due = None;
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            mode::MAX if control.in_flight() + per_batch > control.window => {
+                thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            mode::PACED => {
+                let rate =
+                    control.rate.load(Ordering::Acquire).max(1) as f64 / control.publishers as f64;
+                let interval = Duration::from_secs_f64(per_batch as f64 / rate);
+                let now = Instant::now();
+                let due = match next_due {
+                    // Fell more than a second behind: the server cannot keep this rate; do not
+                    // burst to catch up.
+                    Some(due) if now.duration_since(due) > Duration::from_secs(1) => now,
+                    Some(due) => due,
+                    // Spread the publishers over one interval instead of sending together.
+                    None => now + interval.mul_f64(index as f64 / control.publishers as f64),
+                };
+                if due > now {
+                    thread::sleep(due - now);
+                }
+                next_due = Some(due + interval);
+            }
+            _ => {}
+        }
+        let first = if phase == mode::PREFILL {
+            // Claim exactly up to the limit, so the log holds exactly the events asked for.
+            let limit = control.limit.load(Ordering::Acquire);
+            let claimed = control
+                .sent
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |sent| {
+                    (sent + per_batch <= limit).then_some(sent + per_batch)
+                });
+            match claimed {
+                Ok(first) => first,
+                Err(_) => {
+                    thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+            }
+        } else {
+            control.sent.fetch_add(per_batch, Ordering::AcqRel)
+        };
+        let started = Instant::now();
+        match conn.publish(shape, first, phase) {
+            Ok(seq) => {
+                control.last_seq.fetch_max(seq, Ordering::AcqRel);
+                if let Some(h) = report.ack.get_mut(phase) {
+                    let _ = h.record(started.elapsed().as_nanos() as u64);
+                }
+                control.acked[phase].fetch_add(per_batch, Ordering::AcqRel);
+            }
+            Err(error) => {
+                control.fail(per_batch, error.to_string());
+                match Connection::open(endpoint, shape) {
+                    Ok(fresh) => conn = fresh,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    report
+}
+
+/// A byte stream, plain or TLS.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// One publisher's connection and its reusable batch buffer.
+struct Connection {
+    stream: Box<dyn Stream>,
+    protocol: Protocol,
+    /// The request (herald) or frame payload (NATS) with the templates laid out; patched per batch.
+    body: Vec<u8>,
+    /// Where each event's JSON starts in `body`.
+    event_at: Vec<usize>,
+    /// Where each NATS subject's key starts in `body`.
+    subject_key_at: Vec<usize>,
+    read_buf: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+fn connect(endpoint: &Endpoint) -> io::Result<Box<dyn Stream>> {
+    let tcp = TcpStream::connect(endpoint.addr)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(match &endpoint.tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let tls = rustls::ClientConnection::new(config.clone(), crate::tls::server_name())
+                .map_err(io::Error::other)?;
+            Box::new(rustls::StreamOwned::new(tls, tcp))
+        }
+    })
+}
+
+impl Connection {
+    fn open(endpoint: &Endpoint, shape: &BatchShape) -> io::Result<Connection> {
+        let mut stream = connect(endpoint)?;
+        let mut body = Vec::new();
+        let mut event_at = Vec::with_capacity(shape.batch);
+        let json = &shape.template.json;
+        match endpoint.protocol {
+            Protocol::Herald => {
+                let length = shape.batch * (json.len() + 1) + 1;
+                let head = format!(
+                    "POST /api/v3/events HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+                    endpoint.addr, endpoint.authorization
+                );
+                body.extend_from_slice(head.as_bytes());
+                body.push(b'[');
+                for i in 0..shape.batch {
+                    if i > 0 {
+                        body.push(b',');
+                    }
+                    event_at.push(body.len());
+                    body.extend_from_slice(json);
+                }
+                body.push(b']');
+            }
+            Protocol::Nats => {
+                stream.write_all(&ws::upgrade_request(&endpoint.addr.to_string(), "/", ""))?;
+                let mut hello = nats::CONNECT.to_vec();
+                hello.extend_from_slice(b"PING\r\n");
+                let mut read_buf = Vec::new();
+                read_upgrade(&mut stream, &mut read_buf)?;
+                let mut frame = Vec::new();
+                ws::encode_masked(&mut frame, OpCode::Binary, &hello);
+                stream.write_all(&frame)?;
+                let mut conn = Connection {
+                    stream,
+                    protocol: Protocol::Nats,
+                    body: Vec::new(),
+                    event_at: Vec::new(),
+                    subject_key_at: Vec::new(),
+                    read_buf,
+                    frame: Vec::new(),
+                };
+                conn.await_pong()?;
+                let subject = format!("{}.{}.", event::TYPE, event::ACTION);
+                for _ in 0..shape.batch {
+                    conn.body.extend_from_slice(b"PUB ");
+                    conn.body.extend_from_slice(subject.as_bytes());
+                    conn.subject_key_at.push(conn.body.len());
+                    conn.body.extend_from_slice(&[b'0'; KEY_BYTES]);
+                    conn.body
+                        .extend_from_slice(format!(" {}\r\n", json.len()).as_bytes());
+                    conn.event_at.push(conn.body.len());
+                    conn.body.extend_from_slice(json);
+                    conn.body.extend_from_slice(b"\r\n");
+                }
+                conn.body.extend_from_slice(b"PING\r\n");
+                return Ok(conn);
+            }
+        }
+        Ok(Connection {
+            stream,
+            protocol: Protocol::Herald,
+            body,
+            event_at,
+            subject_key_at: Vec::new(),
+            read_buf: Vec::with_capacity(4096),
+            frame: Vec::new(),
+        })
+    }
+
+    /// Publishes events `first..first + batch`; answers the `Herald-Seq` (0 for NATS).
+    fn publish(&mut self, shape: &BatchShape, first: u64, phase: usize) -> io::Result<u64> {
+        let now = event::now_ns();
+        for (i, &at) in self.event_at.iter().enumerate() {
+            let ordinal = (first + i as u64) as usize;
+            let key = &shape.keys[ordinal % shape.keys.len()];
+            shape.template.patch(&mut self.body, at, key, phase, now);
+            if let Some(&key_at) = self.subject_key_at.get(i) {
+                self.body[key_at..key_at + KEY_BYTES].copy_from_slice(key);
+            }
+        }
+        match self.protocol {
+            Protocol::Herald => {
+                self.stream.write_all(&self.body)?;
+                self.read_response()
+            }
+            Protocol::Nats => {
+                self.frame.clear();
+                ws::encode_masked(&mut self.frame, OpCode::Binary, &self.body);
+                self.stream.write_all(&self.frame)?;
+                self.await_pong()?;
+                Ok(0)
+            }
+        }
+    }
+
+    /// Reads one HTTP response; a 204 answers its `Herald-Seq`, anything else is an error with
+    /// the server's words.
+    fn read_response(&mut self) -> io::Result<u64> {
+        self.read_buf.clear();
+        let head_end = loop {
+            if let Some(end) = memchr::memmem::find(&self.read_buf, b"\r\n\r\n") {
+                break end + 4;
+            }
+            fill(&mut self.stream, &mut self.read_buf)?;
+        };
+        let head = String::from_utf8_lossy(&self.read_buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or_default().to_owned();
+        let mut length = 0usize;
+        let mut seq = 0u64;
+        for line in lines {
+            if let Some((name, value)) = line.split_once(':') {
+                let value = value.trim();
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.parse().unwrap_or(0);
+                } else if name.eq_ignore_ascii_case("herald-seq") {
+                    seq = value.parse().unwrap_or(0);
+                }
+            }
+        }
+        while self.read_buf.len() < head_end + length {
+            fill(&mut self.stream, &mut self.read_buf)?;
+        }
+        if !status.starts_with("HTTP/1.1 204") {
+            let body = String::from_utf8_lossy(&self.read_buf[head_end..head_end + length]);
+            return Err(io::Error::other(format!(
+                "publish answered {status}: {body}"
+            )));
+        }
+        Ok(seq)
+    }
+
+    /// Reads NATS frames until `PONG`, answering the server's `PING`s on the way.
+    fn await_pong(&mut self) -> io::Result<()> {
+        let mut stream_bytes: Vec<u8> = Vec::new();
+        loop {
+            let mut used = 0;
+            while let Some(frame) =
+                ws::parse_frame(&self.read_buf[used..]).map_err(io::Error::other)?
+            {
+                let payload = &self.read_buf[used + frame.payload.start..used + frame.payload.end];
+                match frame.opcode {
+                    OpCode::Close => {
+                        return Err(io::Error::other("NATS closed the publisher's websocket"));
+                    }
+                    OpCode::Ping => {
+                        let mut pong = Vec::new();
+                        ws::encode_masked(&mut pong, OpCode::Pong, payload);
+                        self.stream.write_all(&pong)?;
+                    }
+                    OpCode::Pong => {}
+                    _ => stream_bytes.extend_from_slice(payload),
+                }
+                used += frame.len;
+            }
+            self.read_buf.drain(..used);
+            let mut at = 0;
+            let mut got_pong = false;
+            while let Some((op, len)) =
+                nats::next_op(&stream_bytes[at..]).map_err(io::Error::other)?
+            {
+                match op {
+                    nats::Op::Pong => got_pong = true,
+                    nats::Op::Ping => {
+                        let mut pong = Vec::new();
+                        ws::encode_masked(&mut pong, OpCode::Binary, b"PONG\r\n");
+                        self.stream.write_all(&pong)?;
+                    }
+                    nats::Op::Err(text) => {
+                        return Err(io::Error::other(format!(
+                            "NATS: -ERR{}",
+                            String::from_utf8_lossy(text)
+                        )));
+                    }
+                    nats::Op::Msg(_) | nats::Op::Other => {}
+                }
+                at += len;
+            }
+            stream_bytes.drain(..at);
+            if got_pong {
+                return Ok(());
+            }
+            fill(&mut self.stream, &mut self.read_buf)?;
+        }
+    }
+}
+
+fn fill(stream: &mut Box<dyn Stream>, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk)?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection",
+        ));
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+fn read_upgrade(stream: &mut Box<dyn Stream>, buf: &mut Vec<u8>) -> io::Result<()> {
+    loop {
+        if let Some(len) = ws::upgrade_response(buf).map_err(io::Error::other)? {
+            buf.drain(..len);
+            return Ok(());
+        }
+        fill(stream, buf)?;
+    }
+}
+
+/// Sends one authenticated `GET /api/v3/info` and answers its status line: checks the
+/// credentials, and lets herald cache them before thousands of sockets present them at once.
+pub fn probe(endpoint: &Endpoint) -> io::Result<String> {
+    let mut stream = connect(endpoint)?;
+    let request = format!(
+        "GET /api/v3/info HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        endpoint.addr, endpoint.authorization
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut buf = Vec::new();
+    while memchr::memmem::find(&buf, b"\r\n").is_none() {
+        fill(&mut stream, &mut buf)?;
+    }
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}

@@ -1,0 +1,152 @@
+//! Latency histograms, the numbers each run produces, and the comparison table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+/// A histogram of nanoseconds from 1 µs to 10 minutes at three significant digits.
+pub fn histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1_000, 600_000_000_000, 3) {
+        Ok(h) => h,
+        Err(error) => panic!("fixed histogram bounds are valid: {error}"),
+    }
+}
+
+/// Merges `from` into `into`; both come from [`histogram`], so the bounds always agree.
+pub fn merge(into: &mut Histogram<u64>, from: &Histogram<u64>) {
+    if let Err(error) = into.add(from) {
+        panic!("histograms with the same bounds always merge: {error}");
+    }
+}
+
+/// Milliseconds at quantile `q`, or NaN when nothing was recorded.
+pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        f64::NAN
+    } else {
+        h.value_at_quantile(q) as f64 / 1e6
+    }
+}
+
+/// Every number, by workload, then metric name, then target name; kept in insertion order of
+/// metrics so the table reads like the runs.
+#[derive(Default)]
+pub struct Results {
+    rows: Vec<(String, String)>,
+    values: BTreeMap<(String, String, String), f64>,
+    targets: Vec<String>,
+}
+
+impl Results {
+    /// Records `metric` of `target` in `workload`.
+    pub fn put(&mut self, workload: &str, metric: &str, target: &str, value: f64) {
+        let row = (workload.to_owned(), metric.to_owned());
+        if !self.rows.contains(&row) {
+            self.rows.push(row);
+        }
+        if !self.targets.iter().any(|t| t == target) {
+            self.targets.push(target.to_owned());
+        }
+        self.values.insert(
+            (workload.to_owned(), metric.to_owned(), target.to_owned()),
+            value,
+        );
+    }
+
+    /// The comparison table: every target's value, then each herald target's ratio to NATS.
+    pub fn table(&self) -> String {
+        let herald: Vec<&String> = self
+            .targets
+            .iter()
+            .filter(|t| t.starts_with("herald"))
+            .collect();
+        let nats = self.targets.iter().find(|t| t.starts_with("nats"));
+        let mut header = vec!["workload".to_owned(), "metric".to_owned()];
+        header.extend(self.targets.iter().cloned());
+        if nats.is_some() {
+            header.extend(
+                herald
+                    .iter()
+                    .map(|t| format!("{}/nats", t.trim_start_matches("herald-"))),
+            );
+        }
+        let mut lines = vec![header];
+        for (workload, metric) in &self.rows {
+            let get = |t: &str| {
+                self.values
+                    .get(&(workload.clone(), metric.clone(), t.to_owned()))
+            };
+            let mut line = vec![workload.clone(), metric.clone()];
+            line.extend(
+                self.targets
+                    .iter()
+                    .map(|t| get(t).map_or("-".to_owned(), |v| number(*v))),
+            );
+            if let Some(nats) = nats {
+                for h in &herald {
+                    line.push(match (get(h), get(nats)) {
+                        (Some(a), Some(b)) if *b > 0.0 && a.is_finite() && b.is_finite() => {
+                            format!("{:.2}x", a / b)
+                        }
+                        _ => "-".to_owned(),
+                    });
+                }
+            }
+            lines.push(line);
+        }
+        let widths: Vec<usize> = (0..lines[0].len())
+            .map(|c| {
+                lines
+                    .iter()
+                    .map(|l| l.get(c).map_or(0, |s| s.len()))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            let cells: Vec<String> = line
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(c, (cell, w))| {
+                    if c < 2 {
+                        format!("{cell:<w$}")
+                    } else {
+                        format!("{cell:>w$}")
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+            if i == 0 {
+                let rule: Vec<String> = widths
+                    .iter()
+                    .enumerate()
+                    .map(|(c, w)| {
+                        if c < 2 {
+                            "-".repeat(*w)
+                        } else {
+                            format!("{}:", "-".repeat(w.saturating_sub(1)))
+                        }
+                    })
+                    .collect();
+                let _ = writeln!(out, "| {} |", rule.join(" | "));
+            }
+        }
+        out
+    }
+}
+
+/// A number in a table cell: integers for big values, three significant digits for small ones.
+pub fn number(v: f64) -> String {
+    if !v.is_finite() {
+        "-".to_owned()
+    } else if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
