@@ -119,6 +119,10 @@ struct Args {
     /// Events per publish batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Events per publish batch in the paced (latency) phase: small, so a latency is the
+    /// fan-out of a few events rather than the drain of a large burst.
+    #[arg(long, default_value_t = 4)]
+    paced_batch: usize,
     /// Bytes of each published event's JSON.
     #[arg(long, default_value_t = 600)]
     event_bytes: usize,
@@ -126,14 +130,18 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     duration: Duration,
     /// Events published but not yet received by the slowest full-stream subscriber, at most,
-    /// in the as-fast-as-possible phase.
-    #[arg(long, default_value_t = 2048)]
-    window: u64,
+    /// in firehose's as-fast-as-possible phase. Every subscriber may hold this many events in
+    /// the server's queues, so it bounds the server's memory (1,000 × 256 × 700 B ≈ 180 MB).
+    #[arg(long, default_value_t = 256)]
+    firehose_window: u64,
+    /// The same for selective, where only the few full-stream subscribers can fall behind.
+    #[arg(long, default_value_t = 4096)]
+    selective_window: u64,
     /// Events per second in the paced (latency) phase of firehose; 0 skips the phase.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 200)]
     firehose_rate: u64,
     /// Events per second in the paced (latency) phase of selective; 0 skips the phase.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 2000)]
     selective_rate: u64,
     /// Subscribers in firehose.
     #[arg(long, default_value_t = 1000)]
@@ -194,16 +202,19 @@ fn main() -> ExitCode {
         .collect();
     println!("loadgen {}", command.join(" "));
     println!(
-        "event {} B, batch {}, {} publishers, {} subscriber threads, window {}, phases {:?}, herald --cores {}{}",
+        "event {} B, batch {} (paced {}), {} publishers, {} subscriber threads, windows {}/{}, phases {:?}, herald --cores {}{}",
         args.event_bytes,
         args.batch,
+        args.paced_batch,
         args.publishers,
         args.threads,
-        args.window,
+        args.firehose_window,
+        args.selective_window,
         args.duration,
         args.cores,
         if args.tls { ", TLS" } else { "" }
     );
+    println!("load average at start: {}", load_average());
     let mut results = Results::default();
     let mut failures = 0;
     for &workload in &args.workloads {
@@ -213,10 +224,16 @@ fn main() -> ExitCode {
                 continue;
             }
             println!("\n## {workload:?} / {}", target.name());
+            let started = Instant::now();
             if let Err(error) = run(&args, workload, target, &mut results) {
                 println!("  FAILED: {error}");
                 failures += 1;
             }
+            println!(
+                "  ({:.1} s, load average {})",
+                started.elapsed().as_secs_f64(),
+                load_average()
+            );
         }
     }
     println!("\n{}", results.table());
@@ -364,7 +381,7 @@ impl Run<'_> {
 
     fn fan_out(&mut self) -> Result<(), String> {
         let args = self.args;
-        let (keys, mut plans, fanout, rate) = match self.workload {
+        let (keys, mut plans, fanout, rate, window) = match self.workload {
             Workload::Firehose => {
                 let keys = random_keys(args.firehose_conns.max(1));
                 let plans = (0..args.firehose_conns)
@@ -373,7 +390,13 @@ impl Run<'_> {
                         role: Role::Stream,
                     })
                     .collect::<Vec<_>>();
-                (keys, plans, args.firehose_conns as u64, args.firehose_rate)
+                (
+                    keys,
+                    plans,
+                    args.firehose_conns as u64,
+                    args.firehose_rate,
+                    args.firehose_window,
+                )
             }
             _ => {
                 let keys = random_keys(args.selective_keys.max(1));
@@ -392,6 +415,7 @@ impl Run<'_> {
                     plans,
                     1 + args.selective_watchers as u64,
                     args.selective_rate,
+                    args.selective_window,
                 )
             }
         };
@@ -410,10 +434,11 @@ impl Run<'_> {
 
         let shape = BatchShape {
             batch: args.batch.max(1),
+            paced_batch: args.paced_batch.max(1),
             template: event::EventTemplate::new(args.event_bytes),
             keys: Arc::new(keys),
         };
-        let control = Control::new(args.publishers, args.window, subscribers.progress.clone());
+        let control = Control::new(args.publishers, window, subscribers.progress.clone());
         let publishers = publish::spawn(&self.endpoint, &shape, &control);
         let max = self.phase(&subscribers, &control, mode::MAX, fanout);
         let rss_loaded = self.server.rss_kib();
@@ -507,10 +532,17 @@ impl Run<'_> {
         let acked_before = control.acked[phase].load(Ordering::Acquire);
         let delivered_before = subscribers.sum(|p| &p.delivered[phase]);
         let started = event::now_ns();
+        let cpu_before = (self.server.cpu_seconds(), server::cpu_seconds("self"));
         control.mode.store(phase, Ordering::Release);
         thread::sleep(self.args.duration);
         control.mode.store(mode::PAUSE, Ordering::Release);
         let publish_secs = (event::now_ns() - started) as f64 / 1e9;
+        println!(
+            "  CPU in the {} phase: server {:.2} cores, load generator {:.2} cores",
+            if phase == mode::MAX { "max" } else { "paced" },
+            (self.server.cpu_seconds() - cpu_before.0) / publish_secs,
+            (server::cpu_seconds("self") - cpu_before.1) / publish_secs,
+        );
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while control.sent.load(Ordering::Acquire) > control.settled() && Instant::now() < deadline
         {
@@ -578,14 +610,20 @@ impl Run<'_> {
 
     fn replay(&mut self) -> Result<(), String> {
         let args = self.args;
-        let batch = args.batch.max(1) as u64;
-        let events = args.replay_events.div_ceil(batch) * batch;
+        // The largest batch up to --batch that divides the event count, so the log holds
+        // exactly the events asked for.
+        let events = args.replay_events.max(1);
+        let batch = (1..=args.batch.max(1) as u64)
+            .rev()
+            .find(|b| events.is_multiple_of(*b))
+            .unwrap_or(1);
         let shape = BatchShape {
             batch: batch as usize,
+            paced_batch: 1,
             template: event::EventTemplate::new(args.event_bytes),
             keys: Arc::new(random_keys(1000)),
         };
-        let control = Control::new(args.publishers, args.window, Vec::new());
+        let control = Control::new(args.publishers, 0, Vec::new());
         control.limit.store(events, Ordering::Release);
         let publishers = publish::spawn(&self.endpoint, &shape, &control);
         let started = Instant::now();
@@ -677,6 +715,15 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// The machine's 1-minute load average: the servers share the cores with the load generator
+/// and with whatever else runs, so every result is printed next to it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn random_keys(count: usize) -> Vec<[u8; event::KEY_BYTES]> {

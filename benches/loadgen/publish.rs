@@ -114,6 +114,8 @@ pub struct PublisherReport {
 pub struct BatchShape {
     /// Events per batch.
     pub batch: usize,
+    /// Events per batch in the paced phase.
+    pub paced_batch: usize,
     /// One event.
     pub template: EventTemplate,
     /// Keys, used round-robin by event ordinal.
@@ -155,10 +157,14 @@ fn run(
             return report;
         }
     };
-    let per_batch = shape.batch as u64;
     let mut next_due: Option<Instant> = None;
     loop {
         let phase = control.mode.load(Ordering::Acquire);
+        let per_batch = if phase == mode::PACED {
+            shape.paced_batch
+        } else {
+            shape.batch
+        } as u64;
         match phase {
             mode::EXIT => break,
             mode::PAUSE => {
@@ -233,16 +239,84 @@ fn run(
 trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
 
-/// One publisher's connection and its reusable batch buffer.
-struct Connection {
-    stream: Box<dyn Stream>,
-    protocol: Protocol,
-    /// The request (herald) or frame payload (NATS) with the templates laid out; patched per batch.
+/// One batch laid out once and patched per send: a complete request (herald) or the payload of
+/// one websocket frame (NATS).
+struct Prepared {
     body: Vec<u8>,
     /// Where each event's JSON starts in `body`.
     event_at: Vec<usize>,
-    /// Where each NATS subject's key starts in `body`.
+    /// NATS: where each subject's key starts in `body`.
     subject_key_at: Vec<usize>,
+}
+
+impl Prepared {
+    fn new(endpoint: &Endpoint, template: &EventTemplate, batch: usize) -> Prepared {
+        let json = &template.json;
+        let mut prepared = Prepared {
+            body: Vec::new(),
+            event_at: Vec::new(),
+            subject_key_at: Vec::new(),
+        };
+        let body = &mut prepared.body;
+        match endpoint.protocol {
+            Protocol::Herald => {
+                let length = batch * (json.len() + 1) + 1;
+                let head = format!(
+                    "POST /api/v3/events HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+                    endpoint.addr, endpoint.authorization
+                );
+                body.extend_from_slice(head.as_bytes());
+                body.push(b'[');
+                for i in 0..batch {
+                    if i > 0 {
+                        body.push(b',');
+                    }
+                    prepared.event_at.push(body.len());
+                    body.extend_from_slice(json);
+                }
+                body.push(b']');
+            }
+            Protocol::Nats => {
+                let subject = format!("{}.{}.", event::TYPE, event::ACTION);
+                for _ in 0..batch {
+                    body.extend_from_slice(b"PUB ");
+                    body.extend_from_slice(subject.as_bytes());
+                    prepared.subject_key_at.push(body.len());
+                    body.extend_from_slice(&[b'0'; KEY_BYTES]);
+                    body.extend_from_slice(format!(" {}\r\n", json.len()).as_bytes());
+                    prepared.event_at.push(body.len());
+                    body.extend_from_slice(json);
+                    body.extend_from_slice(b"\r\n");
+                }
+                body.extend_from_slice(b"PING\r\n");
+            }
+        }
+        prepared
+    }
+
+    /// Writes keys, phase and send time of events `first..` into the body.
+    fn patch(&mut self, shape: &BatchShape, first: u64, phase: usize) {
+        let now = event::now_ns();
+        for (i, &at) in self.event_at.iter().enumerate() {
+            let ordinal = (first + i as u64) as usize;
+            let key = &shape.keys[ordinal % shape.keys.len()];
+            shape.template.patch(&mut self.body, at, key, phase, now);
+            if let Some(&key_at) = self.subject_key_at.get(i) {
+                self.body[key_at..key_at + KEY_BYTES].copy_from_slice(key);
+            }
+        }
+    }
+}
+
+/// One publisher's connection and its prepared batches.
+struct Connection {
+    stream: Box<dyn Stream>,
+    protocol: Protocol,
+    /// The batch of the as-fast-as-possible and prefill phases.
+    full: Prepared,
+    /// The batch of the paced phase.
+    paced: Prepared,
     read_buf: Vec<u8>,
     frame: Vec<u8>,
 }
@@ -263,94 +337,44 @@ fn connect(endpoint: &Endpoint) -> io::Result<Box<dyn Stream>> {
 
 impl Connection {
     fn open(endpoint: &Endpoint, shape: &BatchShape) -> io::Result<Connection> {
-        let mut stream = connect(endpoint)?;
-        let mut body = Vec::new();
-        let mut event_at = Vec::with_capacity(shape.batch);
-        let json = &shape.template.json;
-        match endpoint.protocol {
-            Protocol::Herald => {
-                let length = shape.batch * (json.len() + 1) + 1;
-                let head = format!(
-                    "POST /api/v3/events HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\
-                     Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
-                    endpoint.addr, endpoint.authorization
-                );
-                body.extend_from_slice(head.as_bytes());
-                body.push(b'[');
-                for i in 0..shape.batch {
-                    if i > 0 {
-                        body.push(b',');
-                    }
-                    event_at.push(body.len());
-                    body.extend_from_slice(json);
-                }
-                body.push(b']');
-            }
-            Protocol::Nats => {
-                stream.write_all(&ws::upgrade_request(&endpoint.addr.to_string(), "/", ""))?;
-                let mut hello = nats::CONNECT.to_vec();
-                hello.extend_from_slice(b"PING\r\n");
-                let mut read_buf = Vec::new();
-                read_upgrade(&mut stream, &mut read_buf)?;
-                let mut frame = Vec::new();
-                ws::encode_masked(&mut frame, OpCode::Binary, &hello);
-                stream.write_all(&frame)?;
-                let mut conn = Connection {
-                    stream,
-                    protocol: Protocol::Nats,
-                    body: Vec::new(),
-                    event_at: Vec::new(),
-                    subject_key_at: Vec::new(),
-                    read_buf,
-                    frame: Vec::new(),
-                };
-                conn.await_pong()?;
-                let subject = format!("{}.{}.", event::TYPE, event::ACTION);
-                for _ in 0..shape.batch {
-                    conn.body.extend_from_slice(b"PUB ");
-                    conn.body.extend_from_slice(subject.as_bytes());
-                    conn.subject_key_at.push(conn.body.len());
-                    conn.body.extend_from_slice(&[b'0'; KEY_BYTES]);
-                    conn.body
-                        .extend_from_slice(format!(" {}\r\n", json.len()).as_bytes());
-                    conn.event_at.push(conn.body.len());
-                    conn.body.extend_from_slice(json);
-                    conn.body.extend_from_slice(b"\r\n");
-                }
-                conn.body.extend_from_slice(b"PING\r\n");
-                return Ok(conn);
-            }
-        }
-        Ok(Connection {
-            stream,
-            protocol: Protocol::Herald,
-            body,
-            event_at,
-            subject_key_at: Vec::new(),
+        let mut conn = Connection {
+            stream: connect(endpoint)?,
+            protocol: endpoint.protocol,
+            full: Prepared::new(endpoint, &shape.template, shape.batch),
+            paced: Prepared::new(endpoint, &shape.template, shape.paced_batch),
             read_buf: Vec::with_capacity(4096),
             frame: Vec::new(),
-        })
+        };
+        if endpoint.protocol == Protocol::Nats {
+            conn.stream
+                .write_all(&ws::upgrade_request(&endpoint.addr.to_string(), "/", ""))?;
+            read_upgrade(&mut conn.stream, &mut conn.read_buf)?;
+            let mut hello = nats::CONNECT.to_vec();
+            hello.extend_from_slice(b"PING\r\n");
+            ws::encode_masked(&mut conn.frame, OpCode::Binary, &hello);
+            conn.stream.write_all(&conn.frame)?;
+            conn.await_pong()?;
+        }
+        Ok(conn)
     }
 
-    /// Publishes events `first..first + batch`; answers the `Herald-Seq` (0 for NATS).
+    /// Publishes the batch of `phase` starting at event `first`; answers the `Herald-Seq`
+    /// (0 for NATS).
     fn publish(&mut self, shape: &BatchShape, first: u64, phase: usize) -> io::Result<u64> {
-        let now = event::now_ns();
-        for (i, &at) in self.event_at.iter().enumerate() {
-            let ordinal = (first + i as u64) as usize;
-            let key = &shape.keys[ordinal % shape.keys.len()];
-            shape.template.patch(&mut self.body, at, key, phase, now);
-            if let Some(&key_at) = self.subject_key_at.get(i) {
-                self.body[key_at..key_at + KEY_BYTES].copy_from_slice(key);
-            }
-        }
+        let prepared = if phase == mode::PACED {
+            &mut self.paced
+        } else {
+            &mut self.full
+        };
+        prepared.patch(shape, first, phase);
         match self.protocol {
             Protocol::Herald => {
-                self.stream.write_all(&self.body)?;
+                self.stream.write_all(&prepared.body)?;
                 self.read_response()
             }
             Protocol::Nats => {
                 self.frame.clear();
-                ws::encode_masked(&mut self.frame, OpCode::Binary, &self.body);
+                ws::encode_masked(&mut self.frame, OpCode::Binary, &prepared.body);
                 self.stream.write_all(&self.frame)?;
                 self.await_pong()?;
                 Ok(0)
