@@ -80,7 +80,7 @@ impl Target {
 
 /// Fan-out load generator for herald and NATS.
 #[derive(Debug, Parser)]
-#[command(name = "loadgen")]
+#[command(name = "loadgen", args_override_self = true)]
 struct Args {
     /// Workloads to run, in order.
     #[arg(
