@@ -448,7 +448,7 @@ impl Run<'_> {
         } else {
             None
         };
-        control.mode.store(mode::EXIT, Ordering::Release);
+        control.switch(mode::EXIT, DRAIN_TIMEOUT);
         let mut acks = [stats::histogram(), stats::histogram(), stats::histogram()];
         for handle in publishers {
             if let Ok(report) = handle.join() {
@@ -535,7 +535,7 @@ impl Run<'_> {
         let cpu_before = (self.server.cpu_seconds(), server::cpu_seconds("self"));
         control.mode.store(phase, Ordering::Release);
         thread::sleep(self.args.duration);
-        control.mode.store(mode::PAUSE, Ordering::Release);
+        control.switch(mode::PAUSE, DRAIN_TIMEOUT);
         let publish_secs = (event::now_ns() - started) as f64 / 1e9;
         println!(
             "  CPU in the {} phase: server {:.2} cores, load generator {:.2} cores",
@@ -544,10 +544,6 @@ impl Run<'_> {
             (server::cpu_seconds("self") - cpu_before.1) / publish_secs,
         );
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while control.sent.load(Ordering::Acquire) > control.settled() && Instant::now() < deadline
-        {
-            thread::sleep(Duration::from_millis(1));
-        }
         let published = control.acked[phase].load(Ordering::Acquire) - acked_before;
         let expected = published * fanout;
         let mut last = (0, Instant::now());

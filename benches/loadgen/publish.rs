@@ -40,6 +40,8 @@ pub struct Control {
     pub rate: AtomicU64,
     /// Events that may be published but not yet received by every full-stream subscriber.
     pub window: u64,
+    /// Publishers between confirming the mode and settling their batch.
+    pub busy: AtomicUsize,
     /// Events handed to a connection so far (the next event's ordinal).
     pub sent: AtomicU64,
     /// Events acknowledged, per phase.
@@ -65,6 +67,7 @@ impl Control {
             mode: AtomicUsize::new(mode::PAUSE),
             rate: AtomicU64::new(0),
             window,
+            busy: AtomicUsize::new(0),
             sent: AtomicU64::new(0),
             acked: Default::default(),
             failed: AtomicU64::new(0),
@@ -74,6 +77,16 @@ impl Control {
             flow,
             first_error: Mutex::new(None),
         })
+    }
+
+    /// Switches every publisher to `next` and waits (up to `timeout`) until no batch of the
+    /// previous mode is still in flight.
+    pub fn switch(&self, next: usize, timeout: Duration) {
+        self.mode.store(next, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        while self.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Events acknowledged in all phases, plus those that failed.
@@ -196,6 +209,14 @@ fn run(
             }
             _ => {}
         }
+        // Announce the send before confirming the mode: the controller stores a new mode and
+        // then waits for `busy` to reach zero, so no batch of a finished phase slips out after
+        // it counted the phase (both sides use SeqCst, so one always sees the other).
+        control.busy.fetch_add(1, Ordering::SeqCst);
+        if control.mode.load(Ordering::SeqCst) != phase {
+            control.busy.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
         let first = if phase == mode::PREFILL {
             // Claim exactly up to the limit, so the log holds exactly the events asked for.
             let limit = control.limit.load(Ordering::Acquire);
@@ -207,6 +228,7 @@ fn run(
             match claimed {
                 Ok(first) => first,
                 Err(_) => {
+                    control.busy.fetch_sub(1, Ordering::SeqCst);
                     thread::sleep(Duration::from_millis(1));
                     continue;
                 }
@@ -227,10 +249,14 @@ fn run(
                 control.fail(per_batch, error.to_string());
                 match Connection::open(endpoint, shape) {
                     Ok(fresh) => conn = fresh,
-                    Err(_) => break,
+                    Err(_) => {
+                        control.busy.fetch_sub(1, Ordering::SeqCst);
+                        break;
+                    }
                 }
             }
         }
+        control.busy.fetch_sub(1, Ordering::SeqCst);
     }
     report
 }
