@@ -459,17 +459,20 @@ impl Run<'_> {
         }
         let dropped = subscribers.sum(|p| &p.dropped);
         let report = subscribers.stop();
+        // The numbers are still recorded, but a run that lost, dropped or failed anything
+        // fails: nothing may be silently dropped (PROTOCOL §3.4), so that is a finding.
+        let mut problems = Vec::new();
         if let Ok(Some(error)) = control.first_error.lock().map(|e| e.clone()) {
-            println!(
-                "  publish errors: {} events failed; first: {error}",
+            problems.push(format!(
+                "{} events failed to publish; first: {error}",
                 control.failed.load(Ordering::Acquire)
-            );
+            ));
         }
         if dropped > 0 || !report.errors.is_empty() {
-            println!(
-                "  subscribers dropped: {dropped}; errors: {:?}",
+            problems.push(format!(
+                "{dropped} subscribers dropped; errors: {:?}",
                 report.errors
-            );
+            ));
         }
         println!("  memory under load: {rss_loaded} KiB");
         self.put("RSS MiB (max phase)", rss_loaded as f64 / 1024.0);
@@ -517,8 +520,18 @@ impl Run<'_> {
                 &format!("lost events ({label})"),
                 result.expected.saturating_sub(result.delivered) as f64,
             );
+            if result.delivered != result.expected {
+                problems.push(format!(
+                    "{label}: {} deliveries expected, {} received",
+                    result.expected, result.delivered
+                ));
+            }
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 
     /// Publishes in `phase` for the configured duration, then waits for the deliveries.
@@ -596,11 +609,14 @@ impl Run<'_> {
             "  memory: {rss_base} KiB before, {rss} KiB with {count} idle connections: {per_conn:.0} B per connection; \
              CPU while idle {cpu:.2}% of one core"
         );
-        if dropped > 0 {
-            println!("  dropped while idle: {dropped}: {:?}", report.errors);
-        }
         self.put("RSS/conn bytes", per_conn);
         self.put("idle CPU %", cpu);
+        if dropped > 0 {
+            return Err(format!(
+                "{dropped} idle connections dropped: {:?}",
+                report.errors
+            ));
+        }
         Ok(())
     }
 
@@ -685,16 +701,6 @@ impl Run<'_> {
             stats::quantile_ms(&report.replay, 0.99),
             rss / 1024
         );
-        if broken > 0
-            || report.out_of_order > 0
-            || report.not_recovered > 0
-            || !report.errors.is_empty()
-        {
-            println!(
-                "  problems: {broken} clients failed, {} events out of order, {} replies not recovered; errors {:?}",
-                report.out_of_order, report.not_recovered, report.errors
-            );
-        }
         self.put("replayed ev/s", delivered as f64 / secs);
         self.put(
             "client done p50 ms",
@@ -704,9 +710,16 @@ impl Run<'_> {
             "client done p99 ms",
             stats::quantile_ms(&report.replay, 0.99),
         );
-        if finished < clients as u64 {
+        if finished < clients as u64
+            || broken > 0
+            || report.out_of_order > 0
+            || report.not_recovered > 0
+            || !report.errors.is_empty()
+        {
             return Err(format!(
-                "only {finished} of {clients} clients finished their replay"
+                "{finished} of {clients} clients finished, {broken} failed, {} events out of order, \
+                 {} replies not recovered; errors {:?}",
+                report.out_of_order, report.not_recovered, report.errors
             ));
         }
         Ok(())
