@@ -575,9 +575,13 @@ impl Worker {
             }
             Protocol::Nats => {
                 let mut hello = nats::CONNECT.to_vec();
-                hello.extend_from_slice(
-                    format!("SUB {} 1\r\nPING\r\n", plan.subscription).as_bytes(),
-                );
+                if let Role::Replay { .. } = plan.role {
+                    // The subscription is this client's inbox: JetStream delivers there.
+                    hello.extend_from_slice(&nats::replay_commands(&plan.subscription));
+                } else {
+                    hello.extend_from_slice(format!("SUB {} 1\r\n", plan.subscription).as_bytes());
+                }
+                hello.extend_from_slice(b"PING\r\n");
                 conn.queue_frame(OpCode::Binary, &hello)?;
             }
         }
@@ -615,10 +619,25 @@ impl Worker {
         conn.received += 1;
     }
 
+    /// Counts a replaying client done once it has every event it expects.
+    fn replay_progress(&mut self, conn: &mut Conn, now: u64) {
+        if let Role::Replay { events, .. } = self.plans[conn.plan].role
+            && !conn.done
+            && conn.received >= events
+        {
+            conn.done = true;
+            self.tally.replays_done += 1;
+            let _ = self
+                .tally
+                .replay
+                .record(now.saturating_sub(conn.started_ns).max(1_000));
+        }
+    }
+
     fn herald_message(&mut self, conn: &mut Conn, payload: &[u8], now: u64) -> Result<(), String> {
         if let Some(mark) = self.marks.read(payload) {
             self.event(conn, mark, now);
-            if let Role::Replay { events, .. } = self.plans[conn.plan].role {
+            if let Role::Replay { .. } = self.plans[conn.plan].role {
                 match event::herald_seq(payload) {
                     // Other events in the log leave gaps that the filter skips; order is what counts.
                     Some(seq) if seq > conn.last_seq => conn.last_seq = seq,
@@ -628,15 +647,8 @@ impl Worker {
                     }
                     None => self.tally.out_of_order += 1,
                 }
-                if !conn.done && conn.received >= events {
-                    conn.done = true;
-                    self.tally.replays_done += 1;
-                    let _ = self
-                        .tally
-                        .replay
-                        .record(now.saturating_sub(conn.started_ns).max(1_000));
-                }
             }
+            self.replay_progress(conn, now);
             return Ok(());
         }
         let has = |needle: &[u8]| memchr::memmem::find(payload, needle).is_some();
@@ -679,6 +691,9 @@ impl Worker {
                 nats::Op::Msg(payload) => {
                     if let Some(mark) = self.marks.read(payload) {
                         self.event(conn, mark, now);
+                        self.replay_progress(conn, now);
+                    } else if memchr::memmem::find(payload, b"\"error\"").is_some() {
+                        return Err(format!("NATS: {}", String::from_utf8_lossy(payload)));
                     }
                 }
                 nats::Op::Ping => conn

@@ -219,10 +219,6 @@ fn main() -> ExitCode {
     let mut failures = 0;
     for &workload in &args.workloads {
         for &target in &args.targets {
-            if workload == Workload::Replay && target == Target::Nats {
-                println!("\n## replay / nats: skipped (core NATS keeps no log to replay)");
-                continue;
-            }
             println!("\n## {workload:?} / {}", target.name());
             let started = Instant::now();
             if let Err(error) = run(&args, workload, target, &mut results) {
@@ -263,7 +259,8 @@ fn run(
             cores: args.cores,
             password: &args.password,
         })?,
-        Target::Nats => Server::nats(&args.nats_bin, false)?,
+        // Replay on NATS is JetStream's: a file-backed stream and one consumer per client.
+        Target::Nats => Server::nats(&args.nats_bin, workload == Workload::Replay)?,
     };
     let endpoint = Arc::new(match target {
         Target::Nats => Endpoint {
@@ -620,6 +617,32 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Waits until JetStream has stored `events` messages (publishing with plain `PUB`, as the
+    /// fan-out workloads do, is acknowledged before the stream has stored it).
+    fn await_stream(&self, events: u64) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let info = publish::nats_request(&self.endpoint, &nats::stream_info(), b"")
+                .map_err(|e| format!("reading the JetStream stream's state: {e}"))?;
+            let text = String::from_utf8_lossy(&info);
+            let messages = text
+                .split("\"messages\":")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            if messages >= events {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "JetStream holds {messages} of {events} events: {text}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn replay(&mut self) -> Result<(), String> {
         let args = self.args;
         // The largest batch up to --batch that divides the event count, so the log holds
@@ -635,6 +658,17 @@ impl Run<'_> {
             template: event::EventTemplate::new(args.event_bytes),
             keys: Arc::new(random_keys(1000)),
         };
+        if self.endpoint.protocol == Protocol::Nats {
+            let (subject, body) = nats::stream_create();
+            let answer = publish::nats_request(&self.endpoint, &subject, &body)
+                .map_err(|e| format!("creating the JetStream stream: {e}"))?;
+            if memchr::memmem::find(&answer, b"\"error\"").is_some() {
+                return Err(format!(
+                    "creating the JetStream stream: {}",
+                    String::from_utf8_lossy(&answer)
+                ));
+            }
+        }
         let control = Control::new(args.publishers, 0, Vec::new());
         control.limit.store(events, Ordering::Release);
         let publishers = publish::spawn(&self.endpoint, &shape, &control);
@@ -664,11 +698,17 @@ impl Run<'_> {
         );
         // Let `batched` durability flush, so every event is readable by a replay.
         thread::sleep(Duration::from_millis(200));
+        if self.endpoint.protocol == Protocol::Nats {
+            self.await_stream(events)?;
+        }
 
         let clients = args.replay_clients;
         let plans: Vec<Plan> = (0..clients)
-            .map(|_| Plan {
-                subscription: format!("{}.*.*", event::TYPE),
+            .map(|i| Plan {
+                subscription: match self.endpoint.protocol {
+                    Protocol::Herald => format!("{}.*.*", event::TYPE),
+                    Protocol::Nats => format!("_INBOX.loadgen{i}"),
+                },
                 role: Role::Replay {
                     after: 0,
                     events: stored,
@@ -702,6 +742,7 @@ impl Run<'_> {
             rss / 1024
         );
         self.put("replayed ev/s", delivered as f64 / secs);
+        self.put("RSS MiB (replaying)", rss as f64 / 1024.0);
         self.put(
             "client done p50 ms",
             stats::quantile_ms(&report.replay, 0.5),

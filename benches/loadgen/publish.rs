@@ -344,6 +344,8 @@ struct Connection {
     /// The batch of the paced phase.
     paced: Prepared,
     read_buf: Vec<u8>,
+    /// NATS: protocol bytes not yet parsed.
+    nats_buf: Vec<u8>,
     frame: Vec<u8>,
 }
 
@@ -369,6 +371,7 @@ impl Connection {
             full: Prepared::new(endpoint, &shape.template, shape.batch),
             paced: Prepared::new(endpoint, &shape.template, shape.paced_batch),
             read_buf: Vec::with_capacity(4096),
+            nats_buf: Vec::new(),
             frame: Vec::new(),
         };
         if endpoint.protocol == Protocol::Nats {
@@ -447,7 +450,12 @@ impl Connection {
 
     /// Reads NATS frames until `PONG`, answering the server's `PING`s on the way.
     fn await_pong(&mut self) -> io::Result<()> {
-        let mut stream_bytes: Vec<u8> = Vec::new();
+        self.await_nats(false).map(|_| ())
+    }
+
+    /// Reads NATS frames until `PONG` (or, with `want_msg`, the first `MSG`, whose payload it
+    /// answers), answering the server's `PING`s on the way.
+    fn await_nats(&mut self, want_msg: bool) -> io::Result<Option<Vec<u8>>> {
         loop {
             let mut used = 0;
             while let Some(frame) =
@@ -464,18 +472,20 @@ impl Connection {
                         self.stream.write_all(&pong)?;
                     }
                     OpCode::Pong => {}
-                    _ => stream_bytes.extend_from_slice(payload),
+                    _ => self.nats_buf.extend_from_slice(payload),
                 }
                 used += frame.len;
             }
             self.read_buf.drain(..used);
             let mut at = 0;
-            let mut got_pong = false;
+            let mut done = None;
             while let Some((op, len)) =
-                nats::next_op(&stream_bytes[at..]).map_err(io::Error::other)?
+                nats::next_op(&self.nats_buf[at..]).map_err(io::Error::other)?
             {
+                at += len;
                 match op {
-                    nats::Op::Pong => got_pong = true,
+                    nats::Op::Pong if !want_msg => done = Some(None),
+                    nats::Op::Msg(payload) if want_msg => done = Some(Some(payload.to_vec())),
                     nats::Op::Ping => {
                         let mut pong = Vec::new();
                         ws::encode_masked(&mut pong, OpCode::Binary, b"PONG\r\n");
@@ -487,17 +497,43 @@ impl Connection {
                             String::from_utf8_lossy(text)
                         )));
                     }
-                    nats::Op::Msg(_) | nats::Op::Other => {}
+                    _ => {}
                 }
-                at += len;
+                if done.is_some() {
+                    break;
+                }
             }
-            stream_bytes.drain(..at);
-            if got_pong {
-                return Ok(());
+            self.nats_buf.drain(..at);
+            if let Some(answer) = done {
+                return Ok(answer);
             }
             fill(&mut self.stream, &mut self.read_buf)?;
         }
     }
+}
+
+/// Sends one NATS request over a fresh websocket and answers the reply's payload: how the load
+/// generator talks to the JetStream API (`$JS.API.…`).
+pub fn nats_request(endpoint: &Endpoint, subject: &str, body: &[u8]) -> io::Result<Vec<u8>> {
+    let shape = BatchShape {
+        batch: 1,
+        paced_batch: 1,
+        template: EventTemplate::new(0),
+        keys: Arc::new(vec![[b'0'; KEY_BYTES]]),
+    };
+    let mut conn = Connection::open(endpoint, &shape)?;
+    let mut request = format!(
+        "SUB _INBOX.loadgen 1\r\nPUB {subject} _INBOX.loadgen {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request.extend_from_slice(b"\r\n");
+    conn.frame.clear();
+    ws::encode_masked(&mut conn.frame, OpCode::Binary, &request);
+    conn.stream.write_all(&conn.frame)?;
+    conn.await_nats(true)?
+        .ok_or_else(|| io::Error::other("NATS answered no message"))
 }
 
 fn fill(stream: &mut Box<dyn Stream>, buf: &mut Vec<u8>) -> io::Result<()> {
