@@ -731,11 +731,11 @@ impl Run<'_> {
         let delivered = subscribers.sum(|p| &p.delivered[mode::PREFILL]);
         let finished = subscribers.sum(|p| &p.replays_done);
         let broken = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
-        let rss = self.server.rss_kib();
+        let rss = self.server.peak_rss_kib();
         let report = subscribers.stop();
         println!(
             "  replay: {finished} of {clients} clients replayed {stored} events each in {secs:.2} s: \
-             {:.0} events/s delivered; per client p50 {:.0} ms p99 {:.0} ms; server {} MiB",
+             {:.0} events/s delivered; per client p50 {:.0} ms p99 {:.0} ms; server peak {} MiB",
             delivered as f64 / secs,
             stats::quantile_ms(&report.replay, 0.5),
             stats::quantile_ms(&report.replay, 0.99),
