@@ -62,7 +62,11 @@ impl From<Response> for Answer {
 }
 
 /// The request loop; returns the identity and any bytes already read when the client upgraded.
-async fn session(core: &Rc<Core>, transport: &mut Transport, watch: &HttpWatch) -> Option<(Identity, Vec<u8>)> {
+async fn session(
+    core: &Rc<Core>,
+    transport: &mut Transport,
+    watch: &HttpWatch,
+) -> Option<(Identity, Vec<u8>)> {
     let limits = &core.shared.config.limits;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
@@ -72,7 +76,8 @@ async fn session(core: &Rc<Core>, transport: &mut Transport, watch: &HttpWatch) 
                 Ok(Head::Complete { head, len }) => break (head, len),
                 Ok(Head::Partial) => {}
                 Err(error) => {
-                    let response = Response::error(ApiError::new(error.status(), error.to_string()));
+                    let response =
+                        Response::error(ApiError::new(error.status(), error.to_string()));
                     finish(transport, &response, &mut out).await;
                     return None;
                 }
@@ -110,10 +115,12 @@ async fn session(core: &Rc<Core>, transport: &mut Transport, watch: &HttpWatch) 
         let request = Request { head, body };
         match route(core, &request).await {
             Answer::Upgrade(identity) => {
-                let Some(key) = request.head.websocket_key.as_deref() else {
-                    return None;
-                };
-                if transport.write_all(&crate::websocket::upgrade_response(key)).await.is_err() {
+                let key = request.head.websocket_key.as_deref()?;
+                if transport
+                    .write_all(&crate::websocket::upgrade_response(key))
+                    .await
+                    .is_err()
+                {
                     return None;
                 }
                 return Some((identity, buf));
@@ -121,12 +128,16 @@ async fn session(core: &Rc<Core>, transport: &mut Transport, watch: &HttpWatch) 
             Answer::Response(response) => {
                 out.clear();
                 response.encode(keep_alive, head_only, &mut out);
-                if transport.write_all(&out).await.is_err() || !keep_alive {
+                if transport.write_all(&out).await.is_err() || !keep_alive || core.is_stopping() {
                     return None;
                 }
             }
         }
-        watch.request_started.set(if buf.is_empty() { None } else { Some(Instant::now()) });
+        watch.request_started.set(if buf.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        });
         watch.idle_since.set(Instant::now());
     }
 }
@@ -161,7 +172,10 @@ async fn read_body(
     match head.body {
         BodyKind::None => Ok(Vec::new()),
         BodyKind::Length(len) => {
-            let len = usize::try_from(len).ok().filter(|&l| l <= max).ok_or_else(too_large)?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&l| l <= max)
+                .ok_or_else(too_large)?;
             while buf.len() < len {
                 match transport.read_into(buf).await {
                     Ok(n) if n > 0 => {}
@@ -182,7 +196,10 @@ async fn read_body(
                         }
                     }
                     Err(error) => {
-                        return Err(Some(Response::error(ApiError::new(error.status(), error.to_string()))));
+                        return Err(Some(Response::error(ApiError::new(
+                            error.status(),
+                            error.to_string(),
+                        ))));
                     }
                 }
                 match transport.read_into(buf).await {
@@ -276,7 +293,10 @@ fn require(identity: &Identity, scope: &str, action: &str, specific: &str) -> Re
     } else {
         Err(error_with(
             403,
-            format!("{} lacks the claim {scope}:{action}:{specific}", identity.principal),
+            format!(
+                "{} lacks the claim {scope}:{action}:{specific}",
+                identity.principal
+            ),
         ))
     }
 }
@@ -290,15 +310,26 @@ async fn route(core: &Rc<Core>, request: &Request) -> Answer {
     let Some(route) = Route::parse(&segments) else {
         return error(404, format!("no route {}", head.path())).into();
     };
-    let method = if head.method == Method::Head { Method::Get } else { head.method.clone() };
+    let method = if head.method == Method::Head {
+        Method::Get
+    } else {
+        head.method.clone()
+    };
     if !route.methods().contains(&method) {
         let allow: Vec<&str> = route.methods().iter().map(Method::as_str).collect();
-        return error(405, format!("{} is not allowed on {}", head.method.as_str(), head.path()))
-            .with_header("Allow", allow.join(", "))
-            .into();
+        return error(
+            405,
+            format!("{} is not allowed on {}", head.method.as_str(), head.path()),
+        )
+        .with_header("Allow", allow.join(", "))
+        .into();
     }
     if route == Route::Ws && head.websocket_key.is_none() {
-        return error(400, "this route takes a websocket upgrade (GET with Upgrade: websocket)").into();
+        return error(
+            400,
+            "this route takes a websocket upgrade (GET with Upgrade: websocket)",
+        )
+        .into();
     }
     let identity = match authenticate(core, head).await {
         Ok(identity) => identity,
@@ -333,17 +364,28 @@ async fn handle(
             let new: auth::NewUser = parse_json(&request.body)?;
             require(identity, "users", "create", &new.name)?;
             let user = hashing(core, move |store| store.create_user(new)).await?;
-            emit(core, Event::new("users", "create", &user.name, &identity.principal).with_object(&user)).await;
+            emit(
+                core,
+                Event::new("users", "create", &user.name, &identity.principal).with_object(&user),
+            )
+            .await;
             Ok(Response::json(201, &user))
         }
         (Route::User(name), Method::Get) => {
             require(identity, "users", "get", &name)?;
-            Ok(Response::json(200, &store.get_user(&name).map_err(|e| auth_error(&e))?))
+            Ok(Response::json(
+                200,
+                &store.get_user(&name).map_err(|e| auth_error(&e))?,
+            ))
         }
         (Route::User(name), _) => {
             require(identity, "users", "delete", &name)?;
             let user = store.delete_user(&name).map_err(|e| auth_error(&e))?;
-            emit(core, Event::new("users", "delete", &name, &identity.principal).with_object(&user)).await;
+            emit(
+                core,
+                Event::new("users", "delete", &name, &identity.principal).with_object(&user),
+            )
+            .await;
             Ok(Response::json(200, &user))
         }
         (Route::UserPassword(name), _) => {
@@ -357,21 +399,26 @@ async fn handle(
             }
             let body: Password = parse_json(&request.body)?;
             let (user_name, password) = (name.clone(), body.password);
-            let user = hashing(core, move |store| store.set_password(&user_name, &password)).await?;
-            emit(core, Event::new("users", "update", &name, &identity.principal).with_object(&user)).await;
+            let user =
+                hashing(core, move |store| store.set_password(&user_name, &password)).await?;
+            emit(
+                core,
+                Event::new("users", "update", &name, &identity.principal).with_object(&user),
+            )
+            .await;
             Ok(Response::json(200, &user))
         }
         (Route::UserToken(name), _) => {
             if identity.user.as_deref() != Some(name.as_str()) {
                 require(identity, "users", "token", &name)?;
             }
-            let ttl = match head.query("ttl") {
-                None => TOKEN_TTL_DEFAULT,
-                Some(ttl) => Duration::from_secs(
-                    ttl.parse::<u64>()
-                        .map_err(|_| error(400, format!("ttl {ttl:?} is not a number of seconds")))?,
-                ),
-            };
+            let ttl =
+                match head.query("ttl") {
+                    None => TOKEN_TTL_DEFAULT,
+                    Some(ttl) => Duration::from_secs(ttl.parse::<u64>().map_err(|_| {
+                        error(400, format!("ttl {ttl:?} is not a number of seconds"))
+                    })?),
+                };
             let token = store.mint_token(&name, ttl).map_err(|e| auth_error(&e))?;
             Ok(Response::json(200, &token))
         }
@@ -383,12 +430,19 @@ async fn handle(
             let role: auth::Role = parse_json(&request.body)?;
             require(identity, "roles", "create", &role.name)?;
             let role = store.create_role(role).map_err(|e| auth_error(&e))?;
-            emit(core, Event::new("roles", "create", &role.name, &identity.principal).with_object(&role)).await;
+            emit(
+                core,
+                Event::new("roles", "create", &role.name, &identity.principal).with_object(&role),
+            )
+            .await;
             Ok(Response::json(201, &role))
         }
         (Route::Role(name), _) => {
             require(identity, "roles", "get", &name)?;
-            Ok(Response::json(200, &store.get_role(&name).map_err(|e| auth_error(&e))?))
+            Ok(Response::json(
+                200,
+                &store.get_role(&name).map_err(|e| auth_error(&e))?,
+            ))
         }
         (Route::Ws, _) => Err(error(400, "this route takes a websocket upgrade")),
     }
@@ -407,7 +461,12 @@ async fn hashing<T: Send + 'static>(
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| error(400, format!("the body is not valid JSON for this route: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            400,
+            format!("the body is not valid JSON for this route: {e}"),
+        )
+    })
 }
 
 /// Publishes an event produced by herald itself; a failure is logged, the change stands.
@@ -417,15 +476,23 @@ async fn emit(core: &Core, event: Event) {
     }
 }
 
-async fn publish(core: &Core, request: &Request, identity: &Identity) -> Result<Response, Response> {
+async fn publish(
+    core: &Core,
+    request: &Request,
+    identity: &Identity,
+) -> Result<Response, Response> {
     let mut body = request.body.clone();
-    let events = event::parse_publish(&mut body, &identity.principal).map_err(|e| error(400, e.to_string()))?;
+    let events = event::parse_publish(&mut body, &identity.principal)
+        .map_err(|e| error(400, e.to_string()))?;
     for event in &events {
         let specific = format!("{}.{}.{}", event.ty, event.action, event.key);
         if !identity.claims.allows("events", "post", &specific) {
             return Err(error_with(
                 403,
-                format!("{} lacks the claim events:post:{specific}", identity.principal),
+                format!(
+                    "{} lacks the claim events:post:{specific}",
+                    identity.principal
+                ),
             ));
         }
     }
@@ -438,19 +505,29 @@ async fn publish(core: &Core, request: &Request, identity: &Identity) -> Result<
     Ok(Response::no_content().with_header("Herald-Seq", last.to_string()))
 }
 
-async fn read_events(core: &Core, head: &RequestHead, claims: &std::sync::Arc<Claims>) -> Result<Response, Response> {
+async fn read_events(
+    core: &Core,
+    head: &RequestHead,
+    claims: &std::sync::Arc<Claims>,
+) -> Result<Response, Response> {
     let number = |name: &str, default: u64| -> Result<u64, Response> {
         match head.query(name) {
             None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| error(400, format!("{name} {v:?} is not a non-negative whole number"))),
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                error(
+                    400,
+                    format!("{name} {v:?} is not a non-negative whole number"),
+                )
+            }),
         }
     };
     let since = number("since", 0)?;
     let limit = number("limit", EVENTS_PAGE_DEFAULT as u64)?;
     if limit == 0 || limit > EVENTS_PAGE_MAX as u64 {
-        return Err(error(400, format!("limit must be between 1 and {EVENTS_PAGE_MAX}")));
+        return Err(error(
+            400,
+            format!("limit must be between 1 and {EVENTS_PAGE_MAX}"),
+        ));
     }
     let filter = match head.query("filter") {
         None => None,
@@ -463,7 +540,9 @@ async fn read_events(core: &Core, head: &RequestHead, claims: &std::sync::Arc<Cl
     // Read in pages until the answer is full or the log is exhausted; filtered-out events are skipped.
     'read: loop {
         let reader = core.shared.log_reader.clone();
-        let rows = match monoio::spawn_blocking(move || reader.read_after(cursor, EVENTS_PAGE_MAX)).await {
+        let rows = match monoio::spawn_blocking(move || reader.read_after(cursor, EVENTS_PAGE_MAX))
+            .await
+        {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => return Err(error(500, e.to_string())),
             Err(_) => return Err(error(500, "the log read failed")),
@@ -476,8 +555,11 @@ async fn read_events(core: &Core, head: &RequestHead, claims: &std::sync::Arc<Cl
             let Some(event) = event::EncodedEvent::from_stored(seq, &json) else {
                 continue;
             };
-            let visible = claims.is_superuser() || claims.may_see(&event.ty, &event.action, &event.key);
-            let wanted = filter.as_ref().is_none_or(|f| f.matches(&event.ty, &event.action, &event.key));
+            let visible =
+                claims.is_superuser() || claims.may_see(&event.ty, &event.action, &event.key);
+            let wanted = filter
+                .as_ref()
+                .is_none_or(|f| f.matches(&event.ty, &event.action, &event.key));
             if visible && wanted {
                 if found > 0 {
                     body.push(b',');

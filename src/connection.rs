@@ -263,6 +263,10 @@ pub async fn run(
         bytes_sent: Cell::new(0),
         queued_events: Cell::new(0),
     });
+    if core.is_stopping() {
+        // Upgraded while the server began to stop: close like every other websocket.
+        conn.begin_close(CloseReason::ServerShutdown, 1001, "server shutdown".into());
+    }
     let writer = monoio::spawn(write_loop(conn.clone(), write));
     read_loop(&core, &conn, read, leftover).await;
     if !conn.is_closing() {
@@ -288,7 +292,11 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<WsConn>, mut read: ReadSide, mut b
                 }
                 Err(error) => {
                     let what = error.to_string();
-                    conn.begin_close(CloseReason::Protocol(what.clone()), error.close_code(), what);
+                    conn.begin_close(
+                        CloseReason::Protocol(what.clone()),
+                        error.close_code(),
+                        what,
+                    );
                     return;
                 }
             }
@@ -319,7 +327,10 @@ fn handle_message(core: &Rc<Core>, conn: &Rc<WsConn>, message: Message) -> bool 
         }
         Message::Binary { .. } => {
             if !conn.is_closing() {
-                conn.queue_control(&error_reply("", "binary frames are not commands; send text"));
+                conn.queue_control(&error_reply(
+                    "",
+                    "binary frames are not commands; send text",
+                ));
             }
             true
         }
@@ -358,7 +369,8 @@ fn handle_command(core: &Rc<Core>, conn: &Rc<WsConn>, text: &str) {
             }
             let max = core.shared.config.limits.max_filters;
             if filters.len() >= max {
-                let message = format!("this connection already holds {max} filters, the most allowed");
+                let message =
+                    format!("this connection already holds {max} filters, the most allowed");
                 conn.queue_control(&error_reply(command::error_key(text), &message));
                 return;
             }
@@ -395,7 +407,11 @@ async fn write_loop(conn: Rc<WsConn>, mut write: WriteSide) {
             if write.flush_tls_records().await.is_err() {
                 break;
             }
-            let close = conn.closing.borrow_mut().as_mut().map(|c| (c.reason.clone(), c.frame.take()));
+            let close = conn
+                .closing
+                .borrow_mut()
+                .as_mut()
+                .map(|c| (c.reason.clone(), c.frame.take()));
             match close {
                 Some((reason, Some((code, text)))) => {
                     let text = if reason == CloseReason::SlowConsumer {

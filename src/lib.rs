@@ -11,18 +11,18 @@
 //! - [`event`]: events, their validation, and the frame encoded once for every receiver.
 //! - [`log`]: the durable event log in sled behind a narrow storage interface.
 
+pub mod api;
 pub mod auth;
 pub mod command;
 pub mod config;
+pub mod connection;
 pub mod event;
 pub mod filter;
 pub mod http;
 pub mod log;
-pub mod tls;
-pub mod websocket;
-pub mod api;
-pub mod connection;
 pub mod sequencer;
 pub mod server;
+pub mod tls;
 pub mod transport;
+pub mod websocket;
 pub mod worker;

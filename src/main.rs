@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "A DRP-compatible websocket event hub with a durable, replayable event log")]
+#[command(
+    name = "herald",
+    version,
+    about = "A DRP-compatible websocket event hub with a durable, replayable event log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,9 +41,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            let config = herald::config::Config::from_args(*args)?;
+            let config = herald::config::Config::from_args((*args).clone())?;
             herald::config::init_logging(&config.log_level, config.log_format)?;
-            herald::server::run(config)?;
+            let reload = Box::new(move || herald::config::Config::from_args((*args).clone()));
+            herald::server::run(config, reload)?;
         }
         Command::CheckConfig { file } => {
             herald::config::Config::check_file(&file)?;

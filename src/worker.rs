@@ -54,6 +54,29 @@ pub struct Shared {
     pub default_password: bool,
     /// `io_uring` or `epoll`.
     pub driver: &'static str,
+    /// Milliseconds since `started` at each core's last sweep, for the watchdog.
+    pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+impl Shared {
+    /// Records that core `id` is still turning.
+    pub fn heartbeat(&self, id: usize) {
+        if let Some(beat) = self.heartbeats.get(id) {
+            beat.store(
+                self.started.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Whether every core swept within `period`.
+    pub fn cores_alive(&self, period: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.heartbeats.iter().all(|beat| {
+            now.saturating_sub(beat.load(std::sync::atomic::Ordering::Relaxed))
+                < period.as_millis() as u64
+        })
+    }
 }
 
 /// Deadlines of one HTTP connection, checked by the sweeper (reads are never timed out).
@@ -96,6 +119,7 @@ pub struct Core {
     stamp: Cell<u64>,
     /// Seq of the last event this core has fanned out.
     pub last_delivered: Cell<u64>,
+    stopping: Cell<bool>,
 }
 
 impl Core {
@@ -112,6 +136,7 @@ impl Core {
             bookmarked: RefCell::default(),
             stamp: Cell::new(0),
             last_delivered: Cell::new(last),
+            stopping: Cell::new(false),
         })
     }
 
@@ -137,7 +162,10 @@ impl Core {
     /// Forgets a connection whose tasks have ended.
     pub fn remove_conn(&self, conn: &WsConn) {
         let mut conns = self.conns.borrow_mut();
-        if conns.get(conn.slot as usize).is_some_and(|c| std::ptr::eq(&**c, conn)) {
+        if conns
+            .get(conn.slot as usize)
+            .is_some_and(|c| std::ptr::eq(&**c, conn))
+        {
             conns.remove(conn.slot as usize);
         }
     }
@@ -195,7 +223,12 @@ impl Core {
 
     /// Applies `replay SEQ [EPOCH]`: replies with the log's bounds, then streams the stored
     /// events after the resume point until the connection has caught up with the live stream.
-    pub fn start_replay(self: &Rc<Self>, conn: &Rc<WsConn>, argument: &str, replay: command::Replay) {
+    pub fn start_replay(
+        self: &Rc<Self>,
+        conn: &Rc<WsConn>,
+        argument: &str,
+        replay: command::Replay,
+    ) {
         let status = &self.shared.log_status;
         let (first, last) = (status.first_seq(), status.last_seq());
         let epoch_matches = replay.epoch.as_deref().is_none_or(|e| e == status.epoch);
@@ -219,7 +252,10 @@ impl Core {
         if cursor >= self.last_delivered.get() {
             return;
         }
-        let previous = self.replaying.borrow_mut().insert(conn.slot, Replaying { cursor });
+        let previous = self
+            .replaying
+            .borrow_mut()
+            .insert(conn.slot, Replaying { cursor });
         if previous.is_none() {
             monoio::spawn(replay_task(self.clone(), conn.clone()));
         }
@@ -230,6 +266,7 @@ impl Core {
     pub async fn sweep_forever(self: Rc<Self>) {
         loop {
             monoio::time::sleep(SWEEP_EVERY).await;
+            self.shared.heartbeat(self.id);
             let now = Instant::now();
             let limits = &self.shared.config.limits;
             for (_, watch) in self.http.borrow().iter() {
@@ -237,8 +274,12 @@ impl Core {
                     continue;
                 }
                 let expiry = match watch.request_started.get() {
-                    Some(started) if now.duration_since(started) > limits.header_timeout => Some(Expiry::Header),
-                    None if now.duration_since(watch.idle_since.get()) > KEEP_ALIVE_IDLE => Some(Expiry::Idle),
+                    Some(started) if now.duration_since(started) > limits.header_timeout => {
+                        Some(Expiry::Header)
+                    }
+                    None if now.duration_since(watch.idle_since.get()) > KEEP_ALIVE_IDLE => {
+                        Some(Expiry::Idle)
+                    }
                     _ => None,
                 };
                 if let Some(expiry) = expiry {
@@ -247,7 +288,8 @@ impl Core {
                     transport::shutdown(watch.fd, Shutdown::Read);
                 }
             }
-            let conns: Vec<Rc<WsConn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+            let conns: Vec<Rc<WsConn>> =
+                self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
             for conn in conns {
                 conn.sweep(now, limits);
                 if conn.close_reason() == Some(CloseReason::PingTimeout) {
@@ -263,7 +305,10 @@ impl Core {
         let conns = self.conns.borrow();
         let replaying = self.replaying.borrow();
         for (slot, (seq, at)) in self.bookmarked.borrow_mut().iter_mut() {
-            if replaying.contains_key(slot) || *seq >= live || now.duration_since(*at) < BOOKMARK_EVERY {
+            if replaying.contains_key(slot)
+                || *seq >= live
+                || now.duration_since(*at) < BOOKMARK_EVERY
+            {
                 continue;
             }
             if let Some(conn) = conns.get(*slot as usize) {
@@ -273,6 +318,41 @@ impl Core {
                 *at = now;
             }
         }
+    }
+
+    /// Graceful stop: no new connections, every websocket closed with 1001 `server shutdown`,
+    /// every idle HTTP connection ended; returns when all are gone or at the deadline.
+    pub async fn shut_down(&self, listener_fd: RawFd, deadline: Instant) {
+        self.stopping.set(true);
+        tracing::debug!(
+            core = self.id,
+            conns = self.conns.borrow().len(),
+            http = self.http.borrow().len(),
+            "core stopping"
+        );
+        // Ends the accept in flight on this core's listener.
+        transport::shutdown(listener_fd, Shutdown::Both);
+        let conns: Vec<Rc<WsConn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for conn in conns {
+            self.remove_filters(&conn);
+            conn.begin_close(CloseReason::ServerShutdown, 1001, "server shutdown".into());
+        }
+        for (_, watch) in self.http.borrow().iter() {
+            if watch.request_started.get().is_none() {
+                watch.expired.set(Some(Expiry::Idle));
+                transport::shutdown(watch.fd, Shutdown::Read);
+            }
+        }
+        while Instant::now() < deadline
+            && (!self.conns.borrow().is_empty() || !self.http.borrow().is_empty())
+        {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether the core is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
     }
 
     /// Receives batches from the sequencer until it stops.
@@ -307,15 +387,16 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             continue;
         }
         let reader = core.shared.log_reader.clone();
-        let rows = match monoio::spawn_blocking(move || reader.read_after(cursor, REPLAY_CHUNK)).await {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "replay read failed");
-                conn.begin_close(CloseReason::ServerShutdown, 1011, "replay failed".into());
-                break;
-            }
-            Err(_) => break,
-        };
+        let rows =
+            match monoio::spawn_blocking(move || reader.read_after(cursor, REPLAY_CHUNK)).await {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "replay read failed");
+                    conn.begin_close(CloseReason::ServerShutdown, 1011, "replay failed".into());
+                    break;
+                }
+                Err(_) => break,
+            };
         let limit = core.last_delivered.get();
         let mut next = cursor;
         for (seq, json) in rows {
@@ -326,7 +407,12 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             let Some(event) = EncodedEvent::from_stored(seq, &json) else {
                 continue;
             };
-            if conn.filters.borrow().iter().any(|f| f.matches(&event.ty, &event.action, &event.key)) {
+            if conn
+                .filters
+                .borrow()
+                .iter()
+                .any(|f| f.matches(&event.ty, &event.action, &event.key))
+            {
                 conn.queue_event(&event);
             }
         }
@@ -346,6 +432,8 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
 pub async fn accept_forever(core: Rc<Core>, listener: monoio::net::TcpListener) {
     loop {
         match listener.accept().await {
+            Ok(_) if core.is_stopping() => return,
+            Err(_) if core.is_stopping() => return,
             Ok((stream, remote)) => {
                 let _ = stream.set_nodelay(true);
                 monoio::spawn(crate::api::serve(core.clone(), stream, remote));
