@@ -1,1 +1,971 @@
-//! (to be written)
+//! The durable event log: sled trees `events` and `meta`, appended by one writer thread and read
+//! by any number of replay readers.
+//!
+//! # On-disk layout (schema version 1)
+//!
+//! Tree `events` (see [`EVENTS_TREE`]):
+//! - key: the event's `Seq` as a big-endian `u64` (8 bytes), so sled's byte order is `Seq` order.
+//! - value: [`STORED_AT_LEN`] bytes of big-endian `u64` unix nanoseconds at which the event was
+//!   appended (used for age retention, so a publisher's old `Time` never trims early), then the
+//!   event JSON exactly as it is sent to clients.
+//! - The retained keys are always contiguous: `first_seq ..= last_seq`, no holes.
+//!
+//! Tree `meta` (see [`META_TREE`]), shared with other modules; the keys this module owns:
+//! - [`EPOCH_KEY`]: the log's epoch, a uuid v4 as UTF-8 text.
+//! - [`SCHEMA_VERSION_KEY`]: [`SCHEMA_VERSION`] as a big-endian `u64`.
+//! - [`LAST_SEQ_KEY`]: the highest `Seq` ever appended, big-endian `u64`. Written in the same
+//!   sled transaction as each append, so `Seq` is never reused after every event is trimmed.
+//! - [`FIRST_SEQ_KEY`]: the oldest retained `Seq` after the latest trim, big-endian `u64`. Written
+//!   in the same transaction as each trim; it tells "everything was trimmed" (equals
+//!   `LAST_SEQ + 1`) apart from "the history was lost" (an empty `events` tree otherwise).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::{Batch, IVec, Tree};
+use thiserror::Error;
+
+/// Name of the sled tree that holds the events.
+pub const EVENTS_TREE: &str = "events";
+/// Name of the sled tree that holds the log's metadata (shared with other modules).
+pub const META_TREE: &str = "meta";
+/// `meta` key of the epoch (uuid v4 text).
+pub const EPOCH_KEY: &str = "epoch";
+/// `meta` key of the schema version (big-endian u64).
+pub const SCHEMA_VERSION_KEY: &str = "schema_version";
+/// `meta` key of the high-water mark: the highest `Seq` ever appended (big-endian u64).
+pub const LAST_SEQ_KEY: &str = "log_last_seq";
+/// `meta` key of the oldest retained `Seq` after the latest trim (big-endian u64).
+pub const FIRST_SEQ_KEY: &str = "log_first_seq";
+/// The on-disk layout version this code reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+/// Length of an `events` key: a big-endian u64 `Seq`.
+pub const SEQ_KEY_LEN: usize = 8;
+/// Length of the stored-at prefix of an `events` value: big-endian u64 unix nanoseconds.
+pub const STORED_AT_LEN: usize = 8;
+/// Most events removed in one sled transaction by [`EventLog::trim`]; each chunk is short enough
+/// (a few ms) that the writer gets back to appending quickly even when a large backlog is trimmed.
+pub const TRIM_CHUNK: u64 = 10_000;
+
+/// Everything that can go wrong in the event log's storage.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// sled could not read or write the database.
+    #[error(
+        "event log storage failed: {0}; check the data directory's disk space, permissions and health"
+    )]
+    Sled(#[from] sled::Error),
+    /// An append did not continue the log's sequence; nothing was written.
+    #[error(
+        "event append refused: expected Seq {expected} but got {got}; nothing was written (the log writer assigned Seq wrongly, report this as a bug)"
+    )]
+    OutOfOrder {
+        /// The `Seq` the log needed next.
+        expected: u64,
+        /// The `Seq` that was offered.
+        got: u64,
+    },
+    /// Retained events are not contiguous: a `Seq` is missing in the middle of the log.
+    #[error(
+        "event log has a hole: Seq {before} is followed by Seq {after}, so replay cannot be trusted; restore the data directory from a backup, or move the data directory aside to start a new log (clients will see a new Epoch and re-read state)"
+    )]
+    Hole {
+        /// The last `Seq` before the hole.
+        before: u64,
+        /// The first `Seq` after the hole.
+        after: u64,
+    },
+    /// The newest events are missing: `meta` records a higher `Seq` than the log holds.
+    #[error(
+        "event log lost its newest events: it ends at Seq {stored} but Seq {recorded} was appended; restore the data directory from a backup, or move it aside to start a new log (clients will see a new Epoch and re-read state)"
+    )]
+    TailLost {
+        /// The last `Seq` present in `events`.
+        stored: u64,
+        /// The high-water mark recorded in `meta`.
+        recorded: u64,
+    },
+    /// A key or value in `events` does not have the documented layout.
+    #[error(
+        "event log is corrupt: {what}; restore the data directory from a backup, or move it aside to start a new log"
+    )]
+    Corrupt {
+        /// What exactly is malformed.
+        what: String,
+    },
+    /// The database was written with a layout this version of herald does not understand.
+    #[error(
+        "event log schema version {found} is not supported (this herald reads version {supported}); run the herald version that wrote this data directory, or move it aside to start a new log"
+    )]
+    UnsupportedSchema {
+        /// The version found in `meta`.
+        found: u64,
+        /// The version this build reads and writes.
+        supported: u64,
+    },
+}
+
+/// How much history to keep; the oldest events go first. `u64::MAX` / `Duration::MAX` mean
+/// no limit on that dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Most events retained.
+    pub max_events: u64,
+    /// Oldest event retained, measured from when it was appended.
+    pub max_age: Duration,
+    /// Most stored value bytes retained (event JSON plus the 8-byte stored-at prefix).
+    pub max_bytes: u64,
+}
+
+impl Retention {
+    /// Keep everything.
+    pub const UNLIMITED: Retention = Retention {
+        max_events: u64::MAX,
+        max_age: Duration::MAX,
+        max_bytes: u64::MAX,
+    };
+}
+
+/// What one trim did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrimReport {
+    /// Events removed.
+    pub removed: u64,
+    /// The oldest retained `Seq` afterwards (`last_seq + 1` when nothing is retained).
+    pub first_seq: u64,
+}
+
+/// Log bounds shared between the writer and its readers.
+#[derive(Debug)]
+struct Shared {
+    epoch: String,
+    first_seq: AtomicU64,
+    /// The last `Seq` made durable by [`EventLog::flush`]; readers never see past it.
+    durable_seq: AtomicU64,
+}
+
+/// The on-disk event log: a sled tree `events` keyed by Seq as big-endian u64.
+#[derive(Debug)]
+pub struct EventLog {
+    events: Tree,
+    meta: Tree,
+    shared: Arc<Shared>,
+    first_seq: u64,
+    last_seq: u64,
+    count: u64,
+    bytes: u64,
+}
+
+/// A cheap, cloneable, `Send + Sync` read handle on the event log for replay reads.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    events: Tree,
+    shared: Arc<Shared>,
+}
+
+/// What one scan of `events` found at open.
+struct Scan {
+    first: u64,
+    last: u64,
+    count: u64,
+    bytes: u64,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in the shared db, checking that it is contiguous.
+    ///
+    /// Open scans every key once to prove there is no hole and to total the bytes: at 1M events of
+    /// ~600 bytes that reads ~600 MB through sled's cache, about a second at start-up, which is
+    /// acceptable because the hole check needs the full scan anyway and it happens once per start.
+    pub fn open(db: &sled::Db) -> Result<EventLog, StoreError> {
+        let events = db.open_tree(EVENTS_TREE)?;
+        let meta = db.open_tree(META_TREE)?;
+
+        match read_meta_u64(&meta, SCHEMA_VERSION_KEY)? {
+            Some(found) if found != SCHEMA_VERSION => {
+                return Err(StoreError::UnsupportedSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            }
+        }
+
+        let recorded_last = read_meta_u64(&meta, LAST_SEQ_KEY)?.unwrap_or(0);
+        let recorded_first = read_meta_u64(&meta, FIRST_SEQ_KEY)?;
+        let mut history_lost = false;
+        let (first_seq, last_seq, count, bytes) = match scan_events(&events)? {
+            Some(scan) => {
+                if scan.last < recorded_last {
+                    return Err(StoreError::TailLost {
+                        stored: scan.last,
+                        recorded: recorded_last,
+                    });
+                }
+                (scan.first, scan.last, scan.count, scan.bytes)
+            }
+            None => {
+                // Empty after appends: fine if a trim removed everything, otherwise the events
+                // were lost and clients must learn that through a new epoch.
+                let next = recorded_last.saturating_add(1);
+                history_lost = recorded_last > 0 && recorded_first != Some(next);
+                (next, recorded_last, 0, 0)
+            }
+        };
+        if last_seq > recorded_last {
+            meta.insert(LAST_SEQ_KEY, &last_seq.to_be_bytes())?;
+        }
+        if history_lost {
+            meta.insert(FIRST_SEQ_KEY, &first_seq.to_be_bytes())?;
+        }
+
+        let stored_epoch = if history_lost {
+            tracing::warn!(
+                last_seq,
+                "event log history was lost (no events, none trimmed); starting a new epoch"
+            );
+            None
+        } else {
+            meta.get(EPOCH_KEY)?
+        };
+        let epoch = match stored_epoch {
+            Some(stored) => {
+                String::from_utf8(stored.to_vec()).map_err(|_| StoreError::Corrupt {
+                    what: format!("meta key `{EPOCH_KEY}` is not UTF-8 text"),
+                })?
+            }
+            None => {
+                let fresh = uuid::Uuid::new_v4().to_string();
+                meta.insert(EPOCH_KEY, fresh.as_bytes())?;
+                fresh
+            }
+        };
+        // The epoch must be durable before any client is told about it.
+        meta.flush()?;
+
+        Ok(EventLog {
+            events,
+            meta,
+            shared: Arc::new(Shared {
+                epoch,
+                first_seq: AtomicU64::new(first_seq),
+                durable_seq: AtomicU64::new(last_seq),
+            }),
+            first_seq,
+            last_seq,
+            count,
+            bytes,
+        })
+    }
+
+    /// The log's epoch: a random id that changes only when its history is lost or reset.
+    pub fn epoch(&self) -> &str {
+        &self.shared.epoch
+    }
+
+    /// The oldest retained `Seq`, or `last_seq + 1` when nothing is retained (a new log: 1).
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// The last appended `Seq` (0 for a new log), durable or not.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The number of events currently retained.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether no events are retained.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Stored value bytes currently retained (event JSON plus the stored-at prefix).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Appends events whose `Seq` must be `last_seq+1, last_seq+2, …` (else an error and nothing
+    /// is written) in one atomic sled transaction. `stored_at` is the append time, for age
+    /// retention. The events become visible to readers at the next [`EventLog::flush`].
+    pub fn append(
+        &mut self,
+        events: &[(u64, &[u8])],
+        stored_at: SystemTime,
+    ) -> Result<(), StoreError> {
+        let stored_at = unix_nanos(stored_at).to_be_bytes();
+        let mut batch = Batch::default();
+        let mut expected = self.last_seq.saturating_add(1);
+        let mut added_bytes = 0u64;
+        for &(seq, json) in events {
+            if seq != expected {
+                return Err(StoreError::OutOfOrder { expected, got: seq });
+            }
+            let mut value = Vec::with_capacity(STORED_AT_LEN + json.len());
+            value.extend_from_slice(&stored_at);
+            value.extend_from_slice(json);
+            added_bytes = added_bytes.saturating_add(value.len() as u64);
+            batch.insert(&seq.to_be_bytes(), value);
+            expected = expected.saturating_add(1);
+        }
+        let Some(&(new_last, _)) = events.last() else {
+            return Ok(());
+        };
+        let new_last_bytes = new_last.to_be_bytes();
+        (&self.events, &self.meta)
+            .transaction(|(events_tx, meta_tx)| {
+                events_tx.apply_batch(&batch)?;
+                meta_tx.insert(LAST_SEQ_KEY, &new_last_bytes)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(transaction_error)?;
+        self.last_seq = new_last;
+        self.count = self.count.saturating_add(events.len() as u64);
+        self.bytes = self.bytes.saturating_add(added_bytes);
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable (one sled flush, i.e. group commit) and visible
+    /// to readers.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.events.flush()?;
+        self.shared
+            .durable_seq
+            .store(self.last_seq, Ordering::Release);
+        Ok(())
+    }
+
+    /// Up to `limit` durable events with `Seq > after`, in order: `(seq, event json bytes)`.
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        read_after(&self.events, &self.shared, after, limit)
+    }
+
+    /// Removes the oldest events until every limit holds (count, age by stored-at, bytes), in
+    /// sled transactions of at most [`TRIM_CHUNK`] removals.
+    pub fn trim(
+        &mut self,
+        retention: &Retention,
+        now: SystemTime,
+    ) -> Result<TrimReport, StoreError> {
+        let mut removed = 0;
+        loop {
+            let step = self.trim_at_most(retention, now, TRIM_CHUNK)?;
+            removed += step.removed;
+            if step.removed < TRIM_CHUNK {
+                return Ok(TrimReport {
+                    removed,
+                    first_seq: step.first_seq,
+                });
+            }
+        }
+    }
+
+    /// Like [`EventLog::trim`] but removes at most `max_removals` events, in one sled transaction,
+    /// so the writer can interleave a large trim with appends.
+    pub fn trim_at_most(
+        &mut self,
+        retention: &Retention,
+        now: SystemTime,
+        max_removals: u64,
+    ) -> Result<TrimReport, StoreError> {
+        let too_old_before = now.checked_sub(retention.max_age).map(unix_nanos);
+        let mut batch = Batch::default();
+        let mut removed = 0u64;
+        let mut removed_bytes = 0u64;
+        let mut new_first = self.first_seq;
+        for entry in self.events.iter() {
+            if removed >= max_removals {
+                break;
+            }
+            let (key, value) = entry?;
+            let seq = decode_key(&key)?;
+            let stored_at = decode_stored_at(seq, &value)?;
+            let over_count = self.count.saturating_sub(removed) > retention.max_events;
+            let over_bytes = self.bytes.saturating_sub(removed_bytes) > retention.max_bytes;
+            let too_old = too_old_before.is_some_and(|cutoff| stored_at < cutoff);
+            if !(over_count || over_bytes || too_old) {
+                break;
+            }
+            batch.remove(key);
+            removed += 1;
+            removed_bytes += value.len() as u64;
+            new_first = seq.saturating_add(1);
+        }
+        if removed > 0 {
+            let new_first_bytes = new_first.to_be_bytes();
+            (&self.events, &self.meta)
+                .transaction(|(events_tx, meta_tx)| {
+                    events_tx.apply_batch(&batch)?;
+                    meta_tx.insert(FIRST_SEQ_KEY, &new_first_bytes)?;
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(transaction_error)?;
+            self.first_seq = new_first;
+            self.count = self.count.saturating_sub(removed);
+            self.bytes = self.bytes.saturating_sub(removed_bytes);
+            self.shared.first_seq.store(new_first, Ordering::Release);
+        }
+        Ok(TrimReport {
+            removed,
+            first_seq: self.first_seq,
+        })
+    }
+
+    /// A read handle for replay reads on other threads.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            events: self.events.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl LogReader {
+    /// Up to `limit` durable events with `Seq > after`, in order: `(seq, event json bytes)`.
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        read_after(&self.events, &self.shared, after, limit)
+    }
+
+    /// The log's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.shared.epoch
+    }
+
+    /// The last durable `Seq` (what a replay reply reports as `LastSeq`).
+    pub fn last_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// The oldest retained `Seq`, at most `last_seq() + 1` (a replay reply's `FirstSeq`).
+    pub fn first_seq(&self) -> u64 {
+        let first = self.shared.first_seq.load(Ordering::Acquire);
+        first.min(self.last_seq().saturating_add(1))
+    }
+}
+
+/// Reads durable events after `after`; events appended but not yet flushed stay hidden so no
+/// client sees an event that a crash could take back.
+fn read_after(
+    events: &Tree,
+    shared: &Shared,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let durable = shared.durable_seq.load(Ordering::Acquire);
+    let Some(start) = after.checked_add(1) else {
+        return Ok(Vec::new());
+    };
+    if start > durable || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(limit.min((durable - start + 1) as usize).min(1024));
+    for entry in events.range(start.to_be_bytes()..=durable.to_be_bytes()) {
+        let (key, value) = entry?;
+        let seq = decode_key(&key)?;
+        decode_stored_at(seq, &value)?;
+        out.push((seq, value.get(STORED_AT_LEN..).unwrap_or_default().to_vec()));
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// One pass over `events`: bounds, count and bytes, failing on the first hole or bad record.
+fn scan_events(events: &Tree) -> Result<Option<Scan>, StoreError> {
+    let mut scan: Option<Scan> = None;
+    for entry in events.iter() {
+        let (key, value) = entry?;
+        let seq = decode_key(&key)?;
+        decode_stored_at(seq, &value)?;
+        let size = value.len() as u64;
+        match scan.as_mut() {
+            None => {
+                scan = Some(Scan {
+                    first: seq,
+                    last: seq,
+                    count: 1,
+                    bytes: size,
+                });
+            }
+            Some(scan) => {
+                if Some(seq) != scan.last.checked_add(1) {
+                    return Err(StoreError::Hole {
+                        before: scan.last,
+                        after: seq,
+                    });
+                }
+                scan.last = seq;
+                scan.count += 1;
+                scan.bytes += size;
+            }
+        }
+    }
+    Ok(scan)
+}
+
+fn decode_key(key: &IVec) -> Result<u64, StoreError> {
+    let bytes: [u8; SEQ_KEY_LEN] = key.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+        what: format!(
+            "an `{EVENTS_TREE}` key is {} bytes long, not {SEQ_KEY_LEN}",
+            key.len()
+        ),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn decode_stored_at(seq: u64, value: &IVec) -> Result<u64, StoreError> {
+    let prefix: [u8; STORED_AT_LEN] = value
+        .get(..STORED_AT_LEN)
+        .and_then(|prefix| prefix.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt {
+            what: format!(
+                "the value of Seq {seq} is {} bytes, shorter than its {STORED_AT_LEN}-byte stored-at prefix",
+                value.len()
+            ),
+        })?;
+    Ok(u64::from_be_bytes(prefix))
+}
+
+fn read_meta_u64(meta: &Tree, key: &str) -> Result<Option<u64>, StoreError> {
+    let Some(value) = meta.get(key)? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = value.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+        what: format!(
+            "meta key `{key}` is {} bytes long, not an 8-byte big-endian number",
+            value.len()
+        ),
+    })?;
+    Ok(Some(u64::from_be_bytes(bytes)))
+}
+
+/// Unix nanoseconds, clamped: 0 before 1970, `u64::MAX` after the year 2554.
+fn unix_nanos(time: SystemTime) -> u64 {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn transaction_error(error: TransactionError<()>) -> StoreError {
+    match error {
+        TransactionError::Storage(error) => StoreError::Sled(error),
+        // The closures above never abort; map it anyway rather than panic.
+        TransactionError::Abort(()) => StoreError::Sled(sled::Error::Unsupported(
+            "event log transaction aborted".to_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_db(dir: &tempfile::TempDir) -> sled::Db {
+        sled::open(dir.path()).expect("open sled")
+    }
+
+    fn json(seq: u64) -> Vec<u8> {
+        format!(r#"{{"Type":"profiles","Action":"save","Key":"k{seq}","Seq":{seq}}}"#).into_bytes()
+    }
+
+    /// Appends events `last+1 ..= last+n` stored at `at`, and flushes.
+    fn append_n(log: &mut EventLog, n: u64, at: SystemTime) {
+        let start = log.last_seq() + 1;
+        let bodies: Vec<(u64, Vec<u8>)> = (start..start + n).map(|seq| (seq, json(seq))).collect();
+        let refs: Vec<(u64, &[u8])> = bodies.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        log.append(&refs, at).expect("append");
+        log.flush().expect("flush");
+    }
+
+    fn seqs(events: &[(u64, Vec<u8>)]) -> Vec<u64> {
+        events.iter().map(|(seq, _)| *seq).collect()
+    }
+
+    #[test]
+    fn a_new_log_is_empty_with_first_seq_one_and_a_uuid_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(&open_db(&dir)).unwrap();
+        assert_eq!((log.first_seq(), log.last_seq(), log.bytes()), (1, 0, 0));
+        assert!(uuid::Uuid::parse_str(log.epoch()).is_ok());
+        assert!(log.read_after(0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn appended_events_read_back_in_order_with_their_exact_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        append_n(&mut log, 3, SystemTime::now());
+        append_n(&mut log, 2, SystemTime::now());
+        let read = log.read_after(0, 100).unwrap();
+        assert_eq!(seqs(&read), vec![1, 2, 3, 4, 5]);
+        for (seq, body) in &read {
+            assert_eq!(body, &json(*seq));
+        }
+        let expected_bytes: u64 = (1..=5)
+            .map(|s| (json(s).len() + STORED_AT_LEN) as u64)
+            .sum();
+        assert_eq!(log.bytes(), expected_bytes);
+        assert_eq!(log.len(), 5);
+    }
+
+    #[test]
+    fn a_non_contiguous_append_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        append_n(&mut log, 2, SystemTime::now());
+        let body = json(9);
+        let skipping = [(4, body.as_slice())];
+        let err = log.append(&skipping, SystemTime::now()).unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::OutOfOrder {
+                expected: 3,
+                got: 4
+            }
+        ));
+        let gap_inside = [(3, body.as_slice()), (5, body.as_slice())];
+        let err = log.append(&gap_inside, SystemTime::now()).unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::OutOfOrder {
+                expected: 4,
+                got: 5
+            }
+        ));
+        log.flush().unwrap();
+        assert_eq!(log.last_seq(), 2);
+        assert_eq!(seqs(&log.read_after(0, 10).unwrap()), vec![1, 2]);
+    }
+
+    #[test]
+    fn reopen_continues_seq_and_keeps_the_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let mut log = EventLog::open(&open_db(&dir)).unwrap();
+            append_n(&mut log, 4, SystemTime::now());
+            log.epoch().to_owned()
+        };
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        assert_eq!(log.epoch(), epoch);
+        assert_eq!((log.first_seq(), log.last_seq(), log.len()), (1, 4, 4));
+        let bytes_before = log.bytes();
+        append_n(&mut log, 1, SystemTime::now());
+        assert_eq!(log.last_seq(), 5);
+        assert!(log.bytes() > bytes_before);
+        assert_eq!(seqs(&log.read_after(3, 10).unwrap()), vec![4, 5]);
+    }
+
+    #[test]
+    fn trim_by_count_keeps_the_newest_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        append_n(&mut log, 10, SystemTime::now());
+        let retention = Retention {
+            max_events: 3,
+            ..Retention::UNLIMITED
+        };
+        let report = log.trim(&retention, SystemTime::now()).unwrap();
+        assert_eq!(
+            report,
+            TrimReport {
+                removed: 7,
+                first_seq: 8
+            }
+        );
+        assert_eq!((log.first_seq(), log.len()), (8, 3));
+        assert_eq!(seqs(&log.read_after(0, 100).unwrap()), vec![8, 9, 10]);
+        let again = log.trim(&retention, SystemTime::now()).unwrap();
+        assert_eq!(again.removed, 0);
+    }
+
+    #[test]
+    fn trim_by_age_measures_from_the_append_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        append_n(&mut log, 2, start);
+        append_n(&mut log, 3, start + Duration::from_secs(60));
+        append_n(&mut log, 1, start + Duration::from_secs(120));
+        let retention = Retention {
+            max_age: Duration::from_secs(120),
+            ..Retention::UNLIMITED
+        };
+        let now = start + Duration::from_secs(160);
+        let report = log.trim(&retention, now).unwrap();
+        assert_eq!(
+            report,
+            TrimReport {
+                removed: 2,
+                first_seq: 3
+            }
+        );
+        assert_eq!(seqs(&log.read_after(0, 100).unwrap()), vec![3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn trim_by_bytes_removes_until_the_total_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        append_n(&mut log, 5, SystemTime::now());
+        let per_event = (json(1).len() + STORED_AT_LEN) as u64;
+        let retention = Retention {
+            max_bytes: per_event * 2 + 1,
+            ..Retention::UNLIMITED
+        };
+        let report = log.trim(&retention, SystemTime::now()).unwrap();
+        assert_eq!(
+            report,
+            TrimReport {
+                removed: 3,
+                first_seq: 4
+            }
+        );
+        assert_eq!(log.bytes(), per_event * 2);
+    }
+
+    #[test]
+    fn trim_in_chunks_stops_at_the_chunk_size_and_trim_finishes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        append_n(&mut log, 25, SystemTime::now());
+        let retention = Retention {
+            max_events: 5,
+            ..Retention::UNLIMITED
+        };
+        let step = log.trim_at_most(&retention, SystemTime::now(), 7).unwrap();
+        assert_eq!(
+            step,
+            TrimReport {
+                removed: 7,
+                first_seq: 8
+            }
+        );
+        let rest = log.trim(&retention, SystemTime::now()).unwrap();
+        assert_eq!(
+            rest,
+            TrimReport {
+                removed: 13,
+                first_seq: 21
+            }
+        );
+    }
+
+    #[test]
+    fn trimming_everything_then_reopening_continues_seq_in_the_same_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let mut log = EventLog::open(&open_db(&dir)).unwrap();
+            append_n(&mut log, 4, SystemTime::now());
+            let retention = Retention {
+                max_events: 0,
+                ..Retention::UNLIMITED
+            };
+            let report = log.trim(&retention, SystemTime::now()).unwrap();
+            assert_eq!(
+                report,
+                TrimReport {
+                    removed: 4,
+                    first_seq: 5
+                }
+            );
+            assert_eq!((log.first_seq(), log.last_seq(), log.bytes()), (5, 4, 0));
+            log.flush().unwrap();
+            log.epoch().to_owned()
+        };
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        assert_eq!(log.epoch(), epoch);
+        assert_eq!((log.first_seq(), log.last_seq()), (5, 4));
+        append_n(&mut log, 1, SystemTime::now());
+        assert_eq!(seqs(&log.read_after(0, 10).unwrap()), vec![5]);
+        assert_eq!(log.first_seq(), 5);
+    }
+
+    #[test]
+    fn an_emptied_events_tree_that_was_not_trimmed_means_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let db = open_db(&dir);
+            let mut log = EventLog::open(&db).unwrap();
+            append_n(&mut log, 3, SystemTime::now());
+            db.open_tree(EVENTS_TREE).unwrap().clear().unwrap();
+            db.flush().unwrap();
+            log.epoch().to_owned()
+        };
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        assert_ne!(log.epoch(), epoch);
+        assert_eq!((log.first_seq(), log.last_seq()), (4, 3));
+        append_n(&mut log, 1, SystemTime::now());
+        assert_eq!(seqs(&log.read_after(0, 10).unwrap()), vec![4]);
+        let lost_epoch = log.epoch().to_owned();
+        drop(log);
+        let log = EventLog::open(&open_db(&dir)).unwrap();
+        assert_eq!(
+            log.epoch(),
+            lost_epoch,
+            "the new epoch is kept on later opens"
+        );
+    }
+
+    #[test]
+    fn a_hole_in_the_middle_fails_open_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(&dir);
+            let mut log = EventLog::open(&db).unwrap();
+            append_n(&mut log, 5, SystemTime::now());
+            db.open_tree(EVENTS_TREE)
+                .unwrap()
+                .remove(3u64.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = EventLog::open(&open_db(&dir)).unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Hole {
+                before: 2,
+                after: 4
+            }
+        ));
+        let message = err.to_string();
+        assert!(message.contains("Seq 2 is followed by Seq 4"), "{message}");
+        assert!(message.contains("backup"), "{message}");
+    }
+
+    #[test]
+    fn a_lost_tail_fails_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(&dir);
+            let mut log = EventLog::open(&db).unwrap();
+            append_n(&mut log, 5, SystemTime::now());
+            db.open_tree(EVENTS_TREE)
+                .unwrap()
+                .remove(5u64.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = EventLog::open(&open_db(&dir)).unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::TailLost {
+                stored: 4,
+                recorded: 5
+            }
+        ));
+    }
+
+    #[test]
+    fn a_malformed_key_or_value_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(&dir);
+            let events = db.open_tree(EVENTS_TREE).unwrap();
+            events.insert(1u64.to_be_bytes(), &b"short"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let err = EventLog::open(&open_db(&dir)).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_schema_version_fails_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(&dir);
+            let meta = db.open_tree(META_TREE).unwrap();
+            meta.insert(SCHEMA_VERSION_KEY, &99u64.to_be_bytes())
+                .unwrap();
+        }
+        let err = EventLog::open(&open_db(&dir)).unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::UnsupportedSchema {
+                found: 99,
+                supported: SCHEMA_VERSION
+            }
+        ));
+    }
+
+    #[test]
+    fn read_after_pages_through_the_log_without_gaps_or_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        append_n(&mut log, 23, SystemTime::now());
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = log.read_after(after, 5).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 5);
+            after = page.last().map(|(seq, _)| *seq).unwrap();
+            seen.extend(seqs(&page));
+        }
+        assert_eq!(seen, (1..=23).collect::<Vec<_>>());
+        assert!(log.read_after(23, 5).unwrap().is_empty());
+        assert!(log.read_after(u64::MAX, 5).unwrap().is_empty());
+        assert!(log.read_after(0, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn readers_see_events_only_after_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        let reader = log.reader();
+        let body = json(1);
+        log.append(&[(1, body.as_slice())], SystemTime::now())
+            .unwrap();
+        assert!(reader.read_after(0, 10).unwrap().is_empty());
+        assert!(log.read_after(0, 10).unwrap().is_empty());
+        assert_eq!((reader.first_seq(), reader.last_seq()), (1, 0));
+        log.flush().unwrap();
+        assert_eq!(seqs(&reader.read_after(0, 10).unwrap()), vec![1]);
+        assert_eq!((reader.first_seq(), reader.last_seq()), (1, 1));
+        assert_eq!(reader.epoch(), log.epoch());
+    }
+
+    #[test]
+    fn a_reader_on_another_thread_reads_while_the_writer_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        let reader = log.reader();
+        const TOTAL: u64 = 2_000;
+        let replay = std::thread::spawn(move || {
+            let mut after = 0;
+            let mut seen = Vec::new();
+            while after < TOTAL {
+                let page = reader.read_after(after, 64).unwrap();
+                for (seq, body) in page {
+                    assert_eq!(seq, after + 1, "reads are contiguous");
+                    assert_eq!(body, json(seq));
+                    after = seq;
+                    seen.push(seq);
+                }
+                std::thread::yield_now();
+            }
+            seen.len() as u64
+        });
+        for _ in 0..TOTAL / 20 {
+            append_n(&mut log, 20, SystemTime::now());
+        }
+        assert_eq!(replay.join().unwrap(), TOTAL);
+    }
+
+    #[test]
+    fn the_log_and_its_reader_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send::<EventLog>();
+        assert_send_sync::<LogReader>();
+    }
+}

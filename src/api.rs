@@ -1,0 +1,510 @@
+//! The HTTP side of a connection: the request loop with its limits, authentication, and the
+//! routes of PROTOCOL §1. A websocket upgrade hands the connection over to [`crate::connection`].
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::auth::{self, AuthError, Claims, FastAuth, Identity};
+use crate::connection;
+use crate::event::{self, Event};
+use crate::filter::Filter;
+use crate::http::{self, ApiError, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response};
+use crate::transport::Transport;
+use crate::worker::{Core, Expiry, HttpWatch};
+
+/// Default and largest page of `GET /api/v3/events`.
+const EVENTS_PAGE_DEFAULT: usize = 1000;
+const EVENTS_PAGE_MAX: usize = 10_000;
+/// Default and largest lifetime of a minted token.
+const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(600);
+
+/// Serves one accepted TCP connection until it closes or becomes a websocket.
+pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
+    let Ok(mut transport) = Transport::new(stream, core.shared.tls.as_ref()) else {
+        return;
+    };
+    let (watch_key, watch) = core.watch_http(transport.fd());
+    if core.shared.tls.is_some() {
+        // The TLS handshake counts against the head deadline.
+        watch.request_started.set(Some(Instant::now()));
+    }
+    let outcome = session(&core, &mut transport, &watch).await;
+    // Unwatched before the socket can close, so the sweeper never touches a reused descriptor.
+    core.unwatch_http(watch_key);
+    if let Some((identity, leftover)) = outcome {
+        let fd = transport.fd();
+        let (read, write) = transport.into_split();
+        connection::run(core, read, write, fd, remote, identity, leftover).await;
+    }
+}
+
+/// A request as the routes see it.
+struct Request {
+    head: RequestHead,
+    body: Vec<u8>,
+}
+
+/// What a route answers.
+enum Answer {
+    Response(Response),
+    Upgrade(Identity),
+}
+
+impl From<Response> for Answer {
+    fn from(r: Response) -> Answer {
+        Answer::Response(r)
+    }
+}
+
+/// The request loop; returns the identity and any bytes already read when the client upgraded.
+async fn session(core: &Rc<Core>, transport: &mut Transport, watch: &HttpWatch) -> Option<(Identity, Vec<u8>)> {
+    let limits = &core.shared.config.limits;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let (head, head_len) = loop {
+            match http::parse_head(&buf, limits.max_header_bytes) {
+                Ok(Head::Complete { head, len }) => break (head, len),
+                Ok(Head::Partial) => {}
+                Err(error) => {
+                    let response = Response::error(ApiError::new(error.status(), error.to_string()));
+                    finish(transport, &response, &mut out).await;
+                    return None;
+                }
+            }
+            let was_empty = buf.is_empty();
+            match transport.read_into(&mut buf).await {
+                Ok(n) if n > 0 => {
+                    if was_empty && watch.request_started.get().is_none() {
+                        watch.request_started.set(Some(Instant::now()));
+                    }
+                }
+                _ => {
+                    if watch.expired.get() == Some(Expiry::Header) {
+                        let response = Response::error(ApiError::new(
+                            408,
+                            "the request head was not complete in time",
+                        ));
+                        finish(transport, &response, &mut out).await;
+                    }
+                    return None;
+                }
+            }
+        };
+        buf.drain(..head_len);
+        let body = match read_body(core, transport, &head, &mut buf, watch).await {
+            Ok(body) => body,
+            Err(Some(response)) => {
+                finish(transport, &response, &mut out).await;
+                return None;
+            }
+            Err(None) => return None,
+        };
+        let keep_alive = head.keep_alive;
+        let head_only = head.method == Method::Head;
+        let request = Request { head, body };
+        match route(core, &request).await {
+            Answer::Upgrade(identity) => {
+                let Some(key) = request.head.websocket_key.as_deref() else {
+                    return None;
+                };
+                if transport.write_all(&crate::websocket::upgrade_response(key)).await.is_err() {
+                    return None;
+                }
+                return Some((identity, buf));
+            }
+            Answer::Response(response) => {
+                out.clear();
+                response.encode(keep_alive, head_only, &mut out);
+                if transport.write_all(&out).await.is_err() || !keep_alive {
+                    return None;
+                }
+            }
+        }
+        watch.request_started.set(if buf.is_empty() { None } else { Some(Instant::now()) });
+        watch.idle_since.set(Instant::now());
+    }
+}
+
+/// Writes a last response and lets the connection close.
+async fn finish(transport: &mut Transport, response: &Response, out: &mut Vec<u8>) {
+    out.clear();
+    response.encode(false, false, out);
+    let _ = transport.write_all(out).await;
+}
+
+/// Reads the request body within the size limit; `Err(Some)` is an answer to send before
+/// closing, `Err(None)` a connection that ended.
+async fn read_body(
+    core: &Core,
+    transport: &mut Transport,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    watch: &HttpWatch,
+) -> Result<Vec<u8>, Option<Response>> {
+    let max = core.shared.config.limits.max_body_bytes;
+    let too_large = || {
+        Some(Response::error(ApiError::new(
+            413,
+            format!("the request body is larger than {max} bytes"),
+        )))
+    };
+    let ended = |watch: &HttpWatch| {
+        (watch.expired.get() == Some(Expiry::Header))
+            .then(|| Response::error(ApiError::new(408, "the request was not complete in time")))
+    };
+    match head.body {
+        BodyKind::None => Ok(Vec::new()),
+        BodyKind::Length(len) => {
+            let len = usize::try_from(len).ok().filter(|&l| l <= max).ok_or_else(too_large)?;
+            while buf.len() < len {
+                match transport.read_into(buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return Err(ended(watch)),
+                }
+            }
+            Ok(buf.drain(..len).collect())
+        }
+        BodyKind::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut body = Vec::new();
+            loop {
+                match decoder.decode(buf, &mut body, max) {
+                    Ok(progress) => {
+                        buf.drain(..progress.consumed);
+                        if progress.done {
+                            return Ok(body);
+                        }
+                    }
+                    Err(error) => {
+                        return Err(Some(Response::error(ApiError::new(error.status(), error.to_string()))));
+                    }
+                }
+                match transport.read_into(buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return Err(ended(watch)),
+                }
+            }
+        }
+    }
+}
+
+/// The routes, with their templates (for metrics) and the methods each allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Ws,
+    Events,
+    Info,
+    Users,
+    User(String),
+    UserPassword(String),
+    UserToken(String),
+    Roles,
+    Role(String),
+}
+
+impl Route {
+    fn parse(segments: &[String]) -> Option<Route> {
+        let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+        Some(match s.as_slice() {
+            ["api", "v3", "ws"] => Route::Ws,
+            ["api", "v3", "events"] => Route::Events,
+            ["api", "v3", "info"] => Route::Info,
+            ["api", "v3", "users"] => Route::Users,
+            ["api", "v3", "users", name] => Route::User((*name).to_owned()),
+            ["api", "v3", "users", name, "password"] => Route::UserPassword((*name).to_owned()),
+            ["api", "v3", "users", name, "token"] => Route::UserToken((*name).to_owned()),
+            ["api", "v3", "roles"] => Route::Roles,
+            ["api", "v3", "roles", name] => Route::Role((*name).to_owned()),
+            _ => return None,
+        })
+    }
+
+    fn methods(&self) -> &'static [Method] {
+        match self {
+            Route::Ws | Route::Info | Route::UserToken(_) | Route::Role(_) => &[Method::Get],
+            Route::Events => &[Method::Get, Method::Post],
+            Route::Users | Route::Roles => &[Method::Get, Method::Post],
+            Route::User(_) => &[Method::Get, Method::Delete],
+            Route::UserPassword(_) => &[Method::Put],
+        }
+    }
+}
+
+fn error(code: u16, message: impl Into<String>) -> Response {
+    Response::error(ApiError::new(code, message))
+}
+
+fn auth_error(error: &AuthError) -> Response {
+    let response = error_with(error.status(), error.to_string());
+    if error.status() == 401 {
+        response.with_header("WWW-Authenticate", "dr-provision")
+    } else {
+        response
+    }
+}
+
+fn error_with(code: u16, message: String) -> Response {
+    Response::error(ApiError::new(code, message))
+}
+
+/// Authenticates a request: the fast path inline, argon2 on a blocking thread.
+async fn authenticate(core: &Core, head: &RequestHead) -> Result<Identity, AuthError> {
+    let token = head.query("token").or_else(|| head.query("Token"));
+    let credentials = auth::credentials(head.header("authorization"), token.as_deref())?;
+    match core.shared.auth.authenticate_fast(&credentials) {
+        FastAuth::Done(result) => result,
+        FastAuth::NeedsHash => {
+            let store = core.shared.auth.clone();
+            match monoio::spawn_blocking(move || store.authenticate_slow(&credentials)).await {
+                Ok(result) => result,
+                Err(_) => Err(AuthError::Malformed("credential check failed".into())),
+            }
+        }
+    }
+}
+
+/// A 403 naming the claim the principal lacks, or nothing when it holds it.
+fn require(identity: &Identity, scope: &str, action: &str, specific: &str) -> Result<(), Response> {
+    if identity.claims.allows(scope, action, specific) {
+        Ok(())
+    } else {
+        Err(error_with(
+            403,
+            format!("{} lacks the claim {scope}:{action}:{specific}", identity.principal),
+        ))
+    }
+}
+
+async fn route(core: &Rc<Core>, request: &Request) -> Answer {
+    let head = &request.head;
+    let segments = match head.path_segments() {
+        Ok(segments) => segments,
+        Err(e) => return error(400, e.to_string()).into(),
+    };
+    let Some(route) = Route::parse(&segments) else {
+        return error(404, format!("no route {}", head.path())).into();
+    };
+    let method = if head.method == Method::Head { Method::Get } else { head.method.clone() };
+    if !route.methods().contains(&method) {
+        let allow: Vec<&str> = route.methods().iter().map(Method::as_str).collect();
+        return error(405, format!("{} is not allowed on {}", head.method.as_str(), head.path()))
+            .with_header("Allow", allow.join(", "))
+            .into();
+    }
+    if route == Route::Ws && head.websocket_key.is_none() {
+        return error(400, "this route takes a websocket upgrade (GET with Upgrade: websocket)").into();
+    }
+    let identity = match authenticate(core, head).await {
+        Ok(identity) => identity,
+        Err(e) => return auth_error(&e).into(),
+    };
+    if route == Route::Ws {
+        return Answer::Upgrade(identity);
+    }
+    match handle(core, request, route, method, &identity).await {
+        Ok(response) | Err(response) => response.into(),
+    }
+}
+
+async fn handle(
+    core: &Rc<Core>,
+    request: &Request,
+    route: Route,
+    method: Method,
+    identity: &Identity,
+) -> Result<Response, Response> {
+    let store = &core.shared.auth;
+    let head = &request.head;
+    match (route, method) {
+        (Route::Events, Method::Post) => publish(core, request, identity).await,
+        (Route::Events, _) => read_events(core, head, &identity.claims).await,
+        (Route::Info, _) => Ok(info(core)),
+        (Route::Users, Method::Get) => {
+            require(identity, "users", "list", "*")?;
+            Ok(Response::json(200, &store.list_users()))
+        }
+        (Route::Users, _) => {
+            let new: auth::NewUser = parse_json(&request.body)?;
+            require(identity, "users", "create", &new.name)?;
+            let user = store.create_user(new).map_err(|e| auth_error(&e))?;
+            emit(core, Event::new("users", "create", &user.name, &identity.principal).with_object(&user)).await;
+            Ok(Response::json(201, &user))
+        }
+        (Route::User(name), Method::Get) => {
+            require(identity, "users", "get", &name)?;
+            Ok(Response::json(200, &store.get_user(&name).map_err(|e| auth_error(&e))?))
+        }
+        (Route::User(name), _) => {
+            require(identity, "users", "delete", &name)?;
+            let user = store.delete_user(&name).map_err(|e| auth_error(&e))?;
+            emit(core, Event::new("users", "delete", &name, &identity.principal).with_object(&user)).await;
+            Ok(Response::json(200, &user))
+        }
+        (Route::UserPassword(name), _) => {
+            if identity.user.as_deref() != Some(name.as_str()) {
+                require(identity, "users", "password", &name)?;
+            }
+            #[derive(serde::Deserialize)]
+            struct Password {
+                #[serde(rename = "Password")]
+                password: String,
+            }
+            let body: Password = parse_json(&request.body)?;
+            let user = store.set_password(&name, &body.password).map_err(|e| auth_error(&e))?;
+            emit(core, Event::new("users", "update", &name, &identity.principal).with_object(&user)).await;
+            Ok(Response::json(200, &user))
+        }
+        (Route::UserToken(name), _) => {
+            if identity.user.as_deref() != Some(name.as_str()) {
+                require(identity, "users", "token", &name)?;
+            }
+            let ttl = match head.query("ttl") {
+                None => TOKEN_TTL_DEFAULT,
+                Some(ttl) => Duration::from_secs(
+                    ttl.parse::<u64>()
+                        .map_err(|_| error(400, format!("ttl {ttl:?} is not a number of seconds")))?,
+                ),
+            };
+            let token = store.mint_token(&name, ttl).map_err(|e| auth_error(&e))?;
+            Ok(Response::json(200, &token))
+        }
+        (Route::Roles, Method::Get) => {
+            require(identity, "roles", "list", "*")?;
+            Ok(Response::json(200, &store.list_roles()))
+        }
+        (Route::Roles, _) => {
+            let role: auth::Role = parse_json(&request.body)?;
+            require(identity, "roles", "create", &role.name)?;
+            let role = store.create_role(role).map_err(|e| auth_error(&e))?;
+            emit(core, Event::new("roles", "create", &role.name, &identity.principal).with_object(&role)).await;
+            Ok(Response::json(201, &role))
+        }
+        (Route::Role(name), _) => {
+            require(identity, "roles", "get", &name)?;
+            Ok(Response::json(200, &store.get_role(&name).map_err(|e| auth_error(&e))?))
+        }
+        (Route::Ws, _) => Err(error(400, "this route takes a websocket upgrade")),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| error(400, format!("the body is not valid JSON for this route: {e}")))
+}
+
+/// Publishes an event produced by herald itself; a failure is logged, the change stands.
+async fn emit(core: &Core, event: Event) {
+    if let Err(error) = core.shared.publisher.publish(vec![event]).await {
+        tracing::warn!(%error, "could not publish an object event");
+    }
+}
+
+async fn publish(core: &Core, request: &Request, identity: &Identity) -> Result<Response, Response> {
+    let mut body = request.body.clone();
+    let events = event::parse_publish(&mut body, &identity.principal).map_err(|e| error(400, e.to_string()))?;
+    for event in &events {
+        let specific = format!("{}.{}.{}", event.ty, event.action, event.key);
+        if !identity.claims.allows("events", "post", &specific) {
+            return Err(error_with(
+                403,
+                format!("{} lacks the claim events:post:{specific}", identity.principal),
+            ));
+        }
+    }
+    let last = core
+        .shared
+        .publisher
+        .publish(events)
+        .await
+        .map_err(|e| error(503, e.to_string()))?;
+    Ok(Response::no_content().with_header("Herald-Seq", last.to_string()))
+}
+
+async fn read_events(core: &Core, head: &RequestHead, claims: &std::sync::Arc<Claims>) -> Result<Response, Response> {
+    let number = |name: &str, default: u64| -> Result<u64, Response> {
+        match head.query(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| error(400, format!("{name} {v:?} is not a non-negative whole number"))),
+        }
+    };
+    let since = number("since", 0)?;
+    let limit = number("limit", EVENTS_PAGE_DEFAULT as u64)?;
+    if limit == 0 || limit > EVENTS_PAGE_MAX as u64 {
+        return Err(error(400, format!("limit must be between 1 and {EVENTS_PAGE_MAX}")));
+    }
+    let filter = match head.query("filter") {
+        None => None,
+        Some(text) => Some(Filter::parse(&text).map_err(|e| error(400, e.to_string()))?),
+    };
+    let mut body = b"[".to_vec();
+    let mut next = since;
+    let mut found = 0;
+    let mut cursor = since;
+    // Read in pages until the answer is full or the log is exhausted; filtered-out events are skipped.
+    'read: loop {
+        let reader = core.shared.log_reader.clone();
+        let rows = match monoio::spawn_blocking(move || reader.read_after(cursor, EVENTS_PAGE_MAX)).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => return Err(error(500, e.to_string())),
+            Err(_) => return Err(error(500, "the log read failed")),
+        };
+        let Some(&(last, _)) = rows.last() else {
+            break;
+        };
+        cursor = last;
+        for (seq, json) in rows {
+            let Some(event) = event::EncodedEvent::from_stored(seq, &json) else {
+                continue;
+            };
+            let visible = claims.is_superuser() || claims.may_see(&event.ty, &event.action, &event.key);
+            let wanted = filter.as_ref().is_none_or(|f| f.matches(&event.ty, &event.action, &event.key));
+            if visible && wanted {
+                if found > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&json);
+                found += 1;
+                next = seq;
+                if found as u64 == limit {
+                    break 'read;
+                }
+            }
+        }
+    }
+    body.push(b']');
+    Ok(Response::new(200)
+        .with_body("application/json", body)
+        .with_header("Herald-Next-Since", next.to_string()))
+}
+
+fn info(core: &Core) -> Response {
+    let shared = &core.shared;
+    let status = &shared.log_status;
+    let mut warnings = Vec::new();
+    if shared.default_password {
+        warnings.push("the admin user rocketskates still has the default password r0cketsk8ts; set --admin-password or change it".to_owned());
+    }
+    Response::json(
+        200,
+        &serde_json::json!({
+            "Version": env!("CARGO_PKG_VERSION"),
+            "Uptime": shared.started.elapsed().as_secs(),
+            "Cores": shared.config.cores,
+            "Driver": shared.driver,
+            "Epoch": status.epoch,
+            "FirstSeq": status.first_seq(),
+            "LastSeq": status.last_seq(),
+            "Durability": match shared.config.durability {
+                crate::config::Durability::Sync => "sync",
+                crate::config::Durability::Batched => "batched",
+            },
+            "DefaultPassword": shared.default_password,
+            "Warnings": warnings,
+        }),
+    )
+}

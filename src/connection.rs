@@ -1,0 +1,433 @@
+//! One websocket client: its outbound queue with a byte budget, its filters, its reader task
+//! (the only task that reads the socket) and its writer task (one write per wake-up, however
+//! many events were queued meanwhile).
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Instant, SystemTime};
+
+use crate::auth::Claims;
+use crate::command::{self, Command};
+use crate::event::{self, EncodedEvent};
+use crate::filter::Filter;
+use crate::transport::{self, ReadSide, Shutdown, WriteSide};
+use crate::websocket::{self, FrameReader, Message, OpCode};
+use crate::worker::Core;
+
+/// A single-task wake-up flag: `notify` sets it and wakes the waiter, `notified` waits for it.
+#[derive(Default)]
+pub struct Notify {
+    flag: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    /// Sets the flag and wakes the waiting task, if any.
+    pub fn notify(&self) {
+        self.flag.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits until the flag is set, and clears it.
+    pub async fn notified(&self) {
+        poll_fn(|cx| {
+            if self.flag.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Why a connection closed, as recorded in its history and counted in metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed, or its socket ended.
+    ClientClosed,
+    /// The connection fell a whole outbound budget behind.
+    SlowConsumer,
+    /// The client did not answer pings in time.
+    PingTimeout,
+    /// The server is stopping.
+    ServerShutdown,
+    /// The client broke the websocket protocol.
+    Protocol(String),
+}
+
+impl CloseReason {
+    /// The reason as PROTOCOL §6 spells it.
+    pub fn text(&self) -> String {
+        match self {
+            CloseReason::ClientClosed => "client closed".into(),
+            CloseReason::SlowConsumer => "slow consumer".into(),
+            CloseReason::PingTimeout => "ping timeout".into(),
+            CloseReason::ServerShutdown => "server shutdown".into(),
+            CloseReason::Protocol(what) => format!("protocol error: {what}"),
+        }
+    }
+}
+
+/// How the connection is being closed: the reason and the close frame still to send.
+struct Closing {
+    reason: CloseReason,
+    /// Close code and reason to send, or `None` when the close frame went out already.
+    frame: Option<(u16, String)>,
+    since: Instant,
+}
+
+/// The state of one websocket connection, shared by its tasks and its core's fan-out.
+pub struct WsConn {
+    /// Slot in the core's connection table (also its id in the filter index).
+    pub slot: u32,
+    /// Who authenticated, e.g. `user:rocketskates`.
+    pub principal: String,
+    /// What the principal may see, fixed at connect time.
+    pub claims: Arc<Claims>,
+    superuser: bool,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// When the connection authenticated.
+    pub created: SystemTime,
+    fd: RawFd,
+    budget: usize,
+    out: RefCell<Vec<u8>>,
+    out_last_seq: Cell<u64>,
+    inflight: Cell<usize>,
+    /// Seq of the last event handed completely to the kernel.
+    pub last_sent_seq: Cell<u64>,
+    wake: Rc<Notify>,
+    drained: Notify,
+    closing: RefCell<Option<Closing>>,
+    /// Registered filters, by text.
+    pub filters: RefCell<Vec<Filter>>,
+    /// The fan-out's per-event stamp, for at-most-once delivery.
+    pub stamp: Cell<u64>,
+    /// Last time anything arrived from the client.
+    pub last_heard: Cell<Instant>,
+    last_ping: Cell<Instant>,
+    /// Events written to the socket.
+    pub events_sent: Cell<u64>,
+    /// Bytes written to the socket.
+    pub bytes_sent: Cell<u64>,
+    queued_events: Cell<u64>,
+}
+
+impl WsConn {
+    /// Queues an event's shared frame; returns false when that would exceed the budget, in
+    /// which case the connection is now closing as a slow consumer.
+    pub fn queue_event(&self, event: &EncodedEvent) -> bool {
+        if self.closing.borrow().is_some() {
+            return true;
+        }
+        if !self.superuser && !self.claims.may_see(&event.ty, &event.action, &event.key) {
+            return true;
+        }
+        let frame = event.frame();
+        let mut out = self.out.borrow_mut();
+        if out.len() + self.inflight.get() + frame.len() > self.budget {
+            out.clear();
+            drop(out);
+            self.begin_close(CloseReason::SlowConsumer, 4008, String::new());
+            return false;
+        }
+        let was_empty = out.is_empty();
+        out.extend_from_slice(frame);
+        drop(out);
+        self.out_last_seq.set(event.seq);
+        self.queued_events.set(self.queued_events.get() + 1);
+        if was_empty {
+            self.wake.notify();
+        }
+        true
+    }
+
+    /// Queues a frame the server itself sends (replies, pings, pongs), outside the budget.
+    pub fn queue_control(&self, frame: &[u8]) {
+        if self.closing.borrow().is_some() {
+            return;
+        }
+        self.out.borrow_mut().extend_from_slice(frame);
+        self.wake.notify();
+    }
+
+    /// Starts closing: queued events are dropped (the client resumes by replay) and the writer
+    /// sends the close frame. The first reason wins.
+    pub fn begin_close(&self, reason: CloseReason, code: u16, text: String) {
+        let mut closing = self.closing.borrow_mut();
+        if closing.is_some() {
+            return;
+        }
+        if reason == CloseReason::SlowConsumer {
+            self.out.borrow_mut().clear();
+        }
+        *closing = Some(Closing {
+            reason,
+            frame: Some((code, text)),
+            since: Instant::now(),
+        });
+        drop(closing);
+        self.wake.notify();
+    }
+
+    /// Bytes queued or being written.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.borrow().len() + self.inflight.get()
+    }
+
+    /// The outbound budget in bytes.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Notified each time the writer finishes a write.
+    pub fn drained(&self) -> &Notify {
+        &self.drained
+    }
+
+    /// Whether the connection is closing.
+    pub fn is_closing(&self) -> bool {
+        self.closing.borrow().is_some()
+    }
+
+    /// The close reason, once closing.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closing.borrow().as_ref().map(|c| c.reason.clone())
+    }
+
+    /// For the core's sweeper: pings when idle, closes when silent too long, and ends a close
+    /// that the client does not complete within the grace period.
+    pub fn sweep(&self, now: Instant, limits: &crate::config::Limits) {
+        if let Some(closing) = self.closing.borrow().as_ref() {
+            if now.duration_since(closing.since) > CLOSE_GRACE {
+                transport::shutdown(self.fd, Shutdown::Both);
+            }
+            return;
+        }
+        if now.duration_since(self.last_heard.get()) > limits.ping_timeout {
+            self.begin_close(CloseReason::PingTimeout, 1001, "ping timeout".into());
+        } else if now.duration_since(self.last_ping.get()) >= limits.ping_interval {
+            self.last_ping.set(now);
+            self.queue_control(&websocket::encode_frame(OpCode::Ping, b""));
+        }
+    }
+}
+
+/// How long a closing connection may take to flush its close frame before its socket is cut.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs an upgraded connection until it closes; the caller has already sent the 101.
+pub async fn run(
+    core: Rc<Core>,
+    read: ReadSide,
+    write: WriteSide,
+    fd: RawFd,
+    remote: SocketAddr,
+    identity: crate::auth::Identity,
+    leftover: Vec<u8>,
+) {
+    let limits = &core.shared.config.limits;
+    let now = Instant::now();
+    let wake = read.tls_wakeup();
+    let superuser = identity.claims.is_superuser();
+    let conn = core.add_conn(|slot| WsConn {
+        slot,
+        principal: identity.principal.clone(),
+        claims: identity.claims.clone(),
+        superuser,
+        remote,
+        created: SystemTime::now(),
+        fd,
+        budget: limits.outbound_budget_bytes,
+        out: RefCell::new(Vec::new()),
+        out_last_seq: Cell::new(0),
+        inflight: Cell::new(0),
+        last_sent_seq: Cell::new(0),
+        wake,
+        drained: Notify::default(),
+        closing: RefCell::new(None),
+        filters: RefCell::new(Vec::new()),
+        stamp: Cell::new(0),
+        last_heard: Cell::new(now),
+        last_ping: Cell::new(now),
+        events_sent: Cell::new(0),
+        bytes_sent: Cell::new(0),
+        queued_events: Cell::new(0),
+    });
+    let writer = monoio::spawn(write_loop(conn.clone(), write));
+    read_loop(&core, &conn, read, leftover).await;
+    if !conn.is_closing() {
+        conn.begin_close(CloseReason::ClientClosed, 1000, String::new());
+    }
+    core.remove_filters(&conn);
+    let _ = writer.await;
+    core.remove_conn(&conn);
+}
+
+async fn read_loop(core: &Rc<Core>, conn: &Rc<WsConn>, mut read: ReadSide, mut buf: Vec<u8>) {
+    let limits = &core.shared.config.limits;
+    let mut frames = FrameReader::new(limits.max_command_bytes);
+    loop {
+        loop {
+            match frames.next_message(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(message)) => {
+                    conn.last_heard.set(Instant::now());
+                    if !handle_message(core, conn, message) {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let what = error.to_string();
+                    conn.begin_close(CloseReason::Protocol(what.clone()), error.close_code(), what);
+                    return;
+                }
+            }
+        }
+        match read.read_into(&mut buf).await {
+            Ok(0) | Err(_) => {
+                // The socket ended: whatever is queued cannot reach the client any more.
+                transport::shutdown(conn.fd, Shutdown::Both);
+                return;
+            }
+            Ok(_) => conn.last_heard.set(Instant::now()),
+        }
+        if conn.is_closing() {
+            // Keep reading only to see the client's close; stop once the socket ends.
+            continue;
+        }
+    }
+}
+
+/// Handles one client message; false when the connection is done reading.
+fn handle_message(core: &Rc<Core>, conn: &Rc<WsConn>, message: Message) -> bool {
+    match message {
+        Message::Text(text) => {
+            if !conn.is_closing() {
+                handle_command(core, conn, &text);
+            }
+            true
+        }
+        Message::Binary { .. } => {
+            if !conn.is_closing() {
+                conn.queue_control(&error_reply("", "binary frames are not commands; send text"));
+            }
+            true
+        }
+        Message::Ping(payload) => {
+            conn.queue_control(&websocket::encode_frame(OpCode::Pong, &payload));
+            true
+        }
+        Message::Pong(_) => true,
+        Message::Close(close) => {
+            let code = close.map(|(code, _)| code).unwrap_or(1000);
+            conn.begin_close(CloseReason::ClientClosed, code, String::new());
+            false
+        }
+    }
+}
+
+fn error_reply(key: &str, message: &str) -> Vec<u8> {
+    let object = serde_json::json!({ "Messages": [message], "Code": 400 }).to_string();
+    event::reply_frame("error", key, Some(&object))
+}
+
+fn handle_command(core: &Rc<Core>, conn: &Rc<WsConn>, text: &str) {
+    let (command, argument) = match command::parse(text) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            conn.queue_control(&error_reply(command::error_key(text), &error.to_string()));
+            return;
+        }
+    };
+    match command {
+        Command::Register(filter) => {
+            let mut filters = conn.filters.borrow_mut();
+            if filters.iter().any(|f| f.text() == filter.text()) {
+                conn.queue_control(&event::reply_frame("register", argument, None));
+                return;
+            }
+            let max = core.shared.config.limits.max_filters;
+            if filters.len() >= max {
+                let message = format!("this connection already holds {max} filters, the most allowed");
+                conn.queue_control(&error_reply(command::error_key(text), &message));
+                return;
+            }
+            // The reply is queued before the filter can match, so it precedes every event it affects.
+            conn.queue_control(&event::reply_frame("register", argument, None));
+            core.index.borrow_mut().insert(conn.slot, &filter);
+            filters.push(filter);
+        }
+        Command::Deregister(filter) => {
+            conn.queue_control(&event::reply_frame("deregister", argument, None));
+            let mut filters = conn.filters.borrow_mut();
+            if let Some(pos) = filters.iter().position(|f| f.text() == filter.text()) {
+                let removed = filters.remove(pos);
+                core.index.borrow_mut().remove(conn.slot, &removed);
+            }
+        }
+        Command::Replay(replay) => core.start_replay(conn, argument, replay),
+    }
+}
+
+async fn write_loop(conn: Rc<WsConn>, mut write: WriteSide) {
+    let mut spare: Vec<u8> = Vec::new();
+    loop {
+        let chunk = {
+            let mut out = conn.out.borrow_mut();
+            if out.is_empty() {
+                None
+            } else {
+                spare.clear();
+                Some(std::mem::replace(&mut *out, std::mem::take(&mut spare)))
+            }
+        };
+        let Some(chunk) = chunk else {
+            if write.flush_tls_records().await.is_err() {
+                break;
+            }
+            let close = conn.closing.borrow_mut().as_mut().map(|c| (c.reason.clone(), c.frame.take()));
+            match close {
+                Some((reason, Some((code, text)))) => {
+                    let text = if reason == CloseReason::SlowConsumer {
+                        format!("slow consumer; resume after {}", conn.last_sent_seq.get())
+                    } else {
+                        text
+                    };
+                    let (_, _) = write.write_all(websocket::close_frame(code, &text)).await;
+                    write.close_tls().await;
+                    transport::shutdown(conn.fd, Shutdown::Both);
+                    break;
+                }
+                Some((_, None)) => break,
+                None => conn.wake.notified().await,
+            }
+            continue;
+        };
+        let last_seq = conn.out_last_seq.get();
+        let events = conn.queued_events.replace(0);
+        let len = chunk.len();
+        conn.inflight.set(len);
+        let (result, buf) = write.write_all(chunk).await;
+        conn.inflight.set(0);
+        conn.drained.notify();
+        spare = buf;
+        if result.is_err() {
+            conn.begin_close(CloseReason::ClientClosed, 1000, String::new());
+            transport::shutdown(conn.fd, Shutdown::Both);
+            break;
+        }
+        conn.last_sent_seq.set(last_seq);
+        conn.events_sent.set(conn.events_sent.get() + events);
+        conn.bytes_sent.set(conn.bytes_sent.get() + len as u64);
+    }
+}

@@ -1,0 +1,274 @@
+//! The one sequencer: a dedicated thread that owns the event log, assigns `Seq`, makes each
+//! batch durable (group commit), encodes every event once and broadcasts the batch to every core.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use thiserror::Error;
+
+use crate::config::{Durability, Retention};
+use crate::event::{EncodedEvent, Event};
+use crate::log::EventLog;
+
+/// Most events sequenced as one batch (one sled append, one flush, one broadcast).
+const MAX_BATCH_EVENTS: usize = 4096;
+/// Publish requests waiting for the sequencer before publishers are held back.
+const QUEUE_DEPTH: usize = 8192;
+/// Batches waiting in one core's inbox before the sequencer is held back.
+pub const INBOX_DEPTH: usize = 1024;
+/// How often `batched` durability flushes.
+const BATCHED_FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// How often retention is checked.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// A batch of sequenced events, shared by every core.
+pub type Batch = Arc<Vec<EncodedEvent>>;
+
+/// Why a publish failed.
+#[derive(Debug, Error)]
+pub enum PublishError {
+    /// The log could not store the events; nothing was delivered.
+    #[error("the event log could not store the events: {0}")]
+    Store(String),
+    /// The server is stopping.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Events waiting to be sequenced, with the channel that answers their publisher.
+struct Publish {
+    events: Vec<(Event, Vec<u8>)>,
+    reply: flume::Sender<Result<u64, PublishError>>,
+}
+
+/// What every thread may read about the log without asking the sequencer.
+#[derive(Debug)]
+pub struct LogStatus {
+    /// The log's epoch.
+    pub epoch: String,
+    first_seq: AtomicU64,
+    last_seq: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl LogStatus {
+    /// Oldest retained Seq (last + 1 when nothing is retained).
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq.load(Ordering::Acquire)
+    }
+    /// Newest Seq stored.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+    /// Bytes of events retained.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+    fn update(&self, log: &EventLog) {
+        self.first_seq.store(log.first_seq(), Ordering::Release);
+        self.last_seq.store(log.last_seq(), Ordering::Release);
+        self.bytes.store(log.bytes(), Ordering::Release);
+    }
+}
+
+/// The cores' handle to the sequencer.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: flume::Sender<Publish>,
+}
+
+impl Publisher {
+    /// Sequences `events` and returns the last Seq once they are stored (durably with `sync`).
+    pub async fn publish(&self, events: Vec<Event>) -> Result<u64, PublishError> {
+        let events = events
+            .into_iter()
+            .map(|e| {
+                let prefix = e.body_prefix();
+                (e, prefix)
+            })
+            .collect();
+        let (reply, answer) = flume::bounded(1);
+        self.tx
+            .send_async(Publish { events, reply })
+            .await
+            .map_err(|_| PublishError::ShuttingDown)?;
+        answer.recv_async().await.map_err(|_| PublishError::ShuttingDown)?
+    }
+}
+
+/// The running sequencer thread.
+pub struct Sequencer {
+    /// Shared view of the log's bounds.
+    pub status: Arc<LogStatus>,
+    thread: Option<thread::JoinHandle<()>>,
+    stop: Arc<Mutex<bool>>,
+}
+
+impl Sequencer {
+    /// Starts the thread `herald-log`, which owns `log` from now on.
+    pub fn start(
+        log: EventLog,
+        durability: Durability,
+        retention: Retention,
+        cores: Vec<flume::Sender<Batch>>,
+    ) -> std::io::Result<(Sequencer, Publisher)> {
+        let status = Arc::new(LogStatus {
+            epoch: log.epoch().to_owned(),
+            first_seq: AtomicU64::new(0),
+            last_seq: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        });
+        status.update(&log);
+        let (tx, rx) = flume::bounded(QUEUE_DEPTH);
+        let stop = Arc::new(Mutex::new(false));
+        let thread = {
+            let status = status.clone();
+            let stop = stop.clone();
+            thread::Builder::new().name("herald-log".into()).spawn(move || {
+                Writer {
+                    log,
+                    durability,
+                    retention,
+                    cores,
+                    status,
+                    dirty: false,
+                    last_trim: Instant::now(),
+                }
+                .run(rx, stop)
+            })?
+        };
+        Ok((
+            Sequencer {
+                status,
+                thread: Some(thread),
+                stop,
+            },
+            Publisher { tx },
+        ))
+    }
+
+    /// Stops after the requests already queued, flushing the log.
+    pub fn stop(mut self) {
+        if let Ok(mut stop) = self.stop.lock() {
+            *stop = true;
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Writer {
+    log: EventLog,
+    durability: Durability,
+    retention: Retention,
+    cores: Vec<flume::Sender<Batch>>,
+    status: Arc<LogStatus>,
+    dirty: bool,
+    last_trim: Instant,
+}
+
+impl Writer {
+    fn run(mut self, rx: flume::Receiver<Publish>, stop: Arc<Mutex<bool>>) {
+        loop {
+            let first = match rx.recv_timeout(self.idle_wait()) {
+                Ok(first) => Some(first),
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            };
+            if let Some(first) = first {
+                let mut pending = vec![first];
+                let mut count = pending[0].events.len();
+                while count < MAX_BATCH_EVENTS {
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            count += next.events.len();
+                            pending.push(next);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.sequence(pending);
+            } else if stop.lock().map(|s| *s).unwrap_or(true) && rx.is_empty() {
+                break;
+            }
+            if self.dirty && self.durability == Durability::Batched {
+                self.flush_or_die();
+            }
+            if self.last_trim.elapsed() >= TRIM_EVERY {
+                self.trim();
+            }
+        }
+        if self.dirty {
+            self.flush_or_die();
+        }
+    }
+
+    fn idle_wait(&self) -> Duration {
+        if self.dirty {
+            BATCHED_FLUSH_EVERY
+        } else {
+            Duration::from_millis(200)
+        }
+    }
+
+    fn sequence(&mut self, pending: Vec<Publish>) {
+        let mut seq = self.log.last_seq();
+        let mut encoded = Vec::new();
+        let mut answers = Vec::with_capacity(pending.len());
+        for publish in pending {
+            for (event, prefix) in &publish.events {
+                seq += 1;
+                encoded.push(EncodedEvent::new(event, prefix, seq));
+            }
+            answers.push((publish.reply, seq));
+        }
+        let rows: Vec<(u64, &[u8])> = encoded.iter().map(|e| (e.seq, e.json())).collect();
+        if let Err(error) = self.log.append(&rows, SystemTime::now()) {
+            tracing::error!(%error, "appending to the event log failed; publishers get an error");
+            for (reply, _) in answers {
+                let _ = reply.send(Err(PublishError::Store(error.to_string())));
+            }
+            return;
+        }
+        self.dirty = true;
+        if self.durability == Durability::Sync {
+            self.flush_or_die();
+        }
+        self.status.update(&self.log);
+        let batch: Batch = Arc::new(encoded);
+        for core in &self.cores {
+            // A core that has stopped no longer needs events.
+            let _ = core.send(batch.clone());
+        }
+        for (reply, last) in answers {
+            let _ = reply.send(Ok(last));
+        }
+    }
+
+    /// A failed flush means acknowledged durability can no longer be promised: stop at once
+    /// rather than answer or deliver events that a crash could take back.
+    fn flush_or_die(&mut self) {
+        if let Err(error) = self.log.flush() {
+            tracing::error!(%error, "flushing the event log failed; herald stops to keep its durability promise");
+            std::process::exit(74);
+        }
+        self.dirty = false;
+    }
+
+    fn trim(&mut self) {
+        self.last_trim = Instant::now();
+        match self.log.trim(&self.retention, SystemTime::now()) {
+            Ok(report) => {
+                if report.removed > 0 {
+                    tracing::debug!(removed = report.removed, first_seq = report.first_seq, "retention trimmed the log");
+                    self.dirty = true;
+                }
+                self.status.update(&self.log);
+            }
+            Err(error) => tracing::warn!(%error, "trimming the event log failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The byte stream under a connection: plain TCP, or TLS with rustls driven by hand over
+//! monoio's owned-buffer IO.
+//!
+//! Before a websocket upgrade one task owns the whole [`Transport`]; after it, the stream is split
+//! into a [`ReadSide`] (the connection's only reader task: io_uring reads are never cancelled) and
+//! a [`WriteSide`] (its writer task), which share the TLS state on the same core.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use rustls::{ServerConfig, ServerConnection};
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Plaintext handed to rustls per call, so its record buffer stays small.
+const TLS_WRITE_CHUNK: usize = 16 * 1024;
+
+/// One accepted connection's byte stream.
+pub struct Transport {
+    stream: TcpStream,
+    tls: Option<ServerConnection>,
+    scratch: Vec<u8>,
+    fd: RawFd,
+}
+
+impl Transport {
+    /// Wraps an accepted stream; with a TLS config the handshake happens on the first reads.
+    pub fn new(stream: TcpStream, tls: Option<&Arc<ServerConfig>>) -> io::Result<Transport> {
+        let tls = match tls {
+            Some(config) => Some(ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?),
+            None => None,
+        };
+        let fd = stream.as_raw_fd();
+        Ok(Transport {
+            stream,
+            tls,
+            scratch: Vec::with_capacity(READ_CHUNK),
+            fd,
+        })
+    }
+
+    /// The socket's file descriptor, for `shutdown` from a watchdog.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Appends plaintext to `out`; `Ok(0)` means the peer closed.
+    pub async fn read_into(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+        loop {
+            if let Some(tls) = self.tls.as_mut() {
+                flush_tls(tls, &mut self.stream).await?;
+            }
+            let (res, buf) = self.stream.read(take_scratch(&mut self.scratch)).await;
+            self.scratch = buf;
+            let n = res?;
+            if n == 0 {
+                return Ok(0);
+            }
+            match self.tls.as_mut() {
+                None => {
+                    out.extend_from_slice(&self.scratch[..n]);
+                    return Ok(n);
+                }
+                Some(tls) => {
+                    let got = feed_tls(tls, &self.scratch[..n], out)?;
+                    flush_tls(tls, &mut self.stream).await?;
+                    if got > 0 {
+                        return Ok(got);
+                    }
+                    if tls.wants_read() {
+                        continue;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes all of `data`.
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self.tls.as_mut() {
+            None => {
+                let (res, _) = self.stream.write_all(data.to_vec()).await;
+                res.map(|_| ())
+            }
+            Some(tls) => {
+                for chunk in data.chunks(TLS_WRITE_CHUNK) {
+                    tls.writer().write_all(chunk)?;
+                    flush_tls(tls, &mut self.stream).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Splits into the reader and writer halves of an upgraded connection.
+    pub fn into_split(self) -> (ReadSide, WriteSide) {
+        let (read, write) = self.stream.into_split();
+        let tls = self.tls.map(|t| Rc::new(RefCell::new(t)));
+        let wake_writer = Rc::new(crate::connection::Notify::default());
+        (
+            ReadSide {
+                read,
+                tls: tls.clone(),
+                scratch: self.scratch,
+                wake_writer: wake_writer.clone(),
+            },
+            WriteSide {
+                write,
+                tls,
+                cipher: Vec::with_capacity(READ_CHUNK),
+                tls_pending: wake_writer,
+            },
+        )
+    }
+}
+
+fn take_scratch(scratch: &mut Vec<u8>) -> Vec<u8> {
+    let mut buf = std::mem::take(scratch);
+    buf.clear();
+    if buf.capacity() < READ_CHUNK {
+        buf.reserve(READ_CHUNK);
+    }
+    buf
+}
+
+/// Feeds ciphertext to rustls and appends the plaintext it yields.
+fn feed_tls(tls: &mut ServerConnection, mut cipher: &[u8], out: &mut Vec<u8>) -> io::Result<usize> {
+    let mut got = 0;
+    while !cipher.is_empty() {
+        tls.read_tls(&mut cipher)?;
+        let state = tls
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let available = state.plaintext_bytes_to_read();
+        if available > 0 {
+            let start = out.len();
+            out.resize(start + available, 0);
+            let n = tls.reader().read(&mut out[start..])?;
+            out.truncate(start + n);
+            got += n;
+        }
+    }
+    Ok(got)
+}
+
+/// Sends whatever rustls has queued (handshake messages, records, alerts).
+async fn flush_tls(tls: &mut ServerConnection, stream: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        let mut cipher = Vec::with_capacity(READ_CHUNK);
+        while tls.wants_write() && cipher.len() < 4 * READ_CHUNK {
+            tls.write_tls(&mut cipher)?;
+        }
+        let (res, _) = stream.write_all(cipher).await;
+        res?;
+    }
+    Ok(())
+}
+
+/// The reading half of an upgraded connection.
+pub struct ReadSide {
+    read: OwnedReadHalf<TcpStream>,
+    tls: Option<Rc<RefCell<ServerConnection>>>,
+    scratch: Vec<u8>,
+    wake_writer: Rc<crate::connection::Notify>,
+}
+
+impl ReadSide {
+    /// Appends plaintext to `out`; `Ok(0)` means the peer closed.
+    pub async fn read_into(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+        loop {
+            let (res, buf) = self.read.read(take_scratch(&mut self.scratch)).await;
+            self.scratch = buf;
+            let n = res?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let Some(tls) = self.tls.as_ref() else {
+                out.extend_from_slice(&self.scratch[..n]);
+                return Ok(n);
+            };
+            let (got, wants_write) = {
+                let mut tls = tls.borrow_mut();
+                let got = feed_tls(&mut tls, &self.scratch[..n], out)?;
+                (got, tls.wants_write())
+            };
+            if wants_write {
+                // Alerts or key updates produced by reading go out through the writer task.
+                self.wake_writer.notify();
+            }
+            if got > 0 {
+                return Ok(got);
+            }
+        }
+    }
+
+    /// Set when the reader produced TLS records that only the writer may send.
+    pub fn tls_wakeup(&self) -> Rc<crate::connection::Notify> {
+        self.wake_writer.clone()
+    }
+}
+
+/// The writing half of an upgraded connection.
+pub struct WriteSide {
+    write: OwnedWriteHalf<TcpStream>,
+    tls: Option<Rc<RefCell<ServerConnection>>>,
+    cipher: Vec<u8>,
+    tls_pending: Rc<crate::connection::Notify>,
+}
+
+impl WriteSide {
+    /// Writes all of `data` (plaintext), returning the buffer for reuse.
+    pub async fn write_all(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let Some(tls) = self.tls.clone() else {
+            let (res, buf) = self.write.write_all(data).await;
+            return (res.map(|_| ()), buf);
+        };
+        for chunk in data.chunks(TLS_WRITE_CHUNK) {
+            let encrypted = {
+                let mut tls = tls.borrow_mut();
+                if let Err(e) = tls.writer().write_all(chunk) {
+                    return (Err(e), data);
+                }
+                self.drain_tls(&mut tls)
+            };
+            if let Err(e) = encrypted {
+                return (Err(e), data);
+            }
+            if let Err(e) = self.send_cipher().await {
+                return (Err(e), data);
+            }
+        }
+        (Ok(()), data)
+    }
+
+    /// Sends TLS records the reader produced (alerts, key updates), if any.
+    pub async fn flush_tls_records(&mut self) -> io::Result<()> {
+        let Some(tls) = self.tls.clone() else {
+            return Ok(());
+        };
+        self.drain_tls(&mut tls.borrow_mut())?;
+        self.send_cipher().await
+    }
+
+    /// Notified when the reader left TLS records to send.
+    pub fn tls_pending(&self) -> &Rc<crate::connection::Notify> {
+        &self.tls_pending
+    }
+
+    fn drain_tls(&mut self, tls: &mut ServerConnection) -> io::Result<()> {
+        while tls.wants_write() {
+            tls.write_tls(&mut self.cipher)?;
+        }
+        Ok(())
+    }
+
+    async fn send_cipher(&mut self) -> io::Result<()> {
+        if self.cipher.is_empty() {
+            return Ok(());
+        }
+        let cipher = std::mem::take(&mut self.cipher);
+        let (res, mut buf) = self.write.write_all(cipher).await;
+        buf.clear();
+        self.cipher = buf;
+        res.map(|_| ())
+    }
+
+    /// Sends a TLS close_notify where TLS is in use.
+    pub async fn close_tls(&mut self) {
+        if let Some(tls) = self.tls.clone() {
+            tls.borrow_mut().send_close_notify();
+            let _ = self.flush_tls_records().await;
+        }
+    }
+}
+
+/// Shuts a socket down, ending a read (and with [`Shutdown::Both`] a write) in flight on it.
+pub fn shutdown(fd: RawFd, how: Shutdown) {
+    let how = match how {
+        Shutdown::Read => libc::SHUT_RD,
+        Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown(2) takes a descriptor number and touches no memory. Callers only pass the
+    // descriptor of a connection whose tasks still own the open socket, so it cannot be reused.
+    unsafe { libc::shutdown(fd, how) };
+}
+
+/// Which direction [`shutdown`] ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Shutdown {
+    /// End reads only: a pending read returns end-of-stream, writes still work.
+    Read,
+    /// End both directions.
+    Both,
+}

@@ -1,0 +1,361 @@
+//! One core: its runtime's accept loop, its websocket connections, its compiled filter index,
+//! and the fan-out of every sequenced batch to the connections it matches.
+//!
+//! Nothing here is `Send`: a core's state lives in `Rc`/`RefCell` and is touched only by the
+//! core's own thread. Batches arrive as owned messages on the core's inbox.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::auth::AuthStore;
+use crate::command;
+use crate::config::Config;
+use crate::connection::{CloseReason, WsConn};
+use crate::event::{self, EncodedEvent};
+use crate::filter::FilterIndex;
+use crate::log::LogReader;
+use crate::sequencer::{Batch, LogStatus, Publisher};
+use crate::transport::{self, Shutdown};
+
+/// How often a core checks deadlines: header timeouts, pings, bookmarks, close grace.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// How long a keep-alive HTTP connection may sit idle between requests.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(120);
+/// How often a replaying connection gets a bookmark while filtered-out events pass.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+/// Events read from the log per replay step.
+const REPLAY_CHUNK: usize = 1000;
+
+/// What all cores share: configuration, the auth store, the sequencer's handle.
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// Users, roles and tokens.
+    pub auth: Arc<AuthStore>,
+    /// The sequencer's handle.
+    pub publisher: Publisher,
+    /// The log's bounds, kept current by the sequencer.
+    pub log_status: Arc<LogStatus>,
+    /// Read access to the log for replays and REST reads (used from blocking threads).
+    pub log_reader: LogReader,
+    /// The TLS setup, or `None` for plain.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// When the server started.
+    pub started: Instant,
+    /// Whether the admin still has DRP's default password.
+    pub default_password: bool,
+    /// `io_uring` or `epoll`.
+    pub driver: &'static str,
+}
+
+/// Deadlines of one HTTP connection, checked by the sweeper (reads are never timed out).
+pub struct HttpWatch {
+    fd: RawFd,
+    /// When the first byte of the current request arrived; `None` between requests.
+    pub request_started: Cell<Option<Instant>>,
+    /// When the connection became idle.
+    pub idle_since: Cell<Instant>,
+    /// Set by the sweeper when a deadline passed and the socket's reads were ended.
+    pub expired: Cell<Option<Expiry>>,
+}
+
+/// Which deadline ended an HTTP connection's read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The request head was not complete in time: answer 408.
+    Header,
+    /// Idle too long between requests: close quietly.
+    Idle,
+}
+
+/// Replay progress of one connection, while it catches up from the log.
+struct Replaying {
+    cursor: u64,
+}
+
+/// One core's state.
+pub struct Core {
+    /// Core number.
+    pub id: usize,
+    /// What all cores share.
+    pub shared: Arc<Shared>,
+    /// The compiled filter index of this core's connections.
+    pub index: RefCell<FilterIndex>,
+    conns: RefCell<Slab<Rc<WsConn>>>,
+    http: RefCell<Slab<Rc<HttpWatch>>>,
+    replaying: RefCell<std::collections::HashMap<u32, Replaying>>,
+    bookmarked: RefCell<std::collections::HashMap<u32, (u64, Instant)>>,
+    stamp: Cell<u64>,
+    /// Seq of the last event this core has fanned out.
+    pub last_delivered: Cell<u64>,
+}
+
+impl Core {
+    /// A core with no connections yet.
+    pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Core> {
+        let last = shared.log_status.last_seq();
+        Rc::new(Core {
+            id,
+            shared,
+            index: RefCell::new(FilterIndex::new()),
+            conns: RefCell::new(Slab::new()),
+            http: RefCell::new(Slab::new()),
+            replaying: RefCell::default(),
+            bookmarked: RefCell::default(),
+            stamp: Cell::new(0),
+            last_delivered: Cell::new(last),
+        })
+    }
+
+    /// Registers a new websocket connection, built with its slot number.
+    pub fn add_conn(&self, build: impl FnOnce(u32) -> WsConn) -> Rc<WsConn> {
+        let mut conns = self.conns.borrow_mut();
+        let entry = conns.vacant_entry();
+        let conn = Rc::new(build(entry.key() as u32));
+        entry.insert(conn.clone());
+        conn
+    }
+
+    /// Removes every filter of a connection from the index.
+    pub fn remove_filters(&self, conn: &WsConn) {
+        let mut index = self.index.borrow_mut();
+        for filter in conn.filters.borrow_mut().drain(..) {
+            index.remove(conn.slot, &filter);
+        }
+        self.replaying.borrow_mut().remove(&conn.slot);
+        self.bookmarked.borrow_mut().remove(&conn.slot);
+    }
+
+    /// Forgets a connection whose tasks have ended.
+    pub fn remove_conn(&self, conn: &WsConn) {
+        let mut conns = self.conns.borrow_mut();
+        if conns.get(conn.slot as usize).is_some_and(|c| std::ptr::eq(&**c, conn)) {
+            conns.remove(conn.slot as usize);
+        }
+    }
+
+    /// Starts watching an HTTP connection's deadlines.
+    pub fn watch_http(&self, fd: RawFd) -> (usize, Rc<HttpWatch>) {
+        let watch = Rc::new(HttpWatch {
+            fd,
+            request_started: Cell::new(None),
+            idle_since: Cell::new(Instant::now()),
+            expired: Cell::new(None),
+        });
+        let key = self.http.borrow_mut().insert(watch.clone());
+        (key, watch)
+    }
+
+    /// Stops watching an HTTP connection (before its socket closes).
+    pub fn unwatch_http(&self, key: usize) {
+        self.http.borrow_mut().try_remove(key);
+    }
+
+    /// Fans one batch out to every matching connection of this core.
+    pub fn deliver(&self, batch: &[EncodedEvent]) {
+        let mut slow = Vec::new();
+        {
+            let index = self.index.borrow();
+            let conns = self.conns.borrow();
+            let replaying = self.replaying.borrow();
+            for event in batch {
+                let stamp = self.stamp.get() + 1;
+                self.stamp.set(stamp);
+                index.for_each_candidate(&event.ty, &event.action, &event.key, |ids| {
+                    for &id in ids {
+                        let Some(conn) = conns.get(id as usize) else {
+                            continue;
+                        };
+                        if conn.stamp.replace(stamp) == stamp {
+                            continue;
+                        }
+                        if !replaying.is_empty() && replaying.contains_key(&id) {
+                            continue;
+                        }
+                        if !conn.queue_event(event) {
+                            slow.push(conn.clone());
+                        }
+                    }
+                });
+                self.last_delivered.set(event.seq);
+            }
+        }
+        for conn in slow {
+            self.remove_filters(&conn);
+        }
+    }
+
+    /// Applies `replay SEQ [EPOCH]`: replies with the log's bounds, then streams the stored
+    /// events after the resume point until the connection has caught up with the live stream.
+    pub fn start_replay(self: &Rc<Self>, conn: &Rc<WsConn>, argument: &str, replay: command::Replay) {
+        let status = &self.shared.log_status;
+        let (first, last) = (status.first_seq(), status.last_seq());
+        let epoch_matches = replay.epoch.as_deref().is_none_or(|e| e == status.epoch);
+        let (recovered, cursor) = if !epoch_matches {
+            (false, first.saturating_sub(1))
+        } else if replay.seq > last {
+            (false, self.last_delivered.get())
+        } else if replay.seq + 1 < first {
+            (false, first - 1)
+        } else {
+            (true, replay.seq)
+        };
+        let object = serde_json::json!({
+            "Epoch": status.epoch, "FirstSeq": first, "LastSeq": last, "Recovered": recovered,
+        })
+        .to_string();
+        conn.queue_control(&event::reply_frame("replay", argument, Some(&object)));
+        self.bookmarked
+            .borrow_mut()
+            .insert(conn.slot, (cursor, Instant::now()));
+        if cursor >= self.last_delivered.get() {
+            return;
+        }
+        let previous = self.replaying.borrow_mut().insert(conn.slot, Replaying { cursor });
+        if previous.is_none() {
+            monoio::spawn(replay_task(self.clone(), conn.clone()));
+        }
+    }
+
+    /// The sweeper: header and idle deadlines of HTTP connections, pings and close grace of
+    /// websockets, and bookmarks for replaying clients.
+    pub async fn sweep_forever(self: Rc<Self>) {
+        loop {
+            monoio::time::sleep(SWEEP_EVERY).await;
+            let now = Instant::now();
+            let limits = &self.shared.config.limits;
+            for (_, watch) in self.http.borrow().iter() {
+                if watch.expired.get().is_some() {
+                    continue;
+                }
+                let expiry = match watch.request_started.get() {
+                    Some(started) if now.duration_since(started) > limits.header_timeout => Some(Expiry::Header),
+                    None if now.duration_since(watch.idle_since.get()) > KEEP_ALIVE_IDLE => Some(Expiry::Idle),
+                    _ => None,
+                };
+                if let Some(expiry) = expiry {
+                    watch.expired.set(Some(expiry));
+                    // The connection's own task sees end-of-stream and answers.
+                    transport::shutdown(watch.fd, Shutdown::Read);
+                }
+            }
+            let conns: Vec<Rc<WsConn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+            for conn in conns {
+                conn.sweep(now, limits);
+                if conn.close_reason() == Some(CloseReason::PingTimeout) {
+                    self.remove_filters(&conn);
+                }
+            }
+            self.send_bookmarks(now);
+        }
+    }
+
+    fn send_bookmarks(&self, now: Instant) {
+        let live = self.last_delivered.get();
+        let conns = self.conns.borrow();
+        let replaying = self.replaying.borrow();
+        for (slot, (seq, at)) in self.bookmarked.borrow_mut().iter_mut() {
+            if replaying.contains_key(slot) || *seq >= live || now.duration_since(*at) < BOOKMARK_EVERY {
+                continue;
+            }
+            if let Some(conn) = conns.get(*slot as usize) {
+                // Every event up to `live` that this connection may see is queued before this frame.
+                conn.queue_control(&event::reply_frame("bookmark", &live.to_string(), None));
+                *seq = live;
+                *at = now;
+            }
+        }
+    }
+
+    /// Receives batches from the sequencer until it stops.
+    pub async fn receive_batches(self: Rc<Self>, inbox: flume::Receiver<Batch>) {
+        while let Ok(batch) = inbox.recv_async().await {
+            self.deliver(&batch);
+        }
+    }
+}
+
+/// Streams stored events to a replaying connection, chunk by chunk, never holding more than
+/// half its budget queued, then hands it over to the live fan-out with no gap and no duplicate.
+async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
+    loop {
+        if conn.is_closing() {
+            break;
+        }
+        let Some(cursor) = core.replaying.borrow().get(&conn.slot).map(|r| r.cursor) else {
+            break;
+        };
+        if cursor >= core.last_delivered.get() {
+            // Caught up: from here the fan-out delivers. No await between the check and the
+            // switch, so no batch can slip between them.
+            core.replaying.borrow_mut().remove(&conn.slot);
+            if let Some(mark) = core.bookmarked.borrow_mut().get_mut(&conn.slot) {
+                mark.0 = cursor;
+            }
+            break;
+        }
+        if conn.queued_bytes() > conn.budget() / 2 {
+            conn.drained().notified().await;
+            continue;
+        }
+        let reader = core.shared.log_reader.clone();
+        let rows = match monoio::spawn_blocking(move || reader.read_after(cursor, REPLAY_CHUNK)).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "replay read failed");
+                conn.begin_close(CloseReason::ServerShutdown, 1011, "replay failed".into());
+                break;
+            }
+            Err(_) => break,
+        };
+        let limit = core.last_delivered.get();
+        let mut next = cursor;
+        for (seq, json) in rows {
+            if seq > limit {
+                break;
+            }
+            next = seq;
+            let Some(event) = EncodedEvent::from_stored(seq, &json) else {
+                continue;
+            };
+            if conn.filters.borrow().iter().any(|f| f.matches(&event.ty, &event.action, &event.key)) {
+                conn.queue_event(&event);
+            }
+        }
+        if next == cursor {
+            // Nothing more is stored below the live position (trimmed meanwhile): go live.
+            next = limit;
+        }
+        if let Some(r) = core.replaying.borrow_mut().get_mut(&conn.slot) {
+            r.cursor = next;
+        }
+    }
+}
+
+/// The accept loop of one core's listener.
+pub async fn accept_forever(core: Rc<Core>, listener: monoio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(crate::api::serve(core.clone(), stream, remote));
+            }
+            Err(error) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(%error, core = core.id, "accept failed");
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The remote address as PROTOCOL §6 keys it.
+pub fn remote_key(addr: &SocketAddr) -> String {
+    addr.to_string()
+}
