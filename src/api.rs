@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::auth::{self, AuthError, Claims, FastAuth, Identity};
+use crate::auth::{self, AuthError, AuthStore, Claims, FastAuth, Identity};
 use crate::connection;
 use crate::event::{self, Event};
 use crate::filter::Filter;
@@ -42,9 +42,11 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
 }
 
 /// A request as the routes see it.
-struct Request {
-    head: RequestHead,
-    body: Vec<u8>,
+pub struct Request {
+    /// The parsed head.
+    pub head: RequestHead,
+    /// The whole body (already within the size limit).
+    pub body: Vec<u8>,
 }
 
 /// What a route answers.
@@ -330,7 +332,7 @@ async fn handle(
         (Route::Users, _) => {
             let new: auth::NewUser = parse_json(&request.body)?;
             require(identity, "users", "create", &new.name)?;
-            let user = store.create_user(new).map_err(|e| auth_error(&e))?;
+            let user = hashing(core, move |store| store.create_user(new)).await?;
             emit(core, Event::new("users", "create", &user.name, &identity.principal).with_object(&user)).await;
             Ok(Response::json(201, &user))
         }
@@ -354,7 +356,8 @@ async fn handle(
                 password: String,
             }
             let body: Password = parse_json(&request.body)?;
-            let user = store.set_password(&name, &body.password).map_err(|e| auth_error(&e))?;
+            let (user_name, password) = (name.clone(), body.password);
+            let user = hashing(core, move |store| store.set_password(&user_name, &password)).await?;
             emit(core, Event::new("users", "update", &name, &identity.principal).with_object(&user)).await;
             Ok(Response::json(200, &user))
         }
@@ -388,6 +391,18 @@ async fn handle(
             Ok(Response::json(200, &store.get_role(&name).map_err(|e| auth_error(&e))?))
         }
         (Route::Ws, _) => Err(error(400, "this route takes a websocket upgrade")),
+    }
+}
+
+/// Runs a store call that hashes a password (argon2id, tens of milliseconds) on a blocking thread.
+async fn hashing<T: Send + 'static>(
+    core: &Core,
+    call: impl FnOnce(&AuthStore) -> Result<T, AuthError> + Send + 'static,
+) -> Result<T, Response> {
+    let store = core.shared.auth.clone();
+    match monoio::spawn_blocking(move || call(&store)).await {
+        Ok(result) => result.map_err(|e| auth_error(&e)),
+        Err(_) => Err(error(500, "the password could not be hashed")),
     }
 }
 
@@ -477,7 +492,7 @@ async fn read_events(core: &Core, head: &RequestHead, claims: &std::sync::Arc<Cl
         }
     }
     body.push(b']');
-    Ok(Response::new(200)
+    Ok(Response::empty(200)
         .with_body("application/json", body)
         .with_header("Herald-Next-Since", next.to_string()))
 }
@@ -486,7 +501,8 @@ fn info(core: &Core) -> Response {
     let shared = &core.shared;
     let status = &shared.log_status;
     let mut warnings = Vec::new();
-    if shared.default_password {
+    let default_password = shared.auth.default_password_in_use();
+    if default_password {
         warnings.push("the admin user rocketskates still has the default password r0cketsk8ts; set --admin-password or change it".to_owned());
     }
     Response::json(
@@ -503,7 +519,7 @@ fn info(core: &Core) -> Response {
                 crate::config::Durability::Sync => "sync",
                 crate::config::Durability::Batched => "batched",
             },
-            "DefaultPassword": shared.default_password,
+            "DefaultPassword": default_password,
             "Warnings": warnings,
         }),
     )

@@ -1,1 +1,189 @@
-//! (to be written)
+//! Users, roles, claims, passwords and signed tokens (PROTOCOL.md §2 and §5).
+//!
+//! - [`credentials`](credentials()): what a request presents (`Authorization` or `?token=`).
+//! - [`Claims`]: what an identity may see and do.
+//! - [`AuthStore`]: users and roles in memory, mirrored to sled; authentication and tokens.
+//!
+//! Authentication has a fast path that is safe on a core thread (tokens, cached passwords) and
+//! a slow path (argon2id) for a blocking thread; see [`AuthStore::authenticate_fast`].
+
+mod claims;
+mod credentials;
+mod password;
+mod store;
+mod token;
+
+use std::sync::Arc;
+
+pub use claims::{Claim, Claims, Role};
+pub use credentials::{Credentials, credentials};
+pub use password::{BASIC_CACHE_CAPACITY, BASIC_CACHE_TTL};
+pub use store::{
+    AuthStore, DEFAULT_ADMIN_PASSWORD, DEFAULT_ADMIN_USER, FastAuth, NewUser, SUPERUSER_ROLE,
+    UserView,
+};
+pub use token::{MAX_TOKEN_TTL, MIN_TOKEN_TTL, Token, TokenInfo};
+
+/// Why a request could not be authenticated or authorized, or a user or role change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The request carried no credentials.
+    #[error(
+        "authentication required: send an Authorization header (Basic or Bearer) or a token parameter"
+    )]
+    Missing,
+    /// The credentials could not be read (unknown scheme, bad base64, no `:`).
+    #[error("unreadable credentials: {0}")]
+    Malformed(String),
+    /// No user has the given name.
+    #[error("authentication failed: unknown user or wrong password")]
+    UnknownUser,
+    /// The password does not match the user's.
+    #[error("authentication failed: unknown user or wrong password")]
+    BadPassword,
+    /// The token is not one of ours, is damaged, or its user was deleted or changed password.
+    #[error(
+        "the token is not valid (damaged, from another server, or its user changed password or was deleted); get a new token"
+    )]
+    BadToken,
+    /// The token's lifetime is over.
+    #[error("the token has expired; get a new token")]
+    ExpiredToken,
+    /// The identity lacks the claim the request needs.
+    #[error("forbidden: this needs the claim {needed}")]
+    Forbidden {
+        /// The claim needed, as `scope:action:specific`.
+        needed: String,
+    },
+    /// A user, role, claim, password or token lifetime failed validation (422, as in DRP).
+    #[error("{0}")]
+    Invalid(String),
+    /// A user or role with that name already exists.
+    #[error("{kind} {name:?} already exists")]
+    Exists {
+        /// `users` or `roles`, the object type as in routes and events.
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+    },
+    /// No user or role has that name.
+    #[error("{kind} {name:?} does not exist")]
+    NotFound {
+        /// `users` or `roles`, the object type as in routes and events.
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+    },
+    /// The sled database failed.
+    #[error("the user store failed: {0}")]
+    Store(#[from] sled::Error),
+    /// Stored auth data cannot be read (damaged, or written by a newer herald).
+    #[error("the user store holds unreadable data: {0}")]
+    Corrupt(String),
+    /// The system random generator or a hash computation failed.
+    #[error("a cryptographic operation failed: {0}")]
+    Crypto(String),
+}
+
+impl AuthError {
+    /// The HTTP status for this error (§2: 401 for missing or unreadable credentials, 403 for
+    /// credentials that do not authenticate or authorize).
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::Missing | AuthError::Malformed(_) => 401,
+            AuthError::UnknownUser
+            | AuthError::BadPassword
+            | AuthError::BadToken
+            | AuthError::ExpiredToken
+            | AuthError::Forbidden { .. } => 403,
+            AuthError::NotFound { .. } => 404,
+            AuthError::Exists { .. } => 409,
+            AuthError::Invalid(_) => 422,
+            AuthError::Store(_) | AuthError::Corrupt(_) | AuthError::Crypto(_) => 500,
+        }
+    }
+
+    /// The `reason` label of `herald_auth_failures_total` for the six authentication failures
+    /// (see [`AuthError::is_authentication_failure`]); other variants get a descriptive word.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::UnknownUser => "unknown_user",
+            AuthError::BadPassword => "bad_password",
+            AuthError::BadToken => "bad_token",
+            AuthError::ExpiredToken => "expired_token",
+            AuthError::Forbidden { .. } => "forbidden",
+            AuthError::Invalid(_) => "invalid",
+            AuthError::Exists { .. } => "exists",
+            AuthError::NotFound { .. } => "not_found",
+            AuthError::Store(_) | AuthError::Corrupt(_) | AuthError::Crypto(_) => "internal",
+        }
+    }
+
+    /// Whether this is one of the failures counted in `herald_auth_failures_total`.
+    pub fn is_authentication_failure(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Missing
+                | AuthError::Malformed(_)
+                | AuthError::UnknownUser
+                | AuthError::BadPassword
+                | AuthError::BadToken
+                | AuthError::ExpiredToken
+        )
+    }
+}
+
+/// Who a request or connection is, and what it may do; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `user:<name>` or `runner:<uuid>` (§2).
+    pub principal: String,
+    /// The user, when the principal is one.
+    pub user: Option<String>,
+    /// The roles the identity holds (empty for machine tokens, whose claims are explicit).
+    pub roles: Vec<String>,
+    /// The union of the identity's claims, fixed when it authenticated.
+    pub claims: Arc<Claims>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_unreadable_credentials_are_401_and_failed_ones_403() {
+        assert_eq!(AuthError::Missing.status(), 401);
+        assert_eq!(AuthError::Malformed(String::new()).status(), 401);
+        for failed in [
+            AuthError::UnknownUser,
+            AuthError::BadPassword,
+            AuthError::BadToken,
+            AuthError::ExpiredToken,
+            AuthError::Forbidden {
+                needed: "users:get:bob".into(),
+            },
+        ] {
+            assert_eq!(failed.status(), 403, "{failed:?}");
+        }
+        assert_eq!(AuthError::Invalid(String::new()).status(), 422);
+    }
+
+    #[test]
+    fn metric_reasons_use_the_documented_labels() {
+        let labelled = [
+            (AuthError::Missing, "missing"),
+            (AuthError::Malformed(String::new()), "malformed"),
+            (AuthError::UnknownUser, "unknown_user"),
+            (AuthError::BadPassword, "bad_password"),
+            (AuthError::BadToken, "bad_token"),
+            (AuthError::ExpiredToken, "expired_token"),
+        ];
+        for (error, reason) in labelled {
+            assert_eq!(error.metric_reason(), reason);
+            assert!(error.is_authentication_failure());
+        }
+        assert!(!AuthError::Invalid(String::new()).is_authentication_failure());
+    }
+}

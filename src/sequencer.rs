@@ -37,9 +37,15 @@ pub enum PublishError {
     ShuttingDown,
 }
 
+/// A change run on the log thread, in order with every publish: it may read and write other
+/// sled trees and returns the events it causes. Its writes precede its events in the same
+/// flush, so once an event is durable, so is the write that caused it.
+type Change = Box<dyn FnOnce() -> Vec<Event> + Send>;
+
 /// Events waiting to be sequenced, with the channel that answers their publisher.
 struct Publish {
     events: Vec<(Event, Vec<u8>)>,
+    change: Option<Change>,
     reply: flume::Sender<Result<u64, PublishError>>,
 }
 
@@ -89,11 +95,32 @@ impl Publisher {
                 (e, prefix)
             })
             .collect();
+        self.send(Publish { events, change: None, reply: flume::bounded(1).0 }).await
+    }
+
+    /// Runs `change` on the log thread, serialized with every other publish and change, and
+    /// publishes the events it returns. Answers its value and the last Seq once durable.
+    pub async fn apply<T: Send + 'static>(
+        &self,
+        change: impl FnOnce() -> (Vec<Event>, T) + Send + 'static,
+    ) -> Result<(T, u64), PublishError> {
+        let (value_tx, value_rx) = flume::bounded(1);
+        let change: Change = Box::new(move || {
+            let (events, value) = change();
+            let _ = value_tx.send(value);
+            events
+        });
+        let seq = self
+            .send(Publish { events: Vec::new(), change: Some(change), reply: flume::bounded(1).0 })
+            .await?;
+        let value = value_rx.try_recv().map_err(|_| PublishError::ShuttingDown)?;
+        Ok((value, seq))
+    }
+
+    async fn send(&self, mut publish: Publish) -> Result<u64, PublishError> {
         let (reply, answer) = flume::bounded(1);
-        self.tx
-            .send_async(Publish { events, reply })
-            .await
-            .map_err(|_| PublishError::ShuttingDown)?;
+        publish.reply = reply;
+        self.tx.send_async(publish).await.map_err(|_| PublishError::ShuttingDown)?;
         answer.recv_async().await.map_err(|_| PublishError::ShuttingDown)?
     }
 }
@@ -218,7 +245,16 @@ impl Writer {
         let mut seq = self.log.last_seq();
         let mut encoded = Vec::new();
         let mut answers = Vec::with_capacity(pending.len());
-        for publish in pending {
+        for mut publish in pending {
+            if let Some(change) = publish.change.take() {
+                publish.events = change()
+                    .into_iter()
+                    .map(|e| {
+                        let prefix = e.body_prefix();
+                        (e, prefix)
+                    })
+                    .collect();
+            }
             for (event, prefix) in &publish.events {
                 seq += 1;
                 encoded.push(EncodedEvent::new(event, prefix, seq));
@@ -239,7 +275,7 @@ impl Writer {
         }
         self.status.update(&self.log);
         let batch: Batch = Arc::new(encoded);
-        for core in &self.cores {
+        for core in self.cores.iter().filter(|_| !batch.is_empty()) {
             // A core that has stopped no longer needs events.
             let _ = core.send(batch.clone());
         }
@@ -260,7 +296,12 @@ impl Writer {
 
     fn trim(&mut self) {
         self.last_trim = Instant::now();
-        match self.log.trim(&self.retention, SystemTime::now()) {
+        let retention = crate::log::Retention {
+            max_events: self.retention.max_events,
+            max_age: self.retention.max_age,
+            max_bytes: self.retention.max_bytes,
+        };
+        match self.log.trim(&retention, SystemTime::now()) {
             Ok(report) => {
                 if report.removed > 0 {
                     tracing::debug!(removed = report.removed, first_seq = report.first_seq, "retention trimmed the log");

@@ -31,6 +31,8 @@ const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(120);
 const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 /// Events read from the log per replay step.
 const REPLAY_CHUNK: usize = 1000;
+/// How long a replay waits for the log's next flush when it is ahead of what is readable.
+const REPLAY_FLUSH_WAIT: Duration = Duration::from_millis(5);
 
 /// What all cores share: configuration, the auth store, the sequencer's handle.
 pub struct Shared {
@@ -329,8 +331,10 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             }
         }
         if next == cursor {
-            // Nothing more is stored below the live position (trimmed meanwhile): go live.
-            next = limit;
+            // Delivered but not yet readable: with `batched` durability the log serves only
+            // flushed events, and the next flush is at most a few milliseconds away.
+            monoio::time::sleep(REPLAY_FLUSH_WAIT).await;
+            continue;
         }
         if let Some(r) = core.replaying.borrow_mut().get_mut(&conn.slot) {
             r.cursor = next;

@@ -1,0 +1,1075 @@
+//! Users and roles: kept in memory for authentication, mirrored to sled on every write.
+//!
+//! On-disk layout (sled trees in the shared database):
+//! - `users`: key = user name (UTF-8), value = JSON `{"Name","Roles","PasswordHash","Secret"}`;
+//!   `PasswordHash` is an argon2id PHC string (absent for a user who cannot log in with a
+//!   password), `Secret` is 32 random bytes in base64url, replaced on every password change.
+//! - `roles`: key = role name (UTF-8), value = JSON `{"Name","Claims":[{"Scope","Action","Specific"}]}`.
+//! - `meta`: `auth_schema_version` = u32 big-endian ([`AUTH_SCHEMA_VERSION`]);
+//!   `token_secret` = the 32 raw bytes that sign tokens.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use super::claims::{Claim, Claims, Role};
+use super::credentials::Credentials;
+use super::password::{BasicCache, hash_password, random_bytes, verify_password};
+use super::token::{Payload, Token, TokenSigner, fingerprint, unix_now, validate_ttl};
+use super::{AuthError, Identity};
+
+/// The user created on first start (DRP).
+pub const DEFAULT_ADMIN_USER: &str = "rocketskates";
+
+/// DRP's well-known default password, used when no admin password is configured.
+pub const DEFAULT_ADMIN_PASSWORD: &str = "r0cketsk8ts";
+
+/// The role that holds `*:*:*`; it always exists and cannot be redefined.
+pub const SUPERUSER_ROLE: &str = "superuser";
+
+const USERS_TREE: &str = "users";
+const ROLES_TREE: &str = "roles";
+const META_TREE: &str = "meta";
+const TOKEN_SECRET_KEY: &[u8] = b"token_secret";
+const TOKEN_SECRET_BYTES: usize = 32;
+const AUTH_SCHEMA_KEY: &[u8] = b"auth_schema_version";
+/// Version of the layout above; bump it when the stored JSON changes incompatibly.
+const AUTH_SCHEMA_VERSION: u32 = 1;
+
+/// The longest user or role name, in bytes.
+const MAX_NAME_BYTES: usize = 255;
+
+/// A user as stored; never leaves this module except as a [`UserView`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredUser {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Roles", default)]
+    roles: Vec<String>,
+    #[serde(rename = "PasswordHash", default)]
+    password_hash: Option<String>,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+impl StoredUser {
+    fn view(&self) -> UserView {
+        UserView {
+            name: self.name.clone(),
+            roles: self.roles.clone(),
+        }
+    }
+}
+
+/// A user as shown in REST answers and events: never its password hash or secret (§5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    /// The user's unique name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// The roles the user holds.
+    #[serde(rename = "Roles")]
+    pub roles: Vec<String>,
+}
+
+/// A request to create a user (`POST /api/v3/users`); other fields in the body are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NewUser {
+    /// The new user's name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Roles to grant; each must exist.
+    #[serde(rename = "Roles", default)]
+    pub roles: Vec<String>,
+    /// The password; without one the user can only use tokens minted for it.
+    #[serde(rename = "Password", default)]
+    pub password: Option<String>,
+}
+
+/// The outcome of the fast authentication path.
+#[derive(Debug)]
+pub enum FastAuth {
+    /// Decided without hashing a password.
+    Done(Result<Identity, AuthError>),
+    /// A password must be verified: call [`AuthStore::authenticate_slow`] on a blocking thread.
+    NeedsHash,
+}
+
+/// Users, roles and token signing, shared by all core threads (`Send + Sync`, behind an `Arc`).
+pub struct AuthStore {
+    users_tree: sled::Tree,
+    roles_tree: sled::Tree,
+    users: RwLock<HashMap<String, StoredUser>>,
+    roles: RwLock<BTreeMap<String, Role>>,
+    signer: TokenSigner,
+    cache: BasicCache,
+    /// A hash to verify against for unknown users, so their answer takes as long as a known one's.
+    decoy_hash: OnceLock<String>,
+    default_password_in_use: AtomicBool,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Checks a user or role name: non-empty, at most 255 bytes, no `/`, `:` or control characters.
+fn validate_name(kind: &str, name: &str) -> Result<(), AuthError> {
+    let problem = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > MAX_NAME_BYTES {
+        "must be at most 255 bytes"
+    } else if name.contains('/') {
+        "must not contain `/`"
+    } else if name.contains(':') {
+        "must not contain `:`"
+    } else if name.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(AuthError::Invalid(format!(
+        "{kind} name {name:?} {problem}"
+    )))
+}
+
+fn validate_password(password: &str) -> Result<(), AuthError> {
+    if password.is_empty() {
+        return Err(AuthError::Invalid("the password must not be empty".into()));
+    }
+    Ok(())
+}
+
+fn new_secret() -> Result<String, AuthError> {
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    tree: &str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, AuthError> {
+    serde_json::from_slice(value).map_err(|e| {
+        AuthError::Corrupt(format!(
+            "entry {:?} of tree `{tree}` is not valid JSON: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AuthError> {
+    serde_json::to_vec(value).map_err(|e| AuthError::Corrupt(format!("cannot encode: {e}")))
+}
+
+fn superuser_role() -> Role {
+    Role {
+        name: SUPERUSER_ROLE.to_owned(),
+        claims: vec![Claim::superuser()],
+    }
+}
+
+/// The schema version check, then the token secret, created once and kept.
+fn open_meta(meta: &sled::Tree) -> Result<Vec<u8>, AuthError> {
+    match meta.get(AUTH_SCHEMA_KEY)? {
+        None => {
+            meta.insert(AUTH_SCHEMA_KEY, &AUTH_SCHEMA_VERSION.to_be_bytes())?;
+        }
+        Some(stored) if stored.as_ref() == AUTH_SCHEMA_VERSION.to_be_bytes() => {}
+        Some(stored) => {
+            return Err(AuthError::Corrupt(format!(
+                "auth data has schema version {:?}, this herald reads version {AUTH_SCHEMA_VERSION}; use the herald that wrote it",
+                stored.as_ref()
+            )));
+        }
+    }
+    if meta.get(TOKEN_SECRET_KEY)?.is_none() {
+        let fresh = random_bytes::<TOKEN_SECRET_BYTES>()?;
+        // Whoever stores first wins; both then read the same secret back.
+        let _ = meta.compare_and_swap(TOKEN_SECRET_KEY, None::<&[u8]>, Some(&fresh[..]))?;
+    }
+    match meta.get(TOKEN_SECRET_KEY)? {
+        Some(secret) if secret.len() == TOKEN_SECRET_BYTES => Ok(secret.to_vec()),
+        _ => Err(AuthError::Corrupt(
+            "the token secret in `meta` is not 32 bytes; delete key `token_secret` to make a new one (all tokens become invalid)".into(),
+        )),
+    }
+}
+
+impl AuthStore {
+    /// Opens trees `users`, `roles` and `meta` in the shared database. First start with no users
+    /// creates `rocketskates` with role `superuser` and password `admin_password`, else DRP's
+    /// default `r0cketsk8ts`. Also answers whether the DRP default password is in use, so the
+    /// caller can warn loudly and report it in `/api/v3/info`.
+    pub fn open(
+        db: &sled::Db,
+        admin_password: Option<&str>,
+    ) -> Result<(AuthStore, bool), AuthError> {
+        if let Some(password) = admin_password {
+            validate_password(password)?;
+        }
+        let users_tree = db.open_tree(USERS_TREE)?;
+        let roles_tree = db.open_tree(ROLES_TREE)?;
+        let meta = db.open_tree(META_TREE)?;
+        let signer = TokenSigner::new(&open_meta(&meta)?);
+
+        let mut roles = BTreeMap::new();
+        for entry in roles_tree.iter() {
+            let (key, value) = entry?;
+            let role: Role = decode(ROLES_TREE, &key, &value)?;
+            roles.insert(role.name.clone(), role);
+        }
+        let superuser = superuser_role();
+        if roles.get(SUPERUSER_ROLE) != Some(&superuser) {
+            roles_tree.insert(SUPERUSER_ROLE, encode(&superuser)?)?;
+            roles.insert(SUPERUSER_ROLE.to_owned(), superuser);
+        }
+
+        let mut users = HashMap::new();
+        for entry in users_tree.iter() {
+            let (key, value) = entry?;
+            let user: StoredUser = decode(USERS_TREE, &key, &value)?;
+            users.insert(user.name.clone(), user);
+        }
+
+        let default_in_use = match users.get(DEFAULT_ADMIN_USER) {
+            _ if users.is_empty() => {
+                let password = admin_password.unwrap_or(DEFAULT_ADMIN_PASSWORD);
+                let admin = StoredUser {
+                    name: DEFAULT_ADMIN_USER.to_owned(),
+                    roles: vec![SUPERUSER_ROLE.to_owned()],
+                    password_hash: Some(hash_password(password)?),
+                    secret: new_secret()?,
+                };
+                users_tree.insert(DEFAULT_ADMIN_USER, encode(&admin)?)?;
+                users.insert(DEFAULT_ADMIN_USER.to_owned(), admin);
+                password == DEFAULT_ADMIN_PASSWORD
+            }
+            // One argon2 run at startup, so the warning stays true across restarts.
+            Some(StoredUser {
+                password_hash: Some(hash),
+                ..
+            }) => verify_password(hash, DEFAULT_ADMIN_PASSWORD).unwrap_or_else(|e| {
+                // A damaged admin hash must not keep the server from starting; other users work.
+                tracing::warn!(
+                    "cannot check whether {DEFAULT_ADMIN_USER} has the default password: {e}"
+                );
+                false
+            }),
+            _ => false,
+        };
+        db.flush()?;
+
+        let store = AuthStore {
+            users_tree,
+            roles_tree,
+            users: RwLock::new(users),
+            roles: RwLock::new(roles),
+            signer,
+            cache: BasicCache::new()?,
+            decoy_hash: OnceLock::new(),
+            default_password_in_use: AtomicBool::new(default_in_use),
+        };
+        Ok((store, default_in_use))
+    }
+
+    /// Whether `rocketskates` currently has DRP's default password (tracked across changes).
+    pub fn default_password_in_use(&self) -> bool {
+        self.default_password_in_use.load(Ordering::Relaxed)
+    }
+
+    /// Authentication that never hashes a password, safe on a core thread: tokens (one HMAC)
+    /// and Basic credentials verified in the last five minutes with the user's current Secret.
+    pub fn authenticate_fast(&self, creds: &Credentials) -> FastAuth {
+        match creds {
+            Credentials::Bearer(token) => FastAuth::Done(self.verify_token(token)),
+            Credentials::Basic { user, password } => match self.cached_login(user, password) {
+                Some(identity) => FastAuth::Done(Ok(identity)),
+                // Unknown users go the slow way too, so timing does not tell which names exist.
+                None => FastAuth::NeedsHash,
+            },
+        }
+    }
+
+    /// Full authentication, verifying passwords with argon2id (tens of milliseconds): run it on
+    /// a blocking thread. A verified password is cached for the fast path.
+    pub fn authenticate_slow(&self, creds: &Credentials) -> Result<Identity, AuthError> {
+        let (user, password) = match creds {
+            Credentials::Bearer(token) => return self.verify_token(token),
+            Credentials::Basic { user, password } => (user, password),
+        };
+        if let Some(identity) = self.cached_login(user, password) {
+            return Ok(identity);
+        }
+        let found = read(&self.users).get(user.as_str()).cloned();
+        let Some(stored) = found else {
+            let _ = verify_password(self.decoy_hash()?, password);
+            return Err(AuthError::UnknownUser);
+        };
+        let Some(hash) = &stored.password_hash else {
+            let _ = verify_password(self.decoy_hash()?, password);
+            return Err(AuthError::BadPassword);
+        };
+        if !verify_password(hash, password)? {
+            return Err(AuthError::BadPassword);
+        }
+        let identity = self.user_identity(&stored.name, stored.roles.clone());
+        self.cache
+            .insert(user, password, &stored.secret, identity.clone());
+        Ok(identity)
+    }
+
+    /// A token for `user` carrying the user's roles, valid for `ttl` (1 s to 3 years) or until
+    /// the user's password changes or the user is deleted.
+    pub fn mint_token(&self, user: &str, ttl: Duration) -> Result<Token, AuthError> {
+        let ttl_secs = validate_ttl(ttl)?;
+        let mut payload = {
+            let users = read(&self.users);
+            let stored = users.get(user).ok_or_else(|| AuthError::NotFound {
+                kind: USERS_TREE,
+                name: user.to_owned(),
+            })?;
+            let mut payload = Payload::new(format!("user:{user}"), ttl_secs);
+            payload.roles = stored.roles.clone();
+            payload.fingerprint = Some(fingerprint(&stored.secret));
+            payload
+        };
+        payload.user = Some(user.to_owned());
+        Ok(Token {
+            token: self.signer.seal(&payload)?,
+            info: payload.info(ttl_secs),
+        })
+    }
+
+    /// A signed, expiring token for a principal that is not a user (`runner:<uuid>`), granting
+    /// exactly `claims`.
+    pub fn mint_principal_token(
+        &self,
+        principal: &str,
+        claims: Vec<Claim>,
+        ttl: Duration,
+    ) -> Result<Token, AuthError> {
+        let ttl_secs = validate_ttl(ttl)?;
+        if principal.is_empty()
+            || principal.len() > 2 * MAX_NAME_BYTES
+            || principal.chars().any(char::is_control)
+        {
+            return Err(AuthError::Invalid(format!(
+                "principal {principal:?} must be non-empty, short and free of control characters"
+            )));
+        }
+        if principal.starts_with("user:") {
+            return Err(AuthError::Invalid(
+                "user principals get tokens from their user, which carry its roles".into(),
+            ));
+        }
+        if let Some(problem) = claims.iter().find_map(Claim::problem) {
+            return Err(AuthError::Invalid(problem));
+        }
+        let mut payload = Payload::new(principal.to_owned(), ttl_secs);
+        payload.claims = Claims::new(claims).claims().to_vec();
+        Ok(Token {
+            token: self.signer.seal(&payload)?,
+            info: payload.info(ttl_secs),
+        })
+    }
+
+    /// Creates a user. Hashes the password (tens of milliseconds): run it on a blocking thread.
+    pub fn create_user(&self, req: NewUser) -> Result<UserView, AuthError> {
+        validate_name("user", &req.name)?;
+        let mut roles = Vec::with_capacity(req.roles.len());
+        for role in req.roles {
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+        self.check_roles_exist(&roles)?;
+        let password_hash = match &req.password {
+            Some(password) => {
+                validate_password(password)?;
+                Some(hash_password(password)?)
+            }
+            None => None,
+        };
+        let stored = StoredUser {
+            name: req.name,
+            roles,
+            password_hash,
+            secret: new_secret()?,
+        };
+        let mut users = write(&self.users);
+        if users.contains_key(&stored.name) {
+            return Err(AuthError::Exists {
+                kind: USERS_TREE,
+                name: stored.name,
+            });
+        }
+        self.persist_user(&stored)?;
+        if stored.name == DEFAULT_ADMIN_USER {
+            let default = req.password.as_deref() == Some(DEFAULT_ADMIN_PASSWORD);
+            self.default_password_in_use
+                .store(default, Ordering::Relaxed);
+        }
+        let view = stored.view();
+        users.insert(stored.name.clone(), stored);
+        Ok(view)
+    }
+
+    /// Sets a user's password and replaces its Secret, so its tokens and cached logins stop
+    /// working at once. Hashes the password: run it on a blocking thread.
+    pub fn set_password(&self, name: &str, password: &str) -> Result<UserView, AuthError> {
+        validate_password(password)?;
+        let hash = hash_password(password)?;
+        let secret = new_secret()?;
+        let mut users = write(&self.users);
+        let mut stored = users
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AuthError::NotFound {
+                kind: USERS_TREE,
+                name: name.to_owned(),
+            })?;
+        stored.password_hash = Some(hash);
+        stored.secret = secret;
+        self.persist_user(&stored)?;
+        if name == DEFAULT_ADMIN_USER {
+            self.default_password_in_use
+                .store(password == DEFAULT_ADMIN_PASSWORD, Ordering::Relaxed);
+        }
+        let view = stored.view();
+        users.insert(stored.name.clone(), stored);
+        Ok(view)
+    }
+
+    /// Deletes a user; its tokens and cached logins stop working at once.
+    pub fn delete_user(&self, name: &str) -> Result<UserView, AuthError> {
+        let mut users = write(&self.users);
+        if !users.contains_key(name) {
+            return Err(AuthError::NotFound {
+                kind: USERS_TREE,
+                name: name.to_owned(),
+            });
+        }
+        self.users_tree.remove(name)?;
+        self.users_tree.flush()?;
+        if name == DEFAULT_ADMIN_USER {
+            self.default_password_in_use.store(false, Ordering::Relaxed);
+        }
+        users
+            .remove(name)
+            .map(|stored| stored.view())
+            .ok_or_else(|| AuthError::NotFound {
+                kind: USERS_TREE,
+                name: name.to_owned(),
+            })
+    }
+
+    /// One user.
+    pub fn get_user(&self, name: &str) -> Result<UserView, AuthError> {
+        read(&self.users)
+            .get(name)
+            .map(StoredUser::view)
+            .ok_or_else(|| AuthError::NotFound {
+                kind: USERS_TREE,
+                name: name.to_owned(),
+            })
+    }
+
+    /// All users, by name.
+    pub fn list_users(&self) -> Vec<UserView> {
+        let mut views: Vec<UserView> = read(&self.users).values().map(StoredUser::view).collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    }
+
+    /// Creates a role. Roles are not redefined in place, so existing identities keep their claims.
+    pub fn create_role(&self, role: Role) -> Result<Role, AuthError> {
+        validate_name("role", &role.name)?;
+        if let Some(problem) = role.claims.iter().find_map(Claim::problem) {
+            return Err(AuthError::Invalid(format!(
+                "role {:?}: {problem}",
+                role.name
+            )));
+        }
+        let mut roles = write(&self.roles);
+        if roles.contains_key(&role.name) {
+            return Err(AuthError::Exists {
+                kind: ROLES_TREE,
+                name: role.name,
+            });
+        }
+        self.roles_tree
+            .insert(role.name.as_bytes(), encode(&role)?)?;
+        self.roles_tree.flush()?;
+        roles.insert(role.name.clone(), role.clone());
+        Ok(role)
+    }
+
+    /// One role.
+    pub fn get_role(&self, name: &str) -> Result<Role, AuthError> {
+        read(&self.roles)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AuthError::NotFound {
+                kind: ROLES_TREE,
+                name: name.to_owned(),
+            })
+    }
+
+    /// All roles, by name.
+    pub fn list_roles(&self) -> Vec<Role> {
+        read(&self.roles).values().cloned().collect()
+    }
+
+    fn persist_user(&self, stored: &StoredUser) -> Result<(), AuthError> {
+        self.users_tree
+            .insert(stored.name.as_bytes(), encode(stored)?)?;
+        self.users_tree.flush()?;
+        Ok(())
+    }
+
+    fn check_roles_exist(&self, names: &[String]) -> Result<(), AuthError> {
+        let roles = read(&self.roles);
+        match names.iter().find(|name| !roles.contains_key(name.as_str())) {
+            Some(unknown) => Err(AuthError::Invalid(format!(
+                "role {unknown:?} does not exist; create it first"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn decoy_hash(&self) -> Result<&str, AuthError> {
+        if let Some(hash) = self.decoy_hash.get() {
+            return Ok(hash);
+        }
+        let hash = hash_password(&URL_SAFE_NO_PAD.encode(random_bytes::<16>()?))?;
+        Ok(self.decoy_hash.get_or_init(|| hash))
+    }
+
+    fn cached_login(&self, user: &str, password: &str) -> Option<Identity> {
+        let users = read(&self.users);
+        let secret = &users.get(user)?.secret;
+        self.cache.get(user, password, secret)
+    }
+
+    /// The identity of a user holding `roles`; roles that no longer exist grant nothing.
+    fn user_identity(&self, name: &str, roles: Vec<String>) -> Identity {
+        let claims = {
+            let known = read(&self.roles);
+            Claims::new(
+                roles
+                    .iter()
+                    .filter_map(|role| known.get(role))
+                    .flat_map(|role| role.claims.iter().cloned()),
+            )
+        };
+        Identity {
+            principal: format!("user:{name}"),
+            user: Some(name.to_owned()),
+            roles,
+            claims: Arc::new(claims),
+        }
+    }
+
+    fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
+        let payload = self.signer.open(token, unix_now())?;
+        let Some(user) = payload.user else {
+            return Ok(Identity {
+                principal: payload.principal,
+                user: None,
+                roles: Vec::new(),
+                claims: Arc::new(Claims::new(payload.claims)),
+            });
+        };
+        let roles = {
+            let users = read(&self.users);
+            let stored = users.get(&user).ok_or(AuthError::BadToken)?;
+            if payload.fingerprint.as_deref() != Some(fingerprint(&stored.secret).as_str()) {
+                return Err(AuthError::BadToken);
+            }
+            // A token never grants more than its user holds now.
+            payload
+                .roles
+                .into_iter()
+                .filter(|role| stored.roles.contains(role))
+                .collect()
+        };
+        Ok(self.user_identity(&user, roles))
+    }
+
+    #[cfg(test)]
+    fn seal(&self, payload: &Payload) -> Result<String, AuthError> {
+        self.signer.seal(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db() -> sled::Db {
+        sled::Config::new()
+            .temporary(true)
+            .open()
+            .unwrap_or_else(|e| panic!("temporary sled db: {e}"))
+    }
+
+    fn open(db: &sled::Db, admin_password: Option<&str>) -> (AuthStore, bool) {
+        AuthStore::open(db, admin_password).unwrap_or_else(|e| panic!("open: {e}"))
+    }
+
+    fn basic(user: &str, password: &str) -> Credentials {
+        Credentials::Basic {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    fn bearer(token: &Token) -> Credentials {
+        Credentials::Bearer(token.token.clone())
+    }
+
+    fn ok<T>(result: Result<T, AuthError>) -> T {
+        result.unwrap_or_else(|e| panic!("unexpected error: {e}"))
+    }
+
+    fn store_with_bob() -> AuthStore {
+        let (store, _) = open(&temp_db(), Some("admin-pw"));
+        ok(store.create_role(Role {
+            name: "viewer".into(),
+            claims: vec![Claim::new("machines", "get", "*")],
+        }));
+        ok(store.create_user(NewUser {
+            name: "bob".into(),
+            roles: vec!["viewer".into()],
+            password: Some("bobs-pw".into()),
+        }));
+        store
+    }
+
+    #[test]
+    fn first_start_creates_rocketskates_with_the_drp_default_password_and_says_so() {
+        let (store, default_in_use) = open(&temp_db(), None);
+        assert!(default_in_use);
+        assert!(store.default_password_in_use());
+        let identity = ok(store.authenticate_slow(&basic("rocketskates", "r0cketsk8ts")));
+        assert_eq!(identity.principal, "user:rocketskates");
+        assert_eq!(identity.roles, vec!["superuser".to_owned()]);
+        assert!(identity.claims.is_superuser());
+    }
+
+    #[test]
+    fn first_start_uses_the_configured_admin_password() {
+        let (store, default_in_use) = open(&temp_db(), Some("s3cret"));
+        assert!(!default_in_use);
+        assert!(
+            store
+                .authenticate_slow(&basic("rocketskates", "s3cret"))
+                .is_ok()
+        );
+        assert!(matches!(
+            store.authenticate_slow(&basic("rocketskates", "r0cketsk8ts")),
+            Err(AuthError::BadPassword)
+        ));
+    }
+
+    #[test]
+    fn an_empty_admin_password_is_refused() {
+        assert!(matches!(
+            AuthStore::open(&temp_db(), Some("")),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn reopening_keeps_users_roles_tokens_and_the_default_password_warning() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let token = {
+            let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("sled: {e}"));
+            let (store, _) = open(&db, None);
+            ok(store.create_role(Role {
+                name: "viewer".into(),
+                claims: vec![Claim::new("machines", "get", "*")],
+            }));
+            ok(store.create_user(NewUser {
+                name: "bob".into(),
+                roles: vec!["viewer".into()],
+                password: Some("bobs-pw".into()),
+            }));
+            ok(store.mint_token("bob", Duration::from_secs(60)))
+        };
+        let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("sled: {e}"));
+        // A configured password does not replace an existing admin's.
+        let (store, default_in_use) = open(&db, Some("ignored"));
+        assert!(default_in_use);
+        assert_eq!(store.list_users().len(), 2);
+        assert_eq!(store.list_roles().len(), 2);
+        assert!(store.authenticate_slow(&basic("bob", "bobs-pw")).is_ok());
+        let identity = ok(store.authenticate_slow(&bearer(&token)));
+        assert!(identity.claims.may_see("machines", "update", "m1"));
+    }
+
+    #[test]
+    fn a_wrong_password_or_unknown_user_is_refused_with_its_reason() {
+        let store = store_with_bob();
+        assert!(matches!(
+            store.authenticate_slow(&basic("bob", "nope")),
+            Err(AuthError::BadPassword)
+        ));
+        assert!(matches!(
+            store.authenticate_slow(&basic("alice", "bobs-pw")),
+            Err(AuthError::UnknownUser)
+        ));
+        assert!(matches!(
+            store.authenticate_fast(&basic("alice", "x")),
+            FastAuth::NeedsHash
+        ));
+    }
+
+    #[test]
+    fn a_user_without_a_password_cannot_log_in_with_one() {
+        let store = store_with_bob();
+        ok(store.create_user(NewUser {
+            name: "robot".into(),
+            roles: vec![],
+            password: None,
+        }));
+        assert!(matches!(
+            store.authenticate_slow(&basic("robot", "")),
+            Err(AuthError::BadPassword)
+        ));
+        let token = ok(store.mint_token("robot", Duration::from_secs(60)));
+        assert!(store.authenticate_slow(&bearer(&token)).is_ok());
+    }
+
+    #[test]
+    fn a_verified_password_is_then_accepted_on_the_fast_path() {
+        let store = store_with_bob();
+        assert!(matches!(
+            store.authenticate_fast(&basic("bob", "bobs-pw")),
+            FastAuth::NeedsHash
+        ));
+        ok(store.authenticate_slow(&basic("bob", "bobs-pw")));
+        let FastAuth::Done(Ok(identity)) = store.authenticate_fast(&basic("bob", "bobs-pw")) else {
+            panic!("expected a cache hit");
+        };
+        assert_eq!(identity.principal, "user:bob");
+        assert!(matches!(
+            store.authenticate_fast(&basic("bob", "wrong")),
+            FastAuth::NeedsHash
+        ));
+    }
+
+    #[test]
+    fn the_password_cache_never_outlives_a_password_change_or_deletion() {
+        let store = store_with_bob();
+        ok(store.authenticate_slow(&basic("bob", "bobs-pw")));
+        ok(store.set_password("bob", "new-pw"));
+        assert!(matches!(
+            store.authenticate_fast(&basic("bob", "bobs-pw")),
+            FastAuth::NeedsHash
+        ));
+        assert!(matches!(
+            store.authenticate_slow(&basic("bob", "bobs-pw")),
+            Err(AuthError::BadPassword)
+        ));
+        ok(store.authenticate_slow(&basic("bob", "new-pw")));
+        ok(store.delete_user("bob"));
+        assert!(matches!(
+            store.authenticate_fast(&basic("bob", "new-pw")),
+            FastAuth::NeedsHash
+        ));
+        assert!(matches!(
+            store.authenticate_slow(&basic("bob", "new-pw")),
+            Err(AuthError::UnknownUser)
+        ));
+    }
+
+    #[test]
+    fn a_minted_token_authenticates_on_the_fast_path_with_the_users_roles() {
+        let store = store_with_bob();
+        let token = ok(store.mint_token("bob", Duration::from_secs(3600)));
+        assert!(!token.token.contains(':'));
+        assert_eq!(token.info.principal, "user:bob");
+        assert_eq!(token.info.roles, vec!["viewer".to_owned()]);
+        let FastAuth::Done(Ok(identity)) = store.authenticate_fast(&bearer(&token)) else {
+            panic!("expected the token to authenticate");
+        };
+        assert_eq!(identity.user.as_deref(), Some("bob"));
+        assert!(identity.claims.allows("machines", "get", "m1"));
+        assert!(!identity.claims.allows("machines", "delete", "m1"));
+    }
+
+    #[test]
+    fn token_answers_serialize_in_drp_shape() {
+        let store = store_with_bob();
+        let token = ok(store.mint_token("bob", Duration::from_secs(60)));
+        let json: serde_json::Value =
+            ok(serde_json::to_value(&token).map_err(|e| AuthError::Invalid(e.to_string())));
+        assert!(json["Token"].is_string());
+        assert_eq!(json["Info"]["Principal"], "user:bob");
+        assert!(
+            json["Info"]["Expires"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_as_expired() {
+        let store = store_with_bob();
+        let token = ok(store.mint_token("bob", Duration::from_secs(60)));
+        let mut payload = ok(store.signer.open(&token.token, unix_now()));
+        payload.expires = unix_now() - 1;
+        let expired = ok(store.seal(&payload));
+        assert!(matches!(
+            store.authenticate_slow(&Credentials::Bearer(expired)),
+            Err(AuthError::ExpiredToken)
+        ));
+    }
+
+    #[test]
+    fn a_tampered_or_foreign_token_is_a_bad_token() {
+        let store = store_with_bob();
+        let token = ok(store.mint_token("bob", Duration::from_secs(60))).token;
+        let (body, tag) = token.split_once('.').unwrap_or_default();
+        let mut payload = ok(store.signer.open(&token, unix_now()));
+        payload.roles = vec!["superuser".into()];
+        let forged_body = ok(store.seal(&payload));
+        let forged = format!(
+            "{}.{tag}",
+            forged_body.split_once('.').unwrap_or_default().0
+        );
+        let other = ok(store_with_bob().mint_token("bob", Duration::from_secs(60))).token;
+        for bad in [
+            forged,
+            format!("{body}x.{tag}"),
+            format!("{body}.{tag}x"),
+            other,
+        ] {
+            assert!(
+                matches!(
+                    store.authenticate_slow(&Credentials::Bearer(bad.clone())),
+                    Err(AuthError::BadToken)
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_minted_before_a_password_change_stops_working() {
+        let store = store_with_bob();
+        let old = ok(store.mint_token("bob", Duration::from_secs(60)));
+        ok(store.set_password("bob", "new-pw"));
+        assert!(matches!(
+            store.authenticate_slow(&bearer(&old)),
+            Err(AuthError::BadToken)
+        ));
+        let new = ok(store.mint_token("bob", Duration::from_secs(60)));
+        assert!(store.authenticate_slow(&bearer(&new)).is_ok());
+    }
+
+    #[test]
+    fn a_deleted_users_token_stops_working_at_once_even_if_recreated() {
+        let store = store_with_bob();
+        let token = ok(store.mint_token("bob", Duration::from_secs(60)));
+        ok(store.delete_user("bob"));
+        assert!(matches!(
+            store.authenticate_slow(&bearer(&token)),
+            Err(AuthError::BadToken)
+        ));
+        ok(store.create_user(NewUser {
+            name: "bob".into(),
+            roles: vec!["superuser".into()],
+            password: Some("bobs-pw".into()),
+        }));
+        assert!(matches!(
+            store.authenticate_slow(&bearer(&token)),
+            Err(AuthError::BadToken)
+        ));
+    }
+
+    #[test]
+    fn a_machine_token_carries_its_principal_and_explicit_claims() {
+        let store = store_with_bob();
+        let principal = "runner:6e7a3b5c-0d1f-4c2a-9a8b-1f2e3d4c5b6a";
+        let token = ok(store.mint_principal_token(
+            principal,
+            vec![Claim::new(
+                "machines",
+                "*",
+                "6e7a3b5c-0d1f-4c2a-9a8b-1f2e3d4c5b6a",
+            )],
+            Duration::from_secs(60),
+        ));
+        let identity = ok(store.authenticate_slow(&bearer(&token)));
+        assert_eq!(identity.principal, principal);
+        assert_eq!(identity.user, None);
+        assert!(identity.claims.may_see(
+            "machines",
+            "update",
+            "6e7a3b5c-0d1f-4c2a-9a8b-1f2e3d4c5b6a"
+        ));
+        assert!(!identity.claims.may_see("machines", "update", "other"));
+        assert!(matches!(
+            store.mint_principal_token(
+                "user:bob",
+                vec![Claim::superuser()],
+                Duration::from_secs(60)
+            ),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn token_lifetimes_outside_the_limits_are_invalid() {
+        let store = store_with_bob();
+        for ttl in [Duration::ZERO, Duration::from_secs(4 * 366 * 86400)] {
+            assert!(matches!(
+                store.mint_token("bob", ttl),
+                Err(AuthError::Invalid(_))
+            ));
+        }
+        assert!(matches!(
+            store.mint_token("alice", Duration::from_secs(60)),
+            Err(AuthError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_user_names_unknown_roles_and_duplicates_are_refused() {
+        let store = store_with_bob();
+        let long = "x".repeat(256);
+        for name in ["", "a/b", "a:b", "a\nb", "tab\t", long.as_str()] {
+            let result = store.create_user(NewUser {
+                name: name.into(),
+                ..NewUser::default()
+            });
+            assert!(matches!(result, Err(AuthError::Invalid(_))), "{name:?}");
+        }
+        assert!(
+            store
+                .create_user(NewUser {
+                    name: "x".repeat(255),
+                    ..NewUser::default()
+                })
+                .is_ok()
+        );
+        let unknown_role = store.create_user(NewUser {
+            name: "carol".into(),
+            roles: vec!["nope".into()],
+            password: None,
+        });
+        assert!(matches!(unknown_role, Err(AuthError::Invalid(_))));
+        let duplicate = store.create_user(NewUser {
+            name: "bob".into(),
+            ..NewUser::default()
+        });
+        assert!(matches!(duplicate, Err(AuthError::Exists { .. })));
+        assert!(matches!(
+            store.get_user("carol"),
+            Err(AuthError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.delete_user("carol"),
+            Err(AuthError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.set_password("bob", ""),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn roles_are_validated_and_superuser_cannot_be_redefined() {
+        let store = store_with_bob();
+        assert!(matches!(
+            store.create_role(Role {
+                name: SUPERUSER_ROLE.into(),
+                claims: vec![]
+            }),
+            Err(AuthError::Exists { .. })
+        ));
+        assert!(matches!(
+            store.create_role(Role {
+                name: "r".into(),
+                claims: vec![Claim::new("", "*", "*")]
+            }),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.create_role(Role {
+                name: "a:b".into(),
+                claims: vec![]
+            }),
+            Err(AuthError::Invalid(_))
+        ));
+        assert_eq!(
+            ok(store.get_role(SUPERUSER_ROLE)).claims,
+            vec![Claim::superuser()]
+        );
+        assert!(matches!(
+            store.get_role("nope"),
+            Err(AuthError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn no_serialized_user_carries_its_password_hash_or_secret() {
+        let store = store_with_bob();
+        let created = ok(store.create_user(NewUser {
+            name: "carol".into(),
+            roles: vec![],
+            password: Some("carols-pw".into()),
+        }));
+        let changed = ok(store.set_password("carol", "another-pw"));
+        let mut shown = vec![created, changed, ok(store.get_user("bob"))];
+        shown.extend(store.list_users());
+        shown.push(ok(store.delete_user("carol")));
+        let secrets: Vec<String> = read(&store.users)
+            .values()
+            .flat_map(|user| {
+                [
+                    user.secret.clone(),
+                    user.password_hash.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        for view in shown {
+            let json = serde_json::to_string(&view).unwrap_or_default();
+            assert!(
+                !json.contains("PasswordHash")
+                    && !json.contains("Secret")
+                    && !json.contains("argon2"),
+                "{json}"
+            );
+            assert!(
+                secrets.iter().all(|secret| !json.contains(secret.as_str())),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_password_warning_follows_password_changes() {
+        let (store, _) = open(&temp_db(), None);
+        ok(store.set_password(DEFAULT_ADMIN_USER, "better"));
+        assert!(!store.default_password_in_use());
+        ok(store.set_password(DEFAULT_ADMIN_USER, DEFAULT_ADMIN_PASSWORD));
+        assert!(store.default_password_in_use());
+    }
+
+    #[test]
+    fn the_store_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<AuthStore>();
+    }
+}
