@@ -42,6 +42,10 @@ const WATCHDOG: &str = r#"
 "$@" </dev/null >&2 &
 pid=$!
 echo "$pid"
+# Herald keeps its own copy of the stderr pipe; the watchdog must survive that pipe's reader
+# going away (its job-status message would otherwise kill it with SIGPIPE before the cleanup).
+exec 2>/dev/null
+trap '' PIPE
 read -r _
 kill -TERM "$pid" 2>/dev/null
 wait "$pid"
