@@ -47,6 +47,8 @@ pub struct Request {
     pub head: RequestHead,
     /// The whole body (already within the size limit).
     pub body: Vec<u8>,
+    /// When the head was complete, for the publish-duration metric.
+    pub received: Instant,
 }
 
 /// What a route answers.
@@ -112,8 +114,20 @@ async fn session(
         };
         let keep_alive = head.keep_alive;
         let head_only = head.method == Method::Head;
-        let request = Request { head, body };
-        match route(core, &request).await {
+        let request = Request {
+            head,
+            body,
+            received: Instant::now(),
+        };
+        let (answer, template) = route(core, &request).await;
+        crate::metrics::count_request(
+            template,
+            match &answer {
+                Answer::Upgrade(_) => 101,
+                Answer::Response(response) => response.status,
+            },
+        );
+        match answer {
             Answer::Upgrade(identity) => {
                 let key = request.head.websocket_key.as_deref()?;
                 if transport
@@ -223,6 +237,7 @@ enum Route {
     UserToken(String),
     Roles,
     Role(String),
+    Metrics,
 }
 
 impl Route {
@@ -238,17 +253,36 @@ impl Route {
             ["api", "v3", "users", name, "token"] => Route::UserToken((*name).to_owned()),
             ["api", "v3", "roles"] => Route::Roles,
             ["api", "v3", "roles", name] => Route::Role((*name).to_owned()),
+            ["metrics"] => Route::Metrics,
             _ => return None,
         })
     }
 
     fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Ws | Route::Info | Route::UserToken(_) | Route::Role(_) => &[Method::Get],
+            Route::Ws | Route::Info | Route::UserToken(_) | Route::Role(_) | Route::Metrics => {
+                &[Method::Get]
+            }
             Route::Events => &[Method::Get, Method::Post],
             Route::Users | Route::Roles => &[Method::Get, Method::Post],
             Route::User(_) => &[Method::Get, Method::Delete],
             Route::UserPassword(_) => &[Method::Put],
+        }
+    }
+
+    /// The route's template, the only route label metrics carry.
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Ws => "/api/v3/ws",
+            Route::Events => "/api/v3/events",
+            Route::Info => "/api/v3/info",
+            Route::Users => "/api/v3/users",
+            Route::User(_) => "/api/v3/users/{name}",
+            Route::UserPassword(_) => "/api/v3/users/{name}/password",
+            Route::UserToken(_) => "/api/v3/users/{name}/token",
+            Route::Roles => "/api/v3/roles",
+            Route::Role(_) => "/api/v3/roles/{name}",
+            Route::Metrics => "/metrics",
         }
     }
 }
@@ -273,7 +307,23 @@ fn error_with(code: u16, message: String) -> Response {
 /// Authenticates a request: the fast path inline, argon2 on a blocking thread.
 async fn authenticate(core: &Core, head: &RequestHead) -> Result<Identity, AuthError> {
     let token = head.query("token").or_else(|| head.query("Token"));
-    let credentials = auth::credentials(head.header("authorization"), token.as_deref())?;
+    let result = match auth::credentials(head.header("authorization"), token.as_deref()) {
+        Ok(credentials) => check_credentials(core, credentials).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = &result {
+        if error.is_authentication_failure() {
+            metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => error.metric_reason())
+                .increment(1);
+        }
+    }
+    result
+}
+
+async fn check_credentials(
+    core: &Core,
+    credentials: auth::Credentials,
+) -> Result<Identity, AuthError> {
     match core.shared.auth.authenticate_fast(&credentials) {
         FastAuth::Done(result) => result,
         FastAuth::NeedsHash => {
@@ -301,15 +351,28 @@ fn require(identity: &Identity, scope: &str, action: &str, specific: &str) -> Re
     }
 }
 
-async fn route(core: &Rc<Core>, request: &Request) -> Answer {
+/// Routes a request; also answers the route template it was counted under.
+async fn route(core: &Rc<Core>, request: &Request) -> (Answer, &'static str) {
     let head = &request.head;
     let segments = match head.path_segments() {
         Ok(segments) => segments,
-        Err(e) => return error(400, e.to_string()).into(),
+        Err(e) => return (error(400, e.to_string()).into(), UNMATCHED),
     };
     let Some(route) = Route::parse(&segments) else {
-        return error(404, format!("no route {}", head.path())).into();
+        return (
+            error(404, format!("no route {}", head.path())).into(),
+            UNMATCHED,
+        );
     };
+    let template = route.template();
+    (route_to(core, request, route).await, template)
+}
+
+/// The template label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+async fn route_to(core: &Rc<Core>, request: &Request, route: Route) -> Answer {
+    let head = &request.head;
     let method = if head.method == Method::Head {
         Method::Get
     } else {
@@ -323,6 +386,9 @@ async fn route(core: &Rc<Core>, request: &Request) -> Answer {
         )
         .with_header("Allow", allow.join(", "))
         .into();
+    }
+    if route == Route::Metrics && !core.shared.config.metrics_auth {
+        return metrics_response(core).into();
     }
     if route == Route::Ws && head.websocket_key.is_none() {
         return error(
@@ -356,6 +422,7 @@ async fn handle(
         (Route::Events, Method::Post) => publish(core, request, identity).await,
         (Route::Events, _) => read_events(core, head, &identity.claims).await,
         (Route::Info, _) => Ok(info(core)),
+        (Route::Metrics, _) => Ok(metrics_response(core)),
         (Route::Users, Method::Get) => {
             require(identity, "users", "list", "*")?;
             Ok(Response::json(200, &store.list_users()))
@@ -476,6 +543,16 @@ async fn emit(core: &Core, event: Event) {
     }
 }
 
+fn metrics_response(core: &Core) -> Response {
+    match &core.shared.metrics {
+        Some(handle) => Response::empty(200).with_body(
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(&core.shared, handle).into_bytes(),
+        ),
+        None => error(503, "metrics are unavailable in this process"),
+    }
+}
+
 async fn publish(
     core: &Core,
     request: &Request,
@@ -502,6 +579,8 @@ async fn publish(
         .publish(events)
         .await
         .map_err(|e| error(503, e.to_string()))?;
+    metrics::histogram!(crate::metrics::PUBLISH_DURATION)
+        .record(request.received.elapsed().as_secs_f64());
     Ok(Response::no_content().with_header("Herald-Seq", last.to_string()))
 }
 

@@ -121,6 +121,25 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     } else {
         "epoll"
     };
+    crate::metrics::mark_start();
+    let metrics_handle = match crate::metrics::install() {
+        Ok(handle) => {
+            let upkeep = handle.clone();
+            let _ = thread::Builder::new()
+                .name("herald-metrics".into())
+                .spawn(move || {
+                    loop {
+                        thread::sleep(crate::metrics::UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                });
+            Some(handle)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "metrics are unavailable");
+            None
+        }
+    };
     let shared = Arc::new(Shared {
         config: config.clone(),
         auth: Arc::new(auth),
@@ -131,6 +150,10 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         started: Instant::now(),
         default_password,
         driver,
+        core_stats: (0..config.cores)
+            .map(|_| crate::metrics::CoreStats::default())
+            .collect(),
+        metrics: metrics_handle,
         heartbeats: (0..config.cores)
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),

@@ -20,7 +20,8 @@ use crate::connection::{CloseReason, WsConn};
 use crate::event::{self, EncodedEvent};
 use crate::filter::FilterIndex;
 use crate::log::LogReader;
-use crate::sequencer::{Batch, LogStatus, Publisher};
+use crate::metrics::CoreStats;
+use crate::sequencer::{Batch, LogStatus, Publisher, SequencedBatch};
 use crate::transport::{self, Shutdown};
 
 /// How often a core checks deadlines: header timeouts, pings, bookmarks, close grace.
@@ -54,6 +55,10 @@ pub struct Shared {
     pub default_password: bool,
     /// `io_uring` or `epoll`.
     pub driver: &'static str,
+    /// Counters each core writes and `/metrics` merges.
+    pub core_stats: Box<[crate::metrics::CoreStats]>,
+    /// The Prometheus exposition, when this process installed the recorder.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Milliseconds since `started` at each core's last sweep, for the watchdog.
     pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
 }
@@ -140,8 +145,15 @@ impl Core {
         })
     }
 
+    /// This core's counters.
+    pub fn stats(&self) -> &CoreStats {
+        &self.shared.core_stats[self.id]
+    }
+
     /// Registers a new websocket connection, built with its slot number.
     pub fn add_conn(&self, build: impl FnOnce(u32) -> WsConn) -> Rc<WsConn> {
+        CoreStats::add(&self.stats().websockets, 1);
+        metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED, "type" => "websocket").increment(1);
         let mut conns = self.conns.borrow_mut();
         let entry = conns.vacant_entry();
         let conn = Rc::new(build(entry.key() as u32));
@@ -152,7 +164,9 @@ impl Core {
     /// Removes every filter of a connection from the index.
     pub fn remove_filters(&self, conn: &WsConn) {
         let mut index = self.index.borrow_mut();
-        for filter in conn.filters.borrow_mut().drain(..) {
+        let mut filters = conn.filters.borrow_mut();
+        CoreStats::sub(&self.stats().filters, filters.len() as u64);
+        for filter in filters.drain(..) {
             index.remove(conn.slot, &filter);
         }
         self.replaying.borrow_mut().remove(&conn.slot);
@@ -167,6 +181,10 @@ impl Core {
             .is_some_and(|c| std::ptr::eq(&**c, conn))
         {
             conns.remove(conn.slot as usize);
+            CoreStats::sub(&self.stats().websockets, 1);
+            if let Some(reason) = conn.close_reason() {
+                crate::metrics::count_disconnect(&reason);
+            }
         }
     }
 
@@ -179,22 +197,25 @@ impl Core {
             expired: Cell::new(None),
         });
         let key = self.http.borrow_mut().insert(watch.clone());
+        CoreStats::add(&self.stats().api_connections, 1);
         (key, watch)
     }
 
     /// Stops watching an HTTP connection (before its socket closes).
     pub fn unwatch_http(&self, key: usize) {
-        self.http.borrow_mut().try_remove(key);
+        if self.http.borrow_mut().try_remove(key).is_some() {
+            CoreStats::sub(&self.stats().api_connections, 1);
+        }
     }
 
     /// Fans one batch out to every matching connection of this core.
-    pub fn deliver(&self, batch: &[EncodedEvent]) {
+    pub fn deliver(&self, batch: &SequencedBatch) {
         let mut slow = Vec::new();
         {
             let index = self.index.borrow();
             let conns = self.conns.borrow();
             let replaying = self.replaying.borrow();
-            for event in batch {
+            for event in &batch.events {
                 let stamp = self.stamp.get() + 1;
                 self.stamp.set(stamp);
                 index.for_each_candidate(&event.ty, &event.action, &event.key, |ids| {
@@ -208,7 +229,7 @@ impl Core {
                         if !replaying.is_empty() && replaying.contains_key(&id) {
                             continue;
                         }
-                        if !conn.queue_event(event) {
+                        if !conn.queue_live(event, batch.durable_at) {
                             slow.push(conn.clone());
                         }
                     }
@@ -246,6 +267,8 @@ impl Core {
         })
         .to_string();
         conn.queue_control(&event::reply_frame("replay", argument, Some(&object)));
+        let result = if recovered { "recovered" } else { "gap" };
+        metrics::counter!(crate::metrics::REPLAY_REQUESTS, "result" => result).increment(1);
         self.bookmarked
             .borrow_mut()
             .insert(conn.slot, (cursor, Instant::now()));
@@ -399,6 +422,7 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             };
         let limit = core.last_delivered.get();
         let mut next = cursor;
+        let mut replayed = 0;
         for (seq, json) in rows {
             if seq > limit {
                 break;
@@ -414,6 +438,7 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
                 .any(|f| f.matches(&event.ty, &event.action, &event.key))
             {
                 conn.queue_event(&event);
+                replayed += 1;
             }
         }
         if next == cursor {
@@ -425,6 +450,7 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
         if let Some(r) = core.replaying.borrow_mut().get_mut(&conn.slot) {
             r.cursor = next;
         }
+        metrics::counter!(crate::metrics::EVENTS_REPLAYED).increment(replayed);
     }
 }
 
@@ -435,6 +461,8 @@ pub async fn accept_forever(core: Rc<Core>, listener: monoio::net::TcpListener) 
             Ok(_) if core.is_stopping() => return,
             Err(_) if core.is_stopping() => return,
             Ok((stream, remote)) => {
+                metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED, "type" => "api")
+                    .increment(1);
                 let _ = stream.set_nodelay(true);
                 monoio::spawn(crate::api::serve(core.clone(), stream, remote));
             }
