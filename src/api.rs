@@ -311,11 +311,11 @@ async fn authenticate(core: &Core, head: &RequestHead) -> Result<Identity, AuthE
         Ok(credentials) => check_credentials(core, credentials).await,
         Err(error) => Err(error),
     };
-    if let Err(error) = &result {
-        if error.is_authentication_failure() {
-            metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => error.metric_reason())
-                .increment(1);
-        }
+    if let Err(error) = &result
+        && error.is_authentication_failure()
+    {
+        metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => error.metric_reason())
+            .increment(1);
     }
     result
 }
