@@ -67,6 +67,8 @@ pub struct Options {
     pub admin_password: Option<String>,
     /// A data directory the caller owns (kept after the server stops); `None` uses a fresh one.
     pub data_dir: Option<PathBuf>,
+    /// More `herald serve` flags, e.g. `["--outbound-budget", "64KiB"]`.
+    pub args: Vec<String>,
 }
 
 impl Default for Options {
@@ -75,6 +77,7 @@ impl Default for Options {
             tls: false,
             admin_password: Some(ADMIN_PASSWORD.to_string()),
             data_dir: None,
+            args: Vec::new(),
         }
     }
 }
@@ -258,6 +261,7 @@ impl Server {
         if let Some(password) = &options.admin_password {
             command.args(["--admin-password", password]);
         }
+        command.args(&options.args);
         if remove_after {
             command.env("HERALD_TEST_REMOVE_DIR", &data_dir);
         } else {
