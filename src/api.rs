@@ -9,11 +9,12 @@ use monoio::net::TcpStream;
 
 use crate::auth::{self, AuthError, AuthStore, Claims, FastAuth, Identity};
 use crate::connection;
+use crate::connections::ConnectionView;
 use crate::event::{self, Event};
 use crate::filter::Filter;
 use crate::http::{self, ApiError, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response};
 use crate::transport::Transport;
-use crate::worker::{Core, Expiry, HttpWatch};
+use crate::worker::{Core, CoreQuery, Expiry, HttpWatch};
 
 /// Default and largest page of `GET /api/v3/events`.
 const EVENTS_PAGE_DEFAULT: usize = 1000;
@@ -26,12 +27,21 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
     let Ok(mut transport) = Transport::new(stream, core.shared.tls.as_ref()) else {
         return;
     };
-    let (watch_key, watch) = core.watch_http(transport.fd());
+    let (watch_key, watch) = core.watch_http(transport.fd(), remote);
     if core.shared.tls.is_some() {
         // The TLS handshake counts against the head deadline.
         watch.request_started.set(Some(Instant::now()));
     }
     let outcome = session(&core, &mut transport, &watch).await;
+    if let Some((id, view)) = watch.tracked.borrow_mut().take() {
+        // An upgrade ends the REST connection's record; the websocket gets its own.
+        let reason = if core.is_stopping() && outcome.is_none() {
+            "server shutdown"
+        } else {
+            "client closed"
+        };
+        core.close_connection(id, view, reason.to_owned());
+    }
     // Unwatched before the socket can close, so the sweeper never touches a reused descriptor.
     core.unwatch_http(watch_key);
     if let Some((identity, leftover)) = outcome {
@@ -49,6 +59,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// When the head was complete, for the publish-duration metric.
     pub received: Instant,
+    /// The connection's deadlines and tracking record.
+    pub watch: Rc<HttpWatch>,
 }
 
 /// What a route answers.
@@ -67,7 +79,7 @@ impl From<Response> for Answer {
 async fn session(
     core: &Rc<Core>,
     transport: &mut Transport,
-    watch: &HttpWatch,
+    watch: &Rc<HttpWatch>,
 ) -> Option<(Identity, Vec<u8>)> {
     let limits = &core.shared.config.limits;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -118,6 +130,7 @@ async fn session(
             head,
             body,
             received: Instant::now(),
+            watch: watch.clone(),
         };
         let (answer, template) = route(core, &request).await;
         crate::metrics::count_request(
@@ -238,6 +251,10 @@ enum Route {
     Roles,
     Role(String),
     Metrics,
+    Connections,
+    ConnectionHistory,
+    Connection(String),
+    AgentConnections(&'static str, String),
 }
 
 impl Route {
@@ -254,15 +271,33 @@ impl Route {
             ["api", "v3", "roles"] => Route::Roles,
             ["api", "v3", "roles", name] => Route::Role((*name).to_owned()),
             ["metrics"] => Route::Metrics,
+            ["api", "v3", "connections"] => Route::Connections,
+            ["api", "v3", "connections", "history"] => Route::ConnectionHistory,
+            ["api", "v3", "connections", addr] => Route::Connection((*addr).to_owned()),
+            ["api", "v3", kind, uuid, "connections"] => {
+                let kind = match *kind {
+                    "machines" => "machines",
+                    "clusters" => "clusters",
+                    "resource_brokers" => "resource_brokers",
+                    _ => return None,
+                };
+                Route::AgentConnections(kind, (*uuid).to_owned())
+            }
             _ => return None,
         })
     }
 
     fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Ws | Route::Info | Route::UserToken(_) | Route::Role(_) | Route::Metrics => {
-                &[Method::Get]
-            }
+            Route::Ws
+            | Route::Info
+            | Route::UserToken(_)
+            | Route::Role(_)
+            | Route::Metrics
+            | Route::Connections
+            | Route::ConnectionHistory
+            | Route::Connection(_)
+            | Route::AgentConnections(..) => &[Method::Get],
             Route::Events => &[Method::Get, Method::Post],
             Route::Users | Route::Roles => &[Method::Get, Method::Post],
             Route::User(_) => &[Method::Get, Method::Delete],
@@ -283,6 +318,12 @@ impl Route {
             Route::Roles => "/api/v3/roles",
             Route::Role(_) => "/api/v3/roles/{name}",
             Route::Metrics => "/metrics",
+            Route::Connections => "/api/v3/connections",
+            Route::ConnectionHistory => "/api/v3/connections/history",
+            Route::Connection(_) => "/api/v3/connections/{RemoteAddr}",
+            Route::AgentConnections("machines", _) => "/api/v3/machines/{uuid}/connections",
+            Route::AgentConnections("clusters", _) => "/api/v3/clusters/{uuid}/connections",
+            Route::AgentConnections(..) => "/api/v3/resource_brokers/{uuid}/connections",
         }
     }
 }
@@ -404,6 +445,7 @@ async fn route_to(core: &Rc<Core>, request: &Request, route: Route) -> Answer {
     if route == Route::Ws {
         return Answer::Upgrade(identity);
     }
+    track_api_connection(core, &request.watch, &identity);
     match handle(core, request, route, method, &identity).await {
         Ok(response) | Err(response) => response.into(),
     }
@@ -423,6 +465,48 @@ async fn handle(
         (Route::Events, _) => read_events(core, head, &identity.claims).await,
         (Route::Info, _) => Ok(info(core)),
         (Route::Metrics, _) => Ok(metrics_response(core)),
+        (Route::Connections, _) => {
+            require(identity, "connections", "list", "*")?;
+            let principal = head.query("Principal");
+            let kind = head.query("Type");
+            let views: Vec<ConnectionView> = gather_connections(core)
+                .await
+                .into_iter()
+                .filter(|v| principal.as_deref().is_none_or(|p| p == v.principal))
+                .filter(|v| kind.as_deref().is_none_or(|k| k == v.kind))
+                .collect();
+            Ok(Response::json(200, &views))
+        }
+        (Route::Connection(addr), _) => {
+            require(identity, "connections", "get", &addr)?;
+            match gather_connections(core)
+                .await
+                .into_iter()
+                .find(|v| v.remote_addr == addr)
+            {
+                Some(view) => Ok(Response::json(200, &view)),
+                None => Err(Response::error(
+                    ApiError::new(404, format!("no open connection from {addr}"))
+                        .with_model("connections")
+                        .with_key(addr),
+                )),
+            }
+        }
+        (Route::ConnectionHistory, _) => {
+            require(identity, "connections", "list", "*")?;
+            connection_history(core, head).await
+        }
+        (Route::AgentConnections(kind, uuid), _) => {
+            require(identity, "connections", "list", "*")?;
+            let principal = format!("runner:{uuid}");
+            let views: Vec<ConnectionView> = gather_connections(core)
+                .await
+                .into_iter()
+                .filter(|v| v.principal == principal)
+                .collect();
+            let _ = kind;
+            Ok(Response::json(200, &views))
+        }
         (Route::Users, Method::Get) => {
             require(identity, "users", "list", "*")?;
             Ok(Response::json(200, &store.list_users()))
@@ -540,6 +624,87 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response
 async fn emit(core: &Core, event: Event) {
     if let Err(error) = core.shared.publisher.publish(vec![event]).await {
         tracing::warn!(%error, "could not publish an object event");
+    }
+}
+
+/// Starts tracking a keep-alive REST connection the first time a request on it authenticates.
+fn track_api_connection(core: &Core, watch: &HttpWatch, identity: &Identity) {
+    if watch.tracked.borrow().is_some() {
+        return;
+    }
+    let view = ConnectionView {
+        remote_addr: watch.remote.to_string(),
+        principal: identity.principal.clone(),
+        create_time: event::now_rfc3339(),
+        kind: "api".to_owned(),
+        filters: Vec::new(),
+        events_sent: 0,
+        bytes_sent: 0,
+        last_seq: 0,
+        close_time: None,
+        close_reason: None,
+    };
+    let id = core.open_connection(view.clone());
+    *watch.tracked.borrow_mut() = Some((id, view));
+}
+
+/// Every core's live connections.
+async fn gather_connections(core: &Core) -> Vec<ConnectionView> {
+    let mut answers = Vec::new();
+    for query in &core.shared.queries {
+        let (reply, answer) = flume::bounded(1);
+        if query
+            .send_async(CoreQuery::Connections(reply))
+            .await
+            .is_ok()
+        {
+            answers.push(answer);
+        }
+    }
+    let mut views = Vec::new();
+    for answer in answers {
+        if let Ok(mut part) = answer.recv_async().await {
+            views.append(&mut part);
+        }
+    }
+    views
+}
+
+/// Default and largest page of the connection history.
+const HISTORY_PAGE_DEFAULT: usize = 100;
+const HISTORY_PAGE_MAX: usize = 10_000;
+
+async fn connection_history(core: &Core, head: &RequestHead) -> Result<Response, Response> {
+    let principal = head.query("principal");
+    let since = match head.query("since") {
+        None => None,
+        Some(text) => Some(humantime::parse_rfc3339_weak(&text).map_err(|_| {
+            error(
+                400,
+                format!("since {text:?} is not an RFC 3339 time such as 2026-11-27T20:00:00Z"),
+            )
+        })?),
+    };
+    let limit = match head.query("limit") {
+        None => HISTORY_PAGE_DEFAULT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=HISTORY_PAGE_MAX).contains(l))
+            .ok_or_else(|| {
+                error(
+                    400,
+                    format!("limit must be between 1 and {HISTORY_PAGE_MAX}"),
+                )
+            })?,
+    };
+    let history = core.shared.history.clone();
+    let listed =
+        monoio::spawn_blocking(move || history.list(principal.as_deref(), since, limit)).await;
+    match listed {
+        Ok(Ok(views)) => Ok(Response::json(200, &views)),
+        Ok(Err(e)) => Err(error(500, e.to_string())),
+        Err(_) => Err(error(500, "the connection history could not be read")),
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::auth::Claims;
 use crate::command::{self, Command};
+use crate::connections::ConnectionView;
 use crate::event::{self, EncodedEvent};
 use crate::filter::Filter;
 use crate::metrics::CoreStats;
@@ -123,6 +124,29 @@ pub struct WsConn {
     queued_events: Cell<u64>,
     oldest_durable: Cell<Option<Instant>>,
     core: Rc<Core>,
+}
+
+impl WsConn {
+    /// The connection as the connections API shows it.
+    pub fn view(&self) -> ConnectionView {
+        ConnectionView {
+            remote_addr: self.remote.to_string(),
+            principal: self.principal.clone(),
+            create_time: humantime::format_rfc3339_nanos(self.created).to_string(),
+            kind: "websocket".to_owned(),
+            filters: self
+                .filters
+                .borrow()
+                .iter()
+                .map(|f| f.text().to_owned())
+                .collect(),
+            events_sent: self.events_sent.get(),
+            bytes_sent: self.bytes_sent.get(),
+            last_seq: self.last_sent_seq.get(),
+            close_time: None,
+            close_reason: None,
+        }
+    }
 }
 
 impl WsConn {
@@ -276,6 +300,7 @@ pub async fn run(
         oldest_durable: Cell::new(None),
         core: core.clone(),
     });
+    let id = core.open_connection(conn.view());
     if core.is_stopping() {
         // Upgraded while the server began to stop: close like every other websocket.
         conn.begin_close(CloseReason::ServerShutdown, 1001, "server shutdown".into());
@@ -287,6 +312,8 @@ pub async fn run(
     }
     core.remove_filters(&conn);
     let _ = writer.await;
+    let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
+    core.close_connection(id, conn.view(), reason.text());
     core.remove_conn(&conn);
 }
 

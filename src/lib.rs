@@ -13,6 +13,8 @@
 //! - [`sequencer`]: the one thread that assigns `Seq`, makes batches durable and broadcasts them.
 //! - [`worker`]: one core: accept loop, filter index, fan-out, deadlines.
 //! - [`connection`]: one websocket: outbound budget, reader and writer tasks.
+//! - [`connections`]: the connections API's view and the persistent connection history.
+
 //! - [`transport`]: plain TCP or TLS under a connection.
 //! - [`api`]: the HTTP request loop, authentication and routes.
 //! - [`metrics`]: metric names, per-core counters and the `/metrics` exposition.
@@ -23,6 +25,8 @@ pub mod auth;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod connections;
+
 pub mod event;
 pub mod filter;
 pub mod http;

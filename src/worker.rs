@@ -16,13 +16,18 @@ use slab::Slab;
 use crate::auth::AuthStore;
 use crate::command;
 use crate::config::Config;
+use crate::connection::Notify;
 use crate::connection::{CloseReason, WsConn};
+use crate::connections::{ConnectionView, History};
+use crate::event::Event;
 use crate::event::{self, EncodedEvent};
 use crate::filter::FilterIndex;
 use crate::log::LogReader;
 use crate::metrics::CoreStats;
 use crate::sequencer::{Batch, LogStatus, Publisher, SequencedBatch};
 use crate::transport::{self, Shutdown};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 /// How often a core checks deadlines: header timeouts, pings, bookmarks, close grace.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
@@ -59,6 +64,12 @@ pub struct Shared {
     pub core_stats: Box<[crate::metrics::CoreStats]>,
     /// The Prometheus exposition, when this process installed the recorder.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Closed (and crashed) connections, persistent.
+    pub history: History,
+    /// Next connection id (unique within the process; history keys add the close time).
+    pub next_conn_id: AtomicU64,
+    /// Each core's query inbox, for gathering live connections.
+    pub queries: Vec<flume::Sender<CoreQuery>>,
     /// Milliseconds since `started` at each core's last sweep, for the watchdog.
     pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
 }
@@ -87,6 +98,10 @@ impl Shared {
 /// Deadlines of one HTTP connection, checked by the sweeper (reads are never timed out).
 pub struct HttpWatch {
     fd: RawFd,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The connection's id and view once a request on it authenticated.
+    pub tracked: RefCell<Option<(u64, ConnectionView)>>,
     /// When the first byte of the current request arrived; `None` between requests.
     pub request_started: Cell<Option<Instant>>,
     /// When the connection became idle.
@@ -94,6 +109,15 @@ pub struct HttpWatch {
     /// Set by the sweeper when a deadline passed and the socket's reads were ended.
     pub expired: Cell<Option<Expiry>>,
 }
+
+/// A question one core answers for a request served on another.
+pub enum CoreQuery {
+    /// The live connections of the core.
+    Connections(flume::Sender<Vec<ConnectionView>>),
+}
+
+/// A change run on the log thread for a connection: history writes and the events they cause.
+type ConnectionChange = Box<dyn FnOnce() -> Vec<Event> + Send>;
 
 /// Which deadline ended an HTTP connection's read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +149,9 @@ pub struct Core {
     /// Seq of the last event this core has fanned out.
     pub last_delivered: Cell<u64>,
     stopping: Cell<bool>,
+    changes: RefCell<Vec<ConnectionChange>>,
+    changes_wake: Notify,
+    changes_in_flight: Cell<bool>,
 }
 
 impl Core {
@@ -142,7 +169,103 @@ impl Core {
             stamp: Cell::new(0),
             last_delivered: Cell::new(last),
             stopping: Cell::new(false),
+            changes: RefCell::new(Vec::new()),
+            changes_wake: Notify::default(),
+            changes_in_flight: Cell::new(false),
         })
+    }
+
+    /// Records a connection as open and emits `connections.create.<principal>`; returns its id.
+    pub fn open_connection(&self, view: ConnectionView) -> u64 {
+        let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let history = self.shared.history.clone();
+        let event = Event::new("connections", "create", &view.principal, &view.principal)
+            .with_object(&view);
+        self.change(Box::new(move || {
+            if let Err(error) = history.record_open(id, &view) {
+                tracing::warn!(%error, "could not record an open connection");
+            }
+            vec![event]
+        }));
+        id
+    }
+
+    /// Moves a connection to the history and emits `connections.delete.<principal>`.
+    pub fn close_connection(&self, id: u64, mut view: ConnectionView, reason: String) {
+        let now = SystemTime::now();
+        view.close_time = Some(humantime::format_rfc3339_nanos(now).to_string());
+        view.close_reason = Some(reason);
+        let history = self.shared.history.clone();
+        let event = Event::new("connections", "delete", &view.principal, &view.principal)
+            .with_object(&view);
+        self.change(Box::new(move || {
+            if let Err(error) = history.record_closed(id, &view, now) {
+                tracing::warn!(%error, "could not record a closed connection");
+            }
+            vec![event]
+        }));
+    }
+
+    /// Queues a connection change; they reach the log in the order they were made.
+    fn change(&self, change: ConnectionChange) {
+        self.changes.borrow_mut().push(change);
+        self.changes_wake.notify();
+    }
+
+    /// Applies queued connection changes on the log thread, as one step per wake-up.
+    pub async fn apply_changes_forever(self: Rc<Self>) {
+        loop {
+            self.changes_wake.notified().await;
+            let changes = std::mem::take(&mut *self.changes.borrow_mut());
+            if changes.is_empty() {
+                continue;
+            }
+            self.changes_in_flight.set(true);
+            let applied = self
+                .shared
+                .publisher
+                .apply(move || {
+                    (
+                        changes.into_iter().flat_map(|change| change()).collect(),
+                        (),
+                    )
+                })
+                .await;
+            self.changes_in_flight.set(false);
+            if let Err(error) = applied {
+                tracing::warn!(%error, "connection events were not published");
+            }
+        }
+    }
+
+    /// Whether connection changes are still waiting to reach the log.
+    fn changes_pending(&self) -> bool {
+        self.changes_in_flight.get() || !self.changes.borrow().is_empty()
+    }
+
+    /// This core's live connections, as the connections API shows them.
+    pub fn connection_views(&self) -> Vec<ConnectionView> {
+        let mut views: Vec<ConnectionView> =
+            self.conns.borrow().iter().map(|(_, c)| c.view()).collect();
+        views.extend(self.http.borrow().iter().filter_map(|(_, watch)| {
+            watch
+                .tracked
+                .borrow()
+                .as_ref()
+                .map(|(_, view)| view.clone())
+        }));
+        views
+    }
+
+    /// Answers other cores' questions until the server stops.
+    pub async fn answer_queries(self: Rc<Self>, queries: flume::Receiver<CoreQuery>) {
+        while let Ok(query) = queries.recv_async().await {
+            match query {
+                CoreQuery::Connections(reply) => {
+                    let _ = reply.send(self.connection_views());
+                }
+            }
+        }
     }
 
     /// This core's counters.
@@ -189,9 +312,11 @@ impl Core {
     }
 
     /// Starts watching an HTTP connection's deadlines.
-    pub fn watch_http(&self, fd: RawFd) -> (usize, Rc<HttpWatch>) {
+    pub fn watch_http(&self, fd: RawFd, remote: SocketAddr) -> (usize, Rc<HttpWatch>) {
         let watch = Rc::new(HttpWatch {
             fd,
+            remote,
+            tracked: RefCell::new(None),
             request_started: Cell::new(None),
             idle_since: Cell::new(Instant::now()),
             expired: Cell::new(None),
@@ -367,7 +492,9 @@ impl Core {
             }
         }
         while Instant::now() < deadline
-            && (!self.conns.borrow().is_empty() || !self.http.borrow().is_empty())
+            && (!self.conns.borrow().is_empty()
+                || !self.http.borrow().is_empty()
+                || self.changes_pending())
         {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
