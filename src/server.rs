@@ -187,6 +187,12 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         .zip(control_rxs)
         .zip(query_rxs);
     for (id, (((listener, inbox), control), queries)) in cores_io.enumerate() {
+        let inputs = CoreInputs {
+            listener,
+            inbox,
+            control,
+            queries,
+        };
         let shared = shared.clone();
         let pin = core_ids.get(id % core_ids.len().max(1)).copied();
         let blocking = blocking.clone();
@@ -198,9 +204,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
                 if let Some(core_id) = pin {
                     core_affinity::set_for_current(core_id);
                 }
-                run_core(
-                    id, shared, listener, inbox, control, queries, blocking, ready,
-                );
+                run_core(id, shared, inputs, blocking, ready);
                 let _ = done.send(id);
             })
             .map_err(|source| ServerError::Start {
@@ -381,16 +385,27 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-fn run_core(
-    id: usize,
-    shared: Arc<Shared>,
+/// What one core receives from startup: its listener and the ends of its channels.
+struct CoreInputs {
     listener: TcpListener,
     inbox: flume::Receiver<sequencer::Batch>,
     control: flume::Receiver<CoreControl>,
     queries: flume::Receiver<worker::CoreQuery>,
+}
+
+fn run_core(
+    id: usize,
+    shared: Arc<Shared>,
+    inputs: CoreInputs,
     blocking: monoio::blocking::DefaultThreadPool,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) {
+    let CoreInputs {
+        listener,
+        inbox,
+        control,
+        queries,
+    } = inputs;
     let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .attach_thread_pool(Box::new(blocking))
