@@ -110,9 +110,7 @@ async fn session(core: &Rc<Core>, transport: &mut Transport, watch: &HttpWatch) 
         let request = Request { head, body };
         match route(core, &request).await {
             Answer::Upgrade(identity) => {
-                let Some(key) = request.head.websocket_key.as_deref() else {
-                    return None;
-                };
+                let key = request.head.websocket_key.as_deref()?;
                 if transport.write_all(&crate::websocket::upgrade_response(key)).await.is_err() {
                     return None;
                 }
@@ -206,6 +204,8 @@ enum Route {
     UserToken(String),
     Roles,
     Role(String),
+    /// Profiles, params, machines, clusters, resource brokers: see [`crate::objects`].
+    Objects(crate::objects::Route),
 }
 
 impl Route {
@@ -221,7 +221,7 @@ impl Route {
             ["api", "v3", "users", name, "token"] => Route::UserToken((*name).to_owned()),
             ["api", "v3", "roles"] => Route::Roles,
             ["api", "v3", "roles", name] => Route::Role((*name).to_owned()),
-            _ => return None,
+            _ => return crate::objects::Route::parse(&s).map(Route::Objects),
         })
     }
 
@@ -232,6 +232,7 @@ impl Route {
             Route::Users | Route::Roles => &[Method::Get, Method::Post],
             Route::User(_) => &[Method::Get, Method::Delete],
             Route::UserPassword(_) => &[Method::Put],
+            Route::Objects(route) => route.methods(),
         }
     }
 }
@@ -390,6 +391,7 @@ async fn handle(
             require(identity, "roles", "get", &name)?;
             Ok(Response::json(200, &store.get_role(&name).map_err(|e| auth_error(&e))?))
         }
+        (Route::Objects(route), method) => crate::objects::handle(core, request, route, method, identity).await,
         (Route::Ws, _) => Err(error(400, "this route takes a websocket upgrade")),
     }
 }

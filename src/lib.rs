@@ -10,6 +10,8 @@
 //! - [`auth`]: users, roles, claims, passwords and signed tokens.
 //! - [`event`]: events, their validation, and the frame encoded once for every receiver.
 //! - [`log`]: the durable event log in sled behind a narrow storage interface.
+//! - [`objects`]: the DRP-shaped object store (profiles, params, machines, …) and its routes.
+//! - [`cli`]: the `herald` client subcommands (events, objects, tokens).
 
 pub mod auth;
 pub mod command;
@@ -18,6 +20,8 @@ pub mod event;
 pub mod filter;
 pub mod http;
 pub mod log;
+pub mod objects;
+pub mod cli;
 pub mod tls;
 pub mod websocket;
 pub mod api;
