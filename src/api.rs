@@ -255,6 +255,8 @@ enum Route {
     ConnectionHistory,
     Connection(String),
     AgentConnections(&'static str, String),
+    /// Profiles, params, machines, clusters, resource brokers: see [`crate::objects`].
+    Objects(crate::objects::Route),
 }
 
 impl Route {
@@ -283,7 +285,7 @@ impl Route {
                 };
                 Route::AgentConnections(kind, (*uuid).to_owned())
             }
-            _ => return None,
+            _ => return crate::objects::Route::parse(&s).map(Route::Objects),
         })
     }
 
@@ -302,6 +304,7 @@ impl Route {
             Route::Users | Route::Roles => &[Method::Get, Method::Post],
             Route::User(_) => &[Method::Get, Method::Delete],
             Route::UserPassword(_) => &[Method::Put],
+            Route::Objects(route) => route.methods(),
         }
     }
 
@@ -324,6 +327,7 @@ impl Route {
             Route::AgentConnections("machines", _) => "/api/v3/machines/{uuid}/connections",
             Route::AgentConnections("clusters", _) => "/api/v3/clusters/{uuid}/connections",
             Route::AgentConnections(..) => "/api/v3/resource_brokers/{uuid}/connections",
+            Route::Objects(route) => route.template(),
         }
     }
 }
@@ -498,13 +502,27 @@ async fn handle(
         }
         (Route::AgentConnections(kind, uuid), _) => {
             require(identity, "connections", "list", "*")?;
+            let object_kind = match kind {
+                "machines" => crate::objects::Kind::Machines,
+                "clusters" => crate::objects::Kind::Clusters,
+                _ => crate::objects::Kind::ResourceBrokers,
+            };
+            let store = core.shared.objects.clone();
+            let lookup = uuid.clone();
+            let exists = monoio::spawn_blocking(move || store.contains(object_kind, &lookup)).await;
+            if !matches!(exists, Ok(Ok(true))) {
+                return Err(Response::error(
+                    ApiError::new(404, format!("{kind} {uuid} does not exist"))
+                        .with_model(kind)
+                        .with_key(uuid),
+                ));
+            }
             let principal = format!("runner:{uuid}");
             let views: Vec<ConnectionView> = gather_connections(core)
                 .await
                 .into_iter()
                 .filter(|v| v.principal == principal)
                 .collect();
-            let _ = kind;
             Ok(Response::json(200, &views))
         }
         (Route::Users, Method::Get) => {
@@ -594,6 +612,9 @@ async fn handle(
                 200,
                 &store.get_role(&name).map_err(|e| auth_error(&e))?,
             ))
+        }
+        (Route::Objects(route), method) => {
+            crate::objects::handle(core, request, route, method, identity).await
         }
         (Route::Ws, _) => Err(error(400, "this route takes a websocket upgrade")),
     }

@@ -14,6 +14,8 @@
 //! - [`worker`]: one core: accept loop, filter index, fan-out, deadlines.
 //! - [`connection`]: one websocket: outbound budget, reader and writer tasks.
 //! - [`connections`]: the connections API's view and the persistent connection history.
+//! - [`objects`]: the DRP-shaped object store (profiles, params, machines, …) and its routes.
+//! - [`cli`]: the `herald` client subcommands (events, objects, tokens).
 
 //! - [`transport`]: plain TCP or TLS under a connection.
 //! - [`api`]: the HTTP request loop, authentication and routes.
@@ -27,11 +29,13 @@ pub mod config;
 pub mod connection;
 pub mod connections;
 
+pub mod cli;
 pub mod event;
 pub mod filter;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod objects;
 pub mod sequencer;
 pub mod server;
 pub mod tls;

@@ -43,6 +43,9 @@ pub enum ServerError {
     /// Users and roles could not be opened.
     #[error("users and roles: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The object store could not be opened.
+    #[error("objects: {0}")]
+    Objects(#[from] crate::objects::ObjectError),
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -102,6 +105,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         );
     }
     start_history_trim(history.clone(), config.history.clone());
+    let objects = Arc::new(crate::objects::ObjectStore::open(&db)?);
     if default_password {
         tracing::warn!(
             "the admin user rocketskates has DRP's default password r0cketsk8ts: anyone can log in; \
@@ -156,6 +160,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     let shared = Arc::new(Shared {
         config: config.clone(),
         auth: Arc::new(auth),
+        objects,
         publisher,
         log_status: sequencer.status.clone(),
         log_reader,

@@ -46,6 +46,8 @@ pub struct Shared {
     pub config: Config,
     /// Users, roles and tokens.
     pub auth: Arc<AuthStore>,
+    /// Profiles, params, machines, clusters and resource brokers.
+    pub objects: Arc<crate::objects::ObjectStore>,
     /// The sequencer's handle.
     pub publisher: Publisher,
     /// The log's bounds, kept current by the sequencer.
