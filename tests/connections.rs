@@ -213,10 +213,10 @@ fn a_slow_consumer_is_recorded_with_its_close_reason() {
     let closed = loop {
         let reply = server.post_events(&server.admin(), &body);
         assert_eq!(reply.status, 204, "{}", reply.body);
-        if let Some(event) = watcher.next_event(Duration::from_millis(1)) {
-            if event["Object"]["CloseReason"] == "slow consumer" {
-                break event;
-            }
+        if let Some(event) = watcher.next_event(Duration::from_millis(1))
+            && event["Object"]["CloseReason"] == "slow consumer"
+        {
+            break event;
         }
         assert!(
             Instant::now() < deadline,
