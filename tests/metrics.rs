@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -86,27 +85,6 @@ fn promtool_check(exposition: &str) {
     assert!(said.trim().is_empty(), "promtool lint warnings:\n{said}");
 }
 
-/// A websocket whose receive buffer is tiny and which never reads, so it falls behind.
-fn stalled_client(server: &Server) -> tungstenite::WebSocket<TcpStream> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&server.addr().into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let url = format!(
-        "ws://{}/api/v3/ws?token=rocketskates:{}",
-        server.addr(),
-        server.admin_password()
-    );
-    let (mut ws, _) = tungstenite::client(url.as_str(), stream).expect("upgrade");
-    ws.send(tungstenite::Message::text("register *.*.*"))
-        .unwrap();
-    ws.read().expect("register reply");
-    ws
-}
-
 #[test]
 fn traffic_moves_every_counter_by_the_expected_amount_and_promtool_accepts_the_exposition() {
     let server = Server::start_with(Options {
@@ -179,7 +157,7 @@ fn traffic_moves_every_counter_by_the_expected_amount_and_promtool_accepts_the_e
     // A slow consumer.
     // The kernel's socket buffers absorb a few MiB before the budget is reached, so publish
     // until the close is counted (bounded: at most 24 MiB).
-    let stalled = stalled_client(&server);
+    let stalled = server.stalled_ws("*.*.*");
     let filler = "x".repeat(3 * 1024);
     let batch: Vec<_> = (0..8)
         .map(|i| json!({"Type": "bulk", "Action": "fill", "Key": i.to_string(), "Object": {"pad": filler}}))
