@@ -97,6 +97,23 @@ def cmd_publish(args):
     print(publish(args, args.key))
 
 
+def cmd_key_at(args):
+    """Prints the Key of the stored event with this Seq, read back over REST."""
+    status, _, body = request(args, "GET", f"/api/v3/events?since={args.seq - 1}&limit=1")
+    events = json.loads(body) if status == 200 else []
+    if not events or events[0].get("Seq") != args.seq:
+        sys.exit(f"no event with Seq {args.seq} in the log (status {status}): {body[:300]!r}")
+    print(events[0]["Key"])
+
+
+def cmd_epoch(args):
+    """Prints the log's Epoch from /api/v3/info."""
+    status, _, body = request(args, "GET", "/api/v3/info")
+    if status != 200:
+        sys.exit(f"/api/v3/info answered {status}")
+    print(json.loads(body)["Epoch"])
+
+
 def cmd_deliver(args):
     """Publishes an event and prints its Seq once the websocket delivered the same event."""
     ws = connect(args)
@@ -141,6 +158,8 @@ def main():
     wait = sub.add_parser("wait")
     wait.add_argument("--timeout", type=float, default=30)
     sub.add_parser("status")
+    sub.add_parser("epoch")
+    sub.add_parser("key-at").add_argument("seq", type=int)
     for name in ("publish", "deliver"):
         sub.add_parser(name).add_argument("key")
     close = sub.add_parser("await-close")
@@ -153,6 +172,8 @@ def main():
         "wait": cmd_wait,
         "status": cmd_status,
         "publish": cmd_publish,
+        "key-at": cmd_key_at,
+        "epoch": cmd_epoch,
         "deliver": cmd_deliver,
         "await-close": cmd_await_close,
     }[args.command](args)
