@@ -342,6 +342,23 @@ fn objects_round_trip_through_the_cli() {
     run_ok(&mut herald(server), &["profiles", "destroy", &name]);
     run_failing(&mut herald(server), &["profiles", "show", &name], 1);
 
+    let role = unique("cli-role-");
+    run_ok(
+        &mut herald(server),
+        &[
+            "roles",
+            "create",
+            &json!({"Name": role, "Claims": []}).to_string(),
+        ],
+    );
+    let claims = r#"{"Claims":[{"Scope":"profiles","Action":"get","Specific":"*"}]}"#;
+    let updated = run_ok(&mut herald(server), &["roles", "update", &role, claims]);
+    assert_eq!(updated["Claims"][0]["Scope"], "profiles");
+    assert_eq!(
+        run_ok(&mut herald(server), &["roles", "destroy", &role])["Name"],
+        role
+    );
+
     for ty in ["params", "clusters", "resource_brokers", "roles"] {
         let listed = run_ok(&mut herald(server), &[ty, "list"]);
         assert!(listed.is_array(), "{ty}: {listed}");

@@ -823,3 +823,146 @@ fn users_never_show_their_password_hash_or_secret() {
         );
     }
 }
+
+#[test]
+fn users_and_roles_change_by_put_patch_and_delete_and_take_effect_at_once() {
+    let server = Server::shared();
+    let role = unique("editor-role-");
+    let user = unique("editor-");
+    server.create_role(
+        &role,
+        json!([{"Scope": "profiles", "Action": "get", "Specific": "*"}]),
+    );
+    server.create_user(&user, "editor-pw", &[]);
+    let editor = Auth::basic(&user, "editor-pw");
+    assert_drp_error(
+        &as_auth(server, &editor, "GET", "/api/v3/profiles/global", None),
+        403,
+    );
+    let mut watcher = server.ws(&server.admin());
+    watcher.register(&format!("users.*.{user}"));
+    watcher.register(&format!("roles.*.{role}"));
+
+    let user_path = format!("/api/v3/users/{user}");
+    let updated = ok(
+        &admin(
+            server,
+            "PUT",
+            &user_path,
+            Some(json!({"Name": user, "Roles": [role]})),
+        ),
+        200,
+    );
+    assert_eq!(updated, json!({"Name": user, "Roles": [role]}));
+    let event = watcher.expect_event();
+    assert_event(&event, "users", "update", &user);
+    assert_eq!(event["Original"]["Roles"], json!([]));
+    ok(
+        &as_auth(server, &editor, "GET", "/api/v3/profiles/global", None),
+        200,
+    );
+
+    let role_path = format!("/api/v3/roles/{role}");
+    let narrowed = json!([{"op": "replace", "path": "/Claims/0/Specific", "value": "other"}]);
+    let changed = ok(&admin(server, "PATCH", &role_path, Some(narrowed)), 200);
+    assert_eq!(changed["Claims"][0]["Specific"], "other");
+    let event = watcher.expect_event();
+    assert_event(&event, "roles", "update", &role);
+    assert_eq!(event["Original"]["Claims"][0]["Specific"], "*");
+    assert_drp_error(
+        &as_auth(server, &editor, "GET", "/api/v3/profiles/global", None),
+        403,
+    );
+
+    assert_drp_error(&admin(server, "DELETE", &role_path, None), 409);
+    let removed = ok(
+        &admin(
+            server,
+            "PATCH",
+            &user_path,
+            Some(json!([{"op": "remove", "path": "/Roles/0"}])),
+        ),
+        200,
+    );
+    assert_eq!(removed["Roles"], json!([]));
+    assert_event(&watcher.expect_event(), "users", "update", &user);
+    let deleted = ok(&admin(server, "DELETE", &role_path, None), 200);
+    assert_eq!(deleted["Name"], role);
+    assert_event(&watcher.expect_event(), "roles", "delete", &role);
+    assert_drp_error(&admin(server, "GET", &role_path, None), 404);
+
+    for (method, path, body, status) in [
+        ("PUT", user_path.clone(), json!({"Password": "new"}), 422),
+        (
+            "PUT",
+            user_path.clone(),
+            json!({"Roles": ["no-such-role"]}),
+            422,
+        ),
+        (
+            "PUT",
+            user_path.clone(),
+            json!({"Name": "someone-else"}),
+            422,
+        ),
+        (
+            "PUT",
+            "/api/v3/users/no-such-user".to_owned(),
+            json!({}),
+            404,
+        ),
+        (
+            "PATCH",
+            user_path.clone(),
+            json!([{"op": "test", "path": "/Roles", "value": ["x"]}]),
+            409,
+        ),
+        ("PATCH", user_path.clone(), json!({"Roles": []}), 400),
+        (
+            "PUT",
+            "/api/v3/roles/superuser".to_owned(),
+            json!({"Claims": []}),
+            422,
+        ),
+        (
+            "PUT",
+            "/api/v3/roles/no-such-role".to_owned(),
+            json!({"Claims": []}),
+            404,
+        ),
+        (
+            "PUT",
+            "/api/v3/roles/superuser".to_owned(),
+            json!({"Claims": "all"}),
+            422,
+        ),
+    ] {
+        assert_drp_error(&admin(server, method, &path, Some(body)), status);
+    }
+    assert_drp_error(
+        &admin(server, "DELETE", "/api/v3/roles/superuser", None),
+        422,
+    );
+    assert_drp_error(&raw(server, "PUT", &user_path, "{"), 400);
+    let reader = user_with_claims(
+        server,
+        json!([{"Scope": "users,roles", "Action": "get", "Specific": "*"}]),
+    );
+    let denied = as_auth(
+        server,
+        &reader,
+        "PUT",
+        &user_path,
+        Some(json!({"Roles": []})),
+    );
+    assert_drp_error(&denied, 403);
+    assert!(
+        denied.body.contains(&format!("users:update:{user}")),
+        "{}",
+        denied.body
+    );
+    assert_drp_error(
+        &as_auth(server, &reader, "DELETE", "/api/v3/roles/superuser", None),
+        403,
+    );
+}
