@@ -191,7 +191,17 @@ impl WsConn {
         if self.closing.borrow().is_some() {
             return;
         }
-        self.out.borrow_mut().extend_from_slice(frame);
+        let mut out = self.out.borrow_mut();
+        // A client that sends commands or pings but never reads the answers is as far behind
+        // as one that does not read events: the same budget bounds both.
+        if out.len() + self.inflight.get() + frame.len() > self.budget {
+            out.clear();
+            drop(out);
+            self.begin_close(CloseReason::SlowConsumer, 4008, String::new());
+            return;
+        }
+        out.extend_from_slice(frame);
+        drop(out);
         self.wake.notify();
     }
 
