@@ -247,14 +247,15 @@ pub enum ParamCommand {
         /// The object's key.
         key: String,
         /// The word `param`.
-        #[arg(value_parser = ["param"], hide_possible_values = true)]
+        #[arg(value_name = "param", value_parser = ["param"], hide_possible_values = true)]
         param_word: String,
         /// The param's name.
         param: String,
         /// The word `to`.
-        #[arg(value_parser = ["to"], hide_possible_values = true)]
+        #[arg(value_name = "to", value_parser = ["to"], hide_possible_values = true)]
         to_word: String,
         /// The value: JSON if it parses (`3`, `true`, `{"a":1}`), else taken as a string.
+        #[arg(allow_hyphen_values = true)]
         value: String,
     },
     /// Remove a param: `remove KEY param NAME`.
@@ -262,7 +263,7 @@ pub enum ParamCommand {
         /// The object's key.
         key: String,
         /// The word `param`.
-        #[arg(value_parser = ["param"], hide_possible_values = true)]
+        #[arg(value_name = "param", value_parser = ["param"], hide_possible_values = true)]
         param_word: String,
         /// The param's name.
         param: String,
@@ -272,7 +273,7 @@ pub enum ParamCommand {
         /// The object's key.
         key: String,
         /// The word `param` (then NAME), or `params` for all of them.
-        #[arg(value_parser = ["param", "params"], hide_possible_values = true)]
+        #[arg(value_name = "param|params", value_parser = ["param", "params"], hide_possible_values = true)]
         param_word: String,
         /// The param's name.
         param: Option<String>,

@@ -335,9 +335,11 @@ fn objects_round_trip_through_the_cli() {
         ),
         json!(3)
     );
+    let negative = ["profiles", "set", &name, "param", "neg", "to", "-1"];
+    assert_eq!(run_ok(&mut herald(server), &negative), json!(-1));
     assert_eq!(
         run_ok(&mut herald(server), &["profiles", "get", &name, "params"]),
-        json!({"keep": 1, "n": 3})
+        json!({"keep": 1, "n": 3, "neg": -1})
     );
     run_ok(&mut herald(server), &["profiles", "destroy", &name]);
     run_failing(&mut herald(server), &["profiles", "show", &name], 1);
