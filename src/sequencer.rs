@@ -311,8 +311,9 @@ impl Writer {
         if self.durability == Durability::Sync {
             self.flush_or_die();
         }
-        self.status.update(&self.log);
+        // Counted before the bounds move, so a scrape never sees LastSeq ahead of the count.
         metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(encoded.len() as u64);
+        self.status.update(&self.log);
         let batch: Batch = Arc::new(SequencedBatch {
             events: encoded,
             durable_at: Instant::now(),

@@ -185,24 +185,7 @@ fn a_slow_consumer_is_recorded_with_its_close_reason() {
     let mut watcher = server.ws(&server.admin());
     watcher.register("connections.delete.*");
 
-    // A websocket with a tiny receive buffer that never reads.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&server.addr().into()).unwrap();
-    let stream: std::net::TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let url = format!(
-        "ws://{}/api/v3/ws?token=rocketskates:{}",
-        server.addr(),
-        server.admin_password()
-    );
-    let (mut stalled, _) = tungstenite::client(url.as_str(), stream).expect("upgrade");
-    stalled
-        .send(tungstenite::Message::text("register bulk.*.*"))
-        .unwrap();
-    stalled.read().expect("register reply");
+    let stalled = server.stalled_ws("bulk.*.*");
 
     let filler = "x".repeat(3 * 1024);
     let batch: Vec<Value> = (0..8)
