@@ -171,6 +171,40 @@ pub enum Command {
     /// Roles (keyed by Name).
     #[command(subcommand)]
     Roles(ObjectCommand),
+    /// Live connections and the history of closed ones.
+    #[command(subcommand)]
+    Connections(ConnectionsCommand),
+}
+
+/// `herald connections …`.
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// List live connections (websockets and keep-alive REST connections).
+    List {
+        /// Only this principal, e.g. `runner:<uuid>` or `user:rocketskates`.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only this type: `websocket` or `api`.
+        #[arg(long = "type")]
+        kind: Option<String>,
+    },
+    /// Show one live connection by its remote address (`ip:port`).
+    Show {
+        /// The connection's RemoteAddr.
+        addr: String,
+    },
+    /// Closed connections, newest first, with why they closed.
+    History {
+        /// Only this principal.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only connections closed at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
 }
 
 /// `herald events …`.
@@ -295,6 +329,11 @@ pub enum MachinesCommand {
         #[arg(long)]
         ttl: Option<u64>,
     },
+    /// List the live connections of a machine's runner.
+    Connections {
+        /// The machine's Uuid.
+        uuid: String,
+    },
 }
 
 /// `herald users …`.
@@ -353,7 +392,55 @@ pub fn run(connection: &Connection, command: Command) -> Result<(), CliError> {
             token(&client, "users", &name, ttl, &mut out)
         }
         Command::Roles(command) => objects(&client, "roles", command, &mut out),
+        Command::Machines(MachinesCommand::Connections { uuid }) => {
+            let path = client::object_path("machines", &uuid, &["connections"]);
+            print_json(&mut out, &client.call("GET", &path, None)?)
+        }
+        Command::Connections(command) => connections(&client, command, &mut out),
     }
+}
+
+fn connections(
+    client: &Client,
+    command: ConnectionsCommand,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let query = |pairs: &[(&str, Option<String>)]| -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in pairs {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
+        }
+        let query = query.finish();
+        if query.is_empty() {
+            query
+        } else {
+            format!("?{query}")
+        }
+    };
+    let path = match command {
+        ConnectionsCommand::List { principal, kind } => {
+            format!(
+                "/api/v3/connections{}",
+                query(&[("Principal", principal), ("Type", kind)])
+            )
+        }
+        ConnectionsCommand::Show { addr } => client::object_path("connections", &addr, &[]),
+        ConnectionsCommand::History {
+            principal,
+            since,
+            limit,
+        } => format!(
+            "/api/v3/connections/history{}",
+            query(&[
+                ("principal", principal),
+                ("since", since),
+                ("limit", limit.map(|l| l.to_string())),
+            ])
+        ),
+    };
+    print_json(out, &client.call("GET", &path, None)?)
 }
 
 fn objects(

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Options, QUIET_PERIOD, REPLY_TIMEOUT, Server, unique};
+use common::{Auth, Options, QUIET_PERIOD, REPLY_TIMEOUT, Server, unique};
 use serde_json::{Value, json};
 
 /// How long one CLI command may take before the test calls it hung.
@@ -673,4 +673,65 @@ fn the_default_endpoint_is_drps_port_on_loopback() {
         help.contains("https://127.0.0.1:8092") && help.contains("rocketskates"),
         "{help}"
     );
+}
+
+#[test]
+fn the_cli_lists_live_connections_and_the_history_of_closed_ones() {
+    let server = Server::start();
+    let created = run_ok(
+        &mut herald(&server),
+        &[
+            "machines",
+            "create",
+            &json!({"Name": unique("m")}).to_string(),
+        ],
+    );
+    let uuid = created["Uuid"].as_str().expect("a Uuid").to_string();
+    let token = run_ok(&mut herald(&server), &["machines", "token", &uuid]);
+    let token = token["Token"].as_str().expect("a Token").to_string();
+    let runner = server.ws(&Auth::bearer(&token));
+
+    let principal = format!("runner:{uuid}");
+    let listed = run_ok(
+        &mut herald(&server),
+        &[
+            "connections",
+            "list",
+            "--principal",
+            &principal,
+            "--type",
+            "websocket",
+        ],
+    );
+    let entries = listed.as_array().expect("a list");
+    assert_eq!(entries.len(), 1, "{listed}");
+    let addr = entries[0]["RemoteAddr"].as_str().unwrap().to_string();
+    let shown = run_ok(&mut herald(&server), &["connections", "show", &addr]);
+    assert_eq!(shown["Principal"], principal.as_str());
+    let of_machine = run_ok(&mut herald(&server), &["machines", "connections", &uuid]);
+    assert_eq!(of_machine.as_array().map(Vec::len), Some(1), "{of_machine}");
+
+    runner.close();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let history = run_ok(
+            &mut herald(&server),
+            &[
+                "connections",
+                "history",
+                "--principal",
+                &principal,
+                "--limit",
+                "5",
+            ],
+        );
+        if history.as_array().is_some_and(|h| !h.is_empty()) {
+            break history;
+        }
+        assert!(Instant::now() < deadline, "no history for {principal}");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert_eq!(history[0]["CloseReason"], "client closed");
+    let message = run_failing(&mut herald(&server), &["connections", "show", &addr], 1);
+    assert!(message.contains("404"), "{message}");
 }
