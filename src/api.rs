@@ -294,7 +294,6 @@ impl Route {
             Route::Ws
             | Route::Info
             | Route::UserToken(_)
-            | Route::Role(_)
             | Route::Metrics
             | Route::Connections
             | Route::ConnectionHistory
@@ -302,7 +301,8 @@ impl Route {
             | Route::AgentConnections(..) => &[Method::Get],
             Route::Events => &[Method::Get, Method::Post],
             Route::Users | Route::Roles => &[Method::Get, Method::Post],
-            Route::User(_) => &[Method::Get, Method::Delete],
+            Route::User(_) => &[Method::Get, Method::Put, Method::Patch, Method::Delete],
+            Route::Role(_) => &[Method::Get, Method::Put, Method::Patch, Method::Delete],
             Route::UserPassword(_) => &[Method::Put],
             Route::Objects(route) => route.methods(),
         }
@@ -539,6 +539,12 @@ async fn handle(
             )
             .await;
             Ok(Response::json(201, &user))
+        }
+        (Route::User(name), method @ (Method::Put | Method::Patch)) => {
+            crate::objects::accounts::user(core, request, name, method, identity).await
+        }
+        (Route::Role(name), method @ (Method::Put | Method::Patch | Method::Delete)) => {
+            crate::objects::accounts::role(core, request, name, method, identity).await
         }
         (Route::User(name), Method::Get) => {
             require(identity, "users", "get", &name)?;

@@ -171,6 +171,40 @@ pub enum Command {
     /// Roles (keyed by Name).
     #[command(subcommand)]
     Roles(ObjectCommand),
+    /// Live connections and the history of closed ones.
+    #[command(subcommand)]
+    Connections(ConnectionsCommand),
+}
+
+/// `herald connections …`.
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// List live connections (websockets and keep-alive REST connections).
+    List {
+        /// Only this principal, e.g. `runner:<uuid>` or `user:rocketskates`.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only this type: `websocket` or `api`.
+        #[arg(long = "type")]
+        kind: Option<String>,
+    },
+    /// Show one live connection by its remote address (`ip:port`).
+    Show {
+        /// The connection's RemoteAddr.
+        addr: String,
+    },
+    /// Closed connections, newest first, with why they closed.
+    History {
+        /// Only this principal.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only connections closed at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
 }
 
 /// `herald events …`.
@@ -247,14 +281,15 @@ pub enum ParamCommand {
         /// The object's key.
         key: String,
         /// The word `param`.
-        #[arg(value_parser = ["param"], hide_possible_values = true)]
+        #[arg(value_name = "param", value_parser = ["param"], hide_possible_values = true)]
         param_word: String,
         /// The param's name.
         param: String,
         /// The word `to`.
-        #[arg(value_parser = ["to"], hide_possible_values = true)]
+        #[arg(value_name = "to", value_parser = ["to"], hide_possible_values = true)]
         to_word: String,
         /// The value: JSON if it parses (`3`, `true`, `{"a":1}`), else taken as a string.
+        #[arg(allow_hyphen_values = true)]
         value: String,
     },
     /// Remove a param: `remove KEY param NAME`.
@@ -262,7 +297,7 @@ pub enum ParamCommand {
         /// The object's key.
         key: String,
         /// The word `param`.
-        #[arg(value_parser = ["param"], hide_possible_values = true)]
+        #[arg(value_name = "param", value_parser = ["param"], hide_possible_values = true)]
         param_word: String,
         /// The param's name.
         param: String,
@@ -272,7 +307,7 @@ pub enum ParamCommand {
         /// The object's key.
         key: String,
         /// The word `param` (then NAME), or `params` for all of them.
-        #[arg(value_parser = ["param", "params"], hide_possible_values = true)]
+        #[arg(value_name = "param|params", value_parser = ["param", "params"], hide_possible_values = true)]
         param_word: String,
         /// The param's name.
         param: Option<String>,
@@ -293,6 +328,11 @@ pub enum MachinesCommand {
         /// Lifetime in seconds.
         #[arg(long)]
         ttl: Option<u64>,
+    },
+    /// List the live connections of a machine's runner.
+    Connections {
+        /// The machine's Uuid.
+        uuid: String,
     },
 }
 
@@ -352,7 +392,55 @@ pub fn run(connection: &Connection, command: Command) -> Result<(), CliError> {
             token(&client, "users", &name, ttl, &mut out)
         }
         Command::Roles(command) => objects(&client, "roles", command, &mut out),
+        Command::Machines(MachinesCommand::Connections { uuid }) => {
+            let path = client::object_path("machines", &uuid, &["connections"]);
+            print_json(&mut out, &client.call("GET", &path, None)?)
+        }
+        Command::Connections(command) => connections(&client, command, &mut out),
     }
+}
+
+fn connections(
+    client: &Client,
+    command: ConnectionsCommand,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let query = |pairs: &[(&str, Option<String>)]| -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in pairs {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
+        }
+        let query = query.finish();
+        if query.is_empty() {
+            query
+        } else {
+            format!("?{query}")
+        }
+    };
+    let path = match command {
+        ConnectionsCommand::List { principal, kind } => {
+            format!(
+                "/api/v3/connections{}",
+                query(&[("Principal", principal), ("Type", kind)])
+            )
+        }
+        ConnectionsCommand::Show { addr } => client::object_path("connections", &addr, &[]),
+        ConnectionsCommand::History {
+            principal,
+            since,
+            limit,
+        } => format!(
+            "/api/v3/connections/history{}",
+            query(&[
+                ("principal", principal),
+                ("since", since),
+                ("limit", limit.map(|l| l.to_string())),
+            ])
+        ),
+    };
+    print_json(out, &client.call("GET", &path, None)?)
 }
 
 fn objects(

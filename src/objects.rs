@@ -6,8 +6,10 @@
 //! - [`routes`]: the REST routes; every write runs through `Publisher::apply`, so a change and
 //!   its event are one step, serialized with every other publish and change.
 //!
-//! Users and roles are objects too, but they live in [`crate::auth`], which owns passwords.
+//! Users and roles are objects too, but they live in [`crate::auth`], which owns passwords;
+//! [`accounts`] adds their PUT, PATCH and (for roles) DELETE.
 
+pub mod accounts;
 mod kind;
 pub mod routes;
 mod store;

@@ -222,6 +222,8 @@ fn follow(
         Err(ended) => return Ok(ended),
     };
     refused(&replay, &reply)?;
+    // On stderr, so scripts (and tests) know from when on nothing is missed.
+    eprintln!("herald: watching {filter} after Seq {last_seen}");
     if reply["Object"]["Recovered"] == Value::Bool(false) {
         eprintln!(
             "herald: some events after Seq {last_seen} are no longer held by the server (it holds {}..{}); continuing from the oldest it has",

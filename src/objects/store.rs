@@ -164,21 +164,7 @@ impl ObjectStore {
         principal: &str,
     ) -> Result<Written, ObjectError> {
         let original = self.get(kind, key)?;
-        let mut patched = original.clone();
-        // The patch works on a copy, so a failed operation leaves nothing half applied and the
-        // crate's undo step (which may panic) is never needed.
-        json_patch::patch_unsafe(&mut patched, patch).map_err(|e| {
-            let what = format!(
-                "operation {} at {:?}: {}",
-                e.operation,
-                e.path.as_str(),
-                e.kind
-            );
-            match e.kind {
-                json_patch::PatchErrorKind::TestFailed => ObjectError::TestFailed(what),
-                _ => ObjectError::Invalid(format!("the patch cannot be applied: {what}")),
-            }
-        })?;
+        let patched = apply_patch(&original, patch)?;
         let (_, object) = prepare(kind, Some(key), patched, Some(&original), principal)?;
         self.store_update(kind, key, object, original, "update", principal)
     }
@@ -282,6 +268,29 @@ impl ObjectStore {
             answer: object,
         })
     }
+}
+
+/// `patch` applied to a copy of `document`: all operations or none.
+pub(super) fn apply_patch(
+    document: &Value,
+    patch: &[json_patch::PatchOperation],
+) -> Result<Value, ObjectError> {
+    let mut patched = document.clone();
+    // Working on a copy means a failed operation leaves nothing half applied, and the crate's
+    // undo step (which may panic) is never needed.
+    json_patch::patch_unsafe(&mut patched, patch).map_err(|e| {
+        let what = format!(
+            "operation {} at {:?}: {}",
+            e.operation,
+            e.path.as_str(),
+            e.kind
+        );
+        match e.kind {
+            json_patch::PatchErrorKind::TestFailed => ObjectError::TestFailed(what),
+            _ => ObjectError::Invalid(format!("the patch cannot be applied: {what}")),
+        }
+    })?;
+    Ok(patched)
 }
 
 /// The `Params` map of a stored object, created when missing.
