@@ -203,6 +203,13 @@ running_as() { in_root systemctl is-active --quiet herald && [ "$(main_pid)" = "
 log_carried_on() {
     [ "$2" -gt 0 ] && [ "$3" -gt "$2" ] && [ "$(client epoch)" = "$1" ] && [ "$(client key-at "$2")" = "$4" ]
 }
+secret_hidden() {
+    local proc
+    proc="/proc/$(main_pid)"
+    # /proc files report size 0: reading one proves it is readable, so a miss means something.
+    [ -n "$(in_root cat "$proc/environ" | tr -d '\0')" ] \
+        && ! in_root grep -qaF "$1" "$proc/cmdline" "$proc/environ"
+}
 reloaded_in_place() { [ "$reloaded" = yes ] && running_as "$1"; }
 stopped() { ! in_root systemctl is-active --quiet herald; }
 open_files_limit_is() { in_root grep -Eq "^Max open files +$1 +$1 " "/proc/$(main_pid)/limits"; }
@@ -258,6 +265,8 @@ check "herald check-config accepts every documented default uncommented" \
 ceiling=$(in_root awk '/^Max open files/ { print $5 }' /proc/1/limits)
 want_nofile=$((ceiling < 1048576 ? ceiling : 1048576))
 [ "$want_nofile" = 1048576 ] || say "this machine caps open files at $ceiling, so LimitNOFILE=1048576 is checked up to that"
+check "the admin password is in neither herald's command line nor its environment" \
+    secret_hidden "$password"
 check "LimitNOFILE reaches the process: $(in_root grep 'open files' "/proc/$(main_pid)/limits" | tr -s ' ')" \
     open_files_limit_is "$want_nofile"
 driver=$(in_root journalctl --no-pager -u herald -o cat | sed -En 's/.*driver="?([a-z_]+).*/\1/p' | tail -1)
@@ -316,6 +325,15 @@ status=$(in_root systemctl show --property=ExecMainStatus --value herald)
 check "herald exits 0 on SIGTERM, unkilled (Result=$result, status $status)" \
     test "$result" = success -a "$status" = 0
 [ "$result" = success ] || show_journal 20
+
+# Without its password file the service must fail rather than fall back to DRP's default.
+mv "$ROOT/etc/herald/admin-password" "$ROOT/root/admin-password"
+in_root systemctl start herald >/dev/null 2>&1 && started_without=yes || started_without=no
+check "without /etc/herald/admin-password the service does not start (started: $started_without)" \
+    test "$started_without" = no
+in_root systemctl stop herald || true
+in_root systemctl reset-failed herald || true
+mv "$ROOT/root/admin-password" "$ROOT/etc/herald/admin-password"
 
 # --- upgrade, remove, purge ----------------------------------------------------------------
 
