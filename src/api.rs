@@ -9,11 +9,12 @@ use monoio::net::TcpStream;
 
 use crate::auth::{self, AuthError, AuthStore, Claims, FastAuth, Identity};
 use crate::connection;
+use crate::connections::ConnectionView;
 use crate::event::{self, Event};
 use crate::filter::Filter;
 use crate::http::{self, ApiError, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response};
 use crate::transport::Transport;
-use crate::worker::{Core, Expiry, HttpWatch};
+use crate::worker::{Core, CoreQuery, Expiry, HttpWatch};
 
 /// Default and largest page of `GET /api/v3/events`.
 const EVENTS_PAGE_DEFAULT: usize = 1000;
@@ -26,12 +27,21 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
     let Ok(mut transport) = Transport::new(stream, core.shared.tls.as_ref()) else {
         return;
     };
-    let (watch_key, watch) = core.watch_http(transport.fd());
+    let (watch_key, watch) = core.watch_http(transport.fd(), remote);
     if core.shared.tls.is_some() {
         // The TLS handshake counts against the head deadline.
         watch.request_started.set(Some(Instant::now()));
     }
     let outcome = session(&core, &mut transport, &watch).await;
+    if let Some((id, view)) = watch.tracked.borrow_mut().take() {
+        // An upgrade ends the REST connection's record; the websocket gets its own.
+        let reason = if core.is_stopping() && outcome.is_none() {
+            "server shutdown"
+        } else {
+            "client closed"
+        };
+        core.close_connection(id, view, reason.to_owned());
+    }
     // Unwatched before the socket can close, so the sweeper never touches a reused descriptor.
     core.unwatch_http(watch_key);
     if let Some((identity, leftover)) = outcome {
@@ -47,6 +57,10 @@ pub struct Request {
     pub head: RequestHead,
     /// The whole body (already within the size limit).
     pub body: Vec<u8>,
+    /// When the head was complete, for the publish-duration metric.
+    pub received: Instant,
+    /// The connection's deadlines and tracking record.
+    pub watch: Rc<HttpWatch>,
 }
 
 /// What a route answers.
@@ -62,7 +76,11 @@ impl From<Response> for Answer {
 }
 
 /// The request loop; returns the identity and any bytes already read when the client upgraded.
-async fn session(core: &Rc<Core>, transport: &mut Transport, watch: &HttpWatch) -> Option<(Identity, Vec<u8>)> {
+async fn session(
+    core: &Rc<Core>,
+    transport: &mut Transport,
+    watch: &Rc<HttpWatch>,
+) -> Option<(Identity, Vec<u8>)> {
     let limits = &core.shared.config.limits;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
@@ -72,7 +90,8 @@ async fn session(core: &Rc<Core>, transport: &mut Transport, watch: &HttpWatch) 
                 Ok(Head::Complete { head, len }) => break (head, len),
                 Ok(Head::Partial) => {}
                 Err(error) => {
-                    let response = Response::error(ApiError::new(error.status(), error.to_string()));
+                    let response =
+                        Response::error(ApiError::new(error.status(), error.to_string()));
                     finish(transport, &response, &mut out).await;
                     return None;
                 }
@@ -107,13 +126,28 @@ async fn session(core: &Rc<Core>, transport: &mut Transport, watch: &HttpWatch) 
         };
         let keep_alive = head.keep_alive;
         let head_only = head.method == Method::Head;
-        let request = Request { head, body };
-        match route(core, &request).await {
+        let request = Request {
+            head,
+            body,
+            received: Instant::now(),
+            watch: watch.clone(),
+        };
+        let (answer, template) = route(core, &request).await;
+        crate::metrics::count_request(
+            template,
+            match &answer {
+                Answer::Upgrade(_) => 101,
+                Answer::Response(response) => response.status,
+            },
+        );
+        match answer {
             Answer::Upgrade(identity) => {
-                let Some(key) = request.head.websocket_key.as_deref() else {
-                    return None;
-                };
-                if transport.write_all(&crate::websocket::upgrade_response(key)).await.is_err() {
+                let key = request.head.websocket_key.as_deref()?;
+                if transport
+                    .write_all(&crate::websocket::upgrade_response(key))
+                    .await
+                    .is_err()
+                {
                     return None;
                 }
                 return Some((identity, buf));
@@ -121,12 +155,16 @@ async fn session(core: &Rc<Core>, transport: &mut Transport, watch: &HttpWatch) 
             Answer::Response(response) => {
                 out.clear();
                 response.encode(keep_alive, head_only, &mut out);
-                if transport.write_all(&out).await.is_err() || !keep_alive {
+                if transport.write_all(&out).await.is_err() || !keep_alive || core.is_stopping() {
                     return None;
                 }
             }
         }
-        watch.request_started.set(if buf.is_empty() { None } else { Some(Instant::now()) });
+        watch.request_started.set(if buf.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        });
         watch.idle_since.set(Instant::now());
     }
 }
@@ -161,7 +199,10 @@ async fn read_body(
     match head.body {
         BodyKind::None => Ok(Vec::new()),
         BodyKind::Length(len) => {
-            let len = usize::try_from(len).ok().filter(|&l| l <= max).ok_or_else(too_large)?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&l| l <= max)
+                .ok_or_else(too_large)?;
             while buf.len() < len {
                 match transport.read_into(buf).await {
                     Ok(n) if n > 0 => {}
@@ -182,7 +223,10 @@ async fn read_body(
                         }
                     }
                     Err(error) => {
-                        return Err(Some(Response::error(ApiError::new(error.status(), error.to_string()))));
+                        return Err(Some(Response::error(ApiError::new(
+                            error.status(),
+                            error.to_string(),
+                        ))));
                     }
                 }
                 match transport.read_into(buf).await {
@@ -206,6 +250,13 @@ enum Route {
     UserToken(String),
     Roles,
     Role(String),
+    Metrics,
+    Connections,
+    ConnectionHistory,
+    Connection(String),
+    AgentConnections(&'static str, String),
+    /// Profiles, params, machines, clusters, resource brokers: see [`crate::objects`].
+    Objects(crate::objects::Route),
 }
 
 impl Route {
@@ -221,17 +272,62 @@ impl Route {
             ["api", "v3", "users", name, "token"] => Route::UserToken((*name).to_owned()),
             ["api", "v3", "roles"] => Route::Roles,
             ["api", "v3", "roles", name] => Route::Role((*name).to_owned()),
-            _ => return None,
+            ["metrics"] => Route::Metrics,
+            ["api", "v3", "connections"] => Route::Connections,
+            ["api", "v3", "connections", "history"] => Route::ConnectionHistory,
+            ["api", "v3", "connections", addr] => Route::Connection((*addr).to_owned()),
+            ["api", "v3", kind, uuid, "connections"] => {
+                let kind = match *kind {
+                    "machines" => "machines",
+                    "clusters" => "clusters",
+                    "resource_brokers" => "resource_brokers",
+                    _ => return None,
+                };
+                Route::AgentConnections(kind, (*uuid).to_owned())
+            }
+            _ => return crate::objects::Route::parse(&s).map(Route::Objects),
         })
     }
 
     fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Ws | Route::Info | Route::UserToken(_) | Route::Role(_) => &[Method::Get],
+            Route::Ws
+            | Route::Info
+            | Route::UserToken(_)
+            | Route::Metrics
+            | Route::Connections
+            | Route::ConnectionHistory
+            | Route::Connection(_)
+            | Route::AgentConnections(..) => &[Method::Get],
             Route::Events => &[Method::Get, Method::Post],
             Route::Users | Route::Roles => &[Method::Get, Method::Post],
-            Route::User(_) => &[Method::Get, Method::Delete],
+            Route::User(_) => &[Method::Get, Method::Put, Method::Patch, Method::Delete],
+            Route::Role(_) => &[Method::Get, Method::Put, Method::Patch, Method::Delete],
             Route::UserPassword(_) => &[Method::Put],
+            Route::Objects(route) => route.methods(),
+        }
+    }
+
+    /// The route's template, the only route label metrics carry.
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Ws => "/api/v3/ws",
+            Route::Events => "/api/v3/events",
+            Route::Info => "/api/v3/info",
+            Route::Users => "/api/v3/users",
+            Route::User(_) => "/api/v3/users/{name}",
+            Route::UserPassword(_) => "/api/v3/users/{name}/password",
+            Route::UserToken(_) => "/api/v3/users/{name}/token",
+            Route::Roles => "/api/v3/roles",
+            Route::Role(_) => "/api/v3/roles/{name}",
+            Route::Metrics => "/metrics",
+            Route::Connections => "/api/v3/connections",
+            Route::ConnectionHistory => "/api/v3/connections/history",
+            Route::Connection(_) => "/api/v3/connections/{RemoteAddr}",
+            Route::AgentConnections("machines", _) => "/api/v3/machines/{uuid}/connections",
+            Route::AgentConnections("clusters", _) => "/api/v3/clusters/{uuid}/connections",
+            Route::AgentConnections(..) => "/api/v3/resource_brokers/{uuid}/connections",
+            Route::Objects(route) => route.template(),
         }
     }
 }
@@ -256,7 +352,23 @@ fn error_with(code: u16, message: String) -> Response {
 /// Authenticates a request: the fast path inline, argon2 on a blocking thread.
 async fn authenticate(core: &Core, head: &RequestHead) -> Result<Identity, AuthError> {
     let token = head.query("token").or_else(|| head.query("Token"));
-    let credentials = auth::credentials(head.header("authorization"), token.as_deref())?;
+    let result = match auth::credentials(head.header("authorization"), token.as_deref()) {
+        Ok(credentials) => check_credentials(core, credentials).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = &result
+        && error.is_authentication_failure()
+    {
+        metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => error.metric_reason())
+            .increment(1);
+    }
+    result
+}
+
+async fn check_credentials(
+    core: &Core,
+    credentials: auth::Credentials,
+) -> Result<Identity, AuthError> {
     match core.shared.auth.authenticate_fast(&credentials) {
         FastAuth::Done(result) => result,
         FastAuth::NeedsHash => {
@@ -276,29 +388,59 @@ fn require(identity: &Identity, scope: &str, action: &str, specific: &str) -> Re
     } else {
         Err(error_with(
             403,
-            format!("{} lacks the claim {scope}:{action}:{specific}", identity.principal),
+            format!(
+                "{} lacks the claim {scope}:{action}:{specific}",
+                identity.principal
+            ),
         ))
     }
 }
 
-async fn route(core: &Rc<Core>, request: &Request) -> Answer {
+/// Routes a request; also answers the route template it was counted under.
+async fn route(core: &Rc<Core>, request: &Request) -> (Answer, &'static str) {
     let head = &request.head;
     let segments = match head.path_segments() {
         Ok(segments) => segments,
-        Err(e) => return error(400, e.to_string()).into(),
+        Err(e) => return (error(400, e.to_string()).into(), UNMATCHED),
     };
     let Some(route) = Route::parse(&segments) else {
-        return error(404, format!("no route {}", head.path())).into();
+        return (
+            error(404, format!("no route {}", head.path())).into(),
+            UNMATCHED,
+        );
     };
-    let method = if head.method == Method::Head { Method::Get } else { head.method.clone() };
+    let template = route.template();
+    (route_to(core, request, route).await, template)
+}
+
+/// The template label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+async fn route_to(core: &Rc<Core>, request: &Request, route: Route) -> Answer {
+    let head = &request.head;
+    let method = if head.method == Method::Head {
+        Method::Get
+    } else {
+        head.method.clone()
+    };
     if !route.methods().contains(&method) {
         let allow: Vec<&str> = route.methods().iter().map(Method::as_str).collect();
-        return error(405, format!("{} is not allowed on {}", head.method.as_str(), head.path()))
-            .with_header("Allow", allow.join(", "))
-            .into();
+        return error(
+            405,
+            format!("{} is not allowed on {}", head.method.as_str(), head.path()),
+        )
+        .with_header("Allow", allow.join(", "))
+        .into();
+    }
+    if route == Route::Metrics && !core.shared.config.metrics_auth {
+        return metrics_response(core).into();
     }
     if route == Route::Ws && head.websocket_key.is_none() {
-        return error(400, "this route takes a websocket upgrade (GET with Upgrade: websocket)").into();
+        return error(
+            400,
+            "this route takes a websocket upgrade (GET with Upgrade: websocket)",
+        )
+        .into();
     }
     let identity = match authenticate(core, head).await {
         Ok(identity) => identity,
@@ -307,6 +449,7 @@ async fn route(core: &Rc<Core>, request: &Request) -> Answer {
     if route == Route::Ws {
         return Answer::Upgrade(identity);
     }
+    track_api_connection(core, &request.watch, &identity);
     match handle(core, request, route, method, &identity).await {
         Ok(response) | Err(response) => response.into(),
     }
@@ -325,6 +468,63 @@ async fn handle(
         (Route::Events, Method::Post) => publish(core, request, identity).await,
         (Route::Events, _) => read_events(core, head, &identity.claims).await,
         (Route::Info, _) => Ok(info(core)),
+        (Route::Metrics, _) => Ok(metrics_response(core)),
+        (Route::Connections, _) => {
+            require(identity, "connections", "list", "*")?;
+            let principal = head.query("Principal");
+            let kind = head.query("Type");
+            let views: Vec<ConnectionView> = gather_connections(core)
+                .await
+                .into_iter()
+                .filter(|v| principal.as_deref().is_none_or(|p| p == v.principal))
+                .filter(|v| kind.as_deref().is_none_or(|k| k == v.kind))
+                .collect();
+            Ok(Response::json(200, &views))
+        }
+        (Route::Connection(addr), _) => {
+            require(identity, "connections", "get", &addr)?;
+            match gather_connections(core)
+                .await
+                .into_iter()
+                .find(|v| v.remote_addr == addr)
+            {
+                Some(view) => Ok(Response::json(200, &view)),
+                None => Err(Response::error(
+                    ApiError::new(404, format!("no open connection from {addr}"))
+                        .with_model("connections")
+                        .with_key(addr),
+                )),
+            }
+        }
+        (Route::ConnectionHistory, _) => {
+            require(identity, "connections", "list", "*")?;
+            connection_history(core, head).await
+        }
+        (Route::AgentConnections(kind, uuid), _) => {
+            require(identity, "connections", "list", "*")?;
+            let object_kind = match kind {
+                "machines" => crate::objects::Kind::Machines,
+                "clusters" => crate::objects::Kind::Clusters,
+                _ => crate::objects::Kind::ResourceBrokers,
+            };
+            let store = core.shared.objects.clone();
+            let lookup = uuid.clone();
+            let exists = monoio::spawn_blocking(move || store.contains(object_kind, &lookup)).await;
+            if !matches!(exists, Ok(Ok(true))) {
+                return Err(Response::error(
+                    ApiError::new(404, format!("{kind} {uuid} does not exist"))
+                        .with_model(kind)
+                        .with_key(uuid),
+                ));
+            }
+            let principal = format!("runner:{uuid}");
+            let views: Vec<ConnectionView> = gather_connections(core)
+                .await
+                .into_iter()
+                .filter(|v| v.principal == principal)
+                .collect();
+            Ok(Response::json(200, &views))
+        }
         (Route::Users, Method::Get) => {
             require(identity, "users", "list", "*")?;
             Ok(Response::json(200, &store.list_users()))
@@ -333,17 +533,34 @@ async fn handle(
             let new: auth::NewUser = parse_json(&request.body)?;
             require(identity, "users", "create", &new.name)?;
             let user = hashing(core, move |store| store.create_user(new)).await?;
-            emit(core, Event::new("users", "create", &user.name, &identity.principal).with_object(&user)).await;
+            emit(
+                core,
+                Event::new("users", "create", &user.name, &identity.principal).with_object(&user),
+            )
+            .await;
             Ok(Response::json(201, &user))
+        }
+        (Route::User(name), method @ (Method::Put | Method::Patch)) => {
+            crate::objects::accounts::user(core, request, name, method, identity).await
+        }
+        (Route::Role(name), method @ (Method::Put | Method::Patch | Method::Delete)) => {
+            crate::objects::accounts::role(core, request, name, method, identity).await
         }
         (Route::User(name), Method::Get) => {
             require(identity, "users", "get", &name)?;
-            Ok(Response::json(200, &store.get_user(&name).map_err(|e| auth_error(&e))?))
+            Ok(Response::json(
+                200,
+                &store.get_user(&name).map_err(|e| auth_error(&e))?,
+            ))
         }
         (Route::User(name), _) => {
             require(identity, "users", "delete", &name)?;
             let user = store.delete_user(&name).map_err(|e| auth_error(&e))?;
-            emit(core, Event::new("users", "delete", &name, &identity.principal).with_object(&user)).await;
+            emit(
+                core,
+                Event::new("users", "delete", &name, &identity.principal).with_object(&user),
+            )
+            .await;
             Ok(Response::json(200, &user))
         }
         (Route::UserPassword(name), _) => {
@@ -357,21 +574,26 @@ async fn handle(
             }
             let body: Password = parse_json(&request.body)?;
             let (user_name, password) = (name.clone(), body.password);
-            let user = hashing(core, move |store| store.set_password(&user_name, &password)).await?;
-            emit(core, Event::new("users", "update", &name, &identity.principal).with_object(&user)).await;
+            let user =
+                hashing(core, move |store| store.set_password(&user_name, &password)).await?;
+            emit(
+                core,
+                Event::new("users", "update", &name, &identity.principal).with_object(&user),
+            )
+            .await;
             Ok(Response::json(200, &user))
         }
         (Route::UserToken(name), _) => {
             if identity.user.as_deref() != Some(name.as_str()) {
                 require(identity, "users", "token", &name)?;
             }
-            let ttl = match head.query("ttl") {
-                None => TOKEN_TTL_DEFAULT,
-                Some(ttl) => Duration::from_secs(
-                    ttl.parse::<u64>()
-                        .map_err(|_| error(400, format!("ttl {ttl:?} is not a number of seconds")))?,
-                ),
-            };
+            let ttl =
+                match head.query("ttl") {
+                    None => TOKEN_TTL_DEFAULT,
+                    Some(ttl) => Duration::from_secs(ttl.parse::<u64>().map_err(|_| {
+                        error(400, format!("ttl {ttl:?} is not a number of seconds"))
+                    })?),
+                };
             let token = store.mint_token(&name, ttl).map_err(|e| auth_error(&e))?;
             Ok(Response::json(200, &token))
         }
@@ -383,12 +605,22 @@ async fn handle(
             let role: auth::Role = parse_json(&request.body)?;
             require(identity, "roles", "create", &role.name)?;
             let role = store.create_role(role).map_err(|e| auth_error(&e))?;
-            emit(core, Event::new("roles", "create", &role.name, &identity.principal).with_object(&role)).await;
+            emit(
+                core,
+                Event::new("roles", "create", &role.name, &identity.principal).with_object(&role),
+            )
+            .await;
             Ok(Response::json(201, &role))
         }
         (Route::Role(name), _) => {
             require(identity, "roles", "get", &name)?;
-            Ok(Response::json(200, &store.get_role(&name).map_err(|e| auth_error(&e))?))
+            Ok(Response::json(
+                200,
+                &store.get_role(&name).map_err(|e| auth_error(&e))?,
+            ))
+        }
+        (Route::Objects(route), method) => {
+            crate::objects::handle(core, request, route, method, identity).await
         }
         (Route::Ws, _) => Err(error(400, "this route takes a websocket upgrade")),
     }
@@ -407,7 +639,12 @@ async fn hashing<T: Send + 'static>(
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| error(400, format!("the body is not valid JSON for this route: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            400,
+            format!("the body is not valid JSON for this route: {e}"),
+        )
+    })
 }
 
 /// Publishes an event produced by herald itself; a failure is logged, the change stands.
@@ -417,15 +654,114 @@ async fn emit(core: &Core, event: Event) {
     }
 }
 
-async fn publish(core: &Core, request: &Request, identity: &Identity) -> Result<Response, Response> {
+/// Starts tracking a keep-alive REST connection the first time a request on it authenticates.
+fn track_api_connection(core: &Core, watch: &HttpWatch, identity: &Identity) {
+    if watch.tracked.borrow().is_some() {
+        return;
+    }
+    let view = ConnectionView {
+        remote_addr: watch.remote.to_string(),
+        principal: identity.principal.clone(),
+        create_time: event::now_rfc3339(),
+        kind: "api".to_owned(),
+        filters: Vec::new(),
+        events_sent: 0,
+        bytes_sent: 0,
+        last_seq: 0,
+        close_time: None,
+        close_reason: None,
+    };
+    let id = core.open_connection(view.clone());
+    *watch.tracked.borrow_mut() = Some((id, view));
+}
+
+/// Every core's live connections.
+async fn gather_connections(core: &Core) -> Vec<ConnectionView> {
+    let mut answers = Vec::new();
+    for query in &core.shared.queries {
+        let (reply, answer) = flume::bounded(1);
+        if query
+            .send_async(CoreQuery::Connections(reply))
+            .await
+            .is_ok()
+        {
+            answers.push(answer);
+        }
+    }
+    let mut views = Vec::new();
+    for answer in answers {
+        if let Ok(mut part) = answer.recv_async().await {
+            views.append(&mut part);
+        }
+    }
+    views
+}
+
+/// Default and largest page of the connection history.
+const HISTORY_PAGE_DEFAULT: usize = 100;
+const HISTORY_PAGE_MAX: usize = 10_000;
+
+async fn connection_history(core: &Core, head: &RequestHead) -> Result<Response, Response> {
+    let principal = head.query("principal");
+    let since = match head.query("since") {
+        None => None,
+        Some(text) => Some(humantime::parse_rfc3339_weak(&text).map_err(|_| {
+            error(
+                400,
+                format!("since {text:?} is not an RFC 3339 time such as 2026-11-27T20:00:00Z"),
+            )
+        })?),
+    };
+    let limit = match head.query("limit") {
+        None => HISTORY_PAGE_DEFAULT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=HISTORY_PAGE_MAX).contains(l))
+            .ok_or_else(|| {
+                error(
+                    400,
+                    format!("limit must be between 1 and {HISTORY_PAGE_MAX}"),
+                )
+            })?,
+    };
+    let history = core.shared.history.clone();
+    let listed =
+        monoio::spawn_blocking(move || history.list(principal.as_deref(), since, limit)).await;
+    match listed {
+        Ok(Ok(views)) => Ok(Response::json(200, &views)),
+        Ok(Err(e)) => Err(error(500, e.to_string())),
+        Err(_) => Err(error(500, "the connection history could not be read")),
+    }
+}
+
+fn metrics_response(core: &Core) -> Response {
+    match &core.shared.metrics {
+        Some(handle) => Response::empty(200).with_body(
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(&core.shared, handle).into_bytes(),
+        ),
+        None => error(503, "metrics are unavailable in this process"),
+    }
+}
+
+async fn publish(
+    core: &Core,
+    request: &Request,
+    identity: &Identity,
+) -> Result<Response, Response> {
     let mut body = request.body.clone();
-    let events = event::parse_publish(&mut body, &identity.principal).map_err(|e| error(400, e.to_string()))?;
+    let events = event::parse_publish(&mut body, &identity.principal)
+        .map_err(|e| error(400, e.to_string()))?;
     for event in &events {
         let specific = format!("{}.{}.{}", event.ty, event.action, event.key);
         if !identity.claims.allows("events", "post", &specific) {
             return Err(error_with(
                 403,
-                format!("{} lacks the claim events:post:{specific}", identity.principal),
+                format!(
+                    "{} lacks the claim events:post:{specific}",
+                    identity.principal
+                ),
             ));
         }
     }
@@ -435,22 +771,34 @@ async fn publish(core: &Core, request: &Request, identity: &Identity) -> Result<
         .publish(events)
         .await
         .map_err(|e| error(503, e.to_string()))?;
+    metrics::histogram!(crate::metrics::PUBLISH_DURATION)
+        .record(request.received.elapsed().as_secs_f64());
     Ok(Response::no_content().with_header("Herald-Seq", last.to_string()))
 }
 
-async fn read_events(core: &Core, head: &RequestHead, claims: &std::sync::Arc<Claims>) -> Result<Response, Response> {
+async fn read_events(
+    core: &Core,
+    head: &RequestHead,
+    claims: &std::sync::Arc<Claims>,
+) -> Result<Response, Response> {
     let number = |name: &str, default: u64| -> Result<u64, Response> {
         match head.query(name) {
             None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| error(400, format!("{name} {v:?} is not a non-negative whole number"))),
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                error(
+                    400,
+                    format!("{name} {v:?} is not a non-negative whole number"),
+                )
+            }),
         }
     };
     let since = number("since", 0)?;
     let limit = number("limit", EVENTS_PAGE_DEFAULT as u64)?;
     if limit == 0 || limit > EVENTS_PAGE_MAX as u64 {
-        return Err(error(400, format!("limit must be between 1 and {EVENTS_PAGE_MAX}")));
+        return Err(error(
+            400,
+            format!("limit must be between 1 and {EVENTS_PAGE_MAX}"),
+        ));
     }
     let filter = match head.query("filter") {
         None => None,
@@ -463,7 +811,9 @@ async fn read_events(core: &Core, head: &RequestHead, claims: &std::sync::Arc<Cl
     // Read in pages until the answer is full or the log is exhausted; filtered-out events are skipped.
     'read: loop {
         let reader = core.shared.log_reader.clone();
-        let rows = match monoio::spawn_blocking(move || reader.read_after(cursor, EVENTS_PAGE_MAX)).await {
+        let rows = match monoio::spawn_blocking(move || reader.read_after(cursor, EVENTS_PAGE_MAX))
+            .await
+        {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => return Err(error(500, e.to_string())),
             Err(_) => return Err(error(500, "the log read failed")),
@@ -476,8 +826,11 @@ async fn read_events(core: &Core, head: &RequestHead, claims: &std::sync::Arc<Cl
             let Some(event) = event::EncodedEvent::from_stored(seq, &json) else {
                 continue;
             };
-            let visible = claims.is_superuser() || claims.may_see(&event.ty, &event.action, &event.key);
-            let wanted = filter.as_ref().is_none_or(|f| f.matches(&event.ty, &event.action, &event.key));
+            let visible =
+                claims.is_superuser() || claims.may_see(&event.ty, &event.action, &event.key);
+            let wanted = filter
+                .as_ref()
+                .is_none_or(|f| f.matches(&event.ty, &event.action, &event.key));
             if visible && wanted {
                 if found > 0 {
                     body.push(b',');

@@ -46,6 +46,7 @@ pub const FILE_KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "admin_password",
+    "admin_password_file",
     "cores",
     "durability",
     "log_level",
@@ -61,6 +62,10 @@ pub const FILE_KEYS: &[&str] = &[
     "retain_events",
     "retain_age",
     "retain_bytes",
+    "history_events",
+    "history_age",
+    "shutdown_timeout",
+    "metrics_auth",
 ];
 
 /// How the listener speaks: TLS (the default) or plain HTTP for loopback development.
@@ -184,7 +189,29 @@ pub struct Config {
     pub log_level: String,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// How much connection history is kept.
+    pub history: History,
+    /// Time a graceful stop may take.
+    pub shutdown_timeout: Duration,
+    /// Whether `/metrics` requires credentials.
+    pub metrics_auth: bool,
 }
+
+/// How much of the closed-connection history is kept; the oldest entries go first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// Most closed connections kept.
+    pub max_connections: u64,
+    /// Oldest closed connection kept, by its close time.
+    pub max_age: Duration,
+}
+
+/// Closed connections kept by default.
+pub const DEFAULT_HISTORY_EVENTS: u64 = 100_000;
+/// Age of the oldest closed connection kept by default.
+pub const DEFAULT_HISTORY_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Time a graceful stop may take by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A configuration that cannot be used, with what to change.
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +340,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_password: Option<String>,
+    /// File holding the admin password (first line), so it stays out of argv and the environment
+    #[arg(long, env = "HERALD_ADMIN_PASSWORD_FILE", value_name = "FILE")]
+    pub admin_password_file: Option<PathBuf>,
     /// Number of core threads [default: all available cores]
     #[arg(long, env = "HERALD_CORES", value_name = "N")]
     pub cores: Option<usize>,
@@ -355,6 +385,26 @@ pub struct ServeArgs {
     /// Most bytes of events kept in the log [default: 1GiB]
     #[arg(long, env = "HERALD_RETAIN_BYTES", value_parser = parse_size, value_name = "SIZE")]
     pub retain_bytes: Option<u64>,
+    /// Most closed connections kept in the connection history [default: 100000]
+    #[arg(long, env = "HERALD_HISTORY_EVENTS", value_name = "N")]
+    pub history_events: Option<u64>,
+    /// Oldest closed connection kept in the connection history [default: 30d]
+    #[arg(long, env = "HERALD_HISTORY_AGE", value_parser = parse_duration, value_name = "DURATION")]
+    pub history_age: Option<Duration>,
+    /// Time SIGTERM may take to close clients and flush the log before exiting [default: 10s]
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Option<Duration>,
+    /// Require the API's credentials on GET /metrics [default: false]
+    #[arg(
+        long,
+        env = "HERALD_METRICS_AUTH",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub metrics_auth: Option<bool>,
 }
 
 impl ServeArgs {
@@ -368,6 +418,7 @@ impl ServeArgs {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             admin_password: self.admin_password.or(lower.admin_password),
+            admin_password_file: self.admin_password_file.or(lower.admin_password_file),
             cores: self.cores.or(lower.cores),
             durability: self.durability.or(lower.durability),
             log: LogArgs {
@@ -385,6 +436,10 @@ impl ServeArgs {
             retain_events: self.retain_events.or(lower.retain_events),
             retain_age: self.retain_age.or(lower.retain_age),
             retain_bytes: self.retain_bytes.or(lower.retain_bytes),
+            history_events: self.history_events.or(lower.history_events),
+            history_age: self.history_age.or(lower.history_age),
+            shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
+            metrics_auth: self.metrics_auth.or(lower.metrics_auth),
         }
     }
 }
@@ -536,7 +591,21 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         }
     };
 
-    if args.admin_password.as_deref() == Some("") {
+    // A password given directly beats a password file.
+    let admin_password = match (args.admin_password, &args.admin_password_file) {
+        (Some(password), _) => Some(password),
+        (None, None) => None,
+        (None, Some(path)) => {
+            let text = fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "admin_password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some(text.lines().next().unwrap_or("").to_owned())
+        }
+    };
+    if admin_password.as_deref() == Some("") {
         return Err(invalid(
             "admin_password",
             "must not be empty; leave it unset to use DRP's default".to_owned(),
@@ -554,17 +623,29 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
     log_filter(&log_level).map_err(|reason| invalid("log_level", reason))?;
 
+    let history = History {
+        max_connections: args.history_events.unwrap_or(DEFAULT_HISTORY_EVENTS),
+        max_age: args.history_age.unwrap_or(DEFAULT_HISTORY_AGE),
+    };
+    at_least("history_events", history.max_connections, 1)?;
+    not_shorter("history_age", history.max_age, MIN_INTERVAL)?;
+    let shutdown_timeout = args.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+    not_shorter("shutdown_timeout", shutdown_timeout, MIN_INTERVAL)?;
+
     Ok(Config {
         listen: args.listen.unwrap_or(DEFAULT_LISTEN),
         data_dir,
         tls,
-        admin_password: args.admin_password,
+        admin_password,
         cores,
         limits,
         durability: args.durability.unwrap_or_default(),
         retention,
         log_level,
         log_format: args.log.log_format.unwrap_or_default(),
+        history,
+        shutdown_timeout,
+        metrics_auth: args.metrics_auth.unwrap_or(false),
     })
 }
 
@@ -632,6 +713,7 @@ fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigError> {
             "tls_cert" => out.tls_cert = Some(entry.string()?.into()),
             "tls_key" => out.tls_key = Some(entry.string()?.into()),
             "admin_password" => out.admin_password = Some(entry.string()?.to_owned()),
+            "admin_password_file" => out.admin_password_file = Some(entry.string()?.into()),
             "cores" => out.cores = Some(entry.integer()?),
             "durability" => out.durability = Some(entry.choice()?),
             "log_level" => out.log.log_level = Some(entry.string()?.to_owned()),
@@ -647,6 +729,10 @@ fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigError> {
             "retain_events" => out.retain_events = Some(entry.integer()?),
             "retain_age" => out.retain_age = Some(entry.duration()?),
             "retain_bytes" => out.retain_bytes = Some(entry.size()?),
+            "history_events" => out.history_events = Some(entry.integer()?),
+            "history_age" => out.history_age = Some(entry.duration()?),
+            "shutdown_timeout" => out.shutdown_timeout = Some(entry.duration()?),
+            "metrics_auth" => out.metrics_auth = Some(entry.boolean()?),
             unknown => {
                 return Err(ConfigError::UnknownKey {
                     path: path.to_owned(),
@@ -799,16 +885,51 @@ fn log_filter(level: &str) -> Result<EnvFilter, String> {
 /// Sends `tracing` output to stderr, filtered by `level` (a level or directives), as text or JSON.
 pub fn init_logging(level: &str, format: LogFormat) -> Result<(), ConfigError> {
     let filter = log_filter(level).map_err(|reason| ConfigError::Logging { reason })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr);
     let installed = match format {
-        LogFormat::Text => builder.with_ansi(io::stderr().is_terminal()).try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => {
+            let builder = tracing_subscriber::fmt()
+                .with_writer(io::stderr)
+                .with_ansi(io::stderr().is_terminal())
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = LOG_FILTER_RELOAD.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+            builder.try_init()
+        }
+        LogFormat::Json => {
+            let builder = tracing_subscriber::fmt()
+                .json()
+                .with_writer(io::stderr)
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = LOG_FILTER_RELOAD.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+            builder.try_init()
+        }
     };
     installed.map_err(|e| ConfigError::Logging {
         reason: e.to_string(),
     })
+}
+
+type FilterReload = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Swaps the running log filter (set once logging is initialised).
+static LOG_FILTER_RELOAD: std::sync::OnceLock<FilterReload> = std::sync::OnceLock::new();
+
+/// Applies a new log level or directive list to the running logger (on SIGHUP).
+pub fn reload_log_level(level: &str) -> Result<(), ConfigError> {
+    let filter = log_filter(level).map_err(|reason| ConfigError::Logging { reason })?;
+    match LOG_FILTER_RELOAD.get() {
+        Some(reload) => reload(filter).map_err(|reason| ConfigError::Logging { reason }),
+        None => Err(ConfigError::Logging {
+            reason: "logging was not initialised".to_owned(),
+        }),
+    }
 }
 
 /// Creates the data directory (and its parents) with mode 0700 if missing, or checks that the
@@ -1008,7 +1129,8 @@ mod tests {
             plain = false
             tls_cert = "/etc/herald/cert.pem"
             tls_key = "/etc/herald/key.pem"
-            admin_password = "secret"
+                        admin_password = "secret"
+            admin_password_file = "/etc/herald/admin-password"
             cores = 2
             durability = "batched"
             log_level = "herald=debug,info"
@@ -1024,6 +1146,10 @@ mod tests {
             retain_events = 2000
             retain_age = "1d"
             retain_bytes = "10MB"
+            history_events = 500
+            history_age = "2d"
+            shutdown_timeout = "5s"
+            metrics_auth = true
         "#;
         let keys_in_text = text.lines().filter(|l| l.contains('=')).count();
         assert_eq!(
@@ -1057,6 +1183,10 @@ mod tests {
         assert_eq!(config.retention.max_events, 2000);
         assert_eq!(config.retention.max_age, Duration::from_secs(86400));
         assert_eq!(config.retention.max_bytes, 10_000_000);
+        assert_eq!(config.history.max_connections, 500);
+        assert_eq!(config.history.max_age, Duration::from_secs(2 * 86400));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+        assert!(config.metrics_auth);
     }
 
     #[test]
@@ -1329,5 +1459,26 @@ mod tests {
     fn a_bad_log_filter_is_refused_before_installing_anything() {
         let error = init_logging("info,,=[", LogFormat::Text).unwrap_err();
         assert!(matches!(error, ConfigError::Logging { .. }), "{error:?}");
+    }
+    #[test]
+    fn the_admin_password_can_come_from_a_file_and_a_direct_password_beats_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-password");
+        fs::write(&path, "from-file\nignored second line\n").unwrap();
+        let mut args = flags(&[]);
+        args.admin_password_file = Some(path.clone());
+        assert_eq!(
+            resolve(args).unwrap().admin_password.as_deref(),
+            Some("from-file")
+        );
+        let mut args = flags(&["--admin-password=direct"]);
+        args.admin_password_file = Some(path);
+        assert_eq!(
+            resolve(args).unwrap().admin_password.as_deref(),
+            Some("direct")
+        );
+        let mut args = flags(&[]);
+        args.admin_password_file = Some(dir.path().join("missing"));
+        assert_eq!(invalid_key(args), "admin_password_file");
     }
 }

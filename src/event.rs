@@ -7,8 +7,8 @@
 
 use std::time::SystemTime;
 
-use simd_json::prelude::*;
 use simd_json::BorrowedValue;
+use simd_json::prelude::*;
 use thiserror::Error;
 
 use crate::websocket::{self, OpCode};
@@ -76,7 +76,9 @@ pub fn check_name(field: &str, value: &str) -> Result<(), String> {
         .chars()
         .find(|c| matches!(c, '.' | ',' | '*') || c.is_whitespace())
     {
-        return Err(format!("{field} {value:?} contains {c:?}, which filters reserve"));
+        return Err(format!(
+            "{field} {value:?} contains {c:?}, which filters reserve"
+        ));
     }
     Ok(())
 }
@@ -146,7 +148,8 @@ pub fn push_json_string(out: &mut Vec<u8>, s: &str) {
 /// Parses and validates a publish body (one event object, or an array of them: all or nothing).
 /// `Principal` is always `principal`; `Time` is kept when given and valid, else set to now.
 pub fn parse_publish(body: &mut [u8], principal: &str) -> Result<Vec<Event>, EventError> {
-    let value = simd_json::to_borrowed_value(body).map_err(|e| EventError::NotJson(e.to_string()))?;
+    let value =
+        simd_json::to_borrowed_value(body).map_err(|e| EventError::NotJson(e.to_string()))?;
     let now = now_rfc3339();
     match &value {
         BorrowedValue::Array(items) => {
@@ -252,7 +255,12 @@ impl EncodedEvent {
     pub fn from_stored(seq: u64, json: &[u8]) -> Option<EncodedEvent> {
         let mut copy = json.to_vec();
         let value = simd_json::to_borrowed_value(&mut copy).ok()?;
-        let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(Box::<str>::from);
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(Box::<str>::from)
+        };
         let (ty, action, key) = (field("Type")?, field("Action")?, field("Key")?);
         let mut frame = Vec::with_capacity(json.len() + 10);
         websocket::write_frame_header(&mut frame, OpCode::Text, json.len());
@@ -327,7 +335,10 @@ mod tests {
     fn an_array_is_refused_whole_when_one_element_is_invalid() {
         let err = parse(r#"[{"Type":"a","Action":"b","Key":"c"},{"Type":"a.b","Action":"b"}]"#)
             .unwrap_err();
-        assert!(matches!(err, EventError::Invalid { index: 1, .. }), "{err:?}");
+        assert!(
+            matches!(err, EventError::Invalid { index: 1, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -345,7 +356,16 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(encoded.json()).unwrap();
         assert_eq!(json["Seq"], 42);
         let text = std::str::from_utf8(encoded.json()).unwrap();
-        let order = ["Time", "Type", "Action", "Key", "Principal", "Object", "Original", "Seq"];
+        let order = [
+            "Time",
+            "Type",
+            "Action",
+            "Key",
+            "Principal",
+            "Object",
+            "Original",
+            "Seq",
+        ];
         let positions: Vec<usize> = order
             .iter()
             .map(|f| text.find(&format!("\"{f}\":")).unwrap())

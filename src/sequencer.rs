@@ -23,8 +23,17 @@ const BATCHED_FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// How often retention is checked.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
-/// A batch of sequenced events, shared by every core.
-pub type Batch = Arc<Vec<EncodedEvent>>;
+/// Sequenced events, durable (or, with `batched`, stored) at `durable_at`, shared by every core.
+#[derive(Debug)]
+pub struct SequencedBatch {
+    /// The events in Seq order.
+    pub events: Vec<EncodedEvent>,
+    /// When the batch became visible, for the delivery-lag metric.
+    pub durable_at: Instant,
+}
+
+/// A batch as the cores receive it.
+pub type Batch = Arc<SequencedBatch>;
 
 /// Why a publish failed.
 #[derive(Debug, Error)]
@@ -83,9 +92,17 @@ impl LogStatus {
 #[derive(Clone)]
 pub struct Publisher {
     tx: flume::Sender<Publish>,
+    retention: Arc<Mutex<Retention>>,
 }
 
 impl Publisher {
+    /// Replaces the retention limits (on SIGHUP); the next trim applies them.
+    pub fn set_retention(&self, retention: Retention) {
+        if let Ok(mut current) = self.retention.lock() {
+            *current = retention;
+        }
+    }
+
     /// Sequences `events` and returns the last Seq once they are stored (durably with `sync`).
     pub async fn publish(&self, events: Vec<Event>) -> Result<u64, PublishError> {
         let events = events
@@ -95,7 +112,12 @@ impl Publisher {
                 (e, prefix)
             })
             .collect();
-        self.send(Publish { events, change: None, reply: flume::bounded(1).0 }).await
+        self.send(Publish {
+            events,
+            change: None,
+            reply: flume::bounded(1).0,
+        })
+        .await
     }
 
     /// Runs `change` on the log thread, serialized with every other publish and change, and
@@ -111,17 +133,29 @@ impl Publisher {
             events
         });
         let seq = self
-            .send(Publish { events: Vec::new(), change: Some(change), reply: flume::bounded(1).0 })
+            .send(Publish {
+                events: Vec::new(),
+                change: Some(change),
+                reply: flume::bounded(1).0,
+            })
             .await?;
-        let value = value_rx.try_recv().map_err(|_| PublishError::ShuttingDown)?;
+        let value = value_rx
+            .try_recv()
+            .map_err(|_| PublishError::ShuttingDown)?;
         Ok((value, seq))
     }
 
     async fn send(&self, mut publish: Publish) -> Result<u64, PublishError> {
         let (reply, answer) = flume::bounded(1);
         publish.reply = reply;
-        self.tx.send_async(publish).await.map_err(|_| PublishError::ShuttingDown)?;
-        answer.recv_async().await.map_err(|_| PublishError::ShuttingDown)?
+        self.tx
+            .send_async(publish)
+            .await
+            .map_err(|_| PublishError::ShuttingDown)?;
+        answer
+            .recv_async()
+            .await
+            .map_err(|_| PublishError::ShuttingDown)?
     }
 }
 
@@ -150,21 +184,25 @@ impl Sequencer {
         status.update(&log);
         let (tx, rx) = flume::bounded(QUEUE_DEPTH);
         let stop = Arc::new(Mutex::new(false));
+        let retention = Arc::new(Mutex::new(retention));
         let thread = {
             let status = status.clone();
             let stop = stop.clone();
-            thread::Builder::new().name("herald-log".into()).spawn(move || {
-                Writer {
-                    log,
-                    durability,
-                    retention,
-                    cores,
-                    status,
-                    dirty: false,
-                    last_trim: Instant::now(),
-                }
-                .run(rx, stop)
-            })?
+            let retention = retention.clone();
+            thread::Builder::new()
+                .name("herald-log".into())
+                .spawn(move || {
+                    Writer {
+                        log,
+                        durability,
+                        retention,
+                        cores,
+                        status,
+                        dirty: false,
+                        last_trim: Instant::now(),
+                    }
+                    .run(rx, stop)
+                })?
         };
         Ok((
             Sequencer {
@@ -172,7 +210,7 @@ impl Sequencer {
                 thread: Some(thread),
                 stop,
             },
-            Publisher { tx },
+            Publisher { tx, retention },
         ))
     }
 
@@ -190,7 +228,7 @@ impl Sequencer {
 struct Writer {
     log: EventLog,
     durability: Durability,
-    retention: Retention,
+    retention: Arc<Mutex<Retention>>,
     cores: Vec<flume::Sender<Batch>>,
     status: Arc<LogStatus>,
     dirty: bool,
@@ -273,9 +311,14 @@ impl Writer {
         if self.durability == Durability::Sync {
             self.flush_or_die();
         }
+        // Counted before the bounds move, so a scrape never sees LastSeq ahead of the count.
+        metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(encoded.len() as u64);
         self.status.update(&self.log);
-        let batch: Batch = Arc::new(encoded);
-        for core in self.cores.iter().filter(|_| !batch.is_empty()) {
+        let batch: Batch = Arc::new(SequencedBatch {
+            events: encoded,
+            durable_at: Instant::now(),
+        });
+        for core in self.cores.iter().filter(|_| !batch.events.is_empty()) {
             // A core that has stopped no longer needs events.
             let _ = core.send(batch.clone());
         }
@@ -296,15 +339,22 @@ impl Writer {
 
     fn trim(&mut self) {
         self.last_trim = Instant::now();
+        let Ok(configured) = self.retention.lock().map(|r| r.clone()) else {
+            return;
+        };
         let retention = crate::log::Retention {
-            max_events: self.retention.max_events,
-            max_age: self.retention.max_age,
-            max_bytes: self.retention.max_bytes,
+            max_events: configured.max_events,
+            max_age: configured.max_age,
+            max_bytes: configured.max_bytes,
         };
         match self.log.trim(&retention, SystemTime::now()) {
             Ok(report) => {
                 if report.removed > 0 {
-                    tracing::debug!(removed = report.removed, first_seq = report.first_seq, "retention trimmed the log");
+                    tracing::debug!(
+                        removed = report.removed,
+                        first_seq = report.first_seq,
+                        "retention trimmed the log"
+                    );
                     self.dirty = true;
                 }
                 self.status.update(&self.log);

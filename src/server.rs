@@ -7,7 +7,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
+use sd_notify::NotifyState;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::os::fd::AsRawFd;
 use thiserror::Error;
 
 use crate::auth::AuthStore;
@@ -26,36 +30,82 @@ pub enum ServerError {
     #[error("data directory: {0}")]
     DataDir(#[from] crate::config::ConfigError),
     /// The sled database could not be opened.
-    #[error("cannot open the database in {path}: {source}; is another herald running on this data directory?")]
+    #[error(
+        "cannot open the database in {path}: {source}; is another herald running on this data directory?"
+    )]
     Database { path: String, source: sled::Error },
     /// The event log could not be opened.
     #[error("event log: {0}")]
     Log(#[from] crate::log::StoreError),
+    /// The connection history could not be opened.
+    #[error("connection history: {0}")]
+    History(#[from] crate::connections::HistoryError),
     /// Users and roles could not be opened.
     #[error("users and roles: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The object store could not be opened.
+    #[error("objects: {0}")]
+    Objects(#[from] crate::objects::ObjectError),
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// A thread or runtime could not be started.
     #[error("cannot start {what}: {source}")]
-    Start { what: String, source: std::io::Error },
+    Start {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
-/// Runs the server until the process is stopped.
-pub fn run(config: Config) -> Result<(), ServerError> {
+/// A message from the main thread to a core.
+#[derive(Debug, Clone, Copy)]
+pub enum CoreControl {
+    /// Stop accepting, close every client, and finish by the deadline.
+    Shutdown {
+        /// When the core must be done.
+        deadline: Instant,
+    },
+}
+
+/// Re-reads the configuration (from its file, flags and environment) on SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError>>;
+
+/// Runs the server until SIGTERM or SIGINT, then stops gracefully: no new connections, every
+/// websocket closed with 1001 `server shutdown`, the log flushed, all within the shutdown timeout.
+pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
+    // Installed before anything starts, so a signal during startup is not lost.
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|source| ServerError::Start {
+            what: "signal handling".into(),
+            source,
+        })?;
     crate::config::prepare_data_dir(&config.data_dir)?;
     let db_path = config.data_dir.join("db");
     let db = sled::Config::new()
         .path(&db_path)
         .open()
-        .map_err(|source| ServerError::Database { path: db_path.display().to_string(), source })?;
+        .map_err(|source| ServerError::Database {
+            path: db_path.display().to_string(),
+            source,
+        })?;
     let log = EventLog::open(&db)?;
     let log_reader = log.reader();
     let (auth, default_password) = AuthStore::open(&db, config.admin_password.as_deref())?;
+    let (history, crashed) = crate::connections::History::open(&db)?;
+    if crashed > 0 {
+        tracing::warn!(
+            connections = crashed,
+            "the previous run ended without closing its connections; recorded them as 'server crashed'"
+        );
+    }
+    start_history_trim(history.clone(), config.history.clone());
+    let objects = Arc::new(crate::objects::ObjectStore::open(&db)?);
     if default_password {
         tracing::warn!(
             "the admin user rocketskates has DRP's default password r0cketsk8ts: anyone can log in; \
@@ -66,16 +116,51 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let listeners = bind_listeners(config.listen, config.cores)?;
     let addr = listeners[0]
         .local_addr()
-        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
 
-    let (inboxes, receivers): (Vec<_>, Vec<_>) =
-        (0..config.cores).map(|_| flume::bounded(sequencer::INBOX_DEPTH)).unzip();
-    let (sequencer, publisher) = Sequencer::start(log, config.durability, config.retention.clone(), inboxes)
-        .map_err(|source| ServerError::Start { what: "the log thread".into(), source })?;
-    let driver = if monoio::utils::detect_uring() { "io_uring" } else { "epoll" };
+    let (query_txs, query_rxs): (Vec<_>, Vec<_>) =
+        (0..config.cores).map(|_| flume::bounded(64)).unzip();
+    let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..config.cores)
+        .map(|_| flume::bounded(sequencer::INBOX_DEPTH))
+        .unzip();
+    let (sequencer, publisher) =
+        Sequencer::start(log, config.durability, config.retention.clone(), inboxes).map_err(
+            |source| ServerError::Start {
+                what: "the log thread".into(),
+                source,
+            },
+        )?;
+    let driver = if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "epoll"
+    };
+    crate::metrics::mark_start();
+    let metrics_handle = match crate::metrics::install() {
+        Ok(handle) => {
+            let upkeep = handle.clone();
+            let _ = thread::Builder::new()
+                .name("herald-metrics".into())
+                .spawn(move || {
+                    loop {
+                        thread::sleep(crate::metrics::UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                });
+            Some(handle)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "metrics are unavailable");
+            None
+        }
+    };
     let shared = Arc::new(Shared {
         config: config.clone(),
         auth: Arc::new(auth),
+        objects,
         publisher,
         log_status: sequencer.status.clone(),
         log_reader,
@@ -83,42 +168,200 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         started: Instant::now(),
         default_password,
         driver,
+        core_stats: (0..config.cores)
+            .map(|_| crate::metrics::CoreStats::default())
+            .collect(),
+        metrics: metrics_handle,
+        history,
+        next_conn_id: std::sync::atomic::AtomicU64::new(1),
+        queries: query_txs,
+        heartbeats: (0..config.cores)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
     });
     let blocking = monoio::blocking::DefaultThreadPool::new(2);
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<usize>();
+    let (controls, control_rxs): (Vec<_>, Vec<_>) =
+        (0..config.cores).map(|_| flume::bounded(1)).unzip();
     let mut threads = Vec::new();
-    for (id, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+    let cores_io = listeners
+        .into_iter()
+        .zip(receivers)
+        .zip(control_rxs)
+        .zip(query_rxs);
+    for (id, (((listener, inbox), control), queries)) in cores_io.enumerate() {
+        let inputs = CoreInputs {
+            listener,
+            inbox,
+            control,
+            queries,
+        };
         let shared = shared.clone();
         let pin = core_ids.get(id % core_ids.len().max(1)).copied();
         let blocking = blocking.clone();
         let ready = ready_tx.clone();
+        let done = done_tx.clone();
         let thread = thread::Builder::new()
             .name(format!("herald-core-{id}"))
             .spawn(move || {
                 if let Some(core_id) = pin {
                     core_affinity::set_for_current(core_id);
                 }
-                run_core(id, shared, listener, inbox, blocking, ready)
+                run_core(id, shared, inputs, blocking, ready);
+                let _ = done.send(id);
             })
-            .map_err(|source| ServerError::Start { what: format!("core thread {id}"), source })?;
+            .map_err(|source| ServerError::Start {
+                what: format!("core thread {id}"),
+                source,
+            })?;
         threads.push(thread);
     }
     drop(ready_tx);
+    drop(done_tx);
     for _ in 0..threads.len() {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(source)) => return Err(ServerError::Start { what: "a core runtime".into(), source }),
+            Ok(Err(source)) => {
+                return Err(ServerError::Start {
+                    what: "a core runtime".into(),
+                    source,
+                });
+            }
             Err(_) => break,
         }
     }
-    let scheme = if config.tls == TlsMode::Plain { "http" } else { "https" };
-    tracing::info!(driver, cores = config.cores, "listening on {scheme}://{addr}");
-    for thread in threads {
-        let _ = thread.join();
+    let scheme = if config.tls == TlsMode::Plain {
+        "http"
+    } else {
+        "https"
+    };
+    tracing::info!(
+        driver,
+        cores = config.cores,
+        "listening on {scheme}://{addr}"
+    );
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    start_watchdog(shared.clone());
+
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            apply_reload(&shared, &reload);
+            continue;
+        }
+        break;
+    }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    let started = Instant::now();
+    // Keep a slice of the timeout for the final flush.
+    let deadline = started + config.shutdown_timeout.mul_f32(0.8);
+    tracing::info!(timeout = ?config.shutdown_timeout, "stopping: closing clients and flushing the log");
+    for control in &controls {
+        let _ = control.send(CoreControl::Shutdown { deadline });
+    }
+    let mut finished = 0;
+    while finished < threads.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok(_) => finished += 1,
+            Err(_) => {
+                tracing::warn!(
+                    cores_left = threads.len() - finished,
+                    "cores did not finish closing in time"
+                );
+                break;
+            }
+        }
     }
     sequencer.stop();
+    tracing::info!(elapsed = ?started.elapsed(), "stopped");
     Ok(())
+}
+
+/// Applies what SIGHUP can change without a restart and says what it could not.
+fn apply_reload(shared: &Shared, reload: &Reload) {
+    let new = match reload() {
+        Ok(new) => new,
+        Err(error) => {
+            tracing::error!(%error, "reload refused: the configuration is invalid; nothing changed");
+            return;
+        }
+    };
+    let old = &shared.config;
+    match crate::config::reload_log_level(&new.log_level) {
+        Ok(()) => tracing::info!(log_level = %new.log_level, "reloaded the log level"),
+        Err(error) => tracing::warn!(%error, "could not reload the log level"),
+    }
+    if new.retention != old.retention {
+        shared.publisher.set_retention(new.retention.clone());
+        tracing::info!(retention = ?new.retention, "reloaded retention");
+    }
+    let mut needs_restart = Vec::new();
+    if new.listen != old.listen {
+        needs_restart.push("listen");
+    }
+    if new.data_dir != old.data_dir {
+        needs_restart.push("data_dir");
+    }
+    if new.tls != old.tls {
+        needs_restart.push("tls");
+    }
+    if new.cores != old.cores {
+        needs_restart.push("cores");
+    }
+    if new.durability != old.durability {
+        needs_restart.push("durability");
+    }
+    if new.limits != old.limits {
+        needs_restart.push("limits");
+    }
+    if new.log_format != old.log_format {
+        needs_restart.push("log_format");
+    }
+    if new.history != old.history {
+        needs_restart.push("history");
+    }
+    if new.shutdown_timeout != old.shutdown_timeout {
+        needs_restart.push("shutdown_timeout");
+    }
+    if new.metrics_auth != old.metrics_auth {
+        needs_restart.push("metrics_auth");
+    }
+    if !needs_restart.is_empty() {
+        tracing::warn!(settings = ?needs_restart, "these changed settings take effect only after a restart");
+    }
+}
+
+/// Trims the connection history by count and age in the background.
+fn start_history_trim(history: crate::connections::History, retention: crate::config::History) {
+    let _ = thread::Builder::new()
+        .name("herald-history".into())
+        .spawn(move || {
+            loop {
+                if let Err(error) = history.trim(&retention, std::time::SystemTime::now()) {
+                    tracing::warn!(%error, "trimming the connection history failed; will retry");
+                }
+                thread::sleep(crate::connections::TRIM_EVERY);
+            }
+        });
+}
+
+/// Pings systemd's watchdog while every core's sweeper keeps running.
+fn start_watchdog(shared: Arc<Shared>) {
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let _ = thread::Builder::new()
+        .name("herald-watchdog".into())
+        .spawn(move || {
+            loop {
+                thread::sleep(period / 2);
+                if shared.cores_alive(period) {
+                    let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                }
+            }
+        });
 }
 
 /// One listener per core, all on one port (port 0 picks it once, for every core).
@@ -147,14 +390,27 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// What one core receives from startup: its listener and the ends of its channels.
+struct CoreInputs {
+    listener: TcpListener,
+    inbox: flume::Receiver<sequencer::Batch>,
+    control: flume::Receiver<CoreControl>,
+    queries: flume::Receiver<worker::CoreQuery>,
+}
+
 fn run_core(
     id: usize,
     shared: Arc<Shared>,
-    listener: TcpListener,
-    inbox: flume::Receiver<sequencer::Batch>,
+    inputs: CoreInputs,
     blocking: monoio::blocking::DefaultThreadPool,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) {
+    let CoreInputs {
+        listener,
+        inbox,
+        control,
+        queries,
+    } = inputs;
     let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .attach_thread_pool(Box::new(blocking))
@@ -174,10 +430,16 @@ fn run_core(
                 return;
             }
         };
+        let listener_fd = listener.as_raw_fd();
         let core = Core::new(id, shared);
         monoio::spawn(core.clone().receive_batches(inbox));
         monoio::spawn(core.clone().sweep_forever());
+        monoio::spawn(core.clone().answer_queries(queries));
+        monoio::spawn(core.clone().apply_changes_forever());
+        monoio::spawn(worker::accept_forever(core.clone(), listener));
         let _ = ready.send(Ok(()));
-        worker::accept_forever(core, listener).await;
+        if let Ok(CoreControl::Shutdown { deadline }) = control.recv_async().await {
+            core.shut_down(listener_fd, deadline).await;
+        }
     });
 }

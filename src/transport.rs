@@ -32,7 +32,9 @@ impl Transport {
     /// Wraps an accepted stream; with a TLS config the handshake happens on the first reads.
     pub fn new(stream: TcpStream, tls: Option<&Arc<ServerConfig>>) -> io::Result<Transport> {
         let tls = match tls {
-            Some(config) => Some(ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?),
+            Some(config) => {
+                Some(ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?)
+            }
             None => None,
         };
         let fd = stream.as_raw_fd();

@@ -16,12 +16,18 @@ use slab::Slab;
 use crate::auth::AuthStore;
 use crate::command;
 use crate::config::Config;
+use crate::connection::Notify;
 use crate::connection::{CloseReason, WsConn};
+use crate::connections::{ConnectionView, History};
+use crate::event::Event;
 use crate::event::{self, EncodedEvent};
 use crate::filter::FilterIndex;
 use crate::log::LogReader;
-use crate::sequencer::{Batch, LogStatus, Publisher};
+use crate::metrics::CoreStats;
+use crate::sequencer::{Batch, LogStatus, Publisher, SequencedBatch};
 use crate::transport::{self, Shutdown};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 /// How often a core checks deadlines: header timeouts, pings, bookmarks, close grace.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
@@ -40,6 +46,8 @@ pub struct Shared {
     pub config: Config,
     /// Users, roles and tokens.
     pub auth: Arc<AuthStore>,
+    /// Profiles, params, machines, clusters and resource brokers.
+    pub objects: Arc<crate::objects::ObjectStore>,
     /// The sequencer's handle.
     pub publisher: Publisher,
     /// The log's bounds, kept current by the sequencer.
@@ -54,11 +62,48 @@ pub struct Shared {
     pub default_password: bool,
     /// `io_uring` or `epoll`.
     pub driver: &'static str,
+    /// Counters each core writes and `/metrics` merges.
+    pub core_stats: Box<[crate::metrics::CoreStats]>,
+    /// The Prometheus exposition, when this process installed the recorder.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Closed (and crashed) connections, persistent.
+    pub history: History,
+    /// Next connection id (unique within the process; history keys add the close time).
+    pub next_conn_id: AtomicU64,
+    /// Each core's query inbox, for gathering live connections.
+    pub queries: Vec<flume::Sender<CoreQuery>>,
+    /// Milliseconds since `started` at each core's last sweep, for the watchdog.
+    pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+impl Shared {
+    /// Records that core `id` is still turning.
+    pub fn heartbeat(&self, id: usize) {
+        if let Some(beat) = self.heartbeats.get(id) {
+            beat.store(
+                self.started.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Whether every core swept within `period`.
+    pub fn cores_alive(&self, period: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.heartbeats.iter().all(|beat| {
+            now.saturating_sub(beat.load(std::sync::atomic::Ordering::Relaxed))
+                < period.as_millis() as u64
+        })
+    }
 }
 
 /// Deadlines of one HTTP connection, checked by the sweeper (reads are never timed out).
 pub struct HttpWatch {
     fd: RawFd,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The connection's id and view once a request on it authenticated.
+    pub tracked: RefCell<Option<(u64, ConnectionView)>>,
     /// When the first byte of the current request arrived; `None` between requests.
     pub request_started: Cell<Option<Instant>>,
     /// When the connection became idle.
@@ -66,6 +111,15 @@ pub struct HttpWatch {
     /// Set by the sweeper when a deadline passed and the socket's reads were ended.
     pub expired: Cell<Option<Expiry>>,
 }
+
+/// A question one core answers for a request served on another.
+pub enum CoreQuery {
+    /// The live connections of the core.
+    Connections(flume::Sender<Vec<ConnectionView>>),
+}
+
+/// A change run on the log thread for a connection: history writes and the events they cause.
+type ConnectionChange = Box<dyn FnOnce() -> Vec<Event> + Send>;
 
 /// Which deadline ended an HTTP connection's read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +150,10 @@ pub struct Core {
     stamp: Cell<u64>,
     /// Seq of the last event this core has fanned out.
     pub last_delivered: Cell<u64>,
+    stopping: Cell<bool>,
+    changes: RefCell<Vec<ConnectionChange>>,
+    changes_wake: Notify,
+    changes_in_flight: Cell<bool>,
 }
 
 impl Core {
@@ -112,11 +170,115 @@ impl Core {
             bookmarked: RefCell::default(),
             stamp: Cell::new(0),
             last_delivered: Cell::new(last),
+            stopping: Cell::new(false),
+            changes: RefCell::new(Vec::new()),
+            changes_wake: Notify::default(),
+            changes_in_flight: Cell::new(false),
         })
+    }
+
+    /// Records a connection as open and emits `connections.create.<principal>`; returns its id.
+    pub fn open_connection(&self, view: ConnectionView) -> u64 {
+        let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let history = self.shared.history.clone();
+        let event = Event::new("connections", "create", &view.principal, &view.principal)
+            .with_object(&view);
+        self.change(Box::new(move || {
+            if let Err(error) = history.record_open(id, &view) {
+                tracing::warn!(%error, "could not record an open connection");
+            }
+            vec![event]
+        }));
+        id
+    }
+
+    /// Moves a connection to the history and emits `connections.delete.<principal>`.
+    pub fn close_connection(&self, id: u64, mut view: ConnectionView, reason: String) {
+        let now = SystemTime::now();
+        view.close_time = Some(humantime::format_rfc3339_nanos(now).to_string());
+        view.close_reason = Some(reason);
+        let history = self.shared.history.clone();
+        let event = Event::new("connections", "delete", &view.principal, &view.principal)
+            .with_object(&view);
+        self.change(Box::new(move || {
+            if let Err(error) = history.record_closed(id, &view, now) {
+                tracing::warn!(%error, "could not record a closed connection");
+            }
+            vec![event]
+        }));
+    }
+
+    /// Queues a connection change; they reach the log in the order they were made.
+    fn change(&self, change: ConnectionChange) {
+        self.changes.borrow_mut().push(change);
+        self.changes_wake.notify();
+    }
+
+    /// Applies queued connection changes on the log thread, as one step per wake-up.
+    pub async fn apply_changes_forever(self: Rc<Self>) {
+        loop {
+            self.changes_wake.notified().await;
+            let changes = std::mem::take(&mut *self.changes.borrow_mut());
+            if changes.is_empty() {
+                continue;
+            }
+            self.changes_in_flight.set(true);
+            let applied = self
+                .shared
+                .publisher
+                .apply(move || {
+                    (
+                        changes.into_iter().flat_map(|change| change()).collect(),
+                        (),
+                    )
+                })
+                .await;
+            self.changes_in_flight.set(false);
+            if let Err(error) = applied {
+                tracing::warn!(%error, "connection events were not published");
+            }
+        }
+    }
+
+    /// Whether connection changes are still waiting to reach the log.
+    fn changes_pending(&self) -> bool {
+        self.changes_in_flight.get() || !self.changes.borrow().is_empty()
+    }
+
+    /// This core's live connections, as the connections API shows them.
+    pub fn connection_views(&self) -> Vec<ConnectionView> {
+        let mut views: Vec<ConnectionView> =
+            self.conns.borrow().iter().map(|(_, c)| c.view()).collect();
+        views.extend(self.http.borrow().iter().filter_map(|(_, watch)| {
+            watch
+                .tracked
+                .borrow()
+                .as_ref()
+                .map(|(_, view)| view.clone())
+        }));
+        views
+    }
+
+    /// Answers other cores' questions until the server stops.
+    pub async fn answer_queries(self: Rc<Self>, queries: flume::Receiver<CoreQuery>) {
+        while let Ok(query) = queries.recv_async().await {
+            match query {
+                CoreQuery::Connections(reply) => {
+                    let _ = reply.send(self.connection_views());
+                }
+            }
+        }
+    }
+
+    /// This core's counters.
+    pub fn stats(&self) -> &CoreStats {
+        &self.shared.core_stats[self.id]
     }
 
     /// Registers a new websocket connection, built with its slot number.
     pub fn add_conn(&self, build: impl FnOnce(u32) -> WsConn) -> Rc<WsConn> {
+        CoreStats::add(&self.stats().websockets, 1);
+        metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED, "type" => "websocket").increment(1);
         let mut conns = self.conns.borrow_mut();
         let entry = conns.vacant_entry();
         let conn = Rc::new(build(entry.key() as u32));
@@ -127,7 +289,9 @@ impl Core {
     /// Removes every filter of a connection from the index.
     pub fn remove_filters(&self, conn: &WsConn) {
         let mut index = self.index.borrow_mut();
-        for filter in conn.filters.borrow_mut().drain(..) {
+        let mut filters = conn.filters.borrow_mut();
+        CoreStats::sub(&self.stats().filters, filters.len() as u64);
+        for filter in filters.drain(..) {
             index.remove(conn.slot, &filter);
         }
         self.replaying.borrow_mut().remove(&conn.slot);
@@ -137,36 +301,48 @@ impl Core {
     /// Forgets a connection whose tasks have ended.
     pub fn remove_conn(&self, conn: &WsConn) {
         let mut conns = self.conns.borrow_mut();
-        if conns.get(conn.slot as usize).is_some_and(|c| std::ptr::eq(&**c, conn)) {
+        if conns
+            .get(conn.slot as usize)
+            .is_some_and(|c| std::ptr::eq(&**c, conn))
+        {
             conns.remove(conn.slot as usize);
+            CoreStats::sub(&self.stats().websockets, 1);
+            if let Some(reason) = conn.close_reason() {
+                crate::metrics::count_disconnect(&reason);
+            }
         }
     }
 
     /// Starts watching an HTTP connection's deadlines.
-    pub fn watch_http(&self, fd: RawFd) -> (usize, Rc<HttpWatch>) {
+    pub fn watch_http(&self, fd: RawFd, remote: SocketAddr) -> (usize, Rc<HttpWatch>) {
         let watch = Rc::new(HttpWatch {
             fd,
+            remote,
+            tracked: RefCell::new(None),
             request_started: Cell::new(None),
             idle_since: Cell::new(Instant::now()),
             expired: Cell::new(None),
         });
         let key = self.http.borrow_mut().insert(watch.clone());
+        CoreStats::add(&self.stats().api_connections, 1);
         (key, watch)
     }
 
     /// Stops watching an HTTP connection (before its socket closes).
     pub fn unwatch_http(&self, key: usize) {
-        self.http.borrow_mut().try_remove(key);
+        if self.http.borrow_mut().try_remove(key).is_some() {
+            CoreStats::sub(&self.stats().api_connections, 1);
+        }
     }
 
     /// Fans one batch out to every matching connection of this core.
-    pub fn deliver(&self, batch: &[EncodedEvent]) {
+    pub fn deliver(&self, batch: &SequencedBatch) {
         let mut slow = Vec::new();
         {
             let index = self.index.borrow();
             let conns = self.conns.borrow();
             let replaying = self.replaying.borrow();
-            for event in batch {
+            for event in &batch.events {
                 let stamp = self.stamp.get() + 1;
                 self.stamp.set(stamp);
                 index.for_each_candidate(&event.ty, &event.action, &event.key, |ids| {
@@ -180,7 +356,7 @@ impl Core {
                         if !replaying.is_empty() && replaying.contains_key(&id) {
                             continue;
                         }
-                        if !conn.queue_event(event) {
+                        if !conn.queue_live(event, batch.durable_at) {
                             slow.push(conn.clone());
                         }
                     }
@@ -195,7 +371,12 @@ impl Core {
 
     /// Applies `replay SEQ [EPOCH]`: replies with the log's bounds, then streams the stored
     /// events after the resume point until the connection has caught up with the live stream.
-    pub fn start_replay(self: &Rc<Self>, conn: &Rc<WsConn>, argument: &str, replay: command::Replay) {
+    pub fn start_replay(
+        self: &Rc<Self>,
+        conn: &Rc<WsConn>,
+        argument: &str,
+        replay: command::Replay,
+    ) {
         let status = &self.shared.log_status;
         let (first, last) = (status.first_seq(), status.last_seq());
         let epoch_matches = replay.epoch.as_deref().is_none_or(|e| e == status.epoch);
@@ -213,13 +394,18 @@ impl Core {
         })
         .to_string();
         conn.queue_control(&event::reply_frame("replay", argument, Some(&object)));
+        let result = if recovered { "recovered" } else { "gap" };
+        metrics::counter!(crate::metrics::REPLAY_REQUESTS, "result" => result).increment(1);
         self.bookmarked
             .borrow_mut()
             .insert(conn.slot, (cursor, Instant::now()));
         if cursor >= self.last_delivered.get() {
             return;
         }
-        let previous = self.replaying.borrow_mut().insert(conn.slot, Replaying { cursor });
+        let previous = self
+            .replaying
+            .borrow_mut()
+            .insert(conn.slot, Replaying { cursor });
         if previous.is_none() {
             monoio::spawn(replay_task(self.clone(), conn.clone()));
         }
@@ -230,6 +416,7 @@ impl Core {
     pub async fn sweep_forever(self: Rc<Self>) {
         loop {
             monoio::time::sleep(SWEEP_EVERY).await;
+            self.shared.heartbeat(self.id);
             let now = Instant::now();
             let limits = &self.shared.config.limits;
             for (_, watch) in self.http.borrow().iter() {
@@ -237,8 +424,12 @@ impl Core {
                     continue;
                 }
                 let expiry = match watch.request_started.get() {
-                    Some(started) if now.duration_since(started) > limits.header_timeout => Some(Expiry::Header),
-                    None if now.duration_since(watch.idle_since.get()) > KEEP_ALIVE_IDLE => Some(Expiry::Idle),
+                    Some(started) if now.duration_since(started) > limits.header_timeout => {
+                        Some(Expiry::Header)
+                    }
+                    None if now.duration_since(watch.idle_since.get()) > KEEP_ALIVE_IDLE => {
+                        Some(Expiry::Idle)
+                    }
                     _ => None,
                 };
                 if let Some(expiry) = expiry {
@@ -247,7 +438,8 @@ impl Core {
                     transport::shutdown(watch.fd, Shutdown::Read);
                 }
             }
-            let conns: Vec<Rc<WsConn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+            let conns: Vec<Rc<WsConn>> =
+                self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
             for conn in conns {
                 conn.sweep(now, limits);
                 if conn.close_reason() == Some(CloseReason::PingTimeout) {
@@ -263,7 +455,10 @@ impl Core {
         let conns = self.conns.borrow();
         let replaying = self.replaying.borrow();
         for (slot, (seq, at)) in self.bookmarked.borrow_mut().iter_mut() {
-            if replaying.contains_key(slot) || *seq >= live || now.duration_since(*at) < BOOKMARK_EVERY {
+            if replaying.contains_key(slot)
+                || *seq >= live
+                || now.duration_since(*at) < BOOKMARK_EVERY
+            {
                 continue;
             }
             if let Some(conn) = conns.get(*slot as usize) {
@@ -273,6 +468,43 @@ impl Core {
                 *at = now;
             }
         }
+    }
+
+    /// Graceful stop: no new connections, every websocket closed with 1001 `server shutdown`,
+    /// every idle HTTP connection ended; returns when all are gone or at the deadline.
+    pub async fn shut_down(&self, listener_fd: RawFd, deadline: Instant) {
+        self.stopping.set(true);
+        tracing::debug!(
+            core = self.id,
+            conns = self.conns.borrow().len(),
+            http = self.http.borrow().len(),
+            "core stopping"
+        );
+        // Ends the accept in flight on this core's listener.
+        transport::shutdown(listener_fd, Shutdown::Both);
+        let conns: Vec<Rc<WsConn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for conn in conns {
+            self.remove_filters(&conn);
+            conn.begin_close(CloseReason::ServerShutdown, 1001, "server shutdown".into());
+        }
+        for (_, watch) in self.http.borrow().iter() {
+            if watch.request_started.get().is_none() {
+                watch.expired.set(Some(Expiry::Idle));
+                transport::shutdown(watch.fd, Shutdown::Read);
+            }
+        }
+        while Instant::now() < deadline
+            && (!self.conns.borrow().is_empty()
+                || !self.http.borrow().is_empty()
+                || self.changes_pending())
+        {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether the core is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
     }
 
     /// Receives batches from the sequencer until it stops.
@@ -307,17 +539,19 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             continue;
         }
         let reader = core.shared.log_reader.clone();
-        let rows = match monoio::spawn_blocking(move || reader.read_after(cursor, REPLAY_CHUNK)).await {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "replay read failed");
-                conn.begin_close(CloseReason::ServerShutdown, 1011, "replay failed".into());
-                break;
-            }
-            Err(_) => break,
-        };
+        let rows =
+            match monoio::spawn_blocking(move || reader.read_after(cursor, REPLAY_CHUNK)).await {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "replay read failed");
+                    conn.begin_close(CloseReason::ServerShutdown, 1011, "replay failed".into());
+                    break;
+                }
+                Err(_) => break,
+            };
         let limit = core.last_delivered.get();
         let mut next = cursor;
+        let mut replayed = 0;
         for (seq, json) in rows {
             if seq > limit {
                 break;
@@ -326,8 +560,14 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             let Some(event) = EncodedEvent::from_stored(seq, &json) else {
                 continue;
             };
-            if conn.filters.borrow().iter().any(|f| f.matches(&event.ty, &event.action, &event.key)) {
+            if conn
+                .filters
+                .borrow()
+                .iter()
+                .any(|f| f.matches(&event.ty, &event.action, &event.key))
+            {
                 conn.queue_event(&event);
+                replayed += 1;
             }
         }
         if next == cursor {
@@ -339,6 +579,7 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
         if let Some(r) = core.replaying.borrow_mut().get_mut(&conn.slot) {
             r.cursor = next;
         }
+        metrics::counter!(crate::metrics::EVENTS_REPLAYED).increment(replayed);
     }
 }
 
@@ -346,7 +587,11 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
 pub async fn accept_forever(core: Rc<Core>, listener: monoio::net::TcpListener) {
     loop {
         match listener.accept().await {
+            Ok(_) if core.is_stopping() => return,
+            Err(_) if core.is_stopping() => return,
             Ok((stream, remote)) => {
+                metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED, "type" => "api")
+                    .increment(1);
                 let _ = stream.set_nodelay(true);
                 monoio::spawn(crate::api::serve(core.clone(), stream, remote));
             }
