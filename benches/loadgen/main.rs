@@ -742,7 +742,7 @@ impl Run<'_> {
             rss / 1024
         );
         self.put("replayed ev/s", delivered as f64 / secs);
-        self.put("RSS MiB (replaying)", rss as f64 / 1024.0);
+        self.put("peak RSS MiB", rss as f64 / 1024.0);
         self.put(
             "client done p50 ms",
             stats::quantile_ms(&report.replay, 0.5),
