@@ -3,7 +3,7 @@
 # replay) against herald (--plain, --durability batched and sync) and nats-server in one
 # invocation, and prints one table with herald/NATS ratios at the end.
 #
-#   benches/compare.sh            # the full run (about 4 minutes on 2 cores)
+#   benches/compare.sh            # the full run: 2 rounds, about 7 minutes on 2 cores
 #   benches/compare.sh --smoke    # 50 connections, 2 s phases: a few seconds per workload
 #   benches/compare.sh --workloads firehose --targets herald-batched,nats --duration 10s
 #
@@ -33,4 +33,4 @@ fi
 
 # The bench profile is the release profile: this builds herald and the load generator optimized.
 cargo build --release --bin herald
-exec cargo bench --bench loadgen -- --idle-conns "$idle" "$@"
+exec cargo bench --bench loadgen -- --rounds 2 --idle-conns "$idle" "$@"
