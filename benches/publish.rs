@@ -6,6 +6,8 @@
 //!
 //! It shares the load generator's publishers, subscribers and server control (benches/loadgen).
 
+// The load generator's modules are compiled in here too; what only the load generator uses
+// (NATS, TLS, paced phases) is dead code in this binary.
 #[allow(dead_code)]
 #[path = "loadgen/clients.rs"]
 mod clients;

@@ -174,7 +174,7 @@ impl Subscribers {
     }
 
     /// Closes every connection and merges what the threads measured.
-    pub fn stop(self) -> Report {
+    pub fn stop(mut self) -> Report {
         self.stop.store(true, Ordering::Release);
         let mut merged = Report {
             latency: (0..PHASES).map(|_| crate::stats::histogram()).collect(),
@@ -183,7 +183,7 @@ impl Subscribers {
             out_of_order: 0,
             not_recovered: 0,
         };
-        for handle in self.threads {
+        for handle in std::mem::take(&mut self.threads) {
             let Ok(report) = handle.join() else {
                 merged
                     .errors
@@ -204,6 +204,13 @@ impl Subscribers {
             merged.not_recovered += report.not_recovered;
         }
         merged
+    }
+}
+
+impl Drop for Subscribers {
+    /// Threads never outlive their handle, even when a run ends early.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 

@@ -147,7 +147,7 @@ impl Server {
         cpu_seconds(&self.pid().to_string())
     }
 
-    /// Stops the server: SIGTERM, then SIGKILL if it lingers.
+    /// Stops the server: SIGTERM, then SIGKILL (by [`Drop`]) if it lingers.
     pub fn stop(mut self) {
         let pid = self.pid().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -158,8 +158,16 @@ impl Server {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    /// A server is never left running: not after an early return, nor a panic.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
