@@ -399,12 +399,13 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             };
         let limit = core.last_delivered.get();
         let mut next = cursor;
+        let mut full = false;
         for (seq, json) in rows {
             if seq > limit {
                 break;
             }
-            next = seq;
             let Some(event) = EncodedEvent::from_stored(seq, &json) else {
+                next = seq;
                 continue;
             };
             if conn
@@ -413,17 +414,28 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
                 .iter()
                 .any(|f| f.matches(&event.ty, &event.action, &event.key))
             {
+                // A chunk can hold far more than the budget: stop at half of it and go on once
+                // the writer drains, or a client that reads at full speed is closed as slow.
+                let queued = conn.queued_bytes();
+                if queued > 0 && queued + event.frame().len() > conn.budget() / 2 {
+                    full = true;
+                    break;
+                }
                 conn.queue_event(&event);
             }
+            next = seq;
+        }
+        if let Some(r) = core.replaying.borrow_mut().get_mut(&conn.slot) {
+            r.cursor = next;
+        }
+        if full {
+            conn.drained().notified().await;
+            continue;
         }
         if next == cursor {
             // Delivered but not yet readable: with `batched` durability the log serves only
             // flushed events, and the next flush is at most a few milliseconds away.
             monoio::time::sleep(REPLAY_FLUSH_WAIT).await;
-            continue;
-        }
-        if let Some(r) = core.replaying.borrow_mut().get_mut(&conn.slot) {
-            r.cursor = next;
         }
     }
 }
