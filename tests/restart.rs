@@ -31,7 +31,7 @@ fn restart_keeps_the_log(args: &[&str]) {
         .last()
         .expect("published");
     let before = server.info();
-    let logged_before = server.read_log(&server.admin(), 0, None);
+    let logged_before = server.read_log_through(&server.admin(), 0, None, last);
     assert_eq!(before["LastSeq"].as_u64(), Some(last), "{before}");
     server.terminate();
 

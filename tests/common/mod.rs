@@ -1261,6 +1261,30 @@ impl Server {
         }
     }
 
+    /// Like [`Server::read_log`], but waits until the answer reaches `seq` (an event it
+    /// includes): with `batched` durability a publish is answered, and delivered, before its
+    /// flush, while the log serves only flushed events.
+    pub fn read_log_through(
+        &self,
+        auth: &Auth,
+        since: u64,
+        filter: Option<&str>,
+        seq: u64,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + LOG_TIMEOUT;
+        loop {
+            let events = self.read_log(auth, since, filter);
+            if events.last().and_then(|e| e["Seq"].as_u64()) >= Some(seq) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log did not serve Seq {seq} within {LOG_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Publishes `events` as one JSON array as the admin; asserts 204 and returns their Seqs,
     /// which are consecutive and end at `Herald-Seq`.
     pub fn publish_batch(&self, events: &[Value]) -> Vec<u64> {
