@@ -31,7 +31,8 @@ const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(120);
 const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 /// Events read from the log per replay step.
 const REPLAY_CHUNK: usize = 1000;
-/// How long a replay waits for the log's next flush when it is ahead of what is readable.
+/// How long a replay waits before looking again when the log has not flushed, or this core has
+/// not fanned out, as far as the replay needs.
 const REPLAY_FLUSH_WAIT: Duration = Duration::from_millis(5);
 
 /// What all cores share: configuration, the auth store, the sequencer's handle.
@@ -249,7 +250,7 @@ impl Core {
         self.bookmarked
             .borrow_mut()
             .insert(conn.slot, (cursor, Instant::now()));
-        if cursor >= self.last_delivered.get() {
+        if cursor == self.last_delivered.get() {
             return;
         }
         let previous = self
@@ -373,7 +374,14 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
         let Some(cursor) = core.replaying.borrow().get(&conn.slot).map(|r| r.cursor) else {
             break;
         };
-        if cursor >= core.last_delivered.get() {
+        let delivered = core.last_delivered.get();
+        if cursor > delivered {
+            // The log's bounds run ahead of this core's fan-out while a batch is on its way
+            // here: switching now would let the fan-out send events up to `cursor` again.
+            monoio::time::sleep(REPLAY_FLUSH_WAIT).await;
+            continue;
+        }
+        if cursor == delivered {
             // Caught up: from here the fan-out delivers. No await between the check and the
             // switch, so no batch can slip between them.
             core.replaying.borrow_mut().remove(&conn.slot);
