@@ -1505,3 +1505,26 @@ pub fn seqs(events: &[Value]) -> Vec<u64> {
         })
         .collect()
 }
+
+/// Asserts that `seqs` is exactly `first..=last`, naming what is missing, repeated or outside.
+pub fn assert_contiguous(seqs: &[u64], first: u64, last: u64) {
+    if seqs.iter().copied().eq(first..=last) {
+        return;
+    }
+    let present: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+    let missing: Vec<u64> = (first..=last).filter(|s| !present.contains(s)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<u64> = seqs.iter().copied().filter(|s| !seen.insert(*s)).collect();
+    let outside: Vec<u64> = seqs
+        .iter()
+        .copied()
+        .filter(|s| !(first..=last).contains(s))
+        .collect();
+    let unordered = seqs.windows(2).filter(|w| w[0] >= w[1]).count();
+    panic!(
+        "the log must hold every Seq from FirstSeq {first} to LastSeq {last} once, in order; \
+         it holds {} events: missing {missing:?}, repeated {repeated:?}, outside {outside:?}, \
+         {unordered} out of order",
+        seqs.len()
+    );
+}
