@@ -9,11 +9,12 @@ use monoio::net::TcpStream;
 
 use crate::auth::{self, AuthError, AuthStore, Claims, FastAuth, Identity};
 use crate::connection;
+use crate::connections::ConnectionView;
 use crate::event::{self, Event};
 use crate::filter::Filter;
 use crate::http::{self, ApiError, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response};
 use crate::transport::Transport;
-use crate::worker::{Core, Expiry, HttpWatch};
+use crate::worker::{Core, CoreQuery, Expiry, HttpWatch};
 
 /// Default and largest page of `GET /api/v3/events`.
 const EVENTS_PAGE_DEFAULT: usize = 1000;
@@ -26,12 +27,21 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
     let Ok(mut transport) = Transport::new(stream, core.shared.tls.as_ref()) else {
         return;
     };
-    let (watch_key, watch) = core.watch_http(transport.fd());
+    let (watch_key, watch) = core.watch_http(transport.fd(), remote);
     if core.shared.tls.is_some() {
         // The TLS handshake counts against the head deadline.
         watch.request_started.set(Some(Instant::now()));
     }
     let outcome = session(&core, &mut transport, &watch).await;
+    if let Some((id, view)) = watch.tracked.borrow_mut().take() {
+        // An upgrade ends the REST connection's record; the websocket gets its own.
+        let reason = if core.is_stopping() && outcome.is_none() {
+            "server shutdown"
+        } else {
+            "client closed"
+        };
+        core.close_connection(id, view, reason.to_owned());
+    }
     // Unwatched before the socket can close, so the sweeper never touches a reused descriptor.
     core.unwatch_http(watch_key);
     if let Some((identity, leftover)) = outcome {
@@ -47,6 +57,10 @@ pub struct Request {
     pub head: RequestHead,
     /// The whole body (already within the size limit).
     pub body: Vec<u8>,
+    /// When the head was complete, for the publish-duration metric.
+    pub received: Instant,
+    /// The connection's deadlines and tracking record.
+    pub watch: Rc<HttpWatch>,
 }
 
 /// What a route answers.
@@ -65,7 +79,7 @@ impl From<Response> for Answer {
 async fn session(
     core: &Rc<Core>,
     transport: &mut Transport,
-    watch: &HttpWatch,
+    watch: &Rc<HttpWatch>,
 ) -> Option<(Identity, Vec<u8>)> {
     let limits = &core.shared.config.limits;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -112,8 +126,21 @@ async fn session(
         };
         let keep_alive = head.keep_alive;
         let head_only = head.method == Method::Head;
-        let request = Request { head, body };
-        match route(core, &request).await {
+        let request = Request {
+            head,
+            body,
+            received: Instant::now(),
+            watch: watch.clone(),
+        };
+        let (answer, template) = route(core, &request).await;
+        crate::metrics::count_request(
+            template,
+            match &answer {
+                Answer::Upgrade(_) => 101,
+                Answer::Response(response) => response.status,
+            },
+        );
+        match answer {
             Answer::Upgrade(identity) => {
                 let key = request.head.websocket_key.as_deref()?;
                 if transport
@@ -223,6 +250,13 @@ enum Route {
     UserToken(String),
     Roles,
     Role(String),
+    Metrics,
+    Connections,
+    ConnectionHistory,
+    Connection(String),
+    AgentConnections(&'static str, String),
+    /// Profiles, params, machines, clusters, resource brokers: see [`crate::objects`].
+    Objects(crate::objects::Route),
 }
 
 impl Route {
@@ -238,17 +272,62 @@ impl Route {
             ["api", "v3", "users", name, "token"] => Route::UserToken((*name).to_owned()),
             ["api", "v3", "roles"] => Route::Roles,
             ["api", "v3", "roles", name] => Route::Role((*name).to_owned()),
-            _ => return None,
+            ["metrics"] => Route::Metrics,
+            ["api", "v3", "connections"] => Route::Connections,
+            ["api", "v3", "connections", "history"] => Route::ConnectionHistory,
+            ["api", "v3", "connections", addr] => Route::Connection((*addr).to_owned()),
+            ["api", "v3", kind, uuid, "connections"] => {
+                let kind = match *kind {
+                    "machines" => "machines",
+                    "clusters" => "clusters",
+                    "resource_brokers" => "resource_brokers",
+                    _ => return None,
+                };
+                Route::AgentConnections(kind, (*uuid).to_owned())
+            }
+            _ => return crate::objects::Route::parse(&s).map(Route::Objects),
         })
     }
 
     fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Ws | Route::Info | Route::UserToken(_) | Route::Role(_) => &[Method::Get],
+            Route::Ws
+            | Route::Info
+            | Route::UserToken(_)
+            | Route::Metrics
+            | Route::Connections
+            | Route::ConnectionHistory
+            | Route::Connection(_)
+            | Route::AgentConnections(..) => &[Method::Get],
             Route::Events => &[Method::Get, Method::Post],
             Route::Users | Route::Roles => &[Method::Get, Method::Post],
-            Route::User(_) => &[Method::Get, Method::Delete],
+            Route::User(_) => &[Method::Get, Method::Put, Method::Patch, Method::Delete],
+            Route::Role(_) => &[Method::Get, Method::Put, Method::Patch, Method::Delete],
             Route::UserPassword(_) => &[Method::Put],
+            Route::Objects(route) => route.methods(),
+        }
+    }
+
+    /// The route's template, the only route label metrics carry.
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Ws => "/api/v3/ws",
+            Route::Events => "/api/v3/events",
+            Route::Info => "/api/v3/info",
+            Route::Users => "/api/v3/users",
+            Route::User(_) => "/api/v3/users/{name}",
+            Route::UserPassword(_) => "/api/v3/users/{name}/password",
+            Route::UserToken(_) => "/api/v3/users/{name}/token",
+            Route::Roles => "/api/v3/roles",
+            Route::Role(_) => "/api/v3/roles/{name}",
+            Route::Metrics => "/metrics",
+            Route::Connections => "/api/v3/connections",
+            Route::ConnectionHistory => "/api/v3/connections/history",
+            Route::Connection(_) => "/api/v3/connections/{RemoteAddr}",
+            Route::AgentConnections("machines", _) => "/api/v3/machines/{uuid}/connections",
+            Route::AgentConnections("clusters", _) => "/api/v3/clusters/{uuid}/connections",
+            Route::AgentConnections(..) => "/api/v3/resource_brokers/{uuid}/connections",
+            Route::Objects(route) => route.template(),
         }
     }
 }
@@ -273,7 +352,23 @@ fn error_with(code: u16, message: String) -> Response {
 /// Authenticates a request: the fast path inline, argon2 on a blocking thread.
 async fn authenticate(core: &Core, head: &RequestHead) -> Result<Identity, AuthError> {
     let token = head.query("token").or_else(|| head.query("Token"));
-    let credentials = auth::credentials(head.header("authorization"), token.as_deref())?;
+    let result = match auth::credentials(head.header("authorization"), token.as_deref()) {
+        Ok(credentials) => check_credentials(core, credentials).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = &result
+        && error.is_authentication_failure()
+    {
+        metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => error.metric_reason())
+            .increment(1);
+    }
+    result
+}
+
+async fn check_credentials(
+    core: &Core,
+    credentials: auth::Credentials,
+) -> Result<Identity, AuthError> {
     match core.shared.auth.authenticate_fast(&credentials) {
         FastAuth::Done(result) => result,
         FastAuth::NeedsHash => {
@@ -301,15 +396,28 @@ fn require(identity: &Identity, scope: &str, action: &str, specific: &str) -> Re
     }
 }
 
-async fn route(core: &Rc<Core>, request: &Request) -> Answer {
+/// Routes a request; also answers the route template it was counted under.
+async fn route(core: &Rc<Core>, request: &Request) -> (Answer, &'static str) {
     let head = &request.head;
     let segments = match head.path_segments() {
         Ok(segments) => segments,
-        Err(e) => return error(400, e.to_string()).into(),
+        Err(e) => return (error(400, e.to_string()).into(), UNMATCHED),
     };
     let Some(route) = Route::parse(&segments) else {
-        return error(404, format!("no route {}", head.path())).into();
+        return (
+            error(404, format!("no route {}", head.path())).into(),
+            UNMATCHED,
+        );
     };
+    let template = route.template();
+    (route_to(core, request, route).await, template)
+}
+
+/// The template label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+async fn route_to(core: &Rc<Core>, request: &Request, route: Route) -> Answer {
+    let head = &request.head;
     let method = if head.method == Method::Head {
         Method::Get
     } else {
@@ -323,6 +431,9 @@ async fn route(core: &Rc<Core>, request: &Request) -> Answer {
         )
         .with_header("Allow", allow.join(", "))
         .into();
+    }
+    if route == Route::Metrics && !core.shared.config.metrics_auth {
+        return metrics_response(core).into();
     }
     if route == Route::Ws && head.websocket_key.is_none() {
         return error(
@@ -338,6 +449,7 @@ async fn route(core: &Rc<Core>, request: &Request) -> Answer {
     if route == Route::Ws {
         return Answer::Upgrade(identity);
     }
+    track_api_connection(core, &request.watch, &identity);
     match handle(core, request, route, method, &identity).await {
         Ok(response) | Err(response) => response.into(),
     }
@@ -356,6 +468,63 @@ async fn handle(
         (Route::Events, Method::Post) => publish(core, request, identity).await,
         (Route::Events, _) => read_events(core, head, &identity.claims).await,
         (Route::Info, _) => Ok(info(core)),
+        (Route::Metrics, _) => Ok(metrics_response(core)),
+        (Route::Connections, _) => {
+            require(identity, "connections", "list", "*")?;
+            let principal = head.query("Principal");
+            let kind = head.query("Type");
+            let views: Vec<ConnectionView> = gather_connections(core)
+                .await
+                .into_iter()
+                .filter(|v| principal.as_deref().is_none_or(|p| p == v.principal))
+                .filter(|v| kind.as_deref().is_none_or(|k| k == v.kind))
+                .collect();
+            Ok(Response::json(200, &views))
+        }
+        (Route::Connection(addr), _) => {
+            require(identity, "connections", "get", &addr)?;
+            match gather_connections(core)
+                .await
+                .into_iter()
+                .find(|v| v.remote_addr == addr)
+            {
+                Some(view) => Ok(Response::json(200, &view)),
+                None => Err(Response::error(
+                    ApiError::new(404, format!("no open connection from {addr}"))
+                        .with_model("connections")
+                        .with_key(addr),
+                )),
+            }
+        }
+        (Route::ConnectionHistory, _) => {
+            require(identity, "connections", "list", "*")?;
+            connection_history(core, head).await
+        }
+        (Route::AgentConnections(kind, uuid), _) => {
+            require(identity, "connections", "list", "*")?;
+            let object_kind = match kind {
+                "machines" => crate::objects::Kind::Machines,
+                "clusters" => crate::objects::Kind::Clusters,
+                _ => crate::objects::Kind::ResourceBrokers,
+            };
+            let store = core.shared.objects.clone();
+            let lookup = uuid.clone();
+            let exists = monoio::spawn_blocking(move || store.contains(object_kind, &lookup)).await;
+            if !matches!(exists, Ok(Ok(true))) {
+                return Err(Response::error(
+                    ApiError::new(404, format!("{kind} {uuid} does not exist"))
+                        .with_model(kind)
+                        .with_key(uuid),
+                ));
+            }
+            let principal = format!("runner:{uuid}");
+            let views: Vec<ConnectionView> = gather_connections(core)
+                .await
+                .into_iter()
+                .filter(|v| v.principal == principal)
+                .collect();
+            Ok(Response::json(200, &views))
+        }
         (Route::Users, Method::Get) => {
             require(identity, "users", "list", "*")?;
             Ok(Response::json(200, &store.list_users()))
@@ -370,6 +539,12 @@ async fn handle(
             )
             .await;
             Ok(Response::json(201, &user))
+        }
+        (Route::User(name), method @ (Method::Put | Method::Patch)) => {
+            crate::objects::accounts::user(core, request, name, method, identity).await
+        }
+        (Route::Role(name), method @ (Method::Put | Method::Patch | Method::Delete)) => {
+            crate::objects::accounts::role(core, request, name, method, identity).await
         }
         (Route::User(name), Method::Get) => {
             require(identity, "users", "get", &name)?;
@@ -444,6 +619,9 @@ async fn handle(
                 &store.get_role(&name).map_err(|e| auth_error(&e))?,
             ))
         }
+        (Route::Objects(route), method) => {
+            crate::objects::handle(core, request, route, method, identity).await
+        }
         (Route::Ws, _) => Err(error(400, "this route takes a websocket upgrade")),
     }
 }
@@ -476,6 +654,97 @@ async fn emit(core: &Core, event: Event) {
     }
 }
 
+/// Starts tracking a keep-alive REST connection the first time a request on it authenticates.
+fn track_api_connection(core: &Core, watch: &HttpWatch, identity: &Identity) {
+    if watch.tracked.borrow().is_some() {
+        return;
+    }
+    let view = ConnectionView {
+        remote_addr: watch.remote.to_string(),
+        principal: identity.principal.clone(),
+        create_time: event::now_rfc3339(),
+        kind: "api".to_owned(),
+        filters: Vec::new(),
+        events_sent: 0,
+        bytes_sent: 0,
+        last_seq: 0,
+        close_time: None,
+        close_reason: None,
+    };
+    let id = core.open_connection(view.clone());
+    *watch.tracked.borrow_mut() = Some((id, view));
+}
+
+/// Every core's live connections.
+async fn gather_connections(core: &Core) -> Vec<ConnectionView> {
+    let mut answers = Vec::new();
+    for query in &core.shared.queries {
+        let (reply, answer) = flume::bounded(1);
+        if query
+            .send_async(CoreQuery::Connections(reply))
+            .await
+            .is_ok()
+        {
+            answers.push(answer);
+        }
+    }
+    let mut views = Vec::new();
+    for answer in answers {
+        if let Ok(mut part) = answer.recv_async().await {
+            views.append(&mut part);
+        }
+    }
+    views
+}
+
+/// Default and largest page of the connection history.
+const HISTORY_PAGE_DEFAULT: usize = 100;
+const HISTORY_PAGE_MAX: usize = 10_000;
+
+async fn connection_history(core: &Core, head: &RequestHead) -> Result<Response, Response> {
+    let principal = head.query("principal");
+    let since = match head.query("since") {
+        None => None,
+        Some(text) => Some(humantime::parse_rfc3339_weak(&text).map_err(|_| {
+            error(
+                400,
+                format!("since {text:?} is not an RFC 3339 time such as 2026-11-27T20:00:00Z"),
+            )
+        })?),
+    };
+    let limit = match head.query("limit") {
+        None => HISTORY_PAGE_DEFAULT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=HISTORY_PAGE_MAX).contains(l))
+            .ok_or_else(|| {
+                error(
+                    400,
+                    format!("limit must be between 1 and {HISTORY_PAGE_MAX}"),
+                )
+            })?,
+    };
+    let history = core.shared.history.clone();
+    let listed =
+        monoio::spawn_blocking(move || history.list(principal.as_deref(), since, limit)).await;
+    match listed {
+        Ok(Ok(views)) => Ok(Response::json(200, &views)),
+        Ok(Err(e)) => Err(error(500, e.to_string())),
+        Err(_) => Err(error(500, "the connection history could not be read")),
+    }
+}
+
+fn metrics_response(core: &Core) -> Response {
+    match &core.shared.metrics {
+        Some(handle) => Response::empty(200).with_body(
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(&core.shared, handle).into_bytes(),
+        ),
+        None => error(503, "metrics are unavailable in this process"),
+    }
+}
+
 async fn publish(
     core: &Core,
     request: &Request,
@@ -502,6 +771,8 @@ async fn publish(
         .publish(events)
         .await
         .map_err(|e| error(503, e.to_string()))?;
+    metrics::histogram!(crate::metrics::PUBLISH_DURATION)
+        .record(request.received.elapsed().as_secs_f64());
     Ok(Response::no_content().with_header("Herald-Seq", last.to_string()))
 }
 

@@ -66,6 +66,9 @@ pub enum AuthError {
         /// The name asked for.
         name: String,
     },
+    /// The change conflicts with the current state (a role still held by users).
+    #[error("{0}")]
+    Conflict(String),
     /// No user or role has that name.
     #[error("{kind} {name:?} does not exist")]
     NotFound {
@@ -97,7 +100,7 @@ impl AuthError {
             | AuthError::ExpiredToken
             | AuthError::Forbidden { .. } => 403,
             AuthError::NotFound { .. } => 404,
-            AuthError::Exists { .. } => 409,
+            AuthError::Exists { .. } | AuthError::Conflict(_) => 409,
             AuthError::Invalid(_) => 422,
             AuthError::Store(_) | AuthError::Corrupt(_) | AuthError::Crypto(_) => 500,
         }
@@ -116,6 +119,7 @@ impl AuthError {
             AuthError::Forbidden { .. } => "forbidden",
             AuthError::Invalid(_) => "invalid",
             AuthError::Exists { .. } => "exists",
+            AuthError::Conflict(_) => "conflict",
             AuthError::NotFound { .. } => "not_found",
             AuthError::Store(_) | AuthError::Corrupt(_) | AuthError::Crypto(_) => "internal",
         }

@@ -46,6 +46,7 @@ pub const FILE_KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "admin_password",
+    "admin_password_file",
     "cores",
     "durability",
     "log_level",
@@ -339,6 +340,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_password: Option<String>,
+    /// File holding the admin password (first line), so it stays out of argv and the environment
+    #[arg(long, env = "HERALD_ADMIN_PASSWORD_FILE", value_name = "FILE")]
+    pub admin_password_file: Option<PathBuf>,
     /// Number of core threads [default: all available cores]
     #[arg(long, env = "HERALD_CORES", value_name = "N")]
     pub cores: Option<usize>,
@@ -414,6 +418,7 @@ impl ServeArgs {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             admin_password: self.admin_password.or(lower.admin_password),
+            admin_password_file: self.admin_password_file.or(lower.admin_password_file),
             cores: self.cores.or(lower.cores),
             durability: self.durability.or(lower.durability),
             log: LogArgs {
@@ -586,7 +591,21 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         }
     };
 
-    if args.admin_password.as_deref() == Some("") {
+    // A password given directly beats a password file.
+    let admin_password = match (args.admin_password, &args.admin_password_file) {
+        (Some(password), _) => Some(password),
+        (None, None) => None,
+        (None, Some(path)) => {
+            let text = fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "admin_password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some(text.lines().next().unwrap_or("").to_owned())
+        }
+    };
+    if admin_password.as_deref() == Some("") {
         return Err(invalid(
             "admin_password",
             "must not be empty; leave it unset to use DRP's default".to_owned(),
@@ -617,7 +636,7 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         listen: args.listen.unwrap_or(DEFAULT_LISTEN),
         data_dir,
         tls,
-        admin_password: args.admin_password,
+        admin_password,
         cores,
         limits,
         durability: args.durability.unwrap_or_default(),
@@ -694,6 +713,7 @@ fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigError> {
             "tls_cert" => out.tls_cert = Some(entry.string()?.into()),
             "tls_key" => out.tls_key = Some(entry.string()?.into()),
             "admin_password" => out.admin_password = Some(entry.string()?.to_owned()),
+            "admin_password_file" => out.admin_password_file = Some(entry.string()?.into()),
             "cores" => out.cores = Some(entry.integer()?),
             "durability" => out.durability = Some(entry.choice()?),
             "log_level" => out.log.log_level = Some(entry.string()?.to_owned()),
@@ -1109,7 +1129,8 @@ mod tests {
             plain = false
             tls_cert = "/etc/herald/cert.pem"
             tls_key = "/etc/herald/key.pem"
-            admin_password = "secret"
+                        admin_password = "secret"
+            admin_password_file = "/etc/herald/admin-password"
             cores = 2
             durability = "batched"
             log_level = "herald=debug,info"
@@ -1438,5 +1459,26 @@ mod tests {
     fn a_bad_log_filter_is_refused_before_installing_anything() {
         let error = init_logging("info,,=[", LogFormat::Text).unwrap_err();
         assert!(matches!(error, ConfigError::Logging { .. }), "{error:?}");
+    }
+    #[test]
+    fn the_admin_password_can_come_from_a_file_and_a_direct_password_beats_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-password");
+        fs::write(&path, "from-file\nignored second line\n").unwrap();
+        let mut args = flags(&[]);
+        args.admin_password_file = Some(path.clone());
+        assert_eq!(
+            resolve(args).unwrap().admin_password.as_deref(),
+            Some("from-file")
+        );
+        let mut args = flags(&["--admin-password=direct"]);
+        args.admin_password_file = Some(path);
+        assert_eq!(
+            resolve(args).unwrap().admin_password.as_deref(),
+            Some("direct")
+        );
+        let mut args = flags(&[]);
+        args.admin_password_file = Some(dir.path().join("missing"));
+        assert_eq!(invalid_key(args), "admin_password_file");
     }
 }

@@ -13,8 +13,10 @@ use std::time::{Instant, SystemTime};
 
 use crate::auth::Claims;
 use crate::command::{self, Command};
+use crate::connections::ConnectionView;
 use crate::event::{self, EncodedEvent};
 use crate::filter::Filter;
+use crate::metrics::CoreStats;
 use crate::transport::{self, ReadSide, Shutdown, WriteSide};
 use crate::websocket::{self, FrameReader, Message, OpCode};
 use crate::worker::Core;
@@ -120,9 +122,42 @@ pub struct WsConn {
     /// Bytes written to the socket.
     pub bytes_sent: Cell<u64>,
     queued_events: Cell<u64>,
+    oldest_durable: Cell<Option<Instant>>,
+    core: Rc<Core>,
 }
 
 impl WsConn {
+    /// The connection as the connections API shows it.
+    pub fn view(&self) -> ConnectionView {
+        ConnectionView {
+            remote_addr: self.remote.to_string(),
+            principal: self.principal.clone(),
+            create_time: humantime::format_rfc3339_nanos(self.created).to_string(),
+            kind: "websocket".to_owned(),
+            filters: self
+                .filters
+                .borrow()
+                .iter()
+                .map(|f| f.text().to_owned())
+                .collect(),
+            events_sent: self.events_sent.get(),
+            bytes_sent: self.bytes_sent.get(),
+            last_seq: self.last_sent_seq.get(),
+            close_time: None,
+            close_reason: None,
+        }
+    }
+}
+
+impl WsConn {
+    /// Queues a live event that became durable at `durable_at` (for the delivery-lag metric).
+    pub fn queue_live(&self, event: &EncodedEvent, durable_at: Instant) -> bool {
+        if self.oldest_durable.get().is_none() {
+            self.oldest_durable.set(Some(durable_at));
+        }
+        self.queue_event(event)
+    }
+
     /// Queues an event's shared frame; returns false when that would exceed the budget, in
     /// which case the connection is now closing as a slow consumer.
     pub fn queue_event(&self, event: &EncodedEvent) -> bool {
@@ -156,7 +191,17 @@ impl WsConn {
         if self.closing.borrow().is_some() {
             return;
         }
-        self.out.borrow_mut().extend_from_slice(frame);
+        let mut out = self.out.borrow_mut();
+        // A client that sends commands or pings but never reads the answers is as far behind
+        // as one that does not read events: the same budget bounds both.
+        if out.len() + self.inflight.get() + frame.len() > self.budget {
+            out.clear();
+            drop(out);
+            self.begin_close(CloseReason::SlowConsumer, 4008, String::new());
+            return;
+        }
+        out.extend_from_slice(frame);
+        drop(out);
         self.wake.notify();
     }
 
@@ -262,7 +307,10 @@ pub async fn run(
         events_sent: Cell::new(0),
         bytes_sent: Cell::new(0),
         queued_events: Cell::new(0),
+        oldest_durable: Cell::new(None),
+        core: core.clone(),
     });
+    let id = core.open_connection(conn.view());
     if core.is_stopping() {
         // Upgraded while the server began to stop: close like every other websocket.
         conn.begin_close(CloseReason::ServerShutdown, 1001, "server shutdown".into());
@@ -274,6 +322,8 @@ pub async fn run(
     }
     core.remove_filters(&conn);
     let _ = writer.await;
+    let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
+    core.close_connection(id, conn.view(), reason.text());
     core.remove_conn(&conn);
 }
 
@@ -377,6 +427,7 @@ fn handle_command(core: &Rc<Core>, conn: &Rc<WsConn>, text: &str) {
             // The reply is queued before the filter can match, so it precedes every event it affects.
             conn.queue_control(&event::reply_frame("register", argument, None));
             core.index.borrow_mut().insert(conn.slot, &filter);
+            CoreStats::add(&core.stats().filters, 1);
             filters.push(filter);
         }
         Command::Deregister(filter) => {
@@ -385,6 +436,7 @@ fn handle_command(core: &Rc<Core>, conn: &Rc<WsConn>, text: &str) {
             if let Some(pos) = filters.iter().position(|f| f.text() == filter.text()) {
                 let removed = filters.remove(pos);
                 core.index.borrow_mut().remove(conn.slot, &removed);
+                CoreStats::sub(&core.stats().filters, 1);
             }
         }
         Command::Replay(replay) => core.start_replay(conn, argument, replay),
@@ -431,6 +483,7 @@ async fn write_loop(conn: Rc<WsConn>, mut write: WriteSide) {
         };
         let last_seq = conn.out_last_seq.get();
         let events = conn.queued_events.replace(0);
+        let oldest = conn.oldest_durable.take();
         let len = chunk.len();
         conn.inflight.set(len);
         let (result, buf) = write.write_all(chunk).await;
@@ -445,5 +498,12 @@ async fn write_loop(conn: Rc<WsConn>, mut write: WriteSide) {
         conn.last_sent_seq.set(last_seq);
         conn.events_sent.set(conn.events_sent.get() + events);
         conn.bytes_sent.set(conn.bytes_sent.get() + len as u64);
+        let stats = conn.core.stats();
+        CoreStats::add(&stats.events_delivered, events);
+        CoreStats::add(&stats.bytes_delivered, len as u64);
+        if let Some(durable_at) = oldest {
+            metrics::histogram!(crate::metrics::DELIVERY_LAG)
+                .record(durable_at.elapsed().as_secs_f64());
+        }
     }
 }

@@ -10,16 +10,32 @@
 //! - [`auth`]: users, roles, claims, passwords and signed tokens.
 //! - [`event`]: events, their validation, and the frame encoded once for every receiver.
 //! - [`log`]: the durable event log in sled behind a narrow storage interface.
+//! - [`sequencer`]: the one thread that assigns `Seq`, makes batches durable and broadcasts them.
+//! - [`worker`]: one core: accept loop, filter index, fan-out, deadlines.
+//! - [`connection`]: one websocket: outbound budget, reader and writer tasks.
+//! - [`connections`]: the connections API's view and the persistent connection history.
+//! - [`objects`]: the DRP-shaped object store (profiles, params, machines, …) and its routes.
+//! - [`cli`]: the `herald` client subcommands (events, objects, tokens).
+
+//! - [`transport`]: plain TCP or TLS under a connection.
+//! - [`api`]: the HTTP request loop, authentication and routes.
+//! - [`metrics`]: metric names, per-core counters and the `/metrics` exposition.
+//! - [`server`]: startup, signals and graceful shutdown.
 
 pub mod api;
 pub mod auth;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod connections;
+
+pub mod cli;
 pub mod event;
 pub mod filter;
 pub mod http;
 pub mod log;
+pub mod metrics;
+pub mod objects;
 pub mod sequencer;
 pub mod server;
 pub mod tls;

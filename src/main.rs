@@ -1,5 +1,6 @@
 //! The `herald` binary: `herald serve` runs the hub; `herald check-config FILE` validates a
-//! configuration file without starting.
+//! configuration file without starting; every other subcommand is a client of a running
+//! server (see [`herald::cli`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +14,8 @@ use clap::{Parser, Subcommand};
     about = "A DRP-compatible websocket event hub with a durable, replayable event log"
 )]
 struct Cli {
+    #[command(flatten)]
+    connection: herald::cli::Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,10 +29,22 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    #[command(flatten)]
+    Client(herald::cli::Command),
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Command::Client(command) = cli.command {
+        return match herald::cli::run(&cli.connection, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("herald: {error}");
+                ExitCode::from(error.exit_code())
+            }
+        };
+    }
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("herald: {error:#}");
@@ -38,8 +53,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => {
             let config = herald::config::Config::from_args((*args).clone())?;
             herald::config::init_logging(&config.log_level, config.log_format)?;
@@ -50,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             herald::config::Config::check_file(&file)?;
             println!("{}: ok", file.display());
         }
+        Command::Client(_) => {}
     }
     Ok(())
 }

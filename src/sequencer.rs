@@ -23,8 +23,17 @@ const BATCHED_FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// How often retention is checked.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
-/// A batch of sequenced events, shared by every core.
-pub type Batch = Arc<Vec<EncodedEvent>>;
+/// Sequenced events, durable (or, with `batched`, stored) at `durable_at`, shared by every core.
+#[derive(Debug)]
+pub struct SequencedBatch {
+    /// The events in Seq order.
+    pub events: Vec<EncodedEvent>,
+    /// When the batch became visible, for the delivery-lag metric.
+    pub durable_at: Instant,
+}
+
+/// A batch as the cores receive it.
+pub type Batch = Arc<SequencedBatch>;
 
 /// Why a publish failed.
 #[derive(Debug, Error)]
@@ -302,9 +311,14 @@ impl Writer {
         if self.durability == Durability::Sync {
             self.flush_or_die();
         }
+        // Counted before the bounds move, so a scrape never sees LastSeq ahead of the count.
+        metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(encoded.len() as u64);
         self.status.update(&self.log);
-        let batch: Batch = Arc::new(encoded);
-        for core in self.cores.iter().filter(|_| !batch.is_empty()) {
+        let batch: Batch = Arc::new(SequencedBatch {
+            events: encoded,
+            durable_at: Instant::now(),
+        });
+        for core in self.cores.iter().filter(|_| !batch.events.is_empty()) {
             // A core that has stopped no longer needs events.
             let _ = core.send(batch.clone());
         }

@@ -37,9 +37,15 @@ pub enum ServerError {
     /// The event log could not be opened.
     #[error("event log: {0}")]
     Log(#[from] crate::log::StoreError),
+    /// The connection history could not be opened.
+    #[error("connection history: {0}")]
+    History(#[from] crate::connections::HistoryError),
     /// Users and roles could not be opened.
     #[error("users and roles: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The object store could not be opened.
+    #[error("objects: {0}")]
+    Objects(#[from] crate::objects::ObjectError),
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -91,6 +97,15 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     let log = EventLog::open(&db)?;
     let log_reader = log.reader();
     let (auth, default_password) = AuthStore::open(&db, config.admin_password.as_deref())?;
+    let (history, crashed) = crate::connections::History::open(&db)?;
+    if crashed > 0 {
+        tracing::warn!(
+            connections = crashed,
+            "the previous run ended without closing its connections; recorded them as 'server crashed'"
+        );
+    }
+    start_history_trim(history.clone(), config.history.clone());
+    let objects = Arc::new(crate::objects::ObjectStore::open(&db)?);
     if default_password {
         tracing::warn!(
             "the admin user rocketskates has DRP's default password r0cketsk8ts: anyone can log in; \
@@ -106,6 +121,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
             source,
         })?;
 
+    let (query_txs, query_rxs): (Vec<_>, Vec<_>) =
+        (0..config.cores).map(|_| flume::bounded(64)).unzip();
     let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..config.cores)
         .map(|_| flume::bounded(sequencer::INBOX_DEPTH))
         .unzip();
@@ -121,9 +138,29 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     } else {
         "epoll"
     };
+    crate::metrics::mark_start();
+    let metrics_handle = match crate::metrics::install() {
+        Ok(handle) => {
+            let upkeep = handle.clone();
+            let _ = thread::Builder::new()
+                .name("herald-metrics".into())
+                .spawn(move || {
+                    loop {
+                        thread::sleep(crate::metrics::UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                });
+            Some(handle)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "metrics are unavailable");
+            None
+        }
+    };
     let shared = Arc::new(Shared {
         config: config.clone(),
         auth: Arc::new(auth),
+        objects,
         publisher,
         log_status: sequencer.status.clone(),
         log_reader,
@@ -131,6 +168,13 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         started: Instant::now(),
         default_password,
         driver,
+        core_stats: (0..config.cores)
+            .map(|_| crate::metrics::CoreStats::default())
+            .collect(),
+        metrics: metrics_handle,
+        history,
+        next_conn_id: std::sync::atomic::AtomicU64::new(1),
+        queries: query_txs,
         heartbeats: (0..config.cores)
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
@@ -142,12 +186,18 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     let (controls, control_rxs): (Vec<_>, Vec<_>) =
         (0..config.cores).map(|_| flume::bounded(1)).unzip();
     let mut threads = Vec::new();
-    for (id, ((listener, inbox), control)) in listeners
+    let cores_io = listeners
         .into_iter()
         .zip(receivers)
         .zip(control_rxs)
-        .enumerate()
-    {
+        .zip(query_rxs);
+    for (id, (((listener, inbox), control), queries)) in cores_io.enumerate() {
+        let inputs = CoreInputs {
+            listener,
+            inbox,
+            control,
+            queries,
+        };
         let shared = shared.clone();
         let pin = core_ids.get(id % core_ids.len().max(1)).copied();
         let blocking = blocking.clone();
@@ -159,7 +209,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
                 if let Some(core_id) = pin {
                     core_affinity::set_for_current(core_id);
                 }
-                run_core(id, shared, listener, inbox, control, blocking, ready);
+                run_core(id, shared, inputs, blocking, ready);
                 let _ = done.send(id);
             })
             .map_err(|source| ServerError::Start {
@@ -283,6 +333,20 @@ fn apply_reload(shared: &Shared, reload: &Reload) {
     }
 }
 
+/// Trims the connection history by count and age in the background.
+fn start_history_trim(history: crate::connections::History, retention: crate::config::History) {
+    let _ = thread::Builder::new()
+        .name("herald-history".into())
+        .spawn(move || {
+            loop {
+                if let Err(error) = history.trim(&retention, std::time::SystemTime::now()) {
+                    tracing::warn!(%error, "trimming the connection history failed; will retry");
+                }
+                thread::sleep(crate::connections::TRIM_EVERY);
+            }
+        });
+}
+
 /// Pings systemd's watchdog while every core's sweeper keeps running.
 fn start_watchdog(shared: Arc<Shared>) {
     let Some(period) = sd_notify::watchdog_enabled() else {
@@ -326,15 +390,27 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-fn run_core(
-    id: usize,
-    shared: Arc<Shared>,
+/// What one core receives from startup: its listener and the ends of its channels.
+struct CoreInputs {
     listener: TcpListener,
     inbox: flume::Receiver<sequencer::Batch>,
     control: flume::Receiver<CoreControl>,
+    queries: flume::Receiver<worker::CoreQuery>,
+}
+
+fn run_core(
+    id: usize,
+    shared: Arc<Shared>,
+    inputs: CoreInputs,
     blocking: monoio::blocking::DefaultThreadPool,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) {
+    let CoreInputs {
+        listener,
+        inbox,
+        control,
+        queries,
+    } = inputs;
     let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .attach_thread_pool(Box::new(blocking))
@@ -358,6 +434,8 @@ fn run_core(
         let core = Core::new(id, shared);
         monoio::spawn(core.clone().receive_batches(inbox));
         monoio::spawn(core.clone().sweep_forever());
+        monoio::spawn(core.clone().answer_queries(queries));
+        monoio::spawn(core.clone().apply_changes_forever());
         monoio::spawn(worker::accept_forever(core.clone(), listener));
         let _ = ready.send(Ok(()));
         if let Ok(CoreControl::Shutdown { deadline }) = control.recv_async().await {

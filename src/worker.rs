@@ -16,12 +16,18 @@ use slab::Slab;
 use crate::auth::AuthStore;
 use crate::command;
 use crate::config::Config;
+use crate::connection::Notify;
 use crate::connection::{CloseReason, WsConn};
+use crate::connections::{ConnectionView, History};
+use crate::event::Event;
 use crate::event::{self, EncodedEvent};
 use crate::filter::FilterIndex;
 use crate::log::LogReader;
-use crate::sequencer::{Batch, LogStatus, Publisher};
+use crate::metrics::CoreStats;
+use crate::sequencer::{Batch, LogStatus, Publisher, SequencedBatch};
 use crate::transport::{self, Shutdown};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 /// How often a core checks deadlines: header timeouts, pings, bookmarks, close grace.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
@@ -41,6 +47,8 @@ pub struct Shared {
     pub config: Config,
     /// Users, roles and tokens.
     pub auth: Arc<AuthStore>,
+    /// Profiles, params, machines, clusters and resource brokers.
+    pub objects: Arc<crate::objects::ObjectStore>,
     /// The sequencer's handle.
     pub publisher: Publisher,
     /// The log's bounds, kept current by the sequencer.
@@ -55,6 +63,16 @@ pub struct Shared {
     pub default_password: bool,
     /// `io_uring` or `epoll`.
     pub driver: &'static str,
+    /// Counters each core writes and `/metrics` merges.
+    pub core_stats: Box<[crate::metrics::CoreStats]>,
+    /// The Prometheus exposition, when this process installed the recorder.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Closed (and crashed) connections, persistent.
+    pub history: History,
+    /// Next connection id (unique within the process; history keys add the close time).
+    pub next_conn_id: AtomicU64,
+    /// Each core's query inbox, for gathering live connections.
+    pub queries: Vec<flume::Sender<CoreQuery>>,
     /// Milliseconds since `started` at each core's last sweep, for the watchdog.
     pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
 }
@@ -83,6 +101,10 @@ impl Shared {
 /// Deadlines of one HTTP connection, checked by the sweeper (reads are never timed out).
 pub struct HttpWatch {
     fd: RawFd,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The connection's id and view once a request on it authenticated.
+    pub tracked: RefCell<Option<(u64, ConnectionView)>>,
     /// When the first byte of the current request arrived; `None` between requests.
     pub request_started: Cell<Option<Instant>>,
     /// When the connection became idle.
@@ -90,6 +112,15 @@ pub struct HttpWatch {
     /// Set by the sweeper when a deadline passed and the socket's reads were ended.
     pub expired: Cell<Option<Expiry>>,
 }
+
+/// A question one core answers for a request served on another.
+pub enum CoreQuery {
+    /// The live connections of the core.
+    Connections(flume::Sender<Vec<ConnectionView>>),
+}
+
+/// A change run on the log thread for a connection: history writes and the events they cause.
+type ConnectionChange = Box<dyn FnOnce() -> Vec<Event> + Send>;
 
 /// Which deadline ended an HTTP connection's read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +152,9 @@ pub struct Core {
     /// Seq of the last event this core has fanned out.
     pub last_delivered: Cell<u64>,
     stopping: Cell<bool>,
+    changes: RefCell<Vec<ConnectionChange>>,
+    changes_wake: Notify,
+    changes_in_flight: Cell<bool>,
 }
 
 impl Core {
@@ -138,11 +172,114 @@ impl Core {
             stamp: Cell::new(0),
             last_delivered: Cell::new(last),
             stopping: Cell::new(false),
+            changes: RefCell::new(Vec::new()),
+            changes_wake: Notify::default(),
+            changes_in_flight: Cell::new(false),
         })
+    }
+
+    /// Records a connection as open and emits `connections.create.<principal>`; returns its id.
+    pub fn open_connection(&self, view: ConnectionView) -> u64 {
+        let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let history = self.shared.history.clone();
+        let event = Event::new("connections", "create", &view.principal, &view.principal)
+            .with_object(&view);
+        self.change(Box::new(move || {
+            if let Err(error) = history.record_open(id, &view) {
+                tracing::warn!(%error, "could not record an open connection");
+            }
+            vec![event]
+        }));
+        id
+    }
+
+    /// Moves a connection to the history and emits `connections.delete.<principal>`.
+    pub fn close_connection(&self, id: u64, mut view: ConnectionView, reason: String) {
+        let now = SystemTime::now();
+        view.close_time = Some(humantime::format_rfc3339_nanos(now).to_string());
+        view.close_reason = Some(reason);
+        let history = self.shared.history.clone();
+        let event = Event::new("connections", "delete", &view.principal, &view.principal)
+            .with_object(&view);
+        self.change(Box::new(move || {
+            if let Err(error) = history.record_closed(id, &view, now) {
+                tracing::warn!(%error, "could not record a closed connection");
+            }
+            vec![event]
+        }));
+    }
+
+    /// Queues a connection change; they reach the log in the order they were made.
+    fn change(&self, change: ConnectionChange) {
+        self.changes.borrow_mut().push(change);
+        self.changes_wake.notify();
+    }
+
+    /// Applies queued connection changes on the log thread, as one step per wake-up.
+    pub async fn apply_changes_forever(self: Rc<Self>) {
+        loop {
+            self.changes_wake.notified().await;
+            let changes = std::mem::take(&mut *self.changes.borrow_mut());
+            if changes.is_empty() {
+                continue;
+            }
+            self.changes_in_flight.set(true);
+            let applied = self
+                .shared
+                .publisher
+                .apply(move || {
+                    (
+                        changes.into_iter().flat_map(|change| change()).collect(),
+                        (),
+                    )
+                })
+                .await;
+            self.changes_in_flight.set(false);
+            if let Err(error) = applied {
+                tracing::warn!(%error, "connection events were not published");
+            }
+        }
+    }
+
+    /// Whether connection changes are still waiting to reach the log.
+    fn changes_pending(&self) -> bool {
+        self.changes_in_flight.get() || !self.changes.borrow().is_empty()
+    }
+
+    /// This core's live connections, as the connections API shows them.
+    pub fn connection_views(&self) -> Vec<ConnectionView> {
+        let mut views: Vec<ConnectionView> =
+            self.conns.borrow().iter().map(|(_, c)| c.view()).collect();
+        views.extend(self.http.borrow().iter().filter_map(|(_, watch)| {
+            watch
+                .tracked
+                .borrow()
+                .as_ref()
+                .map(|(_, view)| view.clone())
+        }));
+        views
+    }
+
+    /// Answers other cores' questions until the server stops.
+    pub async fn answer_queries(self: Rc<Self>, queries: flume::Receiver<CoreQuery>) {
+        while let Ok(query) = queries.recv_async().await {
+            match query {
+                CoreQuery::Connections(reply) => {
+                    let _ = reply.send(self.connection_views());
+                }
+            }
+        }
+    }
+
+    /// This core's counters.
+    pub fn stats(&self) -> &CoreStats {
+        &self.shared.core_stats[self.id]
     }
 
     /// Registers a new websocket connection, built with its slot number.
     pub fn add_conn(&self, build: impl FnOnce(u32) -> WsConn) -> Rc<WsConn> {
+        CoreStats::add(&self.stats().websockets, 1);
+        metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED, "type" => "websocket").increment(1);
         let mut conns = self.conns.borrow_mut();
         let entry = conns.vacant_entry();
         let conn = Rc::new(build(entry.key() as u32));
@@ -153,7 +290,9 @@ impl Core {
     /// Removes every filter of a connection from the index.
     pub fn remove_filters(&self, conn: &WsConn) {
         let mut index = self.index.borrow_mut();
-        for filter in conn.filters.borrow_mut().drain(..) {
+        let mut filters = conn.filters.borrow_mut();
+        CoreStats::sub(&self.stats().filters, filters.len() as u64);
+        for filter in filters.drain(..) {
             index.remove(conn.slot, &filter);
         }
         self.replaying.borrow_mut().remove(&conn.slot);
@@ -168,34 +307,43 @@ impl Core {
             .is_some_and(|c| std::ptr::eq(&**c, conn))
         {
             conns.remove(conn.slot as usize);
+            CoreStats::sub(&self.stats().websockets, 1);
+            if let Some(reason) = conn.close_reason() {
+                crate::metrics::count_disconnect(&reason);
+            }
         }
     }
 
     /// Starts watching an HTTP connection's deadlines.
-    pub fn watch_http(&self, fd: RawFd) -> (usize, Rc<HttpWatch>) {
+    pub fn watch_http(&self, fd: RawFd, remote: SocketAddr) -> (usize, Rc<HttpWatch>) {
         let watch = Rc::new(HttpWatch {
             fd,
+            remote,
+            tracked: RefCell::new(None),
             request_started: Cell::new(None),
             idle_since: Cell::new(Instant::now()),
             expired: Cell::new(None),
         });
         let key = self.http.borrow_mut().insert(watch.clone());
+        CoreStats::add(&self.stats().api_connections, 1);
         (key, watch)
     }
 
     /// Stops watching an HTTP connection (before its socket closes).
     pub fn unwatch_http(&self, key: usize) {
-        self.http.borrow_mut().try_remove(key);
+        if self.http.borrow_mut().try_remove(key).is_some() {
+            CoreStats::sub(&self.stats().api_connections, 1);
+        }
     }
 
     /// Fans one batch out to every matching connection of this core.
-    pub fn deliver(&self, batch: &[EncodedEvent]) {
+    pub fn deliver(&self, batch: &SequencedBatch) {
         let mut slow = Vec::new();
         {
             let index = self.index.borrow();
             let conns = self.conns.borrow();
             let replaying = self.replaying.borrow();
-            for event in batch {
+            for event in &batch.events {
                 let stamp = self.stamp.get() + 1;
                 self.stamp.set(stamp);
                 index.for_each_candidate(&event.ty, &event.action, &event.key, |ids| {
@@ -209,7 +357,7 @@ impl Core {
                         if !replaying.is_empty() && replaying.contains_key(&id) {
                             continue;
                         }
-                        if !conn.queue_event(event) {
+                        if !conn.queue_live(event, batch.durable_at) {
                             slow.push(conn.clone());
                         }
                     }
@@ -247,6 +395,8 @@ impl Core {
         })
         .to_string();
         conn.queue_control(&event::reply_frame("replay", argument, Some(&object)));
+        let result = if recovered { "recovered" } else { "gap" };
+        metrics::counter!(crate::metrics::REPLAY_REQUESTS, "result" => result).increment(1);
         self.bookmarked
             .borrow_mut()
             .insert(conn.slot, (cursor, Instant::now()));
@@ -345,7 +495,9 @@ impl Core {
             }
         }
         while Instant::now() < deadline
-            && (!self.conns.borrow().is_empty() || !self.http.borrow().is_empty())
+            && (!self.conns.borrow().is_empty()
+                || !self.http.borrow().is_empty()
+                || self.changes_pending())
         {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -408,6 +560,7 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
         let limit = core.last_delivered.get();
         let mut next = cursor;
         let mut full = false;
+        let mut replayed = 0;
         for (seq, json) in rows {
             if seq > limit {
                 break;
@@ -430,17 +583,17 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
                     break;
                 }
                 conn.queue_event(&event);
+                replayed += 1;
             }
             next = seq;
         }
         if let Some(r) = core.replaying.borrow_mut().get_mut(&conn.slot) {
             r.cursor = next;
         }
+        metrics::counter!(crate::metrics::EVENTS_REPLAYED).increment(replayed);
         if full {
             conn.drained().notified().await;
-            continue;
-        }
-        if next == cursor {
+        } else if next == cursor {
             // Delivered but not yet readable: with `batched` durability the log serves only
             // flushed events, and the next flush is at most a few milliseconds away.
             monoio::time::sleep(REPLAY_FLUSH_WAIT).await;
@@ -455,6 +608,8 @@ pub async fn accept_forever(core: Rc<Core>, listener: monoio::net::TcpListener) 
             Ok(_) if core.is_stopping() => return,
             Err(_) if core.is_stopping() => return,
             Ok((stream, remote)) => {
+                metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED, "type" => "api")
+                    .increment(1);
                 let _ = stream.set_nodelay(true);
                 monoio::spawn(crate::api::serve(core.clone(), stream, remote));
             }

@@ -113,6 +113,11 @@ fn query_token_with_user_and_password_authenticates() {
     assert_eq!(reply.status, 200, "?Token= is read too: {reply:?}");
     let reply = info(server, &Auth::query(&format!("{ADMIN}:wrong")));
     assert_drp_error(&reply, 403);
+    let mut client = server.ws(&Auth::query(&format!(
+        "{ADMIN}:{}",
+        server.admin_password()
+    )));
+    client.register("querypair.*.*");
 }
 
 #[test]

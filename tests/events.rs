@@ -200,6 +200,20 @@ fn invalid_type_or_action_is_400_and_nothing_is_delivered() {
         let reply = server.post_events(&server.admin(), &event(bad, "save", "k").to_string());
         assert_eq!(reply.status, 400, "Type {bad:?} must be refused: {reply:?}");
     }
+    for not_a_string in [json!(5), json!(null), json!(["a"]), json!({"a": 1})] {
+        let mut body = event(&kind, "save", "k");
+        body["Action"] = not_a_string.clone();
+        let reply = server.post_events(&server.admin(), &body.to_string());
+        assert_eq!(reply.status, 400, "Action {not_a_string} must be refused");
+        if not_a_string.is_null() {
+            // A null Key reads as an empty one, as in DRP's Go decoding; only its type is checked.
+            continue;
+        }
+        let mut body = event(&kind, "save", "k");
+        body["Key"] = not_a_string.clone();
+        let reply = server.post_events(&server.admin(), &body.to_string());
+        assert_eq!(reply.status, 400, "Key {not_a_string} must be refused");
+    }
     for missing in ["Type", "Action"] {
         let mut body = event(&kind, "save", "k");
         body.as_object_mut().map(|o| o.remove(missing));

@@ -117,6 +117,31 @@ fn every_command_is_answered_before_any_event_it_affects() {
 }
 
 #[test]
+fn pipelined_commands_get_one_reply_each_in_order() {
+    let mut client = admin_client();
+    let commands = [
+        ("register pipe.a.b", "register", "pipe.a.b"),
+        ("nonsense", "error", "nonsense"),
+        ("register pipe.a.b", "register", "pipe.a.b"),
+        ("deregister pipe.x.y", "deregister", "pipe.x.y"),
+        ("register pipe.a", "error", "register pipe.a"),
+        ("deregister pipe.a.b", "deregister", "pipe.a.b"),
+        ("register", "error", "register"),
+        ("register pipe.c.d", "register", "pipe.c.d"),
+    ];
+    for (text, _, _) in commands {
+        client.send_text(text);
+    }
+    for (text, action, key) in commands {
+        let reply = client.expect_event();
+        assert_eq!(reply["Type"], "websocket", "reply to {text:?}: {reply}");
+        assert_eq!(reply["Action"], action, "reply to {text:?}: {reply}");
+        assert_eq!(reply["Key"], key, "reply to {text:?}: {reply}");
+    }
+    client.expect_no_event(common::QUIET_PERIOD);
+}
+
+#[test]
 fn register_is_idempotent_and_each_event_is_delivered_once() {
     let server = Server::shared();
     let kind = unique("idem");

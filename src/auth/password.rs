@@ -136,6 +136,14 @@ impl BasicCache {
         );
     }
 
+    /// Forgets every cached login, so a change of roles or claims applies to the next request.
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries

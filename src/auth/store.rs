@@ -489,7 +489,7 @@ impl AuthStore {
         views
     }
 
-    /// Creates a role. Roles are not redefined in place, so existing identities keep their claims.
+    /// Creates a role; [`AuthStore::replace_role`] changes an existing one.
     pub fn create_role(&self, role: Role) -> Result<Role, AuthError> {
         validate_name("role", &role.name)?;
         if let Some(problem) = role.claims.iter().find_map(Claim::problem) {
@@ -526,6 +526,98 @@ impl AuthStore {
     /// All roles, by name.
     pub fn list_roles(&self) -> Vec<Role> {
         read(&self.roles).values().cloned().collect()
+    }
+
+    /// Replaces a user's roles (each must exist); answers the user before and after. Applies to
+    /// the next request: cached logins are forgotten, and a token never grants more than its
+    /// user holds now (open websockets keep the claims they connected with).
+    pub fn set_roles(
+        &self,
+        name: &str,
+        roles: Vec<String>,
+    ) -> Result<(UserView, UserView), AuthError> {
+        let mut unique = Vec::with_capacity(roles.len());
+        for role in roles {
+            if !unique.contains(&role) {
+                unique.push(role);
+            }
+        }
+        self.check_roles_exist(&unique)?;
+        let mut users = write(&self.users);
+        let stored = users.get(name).ok_or_else(|| AuthError::NotFound {
+            kind: USERS_TREE,
+            name: name.to_owned(),
+        })?;
+        let before = stored.view();
+        let mut changed = stored.clone();
+        changed.roles = unique;
+        self.persist_user(&changed)?;
+        self.cache.clear();
+        let after = changed.view();
+        users.insert(changed.name.clone(), changed);
+        Ok((before, after))
+    }
+
+    /// Redefines an existing role's claims; answers the role before and after. Applies to the
+    /// next request of every holder (open websockets keep the claims they connected with).
+    /// `superuser` cannot be changed.
+    pub fn replace_role(&self, role: Role) -> Result<(Role, Role), AuthError> {
+        if role.name == SUPERUSER_ROLE {
+            return Err(AuthError::Invalid(
+                "the superuser role cannot be changed".into(),
+            ));
+        }
+        if let Some(problem) = role.claims.iter().find_map(Claim::problem) {
+            return Err(AuthError::Invalid(format!(
+                "role {:?}: {problem}",
+                role.name
+            )));
+        }
+        let mut roles = write(&self.roles);
+        let before = roles
+            .get(&role.name)
+            .cloned()
+            .ok_or_else(|| AuthError::NotFound {
+                kind: ROLES_TREE,
+                name: role.name.clone(),
+            })?;
+        self.roles_tree
+            .insert(role.name.as_bytes(), encode(&role)?)?;
+        self.roles_tree.flush()?;
+        roles.insert(role.name.clone(), role.clone());
+        self.cache.clear();
+        Ok((before, role))
+    }
+
+    /// Deletes a role that no user holds; `superuser` cannot be deleted.
+    pub fn delete_role(&self, name: &str) -> Result<Role, AuthError> {
+        if name == SUPERUSER_ROLE {
+            return Err(AuthError::Invalid(
+                "the superuser role cannot be deleted".into(),
+            ));
+        }
+        // Held under the users lock, so no user can be given the role while it goes.
+        let users = read(&self.users);
+        let holders: Vec<&str> = users
+            .values()
+            .filter(|user| user.roles.iter().any(|role| role == name))
+            .map(|user| user.name.as_str())
+            .collect();
+        if !holders.is_empty() {
+            return Err(AuthError::Conflict(format!(
+                "role {name:?} is held by {}; take it from them first",
+                holders.join(", ")
+            )));
+        }
+        let mut roles = write(&self.roles);
+        let removed = roles.remove(name).ok_or_else(|| AuthError::NotFound {
+            kind: ROLES_TREE,
+            name: name.to_owned(),
+        })?;
+        self.roles_tree.remove(name)?;
+        self.roles_tree.flush()?;
+        self.cache.clear();
+        Ok(removed)
     }
 
     fn persist_user(&self, stored: &StoredUser) -> Result<(), AuthError> {
@@ -1065,6 +1157,72 @@ mod tests {
         assert!(!store.default_password_in_use());
         ok(store.set_password(DEFAULT_ADMIN_USER, DEFAULT_ADMIN_PASSWORD));
         assert!(store.default_password_in_use());
+    }
+
+    #[test]
+    fn changing_roles_and_claims_applies_to_the_next_login_at_once() {
+        let store = store_with_bob();
+        ok(store.authenticate_slow(&basic("bob", "bobs-pw")));
+        ok(store.create_role(Role {
+            name: "writer".into(),
+            claims: vec![Claim::new("machines", "update", "*")],
+        }));
+        let (before, after) = ok(store.set_roles("bob", vec!["writer".into(), "writer".into()]));
+        assert_eq!(before.roles, vec!["viewer".to_owned()]);
+        assert_eq!(after.roles, vec!["writer".to_owned()]);
+        assert!(matches!(
+            store.authenticate_fast(&basic("bob", "bobs-pw")),
+            FastAuth::NeedsHash
+        ));
+        let identity = ok(store.authenticate_slow(&basic("bob", "bobs-pw")));
+        assert!(identity.claims.allows("machines", "update", "m1"));
+
+        let (_, changed) = ok(store.replace_role(Role {
+            name: "writer".into(),
+            claims: vec![Claim::new("profiles", "update", "*")],
+        }));
+        assert_eq!(changed.claims, vec![Claim::new("profiles", "update", "*")]);
+        let identity = ok(store.authenticate_slow(&basic("bob", "bobs-pw")));
+        assert!(!identity.claims.allows("machines", "update", "m1"));
+        assert!(identity.claims.allows("profiles", "update", "global"));
+    }
+
+    #[test]
+    fn roles_in_use_superuser_and_unknown_roles_are_refused_changes() {
+        let store = store_with_bob();
+        assert!(matches!(
+            store.delete_role("viewer"),
+            Err(AuthError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.delete_role(SUPERUSER_ROLE),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.replace_role(superuser_role()),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.replace_role(Role {
+                name: "nope".into(),
+                claims: vec![]
+            }),
+            Err(AuthError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.set_roles("bob", vec!["nope".into()]),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.set_roles("nobody", vec![]),
+            Err(AuthError::NotFound { .. })
+        ));
+        ok(store.set_roles("bob", vec![]));
+        assert_eq!(ok(store.delete_role("viewer")).name, "viewer");
+        assert!(matches!(
+            store.get_role("viewer"),
+            Err(AuthError::NotFound { .. })
+        ));
     }
 
     #[test]

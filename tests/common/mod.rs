@@ -67,7 +67,7 @@ pub struct Options {
     pub admin_password: Option<String>,
     /// A data directory the caller owns (kept after the server stops); `None` uses a fresh one.
     pub data_dir: Option<PathBuf>,
-    /// More `herald serve` flags, e.g. `["--retain-events", "10"]`.
+    /// More `herald serve` flags, e.g. `["--outbound-budget", "64KiB"]`.
     pub args: Vec<String>,
 }
 
@@ -1195,6 +1195,33 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
 /// Builds an event body for publishing.
 pub fn event(kind: &str, action: &str, key: &str) -> Value {
     json!({"Type": kind, "Action": action, "Key": key})
+}
+
+impl Server {
+    /// A plain websocket with a tiny receive buffer that registers `filter` and then never
+    /// reads, so it falls behind once the kernel's buffers are full.
+    pub fn stalled_ws(&self, filter: &str) -> WebSocket<TcpStream> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("create a socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("shrink the receive buffer");
+        socket.connect(&self.addr().into()).expect("connect");
+        let stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .expect("set a read timeout");
+        let url = format!(
+            "ws://{}/api/v3/ws?token=rocketskates:{}",
+            self.addr(),
+            self.admin_password()
+        );
+        let (mut ws, _) = tungstenite::client(url.as_str(), stream).expect("upgrade");
+        ws.send(Message::text(format!("register {filter}")))
+            .expect("send register");
+        ws.read().expect("register reply");
+        ws
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

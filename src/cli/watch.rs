@@ -1,0 +1,328 @@
+//! `herald events watch`: follows the websocket stream and prints one event per line. After a
+//! drop it reconnects and sends `replay <last Seq seen>`, so no event is missed or repeated.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+use super::{CliError, Client};
+
+/// How long connecting, the TLS handshake and the upgrade may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silence after which the connection is taken for dead; the server pings every 30 s.
+const SILENCE_LIMIT: Duration = Duration::from_secs(90);
+/// First and longest wait between reconnection attempts.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A socket, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    /// Standard output is gone (`| head`): stop quietly.
+    OutputClosed,
+    /// The connection failed or dropped: reconnect and resume.
+    Dropped(String),
+}
+
+/// Watches events matching `filter`, starting after `replay` (or after the newest stored event)
+/// and resuming after every drop, until standard output closes or a failure is final.
+pub fn watch(
+    client: &Client,
+    filter: &str,
+    replay: Option<u64>,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let mut last_seen = match replay {
+        Some(seq) => seq,
+        // Starting from the newest stored Seq makes even the first connection resumable.
+        None => client
+            .call("GET", "/api/v3/info", None)?
+            .get("LastSeq")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    };
+    let mut delay = RETRY_FIRST;
+    let mut ever_connected = false;
+    loop {
+        let mut socket = match connect(client) {
+            Ok(socket) => socket,
+            Err(Ended::Dropped(reason)) if ever_connected => {
+                eprintln!("herald: cannot reconnect ({reason}); retrying in {delay:?}");
+                thread::sleep(delay);
+                delay = (delay * 2).min(RETRY_MAX);
+                continue;
+            }
+            Err(Ended::Dropped(reason)) => return Err(client.unreachable(&reason)),
+            Err(Ended::OutputClosed) => return Ok(()),
+        }?;
+        ever_connected = true;
+        delay = RETRY_FIRST;
+        match follow(&mut socket, filter, &mut last_seen, out)? {
+            Ended::OutputClosed => return Ok(()),
+            Ended::Dropped(reason) => {
+                eprintln!("herald: connection lost ({reason}); resuming after Seq {last_seen}");
+            }
+        }
+    }
+}
+
+/// Connects and upgrades; `Ok(Err)` is a final refusal (bad credentials), `Err` a retryable one.
+fn connect(client: &Client) -> Result<Result<WebSocket<Stream>, CliError>, Ended> {
+    let endpoint = client.endpoint();
+    let addrs = (endpoint.host.as_str(), endpoint.port)
+        .to_socket_addrs()
+        .map_err(|e| Ended::Dropped(format!("cannot resolve {}: {e}", endpoint.host)))?;
+    let mut last_error = format!("{} resolves to no address", endpoint.host);
+    let mut tcp = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                tcp = Some(stream);
+                break;
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    let tcp = tcp.ok_or(Ended::Dropped(last_error))?;
+    let dropped = |e: io::Error| Ended::Dropped(e.to_string());
+    tcp.set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(dropped)?;
+    tcp.set_write_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(dropped)?;
+    tcp.set_nodelay(true).map_err(dropped)?;
+    let stream = match client.tls() {
+        None => Stream::Plain(tcp),
+        Some(config) => {
+            let name =
+                rustls::pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+                    Ended::Dropped(format!(
+                        "{} is not a valid TLS server name: {e}",
+                        endpoint.host
+                    ))
+                })?;
+            let connection = rustls::ClientConnection::new(config, name)
+                .map_err(|e| Ended::Dropped(format!("TLS setup failed: {e}")))?;
+            Stream::Tls(Box::new(rustls::StreamOwned::new(connection, tcp)))
+        }
+    };
+    let scheme = if endpoint.tls { "wss" } else { "ws" };
+    let url = format!("{scheme}://{}/api/v3/ws", endpoint.authority());
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| Ended::Dropped(format!("bad websocket URL {url}: {e}")))?;
+    match client.authorization().parse() {
+        Ok(value) => {
+            request.headers_mut().insert("Authorization", value);
+        }
+        Err(_) => {
+            return Ok(Err(CliError::Usage(
+                "the credentials contain characters that cannot travel in an HTTP header".into(),
+            )));
+        }
+    }
+    match tungstenite::client::client(request, stream) {
+        Ok((socket, _)) => {
+            let _ = socket.get_ref().tcp().set_read_timeout(Some(SILENCE_LIMIT));
+            Ok(Ok(socket))
+        }
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned();
+            let refused = CliError::Refused {
+                method: "GET".into(),
+                path: "/api/v3/ws".into(),
+                status,
+                messages: super::client::error_messages(status, &body),
+            };
+            // Credentials and claims do not fix themselves; a server that is busy or
+            // restarting might.
+            if status < 500 {
+                Ok(Err(refused))
+            } else {
+                Err(Ended::Dropped(refused.to_string()))
+            }
+        }
+        Err(e) => Err(Ended::Dropped(e.to_string())),
+    }
+}
+
+/// Registers, replays from `last_seen`, then prints events until the connection ends.
+fn follow(
+    socket: &mut WebSocket<Stream>,
+    filter: &str,
+    last_seen: &mut u64,
+    out: &mut impl Write,
+) -> Result<Ended, CliError> {
+    let register = format!("register {filter}");
+    if let Err(ended) = send(socket, &register) {
+        return Ok(ended);
+    }
+    let reply = match await_reply(socket) {
+        Ok(reply) => reply,
+        Err(ended) => return Ok(ended),
+    };
+    refused(&register, &reply)?;
+    let replay = format!("replay {last_seen}");
+    if let Err(ended) = send(socket, &replay) {
+        return Ok(ended);
+    }
+    // Events that arrive before the replay's reply are sent again after it, in order.
+    let reply = match await_reply(socket) {
+        Ok(reply) => reply,
+        Err(ended) => return Ok(ended),
+    };
+    refused(&replay, &reply)?;
+    // On stderr, so scripts (and tests) know from when on nothing is missed.
+    eprintln!("herald: watching {filter} after Seq {last_seen}");
+    if reply["Object"]["Recovered"] == Value::Bool(false) {
+        eprintln!(
+            "herald: some events after Seq {last_seen} are no longer held by the server (it holds {}..{}); continuing from the oldest it has",
+            reply["Object"]["FirstSeq"], reply["Object"]["LastSeq"]
+        );
+    }
+    loop {
+        let text = match next_text(socket) {
+            Ok(text) => text,
+            Err(ended) => return Ok(ended),
+        };
+        let Ok(event) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if event["Type"] == "websocket" {
+            // A bookmark promises that everything up to its Seq has been sent.
+            if event["Action"] == "bookmark"
+                && let Some(seq) = event["Key"].as_str().and_then(|k| k.parse::<u64>().ok())
+            {
+                *last_seen = (*last_seen).max(seq);
+            }
+            continue;
+        }
+        let seq = event["Seq"].as_u64();
+        if seq.is_some_and(|seq| seq <= *last_seen) {
+            continue;
+        }
+        match writeln!(out, "{}", text.trim()).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(Ended::OutputClosed),
+            Err(e) => return Err(CliError::Output(e)),
+        }
+        if let Some(seq) = seq {
+            *last_seen = seq;
+        }
+    }
+}
+
+fn refused(command: &str, reply: &Value) -> Result<(), CliError> {
+    if reply["Action"] == "error" {
+        let message = reply["Object"]["Messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        return Err(CliError::Stream {
+            command: command.to_owned(),
+            message,
+        });
+    }
+    Ok(())
+}
+
+fn send(socket: &mut WebSocket<Stream>, text: &str) -> Result<(), Ended> {
+    socket
+        .send(Message::text(text))
+        .map_err(|e| Ended::Dropped(e.to_string()))
+}
+
+/// The next `websocket` reply, discarding events that come before it.
+fn await_reply(socket: &mut WebSocket<Stream>) -> Result<Value, Ended> {
+    loop {
+        let text = next_text(socket)?;
+        if let Ok(value) = serde_json::from_str::<Value>(&text)
+            && value["Type"] == "websocket"
+            && value["Action"] != "bookmark"
+        {
+            return Ok(value);
+        }
+    }
+}
+
+fn next_text(socket: &mut WebSocket<Stream>) -> Result<String, Ended> {
+    loop {
+        match socket.read() {
+            Ok(Message::Text(text)) => return Ok(text.to_string()),
+            Ok(Message::Close(frame)) => {
+                let reason = frame.map_or_else(
+                    || "closed by the server".to_owned(),
+                    |f| format!("closed by the server: {} {}", u16::from(f.code), f.reason),
+                );
+                return Err(Ended::Dropped(reason));
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(Ended::Dropped(format!(
+                    "nothing heard for {SILENCE_LIMIT:?}"
+                )));
+            }
+            Err(e) => return Err(Ended::Dropped(e.to_string())),
+        }
+    }
+}

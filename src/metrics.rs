@@ -1,0 +1,285 @@
+//! Metric names, their help texts and buckets, per-core counters, and the `/metrics` exposition.
+//!
+//! Counters on the fan-out path (events and bytes delivered, connections, filters) live in one
+//! [`CoreStats`] per core, written only by that core, and are merged at scrape time; everything
+//! else goes through the `metrics` facade into metrics-exporter-prometheus, which renders the
+//! Prometheus text. No label takes a value a client controls.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::connection::CloseReason;
+use crate::worker::Shared;
+
+/// Open connections, by `type` (`websocket`, `api`).
+pub const CONNECTIONS: &str = "herald_connections";
+/// Accepted connections, by `type`.
+pub const CONNECTIONS_ACCEPTED: &str = "herald_connections_accepted_total";
+/// Closed websockets, by `reason`.
+pub const DISCONNECTS: &str = "herald_disconnects_total";
+/// Registered filters.
+pub const FILTERS: &str = "herald_filters";
+/// Events sequenced into the log.
+pub const EVENTS_PUBLISHED: &str = "herald_events_published_total";
+/// Events written to websockets.
+pub const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
+/// Bytes written to websockets.
+pub const DELIVERED_BYTES: &str = "herald_delivered_bytes_total";
+/// Connections closed as slow consumers.
+pub const SLOW_CONSUMER_CLOSES: &str = "herald_slow_consumer_closes_total";
+/// `replay` commands, by `result` (`recovered`, `gap`).
+pub const REPLAY_REQUESTS: &str = "herald_replay_requests_total";
+/// Events sent by replays.
+pub const EVENTS_REPLAYED: &str = "herald_events_replayed_total";
+/// Oldest retained Seq.
+pub const LOG_FIRST_SEQ: &str = "herald_log_first_seq";
+/// Newest stored Seq.
+pub const LOG_LAST_SEQ: &str = "herald_log_last_seq";
+/// Bytes of retained events.
+pub const LOG_BYTES: &str = "herald_log_bytes";
+/// Time from a publish request's arrival until its events are durable.
+pub const PUBLISH_DURATION: &str = "herald_publish_duration_seconds";
+/// Time from an event being durable until it is written to a socket (measured per write).
+pub const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
+/// Failed authentications, by `reason`.
+pub const AUTH_FAILURES: &str = "herald_auth_failures_total";
+/// HTTP requests, by `route` template and status `class`.
+pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
+/// Always 1, labelled with `version` and `driver`.
+pub const BUILD_INFO: &str = "herald_build_info";
+
+/// Latency buckets from 50 µs to 10 s: a loopback delivery takes tens of microseconds, a
+/// synced publish a few milliseconds, and anything in seconds is an incident.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often the exporter's histograms are maintained.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Counters one core writes and the scrape reads; aligned so cores never share a cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct CoreStats {
+    /// Open websockets on this core.
+    pub websockets: AtomicU64,
+    /// Open HTTP (API) connections on this core.
+    pub api_connections: AtomicU64,
+    /// Filters registered on this core.
+    pub filters: AtomicU64,
+    /// Events written to this core's websockets.
+    pub events_delivered: AtomicU64,
+    /// Bytes written to this core's websockets.
+    pub bytes_delivered: AtomicU64,
+}
+
+impl CoreStats {
+    /// Adds `n` (the owning core is the only writer, so no read-modify-write is needed).
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Subtracts `n`, for gauges.
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.store(
+            counter.load(Ordering::Relaxed).saturating_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Installs the process-wide recorder with herald's help texts and buckets.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(PUBLISH_DURATION.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(DELIVERY_LAG.into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    register_zeroes();
+    Ok(handle)
+}
+
+/// Every labelled series exists from the start, so rates and alerts see a zero, not a gap.
+fn register_zeroes() {
+    for reason in [
+        "client closed",
+        "slow consumer",
+        "ping timeout",
+        "server shutdown",
+        "protocol error",
+    ] {
+        counter!(DISCONNECTS, "reason" => reason).increment(0);
+    }
+    for kind in ["websocket", "api"] {
+        counter!(CONNECTIONS_ACCEPTED, "type" => kind).increment(0);
+    }
+    for result in ["recovered", "gap"] {
+        counter!(REPLAY_REQUESTS, "result" => result).increment(0);
+    }
+    for reason in [
+        "missing",
+        "malformed",
+        "bad_password",
+        "unknown_user",
+        "bad_token",
+        "expired_token",
+    ] {
+        counter!(AUTH_FAILURES, "reason" => reason).increment(0);
+    }
+    counter!(SLOW_CONSUMER_CLOSES).increment(0);
+    counter!(EVENTS_PUBLISHED).increment(0);
+    counter!(EVENTS_REPLAYED).increment(0);
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS, "Open connections, by type (websocket or api).");
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        "Connections accepted: api counts every TCP connection, websocket every upgrade."
+    );
+    describe_counter!(DISCONNECTS, "Websockets closed, by reason.");
+    describe_gauge!(FILTERS, "Filters registered on websockets.");
+    describe_counter!(EVENTS_PUBLISHED, "Events sequenced into the log.");
+    describe_counter!(EVENTS_DELIVERED, "Events written to websockets.");
+    describe_counter!(DELIVERED_BYTES, Unit::Bytes, "Bytes written to websockets.");
+    describe_counter!(
+        SLOW_CONSUMER_CLOSES,
+        "Websockets closed for falling a whole outbound budget behind."
+    );
+    describe_counter!(
+        REPLAY_REQUESTS,
+        "Replay commands, by result: recovered, or gap when events were missed."
+    );
+    describe_counter!(EVENTS_REPLAYED, "Events sent to websockets by replays.");
+    describe_gauge!(LOG_FIRST_SEQ, "Oldest Seq retained in the event log.");
+    describe_gauge!(LOG_LAST_SEQ, "Newest Seq stored in the event log.");
+    describe_gauge!(
+        LOG_BYTES,
+        Unit::Bytes,
+        "Bytes of events retained in the event log."
+    );
+    describe_histogram!(
+        PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time from a publish request's arrival until its events are durable."
+    );
+    describe_histogram!(
+        DELIVERY_LAG,
+        Unit::Seconds,
+        "Time from an event being durable until it is written to a socket, once per write."
+    );
+    describe_counter!(AUTH_FAILURES, "Failed authentications, by reason.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route template and status class (an upgrade is 1xx)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; labelled with herald's version and the IO driver in use."
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the herald process."
+    );
+    describe_gauge!(
+        "process_open_fds",
+        "Open file descriptors of the herald process."
+    );
+    describe_gauge!(
+        "process_start_time_seconds",
+        Unit::Seconds,
+        "Start time of the process since the Unix epoch."
+    );
+}
+
+/// The label a close reason is counted under (protocol errors without their detail).
+pub fn disconnect_reason(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::ClientClosed => "client closed",
+        CloseReason::SlowConsumer => "slow consumer",
+        CloseReason::PingTimeout => "ping timeout",
+        CloseReason::ServerShutdown => "server shutdown",
+        CloseReason::Protocol(_) => "protocol error",
+    }
+}
+
+/// Counts a closed websocket.
+pub fn count_disconnect(reason: &CloseReason) {
+    counter!(DISCONNECTS, "reason" => disconnect_reason(reason)).increment(1);
+    if *reason == CloseReason::SlowConsumer {
+        counter!(SLOW_CONSUMER_CLOSES).increment(1);
+    }
+}
+
+/// Counts an answered HTTP request.
+pub fn count_request(route: &'static str, status: u16) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    counter!(HTTP_REQUESTS, "route" => route, "class" => class).increment(1);
+}
+
+/// Merges the per-core counters into the exporter and renders the exposition.
+pub fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
+    let sum = |field: fn(&CoreStats) -> &AtomicU64| -> u64 {
+        shared
+            .core_stats
+            .iter()
+            .map(|s| field(s).load(Ordering::Relaxed))
+            .sum()
+    };
+    gauge!(CONNECTIONS, "type" => "websocket").set(sum(|s| &s.websockets) as f64);
+    gauge!(CONNECTIONS, "type" => "api").set(sum(|s| &s.api_connections) as f64);
+    gauge!(FILTERS).set(sum(|s| &s.filters) as f64);
+    counter!(EVENTS_DELIVERED).absolute(sum(|s| &s.events_delivered));
+    counter!(DELIVERED_BYTES).absolute(sum(|s| &s.bytes_delivered));
+    let log = &shared.log_status;
+    gauge!(LOG_FIRST_SEQ).set(log.first_seq() as f64);
+    gauge!(LOG_LAST_SEQ).set(log.last_seq() as f64);
+    gauge!(LOG_BYTES).set(log.bytes() as f64);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => shared.driver).set(1.0);
+    process_metrics();
+    handle.render()
+}
+
+/// Resident memory, open descriptors and start time, read from /proc.
+fn process_metrics() {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+        if let Some(kib) = rss_kib {
+            gauge!("process_resident_memory_bytes").set(kib * 1024.0);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge!("process_open_fds").set(fds.count() as f64);
+    }
+    if let Some(start) = START_TIME.get() {
+        gauge!("process_start_time_seconds").set(*start);
+    }
+}
+
+static START_TIME: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// Records the process start time (call once at startup).
+pub fn mark_start() {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let _ = START_TIME.set(now);
+}

@@ -1,0 +1,737 @@
+//! Black-box tests of the `herald` client subcommands, run as processes against a real server:
+//! the DRP walkthrough, object and token commands, resuming after a drop, TLS, and the message
+//! and exit code of every kind of failure.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Auth, Options, QUIET_PERIOD, REPLY_TIMEOUT, Server, unique};
+use serde_json::{Value, json};
+
+/// How long one CLI command may take before the test calls it hung.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(20);
+
+/// `herald` pointed at `server` as the admin through the environment, with no stray settings.
+fn herald(server: &Server) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .env("HERALD_ENDPOINT", server.base_url())
+        .env("HERALD_USERNAME", "rocketskates")
+        .env("HERALD_PASSWORD", server.admin_password())
+        .env_remove("HERALD_TOKEN")
+        .env_remove("HERALD_CA_CERT")
+        .stdin(Stdio::null());
+    command
+}
+
+/// A bare `herald` with no connection settings at all.
+fn bare_herald() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    for name in [
+        "HERALD_ENDPOINT",
+        "HERALD_USERNAME",
+        "HERALD_PASSWORD",
+        "HERALD_TOKEN",
+        "HERALD_CA_CERT",
+    ] {
+        command.env_remove(name);
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// Runs a command to completion within [`COMMAND_DEADLINE`].
+fn run(command: &mut Command, args: &[&str]) -> Output {
+    let mut child = command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    let deadline = Instant::now() + COMMAND_DEADLINE;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                panic!("herald {args:?} did not finish within {COMMAND_DEADLINE:?}");
+            }
+        }
+    }
+    child.wait_with_output().expect("collect herald's output")
+}
+
+/// Runs a command that must succeed; answers its standard output as JSON (`null` if empty).
+fn run_ok(command: &mut Command, args: &[&str]) -> Value {
+    let output = run(command, args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "herald {args:?} failed with {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if stdout.trim().is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("herald {args:?} printed no JSON ({e}): {stdout}"))
+}
+
+/// Runs a command that must fail with `code`; answers its standard error.
+fn run_failing(command: &mut Command, args: &[&str], code: i32) -> String {
+    let output = run(command, args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "herald {args:?}: stderr {stderr}"
+    );
+    assert!(
+        stderr.starts_with("herald: "),
+        "the failure must be explained: {stderr:?}"
+    );
+    stderr
+}
+
+/// A running `herald events watch`, its output lines arriving on channels; killed on drop.
+struct Watcher {
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Watcher {
+    fn spawn(command: &mut Command, args: &[&str]) -> Watcher {
+        let mut child = command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn herald events watch");
+        let stdout = lines(child.stdout.take().expect("stdout is piped"));
+        let stderr = lines(child.stderr.take().expect("stderr is piped"));
+        Watcher {
+            child,
+            stdout,
+            stderr,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    /// Waits until the watcher says on stderr something containing `text`.
+    fn await_stderr(&mut self, text: &str) {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        while !self.stderr_seen.iter().any(|line| line.contains(text)) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(remaining) {
+                Ok(line) => self.stderr_seen.push(line),
+                Err(_) => panic!(
+                    "the watcher never said {text:?}; it said {:?}",
+                    self.stderr_seen
+                ),
+            }
+        }
+        self.stderr_seen.retain(|line| !line.contains(text));
+    }
+
+    /// The next printed event.
+    fn next_event(&mut self) -> Value {
+        let line = self
+            .stdout
+            .recv_timeout(REPLY_TIMEOUT)
+            .unwrap_or_else(|_| panic!("the watcher printed nothing within {REPLY_TIMEOUT:?}"));
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the watcher printed a line that is not JSON ({e}): {line}"))
+    }
+
+    fn expect_silence(&mut self) {
+        if let Ok(line) = self.stdout.recv_timeout(QUIET_PERIOD) {
+            panic!("the watcher printed more than expected: {line}");
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A TCP relay between the CLI and the server whose connections the test can cut, to make
+/// the network drop a websocket without stopping the server.
+struct Relay {
+    addr: SocketAddr,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let addr = listener.local_addr().expect("relay address");
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let registry = Arc::clone(&open);
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let pairs = [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ];
+                if let Ok(mut open) = registry.lock() {
+                    open.push(client);
+                    open.push(server);
+                }
+                for pair in pairs {
+                    if let (Ok(mut from), Ok(mut to)) = pair {
+                        thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Write);
+                        });
+                    }
+                }
+            }
+        });
+        Relay { addr, open }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Breaks every connection relayed so far.
+    fn cut(&self) {
+        if let Ok(mut open) = self.open.lock() {
+            for stream in open.drain(..) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_drp_walkthrough_prints_a_save_event_for_setting_and_for_removing_a_param() {
+    let server = Server::start();
+    let mut watcher = Watcher::spawn(&mut herald(&server), &["events", "watch", "profiles.*.*"]);
+    watcher.await_stderr("watching profiles.*.*");
+
+    let set = run_ok(
+        &mut herald(&server),
+        &["profiles", "set", "global", "param", "bar", "to", "blatz"],
+    );
+    assert_eq!(set, json!("blatz"));
+    let removed = run_ok(
+        &mut herald(&server),
+        &["profiles", "remove", "global", "param", "bar"],
+    );
+    assert_eq!(removed, json!("blatz"));
+
+    let first = watcher.next_event();
+    assert_eq!(
+        (
+            first["Type"].as_str(),
+            first["Action"].as_str(),
+            first["Key"].as_str()
+        ),
+        (Some("profiles"), Some("save"), Some("global"))
+    );
+    assert_eq!(first["Object"]["Params"]["bar"], "blatz");
+    let second = watcher.next_event();
+    assert_eq!(
+        (
+            second["Type"].as_str(),
+            second["Action"].as_str(),
+            second["Key"].as_str()
+        ),
+        (Some("profiles"), Some("save"), Some("global"))
+    );
+    assert!(second["Object"]["Params"].get("bar").is_none(), "{second}");
+    assert_eq!(second["Original"]["Params"]["bar"], "blatz");
+    watcher.expect_silence();
+}
+
+#[test]
+fn objects_round_trip_through_the_cli() {
+    let server = Server::shared();
+    let name = unique("cli-");
+    let created = run_ok(
+        &mut herald(server),
+        &[
+            "profiles",
+            "create",
+            &json!({"Name": name, "Params": {"keep": 1}}).to_string(),
+        ],
+    );
+    assert_eq!(created["Name"], name);
+    let listed = run_ok(
+        &mut herald(server),
+        &["profiles", "list", &format!("Name={name}")],
+    );
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(
+        run_ok(&mut herald(server), &["profiles", "show", &name])["Name"],
+        name
+    );
+
+    let merged = run_ok(
+        &mut herald(server),
+        &["profiles", "update", &name, r#"{"Description":"merged"}"#],
+    );
+    assert_eq!(
+        (
+            merged["Description"].as_str(),
+            merged["Params"]["keep"].as_i64()
+        ),
+        (Some("merged"), Some(1))
+    );
+    let patched = run_ok(
+        &mut herald(server),
+        &[
+            "profiles",
+            "update",
+            &name,
+            r#"[{"op":"add","path":"/Meta/k","value":"v"}]"#,
+        ],
+    );
+    assert_eq!(patched["Meta"], json!({"k": "v"}));
+
+    assert_eq!(
+        run_ok(
+            &mut herald(server),
+            &["profiles", "set", &name, "param", "n", "to", "3"]
+        ),
+        json!(3)
+    );
+    assert_eq!(
+        run_ok(
+            &mut herald(server),
+            &["profiles", "get", &name, "param", "n"]
+        ),
+        json!(3)
+    );
+    let negative = ["profiles", "set", &name, "param", "neg", "to", "-1"];
+    assert_eq!(run_ok(&mut herald(server), &negative), json!(-1));
+    assert_eq!(
+        run_ok(&mut herald(server), &["profiles", "get", &name, "params"]),
+        json!({"keep": 1, "n": 3, "neg": -1})
+    );
+    run_ok(&mut herald(server), &["profiles", "destroy", &name]);
+    run_failing(&mut herald(server), &["profiles", "show", &name], 1);
+
+    let role = unique("cli-role-");
+    run_ok(
+        &mut herald(server),
+        &[
+            "roles",
+            "create",
+            &json!({"Name": role, "Claims": []}).to_string(),
+        ],
+    );
+    let claims = r#"{"Claims":[{"Scope":"profiles","Action":"get","Specific":"*"}]}"#;
+    let updated = run_ok(&mut herald(server), &["roles", "update", &role, claims]);
+    assert_eq!(updated["Claims"][0]["Scope"], "profiles");
+    assert_eq!(
+        run_ok(&mut herald(server), &["roles", "destroy", &role])["Name"],
+        role
+    );
+
+    for ty in ["params", "clusters", "resource_brokers", "roles"] {
+        let listed = run_ok(&mut herald(server), &[ty, "list"]);
+        assert!(listed.is_array(), "{ty}: {listed}");
+    }
+    let seq_before = server.get("/api/v3/info").json()["LastSeq"]
+        .as_u64()
+        .unwrap_or(0);
+    let key = unique("posted-");
+    run_ok(
+        &mut herald(server),
+        &[
+            "events",
+            "post",
+            &json!({"Type": "cli", "Action": "post", "Key": key}).to_string(),
+        ],
+    );
+    let stored = server
+        .get(&format!(
+            "/api/v3/events?since={seq_before}&filter=cli.post.{key}"
+        ))
+        .json();
+    assert_eq!(stored.as_array().map(Vec::len), Some(1), "{stored}");
+}
+
+#[test]
+fn tokens_from_the_cli_authenticate_as_their_user_or_machine() {
+    let server = Server::shared();
+    let machine = run_ok(
+        &mut herald(server),
+        &["machines", "create", r#"{"Name":"cli-machine"}"#],
+    );
+    let uuid = machine["Uuid"].as_str().unwrap_or_default().to_owned();
+    let minted = run_ok(
+        &mut herald(server),
+        &["machines", "token", &uuid, "--ttl", "60"],
+    );
+    assert_eq!(minted["Info"]["Principal"], format!("runner:{uuid}"));
+    let token = minted["Token"].as_str().unwrap_or_default().to_owned();
+    let shown = run_ok(
+        &mut herald(server),
+        &["--token", &token, "machines", "show", &uuid],
+    );
+    assert_eq!(shown["Uuid"], uuid);
+    run_ok(
+        &mut herald(server),
+        &[
+            "machines", "set", &uuid, "param", "by", "to", "runner", "--token", &token,
+        ],
+    );
+    let stderr = run_failing(
+        &mut herald(server),
+        &["--token", &token, "profiles", "show", "global"],
+        4,
+    );
+    assert!(stderr.contains("profiles:get:global"), "{stderr}");
+
+    let user_token = run_ok(
+        &mut herald(server),
+        &["users", "token", "rocketskates", "--ttl", "60"],
+    );
+    let token = user_token["Token"].as_str().unwrap_or_default();
+    let mut with_token = herald(server);
+    with_token
+        .env("HERALD_TOKEN", token)
+        .env("HERALD_PASSWORD", "not-used-with-a-token");
+    assert_eq!(
+        run_ok(&mut with_token, &["profiles", "show", "global"])["Name"],
+        "global"
+    );
+}
+
+#[test]
+fn connection_options_work_before_or_after_the_subcommand() {
+    let server = Server::shared();
+    let endpoint = server.base_url();
+    let password = server.admin_password().to_owned();
+    let before = run_ok(
+        &mut bare_herald(),
+        &[
+            "--endpoint",
+            &endpoint,
+            "--password",
+            &password,
+            "profiles",
+            "show",
+            "global",
+        ],
+    );
+    let after = run_ok(
+        &mut bare_herald(),
+        &[
+            "profiles",
+            "show",
+            "global",
+            "--endpoint",
+            &endpoint,
+            "--password",
+            &password,
+        ],
+    );
+    let between = run_ok(
+        &mut bare_herald(),
+        &[
+            "profiles",
+            "--endpoint",
+            &endpoint,
+            "show",
+            "--username",
+            "rocketskates",
+            "global",
+            "--password",
+            &password,
+        ],
+    );
+    assert_eq!(before["Name"], "global");
+    assert_eq!(after["Name"], "global");
+    assert_eq!(between["Name"], "global");
+}
+
+#[test]
+fn every_failure_has_a_clear_message_and_its_exit_code() {
+    let server = Server::shared();
+    let closed_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("pick a port")
+        .port();
+    let nowhere = format!("http://127.0.0.1:{closed_port}");
+    let stderr = run_failing(
+        &mut herald(server),
+        &["profiles", "list", "--endpoint", &nowhere],
+        3,
+    );
+    assert!(
+        stderr.contains("cannot reach herald") && stderr.contains("is herald running"),
+        "{stderr}"
+    );
+    let stderr = run_failing(
+        &mut herald(server),
+        &["events", "watch", "--endpoint", &nowhere],
+        3,
+    );
+    assert!(stderr.contains("cannot reach herald"), "{stderr}");
+
+    let stderr = run_failing(
+        &mut herald(server),
+        &["profiles", "list", "--password", "wrong"],
+        4,
+    );
+    assert!(
+        stderr.contains("403") && stderr.contains("wrong password"),
+        "{stderr}"
+    );
+    run_failing(
+        &mut herald(server),
+        &["profiles", "list", "--token", "not-a-token"],
+        4,
+    );
+    let stderr = run_failing(
+        &mut herald(server),
+        &["events", "watch", "--password", "wrong"],
+        4,
+    );
+    assert!(stderr.contains("403"), "{stderr}");
+
+    let stderr = run_failing(
+        &mut herald(server),
+        &["profiles", "show", "no-such-profile"],
+        1,
+    );
+    assert!(
+        stderr.contains("404") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    let stderr = run_failing(
+        &mut herald(server),
+        &["profiles", "create", "{\"Name\":"],
+        2,
+    );
+    assert!(stderr.contains("not valid JSON"), "{stderr}");
+    let stderr = run_failing(
+        &mut herald(server),
+        &["profiles", "create", r#"{"Name":"a/b"}"#],
+        1,
+    );
+    assert!(stderr.contains("422"), "{stderr}");
+    let stderr = run_failing(
+        &mut herald(server),
+        &["profiles", "list", "--endpoint", "127.0.0.1:8092"],
+        2,
+    );
+    assert!(stderr.contains("https://"), "{stderr}");
+    let stderr = run_failing(&mut herald(server), &["events", "watch", "nodots"], 1);
+    assert!(stderr.contains("register nodots"), "{stderr}");
+
+    let role = unique("reader-role");
+    let user = unique("reader");
+    server.create_role(
+        &role,
+        json!([{"Scope": "profiles", "Action": "get", "Specific": "*"}]),
+    );
+    server.create_user(&user, "reader-pw", &[&role]);
+    let stderr = run_failing(
+        &mut herald(server),
+        &[
+            "profiles",
+            "set",
+            "global",
+            "param",
+            "x",
+            "to",
+            "1",
+            "--username",
+            &user,
+            "--password",
+            "reader-pw",
+        ],
+        4,
+    );
+    assert!(stderr.contains("profiles:update:global"), "{stderr}");
+    let clap = run(
+        &mut herald(server),
+        &["profiles", "set", "global", "parm", "x", "to", "1"],
+    );
+    assert_eq!(clap.status.code(), Some(2));
+}
+
+#[test]
+fn the_watcher_resumes_after_a_drop_without_missing_or_repeating_events() {
+    let server = Server::shared();
+    let relay = Relay::start(server.addr());
+    let key = unique("resume-");
+    let mut watch = herald(server);
+    watch.env("HERALD_ENDPOINT", relay.endpoint());
+    let mut watcher = Watcher::spawn(&mut watch, &["events", "watch", &format!("resume.*.{key}")]);
+    watcher.await_stderr("watching");
+
+    let publish =
+        |n: u32| server.publish(json!({"Type": "resume", "Action": format!("n{n}"), "Key": key}));
+    let first = publish(1);
+    assert_eq!(watcher.next_event()["Seq"].as_u64(), Some(first));
+
+    relay.cut();
+    let mut published = vec![publish(2), publish(3)];
+    watcher.await_stderr("connection lost");
+    watcher.await_stderr("watching");
+    published.push(publish(4));
+    let printed: Vec<u64> = (0..3)
+        .map(|_| watcher.next_event()["Seq"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(printed, published);
+    watcher.expect_silence();
+}
+
+#[test]
+fn tls_needs_the_servers_certificate_or_insecure() {
+    let server = Server::start_with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let cert = server.cert_path().display().to_string();
+    let stderr = run_failing(&mut herald(&server), &["profiles", "show", "global"], 3);
+    assert!(
+        stderr.contains("--ca-cert") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    let stderr = run_failing(&mut herald(&server), &["events", "watch"], 3);
+    assert!(stderr.contains("--ca-cert"), "{stderr}");
+
+    assert_eq!(
+        run_ok(
+            &mut herald(&server),
+            &["profiles", "show", "global", "--insecure"]
+        )["Name"],
+        "global"
+    );
+    let mut trusted = herald(&server);
+    trusted.env("HERALD_CA_CERT", &cert);
+    assert_eq!(
+        run_ok(&mut trusted, &["profiles", "show", "global"])["Name"],
+        "global"
+    );
+
+    let mut watch = herald(&server);
+    watch.env("HERALD_CA_CERT", &cert);
+    let mut watcher = Watcher::spawn(&mut watch, &["events", "watch", "profiles.save.global"]);
+    watcher.await_stderr("watching");
+    run_ok(
+        &mut herald(&server),
+        &[
+            "profiles",
+            "set",
+            "global",
+            "param",
+            "tls",
+            "to",
+            "true",
+            "--ca-cert",
+            &cert,
+        ],
+    );
+    assert_eq!(watcher.next_event()["Object"]["Params"]["tls"], true);
+}
+
+#[test]
+fn the_default_endpoint_is_drps_port_on_loopback() {
+    let mut command = bare_herald();
+    let output = run(&mut command, &["profiles", "list", "--help"]);
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("https://127.0.0.1:8092") && help.contains("rocketskates"),
+        "{help}"
+    );
+}
+
+#[test]
+fn the_cli_lists_live_connections_and_the_history_of_closed_ones() {
+    let server = Server::start();
+    let created = run_ok(
+        &mut herald(&server),
+        &[
+            "machines",
+            "create",
+            &json!({"Name": unique("m")}).to_string(),
+        ],
+    );
+    let uuid = created["Uuid"].as_str().expect("a Uuid").to_string();
+    let token = run_ok(&mut herald(&server), &["machines", "token", &uuid]);
+    let token = token["Token"].as_str().expect("a Token").to_string();
+    let runner = server.ws(&Auth::bearer(&token));
+
+    let principal = format!("runner:{uuid}");
+    let listed = run_ok(
+        &mut herald(&server),
+        &[
+            "connections",
+            "list",
+            "--principal",
+            &principal,
+            "--type",
+            "websocket",
+        ],
+    );
+    let entries = listed.as_array().expect("a list");
+    assert_eq!(entries.len(), 1, "{listed}");
+    let addr = entries[0]["RemoteAddr"].as_str().unwrap().to_string();
+    let shown = run_ok(&mut herald(&server), &["connections", "show", &addr]);
+    assert_eq!(shown["Principal"], principal.as_str());
+    let of_machine = run_ok(&mut herald(&server), &["machines", "connections", &uuid]);
+    assert_eq!(of_machine.as_array().map(Vec::len), Some(1), "{of_machine}");
+
+    runner.close();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let history = run_ok(
+            &mut herald(&server),
+            &[
+                "connections",
+                "history",
+                "--principal",
+                &principal,
+                "--limit",
+                "5",
+            ],
+        );
+        if history.as_array().is_some_and(|h| !h.is_empty()) {
+            break history;
+        }
+        assert!(Instant::now() < deadline, "no history for {principal}");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert_eq!(history[0]["CloseReason"], "client closed");
+    let message = run_failing(&mut herald(&server), &["connections", "show", &addr], 1);
+    assert!(message.contains("404"), "{message}");
+}

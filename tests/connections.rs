@@ -1,0 +1,218 @@
+//! Connections (PROTOCOL §6): the live API, connection events, and the persistent history.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Auth, Options, Server, unique};
+use serde_json::{Value, json};
+
+fn create_machine(server: &Server) -> String {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let body = json!({"Uuid": uuid, "Name": unique("m")}).to_string();
+    let reply = server.request("POST", "/api/v3/machines", &server.admin(), Some(&body));
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    uuid
+}
+
+fn runner_token(server: &Server, uuid: &str) -> String {
+    let reply = server.get(&format!("/api/v3/machines/{uuid}/token?ttl=600"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["Token"]
+        .as_str()
+        .expect("a Token string")
+        .to_string()
+}
+
+/// Polls `path` until `done` holds for its JSON answer (bounded), returning that answer.
+fn wait_for_json(server: &Server, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = server.get(path);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let value = reply.json();
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never satisfied the condition: {value}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn drps_runner_monitoring_recipe_sees_the_runner_come_and_go_and_remembers_it_after_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let options = || Options {
+        data_dir: Some(data.path().to_path_buf()),
+        ..Options::default()
+    };
+    let server = Server::start_with(options());
+    let uuid = create_machine(&server);
+    let token = runner_token(&server, &uuid);
+    let principal = format!("runner:{uuid}");
+
+    let mut watcher = server.ws(&server.admin());
+    watcher.register(&format!("connections.create.{principal}"));
+    watcher.register(&format!("connections.delete.{principal}"));
+
+    let runner = server.ws(&Auth::bearer(&token));
+    let created = watcher.expect_event();
+    assert_eq!(created["Type"], "connections");
+    assert_eq!(created["Action"], "create");
+    assert_eq!(created["Key"], principal.as_str());
+    assert_eq!(created["Object"]["Type"], "websocket");
+    assert_eq!(created["Object"]["Principal"], principal.as_str());
+
+    let path = format!("/api/v3/machines/{uuid}/connections");
+    let listed = server.get(&path).json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let addr = listed[0]["RemoteAddr"].as_str().unwrap().to_string();
+    let one = server.get(&format!("/api/v3/connections/{addr}"));
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["Principal"], principal.as_str());
+
+    runner.close();
+    let deleted = watcher.expect_event();
+    assert_eq!(deleted["Action"], "delete");
+    assert_eq!(deleted["Object"]["CloseReason"], "client closed");
+    assert!(deleted["Object"]["CloseTime"].is_string());
+    assert!(deleted["Seq"].as_u64() > created["Seq"].as_u64());
+    wait_for_json(&server, &path, |v| v.as_array().is_some_and(Vec::is_empty));
+    assert_eq!(
+        server.get(&format!("/api/v3/connections/{addr}")).status,
+        404
+    );
+
+    drop(watcher);
+    drop(server);
+    let server = Server::start_with(options());
+    let history = server
+        .get(&format!(
+            "/api/v3/connections/history?principal={principal}"
+        ))
+        .json();
+    let entries = history.as_array().expect("a list");
+    assert_eq!(entries.len(), 1, "{history}");
+    assert_eq!(entries[0]["CloseReason"], "client closed");
+    assert_eq!(entries[0]["RemoteAddr"], addr.as_str());
+}
+
+#[test]
+fn a_keep_alive_rest_connection_appears_with_type_api() {
+    let server = Server::shared();
+    let user = unique("ops");
+    server.create_user(&user, "pw-1234", &["superuser"]);
+    let auth = Auth::basic(&user, "pw-1234");
+    // One keep-alive connection, kept open while the connections API is asked about it.
+    let mut keep_alive = server.raw();
+    let header = auth.header_value().unwrap();
+    keep_alive
+        .send(
+            format!("GET /api/v3/info HTTP/1.1\r\nHost: herald\r\nAuthorization: {header}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let reply = keep_alive.read_response(Duration::from_secs(10)).unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let principal = format!("user:{user}");
+    let listed = server
+        .request(
+            "GET",
+            &format!("/api/v3/connections?Principal={principal}&Type=api"),
+            &auth,
+            None,
+        )
+        .json();
+    let entries = listed.as_array().expect("a list");
+    assert!(!entries.is_empty(), "{listed}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["Type"] == "api" && e["Principal"] == principal.as_str())
+    );
+}
+
+#[test]
+fn unknown_connections_and_objects_are_404() {
+    let server = Server::shared();
+    let reply = server.get("/api/v3/connections/127.0.0.1:1");
+    assert_eq!(reply.status, 404);
+    common::assert_drp_error(&reply, 404);
+    let missing = uuid::Uuid::new_v4();
+    assert_eq!(
+        server
+            .get(&format!("/api/v3/machines/{missing}/connections"))
+            .status,
+        404
+    );
+    assert_eq!(
+        server
+            .get(&format!("/api/v3/clusters/{missing}/connections"))
+            .status,
+        404
+    );
+}
+
+#[test]
+fn the_connections_api_needs_the_connections_claims() {
+    let server = Server::shared();
+    let role = unique("machines-only");
+    server.create_role(
+        &role,
+        json!([{"Scope": "machines", "Action": "get", "Specific": "*"}]),
+    );
+    let user = unique("viewer");
+    server.create_user(&user, "pw-1234", &[&role]);
+    let auth = Auth::basic(&user, "pw-1234");
+    for path in ["/api/v3/connections", "/api/v3/connections/history"] {
+        let reply = server.request("GET", path, &auth, None);
+        assert_eq!(reply.status, 403, "{path}: {}", reply.body);
+        assert!(reply.body.contains("connections:list"), "{}", reply.body);
+    }
+}
+
+#[test]
+fn a_slow_consumer_is_recorded_with_its_close_reason() {
+    let server = Server::start_with(Options {
+        args: ["--max-body-bytes", "32KiB", "--outbound-budget", "64KiB"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    let mut watcher = server.ws(&server.admin());
+    watcher.register("connections.delete.*");
+
+    let stalled = server.stalled_ws("bulk.*.*");
+
+    let filler = "x".repeat(3 * 1024);
+    let batch: Vec<Value> = (0..8)
+        .map(|i| json!({"Type": "bulk", "Action": "fill", "Key": i.to_string(), "Object": {"pad": filler}}))
+        .collect();
+    let body = serde_json::to_string(&batch).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let closed = loop {
+        let reply = server.post_events(&server.admin(), &body);
+        assert_eq!(reply.status, 204, "{}", reply.body);
+        if let Some(event) = watcher.next_event(Duration::from_millis(1))
+            && event["Object"]["CloseReason"] == "slow consumer"
+        {
+            break event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client was never closed"
+        );
+    };
+    assert_eq!(closed["Object"]["Type"], "websocket");
+    drop(stalled);
+    let history = server.get("/api/v3/connections/history").json();
+    assert!(
+        history
+            .as_array()
+            .is_some_and(|h| h.iter().any(|e| e["CloseReason"] == "slow consumer")),
+        "{history}"
+    );
+}

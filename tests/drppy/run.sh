@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Checks that drppy-client, RackN's own Python REST client for DRP, can list and create profiles
+# on herald over TLS with herald's self-signed certificate: once verifying it against the
+# generated tls/cert.pem, once with verification off (as most DRP scripts run).
+#
+# Usage: tests/drppy/run.sh   (builds herald unless HERALD names a binary; needs python3 and pip)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+drppy_version=${DRPPY_VERSION:-4.17.0}
+password=drppy-check-pw
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ -z "${HERALD:-}" ]; then
+    (cd "$root" && cargo build --quiet --bin herald)
+    HERALD=${CARGO_TARGET_DIR:-$root/target}/debug/herald
+fi
+
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check "drppy-client==$drppy_version"
+
+"$HERALD" serve --listen 127.0.0.1:0 --data-dir "$work/data" --admin-password "$password" \
+    --cores 1 2>"$work/server.log" &
+server_pid=$!
+
+endpoint=
+for _ in $(seq 1 300); do
+    endpoint=$(grep -o 'listening on https://127\.0\.0\.1:[0-9]*' "$work/server.log" | head -n 1 | sed 's/listening on //') || true
+    [ -n "$endpoint" ] && break
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+        echo "herald exited before listening:" >&2
+        cat "$work/server.log" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+if [ -z "$endpoint" ]; then
+    echo "herald did not log 'listening on' within 30 s:" >&2
+    cat "$work/server.log" >&2
+    exit 1
+fi
+
+python="$work/venv/bin/python -W ignore::Warning"
+$python "$root/tests/drppy/check.py" "$endpoint" rocketskates "$password" "$work/data/tls/cert.pem"
+$python "$root/tests/drppy/check.py" "$endpoint" rocketskates "$password"
+echo "drppy-client $drppy_version works against herald: 2 passed, 0 failed"
