@@ -401,6 +401,9 @@ impl Core {
             .borrow_mut()
             .insert(conn.slot, (cursor, Instant::now()));
         if cursor == self.last_delivered.get() {
+            // Live from here; a replay task left from an earlier `replay` must stop, or it would
+            // go on sending from that replay's older cursor.
+            self.replaying.borrow_mut().remove(&conn.slot);
             return;
         }
         let previous = self
@@ -557,6 +560,11 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
                 }
                 Err(_) => break,
             };
+        if core.replaying.borrow().get(&conn.slot).map(|r| r.cursor) != Some(cursor) {
+            // A `replay` during the read moved the cursor, and its reply is already queued:
+            // these rows follow the old cursor, so queuing them would resend what it skips.
+            continue;
+        }
         let limit = core.last_delivered.get();
         let mut next = cursor;
         let mut full = false;
