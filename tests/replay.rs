@@ -437,11 +437,12 @@ fn bookmarks_reach_replaying_clients_while_filtered_out_events_pass_and_no_one_e
 
 #[test]
 fn replay_of_a_just_acknowledged_seq_never_sends_that_event_again() {
-    // The publish is answered once the event is stored, which can be before another core has
-    // fanned it out; clients on every core must still get nothing up to the replayed Seq. The
-    // window is narrow: many rounds give the race its chances.
+    // Two narrow windows, so many rounds give them their chances: the publish is answered once
+    // the event is stored, which can be before another core has fanned it out; and while other
+    // events flow, the connection's replay task from the previous round may still be reading
+    // the log when the next `replay` arrives.
     let server = Server::shared();
-    let kind = unique("just-acked");
+    let (kind, busy) = (unique("just-acked"), unique("busy"));
     let mut clients: Vec<Client> = (0..4)
         .map(|_| {
             let mut client = server.ws(&server.admin());
@@ -449,19 +450,43 @@ fn replay_of_a_just_acknowledged_seq_never_sends_that_event_again() {
             client
         })
         .collect();
-    for round in 0..300 {
-        let acknowledged = server.publish(event(&kind, "save", &format!("acked{round}")));
-        for client in &mut clients {
-            client.replay(&acknowledged.to_string());
+    let stop = AtomicBool::new(false);
+    thread::scope(|scope| {
+        for publisher in 0..2 {
+            let (busy, stop) = (&busy, &stop);
+            scope.spawn(move || {
+                let mut round = 0;
+                while !stop.load(Ordering::Acquire) {
+                    server.publish_batch(&batch_of(busy, &format!("p{publisher}-{round}-"), 20));
+                    round += 1;
+                }
+            });
         }
-        let next = server.publish(event(&kind, "save", &format!("next{round}")));
-        for client in &mut clients {
-            let received = client.ordered_events_through(next, REPLY_TIMEOUT);
-            assert_eq!(
-                seqs(&received),
-                [next],
-                "round {round}: after `replay {acknowledged}` only what follows it"
-            );
+        let stopper = StopOnDrop(&stop);
+        for round in 0..200 {
+            let acknowledged = server.publish(event(&kind, "save", &format!("acked{round}")));
+            for client in &mut clients {
+                client.replay(&acknowledged.to_string());
+            }
+            let next = server.publish(event(&kind, "save", &format!("next{round}")));
+            for client in &mut clients {
+                let received = client.ordered_events_through(next, REPLY_TIMEOUT);
+                assert_eq!(
+                    seqs(&received),
+                    [next],
+                    "round {round}: after `replay {acknowledged}` only what follows it"
+                );
+            }
         }
+        drop(stopper);
+    });
+}
+
+/// Sets the flag when dropped, so background threads stop even when an assertion fails.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
