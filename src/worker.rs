@@ -395,6 +395,7 @@ impl Core {
         })
         .to_string();
         conn.queue_control(&event::reply_frame("replay", argument, Some(&object)));
+        conn.restart_resume_point(cursor);
         let result = if recovered { "recovered" } else { "gap" };
         metrics::counter!(crate::metrics::REPLAY_REQUESTS, "result" => result).increment(1);
         self.bookmarked
