@@ -123,22 +123,14 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 /// Checks a user or role name: non-empty, at most 255 bytes, no `/`, `:` or control characters.
 fn validate_name(kind: &str, name: &str) -> Result<(), AuthError> {
-    let problem = if name.is_empty() {
-        "must not be empty"
-    } else if name.len() > MAX_NAME_BYTES {
-        "must be at most 255 bytes"
-    } else if name.contains('/') {
-        "must not contain `/`"
-    } else if name.contains(':') {
-        "must not contain `:`"
-    } else if name.chars().any(char::is_control) {
-        "must not contain control characters"
-    } else {
-        return Ok(());
-    };
-    Err(AuthError::Invalid(format!(
-        "{kind} name {name:?} {problem}"
-    )))
+    crate::objects::check_name(&format!("{kind} name"), name).map_err(AuthError::Invalid)?;
+    // Principals are `user:<name>`, and tokens in a query parameter split at the first ':'.
+    if name.contains(':') {
+        return Err(AuthError::Invalid(format!(
+            "{kind} name {name:?} must not contain `:`"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_password(password: &str) -> Result<(), AuthError> {
