@@ -273,6 +273,9 @@ impl WsConn {
     }
 }
 
+/// Largest write buffer a connection keeps between writes.
+const SPARE_KEEP_BYTES: usize = 64 * 1024;
+
 /// How long a closing connection may take to flush its close frame before its socket is cut.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -503,7 +506,12 @@ async fn write_until_closed(conn: &Rc<WsConn>, mut write: WriteSide) {
         let (result, buf) = write.write_all(chunk).await;
         conn.inflight.set(0);
         conn.drained.notify();
-        spare = buf;
+        // Keep a buffer for the next write, but not one a burst grew large.
+        spare = if buf.capacity() > SPARE_KEEP_BYTES {
+            Vec::new()
+        } else {
+            buf
+        };
         if result.is_err() {
             conn.begin_close(CloseReason::ClientClosed, 1000, String::new());
             transport::shutdown(conn.fd, Shutdown::Both);

@@ -520,6 +520,15 @@ impl Core {
     }
 }
 
+/// Bytes a replay keeps queued to one connection before waiting for its writer: small, so a
+/// thousand clients replaying at once hold megabytes, not gigabytes, and never more than half
+/// the outbound budget, so a replay never trips the slow-consumer close.
+const REPLAY_HIGH_WATER: usize = 256 * 1024;
+
+fn replay_high_water(conn: &WsConn) -> usize {
+    REPLAY_HIGH_WATER.min(conn.budget() / 2)
+}
+
 /// Streams stored events to a replaying connection, chunk by chunk, never holding more than
 /// half its budget queued, then hands it over to the live fan-out with no gap and no duplicate.
 async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
@@ -546,7 +555,7 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             }
             break;
         }
-        if conn.queued_bytes() > conn.budget() / 2 {
+        if conn.queued_bytes() > replay_high_water(&conn) {
             conn.drained().notified().await;
             continue;
         }
@@ -584,10 +593,10 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
                 .iter()
                 .any(|f| f.matches(&event.ty, &event.action, &event.key))
             {
-                // A chunk can hold far more than the budget: stop at half of it and go on once
+                // A chunk can hold far more than the budget: stop at the high-water mark and go on once
                 // the writer drains, or a client that reads at full speed is closed as slow.
                 let queued = conn.queued_bytes();
-                if queued > 0 && queued + event.frame().len() > conn.budget() / 2 {
+                if queued > 0 && queued + event.frame().len() > replay_high_water(&conn) {
                     full = true;
                     break;
                 }
