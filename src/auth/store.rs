@@ -776,7 +776,7 @@ mod tests {
     fn reopening_keeps_users_roles_tokens_and_the_default_password_warning() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let token = {
-            let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("sled: {e}"));
+            let db = crate::testing::open_sled(dir.path());
             let (store, _) = open(&db, None);
             ok(store.create_role(Role {
                 name: "viewer".into(),
@@ -789,7 +789,7 @@ mod tests {
             }));
             ok(store.mint_token("bob", Duration::from_secs(60)))
         };
-        let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("sled: {e}"));
+        let db = crate::testing::open_sled(dir.path());
         // A configured password does not replace an existing admin's.
         let (store, default_in_use) = open(&db, Some("ignored"));
         assert!(default_in_use);
