@@ -1334,6 +1334,11 @@ impl Server {
         self.await_exit("SIGKILL");
     }
 
+    /// Sends SIGHUP: herald reloads its configuration and keeps running.
+    pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
     fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.herald_pid.to_string()])
