@@ -47,7 +47,10 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
     if let Some((identity, leftover)) = outcome {
         let fd = transport.fd();
         let (read, write) = transport.into_split();
-        connection::run(core, read, write, fd, remote, identity, leftover).await;
+        // A task of its own, so this HTTP session's state is freed for the websocket's life.
+        monoio::spawn(connection::run(
+            core, read, write, fd, remote, identity, leftover,
+        ));
     }
 }
 
@@ -82,8 +85,9 @@ async fn session(
     watch: &Rc<HttpWatch>,
 ) -> Option<(Identity, Vec<u8>)> {
     let limits = &core.shared.config.limits;
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    // Both grow as needed; an idle keep-alive or websocket connection keeps them for life.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let (head, head_len) = loop {
             match http::parse_head(&buf, limits.max_header_bytes) {

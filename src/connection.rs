@@ -239,6 +239,12 @@ impl WsConn {
         &self.drained
     }
 
+    /// After a `replay` reply: what the client is owed now starts at `cursor`, so a close
+    /// before the replayed events are written says to resume from there.
+    pub fn restart_resume_point(&self, cursor: u64) {
+        self.out_last_seq.set(cursor);
+    }
+
     /// Whether the connection is closing.
     pub fn is_closing(&self) -> bool {
         self.closing.borrow().is_some()
@@ -267,6 +273,9 @@ impl WsConn {
     }
 }
 
+/// Largest write buffer a connection keeps between writes.
+const SPARE_KEEP_BYTES: usize = 64 * 1024;
+
 /// How long a closing connection may take to flush its close frame before its socket is cut.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -294,9 +303,11 @@ pub async fn run(
         fd,
         budget: limits.outbound_budget_bytes,
         out: RefCell::new(Vec::new()),
-        out_last_seq: Cell::new(0),
+        // Nothing before the connection existed is owed to it: a slow-consumer close before its
+        // first event says to resume from the live position, not from the start of the log.
+        out_last_seq: Cell::new(core.last_delivered.get()),
         inflight: Cell::new(0),
-        last_sent_seq: Cell::new(0),
+        last_sent_seq: Cell::new(core.last_delivered.get()),
         wake,
         drained: Notify::default(),
         closing: RefCell::new(None),
@@ -443,7 +454,13 @@ fn handle_command(core: &Rc<Core>, conn: &Rc<WsConn>, text: &str) {
     }
 }
 
-async fn write_loop(conn: Rc<WsConn>, mut write: WriteSide) {
+async fn write_loop(conn: Rc<WsConn>, write: WriteSide) {
+    write_until_closed(&conn, write).await;
+    // A replay waiting for the writer to drain must not wait for a writer that has ended.
+    conn.drained.notify();
+}
+
+async fn write_until_closed(conn: &Rc<WsConn>, mut write: WriteSide) {
     let mut spare: Vec<u8> = Vec::new();
     loop {
         let chunk = {
@@ -489,7 +506,12 @@ async fn write_loop(conn: Rc<WsConn>, mut write: WriteSide) {
         let (result, buf) = write.write_all(chunk).await;
         conn.inflight.set(0);
         conn.drained.notify();
-        spare = buf;
+        // Keep a buffer for the next write, but not one a burst grew large.
+        spare = if buf.capacity() > SPARE_KEEP_BYTES {
+            Vec::new()
+        } else {
+            buf
+        };
         if result.is_err() {
             conn.begin_close(CloseReason::ClientClosed, 1000, String::new());
             transport::shutdown(conn.fd, Shutdown::Both);

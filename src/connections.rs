@@ -228,12 +228,12 @@ mod tests {
     fn a_connection_left_open_by_a_crash_is_closed_as_server_crashed_on_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::testing::open_sled(dir.path());
             let (history, _) = History::open(&db).unwrap();
             history.record_open(7, &view("runner:a")).unwrap();
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::testing::open_sled(dir.path());
         let (history, recovered) = History::open(&db).unwrap();
         assert_eq!(recovered, 1);
         let listed = history.list(None, None, 10).unwrap();

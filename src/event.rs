@@ -253,15 +253,22 @@ impl EncodedEvent {
 
     /// Rebuilds the shared frame of an event read back from the log.
     pub fn from_stored(seq: u64, json: &[u8]) -> Option<EncodedEvent> {
-        let mut copy = json.to_vec();
-        let value = simd_json::to_borrowed_value(&mut copy).ok()?;
-        let field = |name: &str| {
-            value
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(Box::<str>::from)
+        // Replays read every stored event once per replaying client: the fixed field order
+        // herald writes lets matching read three strings instead of parsing the whole event.
+        let (ty, action, key) = match leading_fields(json) {
+            Some(fields) => fields,
+            None => {
+                let mut copy = json.to_vec();
+                let value = simd_json::to_borrowed_value(&mut copy).ok()?;
+                let field = |name: &str| {
+                    value
+                        .get(name)
+                        .and_then(|v| v.as_str())
+                        .map(Box::<str>::from)
+                };
+                (field("Type")?, field("Action")?, field("Key")?)
+            }
         };
-        let (ty, action, key) = (field("Type")?, field("Action")?, field("Key")?);
         let mut frame = Vec::with_capacity(json.len() + 10);
         websocket::write_frame_header(&mut frame, OpCode::Text, json.len());
         let payload_start = frame.len();
@@ -285,6 +292,42 @@ impl EncodedEvent {
     pub fn json(&self) -> &[u8] {
         &self.frame[self.payload_start..]
     }
+}
+
+/// `Type`, `Action` and `Key` from the start of an event's JSON as [`Event::body_prefix`] writes
+/// it; `None` when the layout differs.
+fn leading_fields(json: &[u8]) -> Option<(Box<str>, Box<str>, Box<str>)> {
+    let (_, rest) = json_string(json.strip_prefix(b"{\"Time\":")?)?;
+    let (ty, rest) = json_string(rest.strip_prefix(b",\"Type\":")?)?;
+    let (action, rest) = json_string(rest.strip_prefix(b",\"Action\":")?)?;
+    let (key, _) = json_string(rest.strip_prefix(b",\"Key\":")?)?;
+    Some((ty, action, key))
+}
+
+/// The JSON string literal at the start of `input`, decoded, and the bytes after it.
+fn json_string(input: &[u8]) -> Option<(Box<str>, &[u8])> {
+    if input.first() != Some(&b'"') {
+        return None;
+    }
+    let mut end = 1;
+    let mut escaped = false;
+    loop {
+        match input.get(end)? {
+            b'\\' => {
+                escaped = true;
+                end += 2;
+            }
+            b'"' => break,
+            _ => end += 1,
+        }
+    }
+    let literal = input.get(..=end)?;
+    let value: Box<str> = if escaped {
+        serde_json::from_slice::<String>(literal).ok()?.into()
+    } else {
+        std::str::from_utf8(literal.get(1..end)?).ok()?.into()
+    };
+    Some((value, input.get(end + 1..)?))
 }
 
 fn itoa_buf(n: u64) -> Vec<u8> {
@@ -374,5 +417,27 @@ mod tests {
         let again = EncodedEvent::from_stored(42, encoded.json()).unwrap();
         assert_eq!(again.frame(), encoded.frame());
         assert_eq!(&*again.key, "a.b");
+    }
+
+    #[test]
+    fn stored_events_give_back_type_action_and_key_with_escapes_and_in_any_layout() {
+        let event =
+            &parse(r#"{"Type":"machines","Action":"update","Key":"a\"b\\c\u00e9.d"}"#).unwrap()[0];
+        let encoded = EncodedEvent::new(event, &event.body_prefix(), 7);
+        let again = EncodedEvent::from_stored(7, encoded.json()).unwrap();
+        assert_eq!(
+            (&*again.ty, &*again.action, &*again.key),
+            ("machines", "update", "a\"b\\c\u{e9}.d")
+        );
+        // Another field order takes the full parse.
+        let reordered = br#"{"Key":"k","Type":"t","Action":"a","Time":"2026-11-27T00:00:00Z"}"#;
+        let parsed = EncodedEvent::from_stored(1, reordered).unwrap();
+        assert_eq!(
+            (&*parsed.ty, &*parsed.action, &*parsed.key),
+            ("t", "a", "k")
+        );
+        for broken in [&b"{\"Time\":\"x"[..], b"{\"Time\":\"x\\", b"", b"{"] {
+            assert!(EncodedEvent::from_stored(1, broken).is_none());
+        }
     }
 }

@@ -42,3 +42,6 @@ pub mod tls;
 pub mod transport;
 pub mod websocket;
 pub mod worker;
+
+#[cfg(test)]
+mod testing;

@@ -569,7 +569,7 @@ mod tests {
     use super::*;
 
     fn open_db(dir: &tempfile::TempDir) -> sled::Db {
-        sled::open(dir.path()).expect("open sled")
+        crate::testing::open_sled(dir.path())
     }
 
     fn json(seq: u64) -> Vec<u8> {

@@ -15,8 +15,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf
 use monoio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes asked of the socket per read at first: an idle connection keeps this buffer in flight
+/// for its whole life, so it starts small (commands are small) and grows only under load.
+const READ_MIN: usize = 1024;
+/// The largest read buffer a busy connection grows to.
+const READ_MAX: usize = 64 * 1024;
+/// Ciphertext gathered before a TLS write.
+const TLS_CHUNK: usize = 16 * 1024;
 /// Plaintext handed to rustls per call, so its record buffer stays small.
 const TLS_WRITE_CHUNK: usize = 16 * 1024;
 
@@ -24,8 +29,43 @@ const TLS_WRITE_CHUNK: usize = 16 * 1024;
 pub struct Transport {
     stream: TcpStream,
     tls: Option<ServerConnection>,
-    scratch: Vec<u8>,
+    scratch: ReadBuf,
     fd: RawFd,
+}
+
+/// The buffer a read owns while it is in flight; doubles when a read fills it.
+struct ReadBuf {
+    buf: Vec<u8>,
+    size: usize,
+}
+
+impl ReadBuf {
+    fn new() -> ReadBuf {
+        ReadBuf {
+            buf: Vec::new(),
+            size: READ_MIN,
+        }
+    }
+
+    /// The buffer for the next read: empty, with room for `size` bytes.
+    fn take(&mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.reserve(self.size);
+        buf
+    }
+
+    /// Takes the buffer back after a read of `n` bytes.
+    fn put_back(&mut self, buf: Vec<u8>, n: usize) {
+        if n >= self.size && self.size < READ_MAX {
+            self.size *= 2;
+        }
+        self.buf = buf;
+    }
+
+    fn filled(&self, n: usize) -> &[u8] {
+        &self.buf[..n.min(self.buf.len())]
+    }
 }
 
 impl Transport {
@@ -41,7 +81,7 @@ impl Transport {
         Ok(Transport {
             stream,
             tls,
-            scratch: Vec::with_capacity(READ_CHUNK),
+            scratch: ReadBuf::new(),
             fd,
         })
     }
@@ -57,19 +97,20 @@ impl Transport {
             if let Some(tls) = self.tls.as_mut() {
                 flush_tls(tls, &mut self.stream).await?;
             }
-            let (res, buf) = self.stream.read(take_scratch(&mut self.scratch)).await;
-            self.scratch = buf;
+            let (res, buf) = self.stream.read(self.scratch.take()).await;
+            let n = res.as_ref().map_or(0, |n| *n);
+            self.scratch.put_back(buf, n);
             let n = res?;
             if n == 0 {
                 return Ok(0);
             }
             match self.tls.as_mut() {
                 None => {
-                    out.extend_from_slice(&self.scratch[..n]);
+                    out.extend_from_slice(self.scratch.filled(n));
                     return Ok(n);
                 }
                 Some(tls) => {
-                    let got = feed_tls(tls, &self.scratch[..n], out)?;
+                    let got = feed_tls(tls, self.scratch.filled(n), out)?;
                     flush_tls(tls, &mut self.stream).await?;
                     if got > 0 {
                         return Ok(got);
@@ -114,20 +155,11 @@ impl Transport {
             WriteSide {
                 write,
                 tls,
-                cipher: Vec::with_capacity(READ_CHUNK),
+                cipher: Vec::new(),
                 tls_pending: wake_writer,
             },
         )
     }
-}
-
-fn take_scratch(scratch: &mut Vec<u8>) -> Vec<u8> {
-    let mut buf = std::mem::take(scratch);
-    buf.clear();
-    if buf.capacity() < READ_CHUNK {
-        buf.reserve(READ_CHUNK);
-    }
-    buf
 }
 
 /// Feeds ciphertext to rustls and appends the plaintext it yields.
@@ -153,8 +185,8 @@ fn feed_tls(tls: &mut ServerConnection, mut cipher: &[u8], out: &mut Vec<u8>) ->
 /// Sends whatever rustls has queued (handshake messages, records, alerts).
 async fn flush_tls(tls: &mut ServerConnection, stream: &mut TcpStream) -> io::Result<()> {
     while tls.wants_write() {
-        let mut cipher = Vec::with_capacity(READ_CHUNK);
-        while tls.wants_write() && cipher.len() < 4 * READ_CHUNK {
+        let mut cipher = Vec::with_capacity(TLS_CHUNK);
+        while tls.wants_write() && cipher.len() < 4 * TLS_CHUNK {
             tls.write_tls(&mut cipher)?;
         }
         let (res, _) = stream.write_all(cipher).await;
@@ -167,7 +199,7 @@ async fn flush_tls(tls: &mut ServerConnection, stream: &mut TcpStream) -> io::Re
 pub struct ReadSide {
     read: OwnedReadHalf<TcpStream>,
     tls: Option<Rc<RefCell<ServerConnection>>>,
-    scratch: Vec<u8>,
+    scratch: ReadBuf,
     wake_writer: Rc<crate::connection::Notify>,
 }
 
@@ -175,19 +207,20 @@ impl ReadSide {
     /// Appends plaintext to `out`; `Ok(0)` means the peer closed.
     pub async fn read_into(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
         loop {
-            let (res, buf) = self.read.read(take_scratch(&mut self.scratch)).await;
-            self.scratch = buf;
+            let (res, buf) = self.read.read(self.scratch.take()).await;
+            let n = res.as_ref().map_or(0, |n| *n);
+            self.scratch.put_back(buf, n);
             let n = res?;
             if n == 0 {
                 return Ok(0);
             }
             let Some(tls) = self.tls.as_ref() else {
-                out.extend_from_slice(&self.scratch[..n]);
+                out.extend_from_slice(self.scratch.filled(n));
                 return Ok(n);
             };
             let (got, wants_write) = {
                 let mut tls = tls.borrow_mut();
-                let got = feed_tls(&mut tls, &self.scratch[..n], out)?;
+                let got = feed_tls(&mut tls, self.scratch.filled(n), out)?;
                 (got, tls.wants_write())
             };
             if wants_write {

@@ -37,7 +37,8 @@ const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(120);
 const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 /// Events read from the log per replay step.
 const REPLAY_CHUNK: usize = 1000;
-/// How long a replay waits for the log's next flush when it is ahead of what is readable.
+/// How long a replay waits before looking again when the log has not flushed, or this core has
+/// not fanned out, as far as the replay needs.
 const REPLAY_FLUSH_WAIT: Duration = Duration::from_millis(5);
 
 /// What all cores share: configuration, the auth store, the sequencer's handle.
@@ -394,12 +395,16 @@ impl Core {
         })
         .to_string();
         conn.queue_control(&event::reply_frame("replay", argument, Some(&object)));
+        conn.restart_resume_point(cursor);
         let result = if recovered { "recovered" } else { "gap" };
         metrics::counter!(crate::metrics::REPLAY_REQUESTS, "result" => result).increment(1);
         self.bookmarked
             .borrow_mut()
             .insert(conn.slot, (cursor, Instant::now()));
-        if cursor >= self.last_delivered.get() {
+        if cursor == self.last_delivered.get() {
+            // Live from here; a replay task left from an earlier `replay` must stop, or it would
+            // go on sending from that replay's older cursor.
+            self.replaying.borrow_mut().remove(&conn.slot);
             return;
         }
         let previous = self
@@ -515,6 +520,15 @@ impl Core {
     }
 }
 
+/// Bytes a replay keeps queued to one connection before waiting for its writer: small, so a
+/// thousand clients replaying at once hold megabytes, not gigabytes, and never more than half
+/// the outbound budget, so a replay never trips the slow-consumer close.
+const REPLAY_HIGH_WATER: usize = 256 * 1024;
+
+fn replay_high_water(conn: &WsConn) -> usize {
+    REPLAY_HIGH_WATER.min(conn.budget() / 2)
+}
+
 /// Streams stored events to a replaying connection, chunk by chunk, never holding more than
 /// half its budget queued, then hands it over to the live fan-out with no gap and no duplicate.
 async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
@@ -525,7 +539,14 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
         let Some(cursor) = core.replaying.borrow().get(&conn.slot).map(|r| r.cursor) else {
             break;
         };
-        if cursor >= core.last_delivered.get() {
+        let delivered = core.last_delivered.get();
+        if cursor > delivered {
+            // The log's bounds run ahead of this core's fan-out while a batch is on its way
+            // here: switching now would let the fan-out send events up to `cursor` again.
+            monoio::time::sleep(REPLAY_FLUSH_WAIT).await;
+            continue;
+        }
+        if cursor == delivered {
             // Caught up: from here the fan-out delivers. No await between the check and the
             // switch, so no batch can slip between them.
             core.replaying.borrow_mut().remove(&conn.slot);
@@ -534,7 +555,7 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             }
             break;
         }
-        if conn.queued_bytes() > conn.budget() / 2 {
+        if conn.queued_bytes() > replay_high_water(&conn) {
             conn.drained().notified().await;
             continue;
         }
@@ -549,15 +570,21 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
                 }
                 Err(_) => break,
             };
+        if core.replaying.borrow().get(&conn.slot).map(|r| r.cursor) != Some(cursor) {
+            // A `replay` during the read moved the cursor, and its reply is already queued:
+            // these rows follow the old cursor, so queuing them would resend what it skips.
+            continue;
+        }
         let limit = core.last_delivered.get();
         let mut next = cursor;
+        let mut full = false;
         let mut replayed = 0;
         for (seq, json) in rows {
             if seq > limit {
                 break;
             }
-            next = seq;
             let Some(event) = EncodedEvent::from_stored(seq, &json) else {
+                next = seq;
                 continue;
             };
             if conn
@@ -566,20 +593,29 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
                 .iter()
                 .any(|f| f.matches(&event.ty, &event.action, &event.key))
             {
+                // A chunk can hold far more than the budget: stop at the high-water mark and go on once
+                // the writer drains, or a client that reads at full speed is closed as slow.
+                let queued = conn.queued_bytes();
+                if queued > 0 && queued + event.frame().len() > replay_high_water(&conn) {
+                    full = true;
+                    break;
+                }
                 conn.queue_event(&event);
                 replayed += 1;
             }
-        }
-        if next == cursor {
-            // Delivered but not yet readable: with `batched` durability the log serves only
-            // flushed events, and the next flush is at most a few milliseconds away.
-            monoio::time::sleep(REPLAY_FLUSH_WAIT).await;
-            continue;
+            next = seq;
         }
         if let Some(r) = core.replaying.borrow_mut().get_mut(&conn.slot) {
             r.cursor = next;
         }
         metrics::counter!(crate::metrics::EVENTS_REPLAYED).increment(replayed);
+        if full {
+            conn.drained().notified().await;
+        } else if next == cursor {
+            // Delivered but not yet readable: with `batched` durability the log serves only
+            // flushed events, and the next flush is at most a few milliseconds away.
+            monoio::time::sleep(REPLAY_FLUSH_WAIT).await;
+        }
     }
 }
 

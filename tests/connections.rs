@@ -216,3 +216,53 @@ fn a_slow_consumer_is_recorded_with_its_close_reason() {
         "{history}"
     );
 }
+
+#[test]
+fn a_silent_client_is_closed_for_ping_timeout_and_one_that_answers_pings_stays() {
+    let server = Server::start_with(Options {
+        args: ["--ping-interval", "1s", "--ping-timeout", "2s"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    let mut watcher = server.ws(&server.admin());
+    watcher.register("connections.delete.*");
+    // tungstenite answers pings while it reads, so this client stays alive.
+    let mut lively = server.ws(&server.admin());
+    lively.register("nothing.*.*");
+
+    let mut silent = server.raw_ws();
+    silent.send_text_bytes(b"register nothing.*.*");
+    let started = Instant::now();
+    let deleted = loop {
+        // Reading the watcher keeps it answering pings too.
+        if let Some(event) = watcher.next_event(Duration::from_millis(200))
+            && event["Object"]["CloseReason"] == "ping timeout"
+        {
+            break event;
+        }
+        // The lively client reads (and so answers pings) while we wait.
+        let _ = lively.next_text(Duration::from_millis(10));
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no ping timeout"
+        );
+    };
+    assert_eq!(deleted["Object"]["Type"], "websocket");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed before the timeout"
+    );
+    let mut saw_ping = false;
+    let code = loop {
+        match silent.read_frame(Duration::from_secs(5)) {
+            Some(common::RawFrame::Other(0x9)) => saw_ping = true,
+            Some(common::RawFrame::Close(code)) => break code,
+            Some(common::RawFrame::Text(_)) => {}
+            other => panic!("expected pings then a close, got {other:?}"),
+        }
+    };
+    assert!(saw_ping, "the server pinged before giving up");
+    assert_eq!(code, Some(1001));
+    lively.register("still.*.*");
+}

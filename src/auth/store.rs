@@ -123,22 +123,14 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 /// Checks a user or role name: non-empty, at most 255 bytes, no `/`, `:` or control characters.
 fn validate_name(kind: &str, name: &str) -> Result<(), AuthError> {
-    let problem = if name.is_empty() {
-        "must not be empty"
-    } else if name.len() > MAX_NAME_BYTES {
-        "must be at most 255 bytes"
-    } else if name.contains('/') {
-        "must not contain `/`"
-    } else if name.contains(':') {
-        "must not contain `:`"
-    } else if name.chars().any(char::is_control) {
-        "must not contain control characters"
-    } else {
-        return Ok(());
-    };
-    Err(AuthError::Invalid(format!(
-        "{kind} name {name:?} {problem}"
-    )))
+    crate::objects::check_name(&format!("{kind} name"), name).map_err(AuthError::Invalid)?;
+    // Principals are `user:<name>`, and tokens in a query parameter split at the first ':'.
+    if name.contains(':') {
+        return Err(AuthError::Invalid(format!(
+            "{kind} name {name:?} must not contain `:`"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_password(password: &str) -> Result<(), AuthError> {
@@ -784,7 +776,7 @@ mod tests {
     fn reopening_keeps_users_roles_tokens_and_the_default_password_warning() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let token = {
-            let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("sled: {e}"));
+            let db = crate::testing::open_sled(dir.path());
             let (store, _) = open(&db, None);
             ok(store.create_role(Role {
                 name: "viewer".into(),
@@ -797,7 +789,7 @@ mod tests {
             }));
             ok(store.mint_token("bob", Duration::from_secs(60)))
         };
-        let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("sled: {e}"));
+        let db = crate::testing::open_sled(dir.path());
         // A configured password does not replace an existing admin's.
         let (store, default_in_use) = open(&db, Some("ignored"));
         assert!(default_in_use);

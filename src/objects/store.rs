@@ -521,13 +521,13 @@ mod tests {
     fn the_global_profile_exists_from_the_first_open_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         {
-            let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("sled: {e}"));
+            let db = crate::testing::open_sled(dir.path());
             let store = ok(ObjectStore::open(&db));
             let global = ok(store.get(Kind::Profiles, GLOBAL_PROFILE));
             assert_eq!(global["Params"], json!({}));
             ok(store.set_param(Kind::Profiles, GLOBAL_PROFILE, "kept", json!(1), ALICE));
         }
-        let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("sled: {e}"));
+        let db = crate::testing::open_sled(dir.path());
         let store = ok(ObjectStore::open(&db));
         assert_eq!(
             ok(store.param(Kind::Profiles, GLOBAL_PROFILE, "kept")),

@@ -1223,3 +1223,340 @@ impl Server {
         ws
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The event log from outside: info, paged reads, replay, stopping and killing the process.
+
+/// How long a replay, a page of the log or a restart may take before a test gives up.
+pub const LOG_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Server {
+    /// `GET /api/v3/info` as the admin; asserts 200.
+    pub fn info(&self) -> Value {
+        let reply = self.get("/api/v3/info");
+        assert_eq!(reply.status, 200, "info failed: {reply:?}");
+        reply.json()
+    }
+
+    /// Polls `/api/v3/info` until `ready` holds and returns that answer; panics at the deadline.
+    pub fn wait_for_info(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + LOG_TIMEOUT;
+        loop {
+            let info = self.info();
+            if ready(&info) {
+                return info;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen within {LOG_TIMEOUT:?}; last info: {info}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `GET /api/v3/events` with these query parameters (already encoded) as `auth`.
+    pub fn events_page(&self, auth: &Auth, query: &str) -> HttpReply {
+        self.request("GET", &format!("/api/v3/events?{query}"), auth, None)
+    }
+
+    /// Every event `auth` may see with `Seq > since` (matching `filter` if given), read in pages
+    /// of 10,000 that follow `Herald-Next-Since`.
+    pub fn read_log(&self, auth: &Auth, since: u64, filter: Option<&str>) -> Vec<Value> {
+        let filter = filter
+            .map(|f| {
+                let encoded: String = form_urlencoded::byte_serialize(f.as_bytes()).collect();
+                format!("&filter={encoded}")
+            })
+            .unwrap_or_default();
+        let mut events = Vec::new();
+        let mut since = since;
+        loop {
+            let reply = self.events_page(auth, &format!("since={since}&limit=10000{filter}"));
+            assert_eq!(reply.status, 200, "reading the log failed: {reply:?}");
+            let page = match reply.json() {
+                Value::Array(page) => page,
+                other => panic!("the log read is not a JSON array: {other}"),
+            };
+            if page.is_empty() {
+                return events;
+            }
+            since = reply
+                .header("Herald-Next-Since")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("a page without a numeric Herald-Next-Since: {reply:?}"));
+            events.extend(page);
+        }
+    }
+
+    /// Like [`Server::read_log`], but waits until the answer reaches `seq` (an event it
+    /// includes): with `batched` durability a publish is answered, and delivered, before its
+    /// flush, while the log serves only flushed events.
+    pub fn read_log_through(
+        &self,
+        auth: &Auth,
+        since: u64,
+        filter: Option<&str>,
+        seq: u64,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + LOG_TIMEOUT;
+        loop {
+            let events = self.read_log(auth, since, filter);
+            if events.last().and_then(|e| e["Seq"].as_u64()) >= Some(seq) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log did not serve Seq {seq} within {LOG_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Publishes `events` as one JSON array as the admin; asserts 204 and returns their Seqs,
+    /// which are consecutive and end at `Herald-Seq`.
+    pub fn publish_batch(&self, events: &[Value]) -> Vec<u64> {
+        let reply = self.post_events(&self.admin(), &Value::from(events.to_vec()).to_string());
+        assert_eq!(reply.status, 204, "publishing a batch failed: {reply:?}");
+        let last = herald_seq(&reply);
+        let count = events.len() as u64;
+        (last + 1 - count..=last).collect()
+    }
+
+    /// Sends SIGTERM and waits for herald to exit on its own; panics if it does not in time.
+    pub fn terminate(self) {
+        self.signal("TERM");
+        self.await_exit("SIGTERM");
+    }
+
+    /// Sends SIGKILL: herald dies at once, flushing nothing. Returns once it is gone.
+    pub fn kill(self) {
+        self.signal("KILL");
+        self.await_exit("SIGKILL");
+    }
+
+    /// Sends SIGHUP: herald reloads its configuration and keeps running.
+    pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.herald_pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.herald_pid);
+    }
+
+    /// Waits until herald is gone or a zombie (its parent, the watchdog, reaps it on drop).
+    fn await_exit(self, after: &str) {
+        let deadline = Instant::now() + SHUTDOWN_DEADLINE;
+        let stat = format!("/proc/{}/stat", self.herald_pid);
+        loop {
+            let state = std::fs::read_to_string(&stat).ok().and_then(|s| {
+                let (_, rest) = s.rsplit_once(')')?;
+                rest.trim_start().chars().next()
+            });
+            if matches!(state, None | Some('Z' | 'X')) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald did not exit within {SHUTDOWN_DEADLINE:?} of {after}; stderr:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A websocket client whose socket has a receive buffer of `bytes`, set before connecting
+    /// so the TCP window stays small (plain servers only).
+    pub fn ws_with_receive_buffer(&self, auth: &Auth, bytes: usize) -> Client {
+        assert!(self.tls.is_none(), "this client needs a plain server");
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("create a socket");
+        socket
+            .set_recv_buffer_size(bytes)
+            .expect("set the receive buffer size");
+        socket
+            .connect_timeout(&self.addr.into(), REPLY_TIMEOUT)
+            .expect("connect");
+        let tcp = TcpStream::from(socket);
+        tcp.set_read_timeout(Some(REPLY_TIMEOUT))
+            .expect("set read timeout");
+        tcp.set_write_timeout(Some(REPLY_TIMEOUT))
+            .expect("set write timeout");
+        tcp.set_nodelay(true).expect("set nodelay");
+        let url = format!("ws://{}{}", self.addr, auth.apply_to_path("/api/v3/ws"));
+        let mut request = url.into_client_request().expect("websocket request");
+        if let Some(value) = auth.header_value() {
+            request.headers_mut().insert(
+                "Authorization",
+                value.parse().expect("header value is ASCII"),
+            );
+        }
+        match tungstenite::client::client(request, Stream::Plain(tcp)) {
+            Ok((ws, _)) => Client {
+                ws,
+                pending: VecDeque::new(),
+            },
+            Err(e) => panic!("websocket upgrade failed: {e}"),
+        }
+    }
+}
+
+/// What a websocket read produced, closes included.
+#[derive(Debug)]
+pub enum Received {
+    /// A text frame, parsed as JSON.
+    Event(Value),
+    /// The server's close frame.
+    Closed {
+        /// Its status code (0 when it carried none).
+        code: u16,
+        /// Its reason text.
+        reason: String,
+    },
+    /// The connection ended without a close frame, or broke.
+    Ended(String),
+    /// Nothing arrived in time.
+    Nothing,
+}
+
+impl Client {
+    /// The next event, close or end of the connection within `timeout`; never panics on a close.
+    pub fn next_received(&mut self, timeout: Duration) -> Received {
+        if let Some(event) = self.pending.pop_front() {
+            return Received::Event(event);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Received::Nothing;
+            }
+            if let Err(e) = self.ws.get_ref().tcp().set_read_timeout(Some(remaining)) {
+                return Received::Ended(e.to_string());
+            }
+            match self.ws.read() {
+                Ok(Message::Text(text)) => {
+                    return Received::Event(
+                        serde_json::from_str(&text)
+                            .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}")),
+                    );
+                }
+                Ok(Message::Close(frame)) => {
+                    return match frame {
+                        Some(frame) => Received::Closed {
+                            code: u16::from(frame.code),
+                            reason: frame.reason.to_string(),
+                        },
+                        None => Received::Closed {
+                            code: 0,
+                            reason: String::new(),
+                        },
+                    };
+                }
+                Ok(Message::Binary(bytes)) => panic!("server sent a binary frame: {bytes:?}"),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Received::Ended(e.to_string()),
+            }
+        }
+    }
+
+    /// Sends `replay <argument>` and returns the reply's `Object`. Events that arrived before
+    /// the reply are dropped: the replay restarts the stream, and they may come again.
+    pub fn replay(&mut self, argument: &str) -> Value {
+        self.send_text(&format!("replay {argument}"));
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Some(event) = self.read_event(remaining) else {
+                panic!("no reply to replay {argument:?} within {REPLY_TIMEOUT:?}");
+            };
+            if event["Type"] == "websocket" && event["Action"] != "bookmark" {
+                assert_eq!(event["Action"], "replay", "replay {argument}: {event}");
+                assert_eq!(event["Key"], argument, "replay {argument}: {event}");
+                assert!(
+                    event.get("Seq").is_none(),
+                    "a reply carries no Seq: {event}"
+                );
+                self.pending.clear();
+                return event["Object"].clone();
+            }
+        }
+    }
+
+    /// Events (not replies or bookmarks) up to and including `seq`, asserting that they arrive in
+    /// strictly increasing `Seq` order; panics if `seq` is skipped or does not arrive in time.
+    pub fn ordered_events_through(&mut self, seq: u64, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut seen: Vec<Value> = Vec::new();
+        let mut last = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let event = match self.next_received(remaining) {
+                Received::Event(event) => event,
+                other => panic!(
+                    "event {seq} did not arrive within {timeout:?} ({other:?}); last Seq seen {last}, {} events",
+                    seen.len()
+                ),
+            };
+            let Some(this) = event.get("Seq").and_then(Value::as_u64) else {
+                continue;
+            };
+            assert!(
+                this > last,
+                "Seq {this} arrived after Seq {last}: out of order or repeated"
+            );
+            last = this;
+            seen.push(event);
+            if this >= seq {
+                assert_eq!(this, seq, "event {seq} was skipped");
+                return seen;
+            }
+        }
+    }
+}
+
+/// The `Seq` of each event, in order.
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| {
+            e["Seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("event without a Seq: {e}"))
+        })
+        .collect()
+}
+
+/// Asserts that `seqs` is exactly `first..=last`, naming what is missing, repeated or outside.
+pub fn assert_contiguous(seqs: &[u64], first: u64, last: u64) {
+    if seqs.iter().copied().eq(first..=last) {
+        return;
+    }
+    let present: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+    let missing: Vec<u64> = (first..=last).filter(|s| !present.contains(s)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<u64> = seqs.iter().copied().filter(|s| !seen.insert(*s)).collect();
+    let outside: Vec<u64> = seqs
+        .iter()
+        .copied()
+        .filter(|s| !(first..=last).contains(s))
+        .collect();
+    let unordered = seqs.windows(2).filter(|w| w[0] >= w[1]).count();
+    panic!(
+        "the log must hold every Seq from FirstSeq {first} to LastSeq {last} once, in order; \
+         it holds {} events: missing {missing:?}, repeated {repeated:?}, outside {outside:?}, \
+         {unordered} out of order",
+        seqs.len()
+    );
+}

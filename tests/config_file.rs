@@ -1,0 +1,45 @@
+//! `herald check-config FILE`: a configuration file is validated without starting, and its
+//! errors name the key and the line.
+
+use std::process::Command;
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, text).expect("write the file");
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("run herald check-config");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said)
+}
+
+#[test]
+fn a_valid_file_is_accepted_without_starting_a_server() {
+    let (ok, said) =
+        check("listen = \"127.0.0.1:9999\"\nretain_age = \"12h\"\ndurability = \"batched\"\n");
+    assert!(ok, "{said}");
+    assert!(said.contains("ok"), "{said}");
+}
+
+#[test]
+fn an_unknown_key_is_refused_with_its_name_and_line() {
+    let (ok, said) = check("listen = \"127.0.0.1:9999\"\n\nlisten_port = 1\n");
+    assert!(!ok);
+    assert!(said.contains("listen_port"), "{said}");
+    assert!(said.contains("herald.toml:3:"), "{said}");
+}
+
+#[test]
+fn a_bad_value_is_refused_with_its_key_and_line() {
+    let (ok, said) = check("retain_age = \"a week\"\n");
+    assert!(!ok);
+    assert!(said.contains("retain_age"), "{said}");
+    assert!(said.contains("herald.toml:1:"), "{said}");
+}

@@ -1,0 +1,162 @@
+//! PROTOCOL.md §3.4 and §4: a client that stops reading is closed with 4008 and told where to
+//! resume, and a replay from there delivers every remaining event exactly once.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{LOG_TIMEOUT, Options, Received, Server, seqs, unique};
+use serde_json::{Value, json};
+
+/// The outbound budget the server runs with, small so that a stalled client overflows it fast.
+const BUDGET: &str = "64KiB";
+/// The slow client's socket receive buffer: a small TCP window, so the server's writes block.
+const RECEIVE_BUFFER: usize = 4096;
+/// Padding per event, so that a few hundred events fill the budget and the kernel's buffers.
+const PADDING: usize = 900;
+/// Events per publish request (about 25 KB, under the 32 KiB body limit set below).
+const EVENTS_PER_REQUEST: usize = 25;
+/// Bytes published while the client does not read, beyond what the server's socket send buffer
+/// can take: the budget, the write in flight and the client's small window, with room to spare.
+const PUBLISHED_BEYOND_SEND_BUFFER: usize = 2 << 20;
+
+/// The most a TCP send buffer grows to (`tcp_wmem`'s maximum), which bounds what the kernel
+/// absorbs before the server's writes block; Linux's usual 4 MiB when it cannot be read.
+fn largest_send_buffer() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20)
+}
+
+fn slow_server() -> Server {
+    Server::start_with(Options {
+        args: ["--outbound-budget", BUDGET, "--max-body-bytes", "32KiB"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    })
+}
+
+/// `herald_slow_consumer_closes_total` from `/metrics`.
+fn slow_consumer_closes(server: &Server) -> u64 {
+    let metrics = server.get("/metrics").body;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("herald_slow_consumer_closes_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_with_4008_and_resumes_by_replay_without_loss() {
+    let server = slow_server();
+    let kind = unique("slow");
+    let filter = format!("{kind}.*.*");
+    let mut slow = server.ws_with_receive_buffer(&server.admin(), RECEIVE_BUFFER);
+    slow.register(&filter);
+
+    // Publish without reading a byte. The server counts the close only once the connection has
+    // ended, which needs the client to read, so the volume is fixed: more than any kernel buffers.
+    let padding = "x".repeat(PADDING);
+    let mut published = Vec::new();
+    let mut round = 0;
+    let to_publish = largest_send_buffer() + PUBLISHED_BEYOND_SEND_BUFFER;
+    while published.len() * PADDING < to_publish {
+        let events: Vec<Value> = (0..EVENTS_PER_REQUEST)
+            .map(|n| {
+                json!({"Type": kind, "Action": "save", "Key": format!("r{round}-{n}"),
+                    "Object": {"Padding": padding}})
+            })
+            .collect();
+        published.extend(server.publish_batch(&events));
+        round += 1;
+    }
+    let last = *published.last().expect("published");
+
+    // Everything the kernel buffered arrives, then the close frame saying where to resume.
+    let mut delivered = Vec::new();
+    let (code, reason) = loop {
+        match slow.next_received(LOG_TIMEOUT) {
+            Received::Event(event) => delivered.push(event),
+            Received::Closed { code, reason } => break (code, reason),
+            other => panic!("no close frame after {} events: {other:?}", delivered.len()),
+        }
+    };
+    assert_eq!(code, 4008, "close reason {reason:?}");
+    let resume_after: u64 = reason
+        .strip_prefix("slow consumer; resume after ")
+        .and_then(|seq| seq.parse().ok())
+        .unwrap_or_else(|| panic!("close reason {reason:?}"));
+    let delivered = seqs(&delivered);
+    assert!(
+        delivered.len() < published.len(),
+        "the client was closed before it got everything"
+    );
+    assert_eq!(
+        delivered,
+        published[..delivered.len()],
+        "what arrived before the close is the start of the stream, in order"
+    );
+    assert_eq!(
+        delivered.last().copied().unwrap_or(published[0] - 1),
+        resume_after,
+        "the close names the last Seq that reached the client"
+    );
+    eprintln!(
+        "slow consumer: {} of {} events delivered before the close",
+        delivered.len(),
+        published.len()
+    );
+
+    let deadline = Instant::now() + LOG_TIMEOUT;
+    while slow_consumer_closes(&server) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the close was not counted in time"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut again = server.ws(&server.admin());
+    again.register(&filter);
+    let reply = again.replay(&resume_after.to_string());
+    assert_eq!(reply["Recovered"], true, "{reply}");
+    let rest = again.ordered_events_through(last, LOG_TIMEOUT);
+    assert_eq!(
+        seqs(&rest),
+        published[delivered.len()..],
+        "every remaining event, once, in order"
+    );
+    again.expect_no_event(Duration::from_millis(300));
+    server.assert_serving();
+}
+
+#[test]
+fn a_replay_of_far_more_than_the_budget_reaches_a_reading_client_without_a_close() {
+    let server = slow_server();
+    let kind = unique("big-replay");
+    let padding = "y".repeat(PADDING);
+    let mut published = Vec::new();
+    // About five budgets' worth of stored events.
+    for round in 0..14 {
+        let events: Vec<Value> = (0..EVENTS_PER_REQUEST)
+            .map(|n| {
+                json!({"Type": kind, "Action": "save", "Key": format!("r{round}-{n}"),
+                    "Object": {"Padding": padding}})
+            })
+            .collect();
+        published.extend(server.publish_batch(&events));
+    }
+    let last = *published.last().expect("published");
+    let mut client = server.ws(&server.admin());
+    client.register(&format!("{kind}.*.*"));
+    let reply = client.replay(&(published[0] - 1).to_string());
+    assert_eq!(reply["Recovered"], true, "{reply}");
+    assert_eq!(
+        seqs(&client.ordered_events_through(last, LOG_TIMEOUT)),
+        published
+    );
+    assert_eq!(slow_consumer_closes(&server), 0, "no one was too slow");
+}
