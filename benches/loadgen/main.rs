@@ -343,6 +343,8 @@ struct Phase {
     delivered: u64,
     publish_secs: f64,
     deliver_secs: f64,
+    /// The server's CPU time from the phase's start to its last delivery.
+    server_cpu_secs: f64,
 }
 
 impl Run<'_> {
@@ -515,6 +517,11 @@ impl Run<'_> {
             );
             if label == "max" {
                 self.put("delivered ev/s (max)", delivered_rate);
+                // Normalized by what the server got of the shared cores: per CPU-second.
+                self.put(
+                    "delivered ev per server CPU-s (max)",
+                    result.delivered as f64 / result.server_cpu_secs.max(0.01),
+                );
                 self.put(
                     "published ev/s (max)",
                     result.published as f64 / result.publish_secs,
@@ -598,6 +605,7 @@ impl Run<'_> {
             delivered,
             publish_secs,
             deliver_secs: (last_ns - started) as f64 / 1e9,
+            server_cpu_secs: self.server.cpu_seconds() - cpu_before.0,
         }
     }
 
