@@ -42,7 +42,8 @@ impl OpCode {
         }
     }
 
-    fn from_bits(bits: u8) -> Option<OpCode> {
+    /// The opcode of these 4 bits, or `None` for a reserved one.
+    pub fn from_bits(bits: u8) -> Option<OpCode> {
         match bits {
             0x0 => Some(OpCode::Continuation),
             0x1 => Some(OpCode::Text),

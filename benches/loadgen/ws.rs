@@ -3,47 +3,8 @@
 
 use std::ops::Range;
 
-/// Websocket opcodes the load generator sends or understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpCode {
-    /// Continuation of a fragmented message.
-    Continuation,
-    /// A UTF-8 text frame.
-    Text,
-    /// A binary frame (NATS may use either).
-    Binary,
-    /// Closes the connection.
-    Close,
-    /// Asks for a pong.
-    Ping,
-    /// Answers a ping.
-    Pong,
-}
-
-impl OpCode {
-    fn from_bits(bits: u8) -> Option<OpCode> {
-        Some(match bits {
-            0x0 => OpCode::Continuation,
-            0x1 => OpCode::Text,
-            0x2 => OpCode::Binary,
-            0x8 => OpCode::Close,
-            0x9 => OpCode::Ping,
-            0xA => OpCode::Pong,
-            _ => return None,
-        })
-    }
-
-    fn bits(self) -> u8 {
-        match self {
-            OpCode::Continuation => 0x0,
-            OpCode::Text => 0x1,
-            OpCode::Binary => 0x2,
-            OpCode::Close => 0x8,
-            OpCode::Ping => 0x9,
-            OpCode::Pong => 0xA,
-        }
-    }
-}
+/// Websocket opcodes: the server's own definition.
+pub use herald::websocket::OpCode;
 
 /// One complete server frame inside a buffer.
 #[derive(Debug, Clone)]
