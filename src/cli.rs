@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 use thiserror::Error;
 
-pub use client::{Client, Endpoint};
+pub use client::{AnyCertificate, Client, Endpoint};
 pub use watch::watch;
 
 /// The endpoint clients talk to unless told otherwise (DRP's).

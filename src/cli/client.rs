@@ -293,7 +293,7 @@ fn rustls_config(insecure: bool, ca: Option<&[u8]>) -> Result<Arc<rustls::Client
     let config = if insecure {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider)))
             .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
@@ -317,8 +317,15 @@ fn rustls_config(insecure: bool, ca: Option<&[u8]>) -> Result<Arc<rustls::Client
 
 /// `--insecure`: accepts any server certificate, but still verifies handshake signatures.
 #[derive(Debug)]
-struct AnyCertificate {
+pub struct AnyCertificate {
     provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl AnyCertificate {
+    /// A verifier that checks signatures with `provider`'s algorithms.
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> AnyCertificate {
+        AnyCertificate { provider }
+    }
 }
 
 impl ServerCertVerifier for AnyCertificate {
