@@ -166,7 +166,6 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         log_reader,
         tls,
         started: Instant::now(),
-        default_password,
         driver,
         core_stats: (0..config.cores)
             .map(|_| crate::metrics::CoreStats::default())

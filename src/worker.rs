@@ -59,8 +59,6 @@ pub struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// When the server started.
     pub started: Instant,
-    /// Whether the admin still has DRP's default password.
-    pub default_password: bool,
     /// `io_uring` or `epoll`.
     pub driver: &'static str,
     /// Counters each core writes and `/metrics` merges.
@@ -638,9 +636,4 @@ pub async fn accept_forever(core: Rc<Core>, listener: monoio::net::TcpListener) 
             }
         }
     }
-}
-
-/// The remote address as PROTOCOL §6 keys it.
-pub fn remote_key(addr: &SocketAddr) -> String {
-    addr.to_string()
 }
