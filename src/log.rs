@@ -1,14 +1,24 @@
-//! The durable event log: sled trees `events` and `meta`, appended by one writer thread and read
-//! by any number of replay readers.
+//! The durable event log: sled trees `event_chunks` and `meta`, appended by one writer thread and
+//! read by any number of replay readers.
 //!
-//! # On-disk layout (schema version 1)
+//! # On-disk layout (schema version 2)
 //!
-//! Tree `events` (see [`EVENTS_TREE`]):
-//! - key: the event's `Seq` as a big-endian `u64` (8 bytes), so sled's byte order is `Seq` order.
-//! - value: [`STORED_AT_LEN`] bytes of big-endian `u64` unix nanoseconds at which the event was
-//!   appended (used for age retention, so a publisher's old `Time` never trims early), then the
-//!   event JSON exactly as it is sent to clients.
-//! - The retained keys are always contiguous: `first_seq ..= last_seq`, no holes.
+//! Tree `event_chunks` (see [`EVENTS_TREE`]): the events in chunks of consecutive `Seq`s.
+//! - key: the `Seq` of the chunk's first event as a big-endian `u64` (8 bytes), so sled's byte
+//!   order is `Seq` order.
+//! - value: [`STORED_AT_LEN`] bytes of big-endian `u64` unix nanoseconds at which the chunk was
+//!   appended (used for age retention, so a publisher's old `Time` never trims early), then one
+//!   record per event: its length as a big-endian `u32` ([`RECORD_LEN_LEN`] bytes), then the
+//!   event JSON exactly as it is sent to clients. The record at index `i` has `Seq` `key + i`.
+//! - A chunk holds at least one event; the writer starts a new one before a chunk would pass
+//!   [`CHUNK_BYTES`], and never puts events of two appends in one chunk.
+//! - The retained chunks are always contiguous (each starts right after the previous one ends):
+//!   `first_seq ..= last_seq`, no holes.
+//!
+//! Why chunks: sled rewrites a leaf node on every insert, so one key per event cost ~9 µs of CPU
+//! per event on the log thread; a chunk of ~10 events of 600 bytes costs about a seventh of that.
+//! Chunks stay small enough that a full leaf (sled splits past 16 entries) is under sled's 128 KiB
+//! blob threshold, so no chunk ever spills into a blob file.
 //!
 //! Tree `meta` (see [`META_TREE`]), shared with other modules; the keys this module owns:
 //! - [`EPOCH_KEY`]: the log's epoch, a uuid v4 as UTF-8 text.
@@ -17,7 +27,10 @@
 //!   sled transaction as each append, so `Seq` is never reused after every event is trimmed.
 //! - [`FIRST_SEQ_KEY`]: the oldest retained `Seq` after the latest trim, big-endian `u64`. Written
 //!   in the same transaction as each trim; it tells "everything was trimmed" (equals
-//!   `LAST_SEQ + 1`) apart from "the history was lost" (an empty `events` tree otherwise).
+//!   `LAST_SEQ + 1`) apart from "the history was lost" (an empty `event_chunks` tree otherwise).
+//!
+//! Schema version 1 kept one event per key in a tree `events` (value: stored-at, then the JSON);
+//! [`EventLog::open`] rewrites such a log into chunks once, and only then records version 2.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,8 +40,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Batch, IVec, Tree};
 use thiserror::Error;
 
-/// Name of the sled tree that holds the events.
-pub const EVENTS_TREE: &str = "events";
+/// Name of the sled tree that holds the event chunks.
+pub const EVENTS_TREE: &str = "event_chunks";
+/// Name of the schema version 1 tree (one event per key), migrated by [`EventLog::open`].
+pub const V1_EVENTS_TREE: &str = "events";
 /// Name of the sled tree that holds the log's metadata (shared with other modules).
 pub const META_TREE: &str = "meta";
 /// `meta` key of the epoch (uuid v4 text).
@@ -40,11 +55,17 @@ pub const LAST_SEQ_KEY: &str = "log_last_seq";
 /// `meta` key of the oldest retained `Seq` after the latest trim (big-endian u64).
 pub const FIRST_SEQ_KEY: &str = "log_first_seq";
 /// The on-disk layout version this code reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
-/// Length of an `events` key: a big-endian u64 `Seq`.
+pub const SCHEMA_VERSION: u64 = 2;
+/// Length of an `event_chunks` key: a big-endian u64 `Seq`.
 pub const SEQ_KEY_LEN: usize = 8;
-/// Length of the stored-at prefix of an `events` value: big-endian u64 unix nanoseconds.
+/// Length of the stored-at prefix of a chunk: big-endian u64 unix nanoseconds.
 pub const STORED_AT_LEN: usize = 8;
+/// Length of a record's length prefix: big-endian u32.
+pub const RECORD_LEN_LEN: usize = 4;
+/// A chunk grows by another event only while it stays within this many value bytes (a single
+/// event larger than this gets a chunk of its own). 17 chunks of 6 KiB (a leaf about to split)
+/// are 102 KiB, under sled's 128 KiB blob threshold.
+pub const CHUNK_BYTES: usize = 6 * 1024;
 /// Most events removed in one sled transaction by [`EventLog::trim`]; each chunk is short enough
 /// (a few ms) that the writer gets back to appending quickly even when a large backlog is trimmed.
 pub const TRIM_CHUNK: u64 = 10_000;
@@ -87,7 +108,17 @@ pub enum StoreError {
         /// The high-water mark recorded in `meta`.
         recorded: u64,
     },
-    /// A key or value in `events` does not have the documented layout.
+    /// An event is too large for a record's 4-byte length; nothing was written.
+    #[error(
+        "event append refused: Seq {seq} is {bytes} bytes, more than a log record holds (4 GiB); nothing was written"
+    )]
+    EventTooLarge {
+        /// The `Seq` of the event.
+        seq: u64,
+        /// Its size.
+        bytes: usize,
+    },
+    /// A key or value in `event_chunks` does not have the documented layout.
     #[error(
         "event log is corrupt: {what}; restore the data directory from a backup, or move it aside to start a new log"
     )]
@@ -115,7 +146,7 @@ pub struct Retention {
     pub max_events: u64,
     /// Oldest event retained, measured from when it was appended.
     pub max_age: Duration,
-    /// Most stored value bytes retained (event JSON plus the 8-byte stored-at prefix).
+    /// Most stored value bytes retained (see [`EventLog::bytes`]).
     pub max_bytes: u64,
 }
 
@@ -146,7 +177,7 @@ struct Shared {
     durable_seq: AtomicU64,
 }
 
-/// The on-disk event log: a sled tree `events` keyed by Seq as big-endian u64.
+/// The on-disk event log: a sled tree `event_chunks` keyed by each chunk's first Seq.
 #[derive(Debug)]
 pub struct EventLog {
     events: Tree,
@@ -165,7 +196,7 @@ pub struct LogReader {
     shared: Arc<Shared>,
 }
 
-/// What one scan of `events` found at open.
+/// What one scan of `event_chunks` found at open.
 struct Scan {
     first: u64,
     last: u64,
@@ -174,23 +205,33 @@ struct Scan {
 }
 
 impl EventLog {
-    /// Opens (or creates) the log in the shared db, checking that it is contiguous.
+    /// Opens (or creates) the log in the shared db, checking that it is contiguous, and migrates
+    /// a schema version 1 log to chunks first.
     ///
-    /// Open scans every key once to prove there is no hole and to total the bytes: at 1M events of
-    /// ~600 bytes that reads ~600 MB (`benches/log.rs`: 60 ms per 100k warm, so ~0.6 s plus cold
-    /// reads). Acceptable: the hole check needs the full scan anyway, and it runs once per start.
+    /// Open scans every chunk once to prove there is no hole and to count the events; it reads
+    /// each record's length, never its JSON (`benches/log.rs` measures it).
     pub fn open(db: &sled::Db) -> Result<EventLog, StoreError> {
         let events = db.open_tree(EVENTS_TREE)?;
         let meta = db.open_tree(META_TREE)?;
 
         match read_meta_u64(&meta, SCHEMA_VERSION_KEY)? {
-            Some(found) if found != SCHEMA_VERSION => {
+            Some(SCHEMA_VERSION) => {
+                // A migration that stopped after recording the new version leaves the old tree.
+                if db
+                    .tree_names()
+                    .iter()
+                    .any(|name| name.as_ref() == V1_EVENTS_TREE.as_bytes())
+                {
+                    db.drop_tree(V1_EVENTS_TREE)?;
+                }
+            }
+            Some(1) => migrate_v1(db, &events, &meta)?,
+            Some(found) => {
                 return Err(StoreError::UnsupportedSchema {
                     found,
                     supported: SCHEMA_VERSION,
                 });
             }
-            Some(_) => {}
             None => {
                 meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
             }
@@ -288,37 +329,57 @@ impl EventLog {
         self.count == 0
     }
 
-    /// Stored value bytes currently retained (event JSON plus the stored-at prefix).
+    /// Stored value bytes currently retained: event JSON, plus [`RECORD_LEN_LEN`] per event and
+    /// [`STORED_AT_LEN`] per chunk.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
     /// Appends events whose `Seq` must be `last_seq+1, last_seq+2, …` (else an error and nothing
-    /// is written) in one atomic sled transaction. `stored_at` is the append time, for age
-    /// retention. The events become visible to readers at the next [`EventLog::flush`].
+    /// is written) in one atomic sled transaction, as chunks of up to [`CHUNK_BYTES`].
+    /// `stored_at` is the append time, for age retention. The events become visible to readers
+    /// at the next [`EventLog::flush`].
     pub fn append(
         &mut self,
         events: &[(u64, &[u8])],
         stored_at: SystemTime,
     ) -> Result<(), StoreError> {
-        let stored_at = unix_nanos(stored_at).to_be_bytes();
-        let mut batch = Batch::default();
+        let Some(&(new_last, _)) = events.last() else {
+            return Ok(());
+        };
         let mut expected = self.last_seq.saturating_add(1);
-        let mut added_bytes = 0u64;
         for &(seq, json) in events {
             if seq != expected {
                 return Err(StoreError::OutOfOrder { expected, got: seq });
             }
-            let mut value = Vec::with_capacity(STORED_AT_LEN + json.len());
-            value.extend_from_slice(&stored_at);
-            value.extend_from_slice(json);
-            added_bytes = added_bytes.saturating_add(value.len() as u64);
-            batch.insert(&seq.to_be_bytes(), value);
+            if u32::try_from(json.len()).is_err() {
+                return Err(StoreError::EventTooLarge {
+                    seq,
+                    bytes: json.len(),
+                });
+            }
             expected = expected.saturating_add(1);
         }
-        let Some(&(new_last, _)) = events.last() else {
-            return Ok(());
-        };
+        let stored_at = unix_nanos(stored_at).to_be_bytes();
+        let mut batch = Batch::default();
+        let mut added_bytes = 0u64;
+        let mut rest = events;
+        while let Some(&(first, _)) = rest.first() {
+            let mut value = Vec::with_capacity(CHUNK_BYTES);
+            value.extend_from_slice(&stored_at);
+            let mut taken = 0;
+            for &(_, json) in rest {
+                let grown = value.len() + RECORD_LEN_LEN + json.len();
+                if taken > 0 && grown > CHUNK_BYTES {
+                    break;
+                }
+                push_record(&mut value, json);
+                taken += 1;
+            }
+            rest = rest.get(taken..).unwrap_or_default();
+            added_bytes = added_bytes.saturating_add(value.len() as u64);
+            batch.insert(&first.to_be_bytes(), value);
+        }
         let new_last_bytes = new_last.to_be_bytes();
         (&self.events, &self.meta)
             .transaction(|(events_tx, meta_tx)| {
@@ -369,7 +430,8 @@ impl EventLog {
     }
 
     /// Like [`EventLog::trim`] but removes at most `max_removals` events, in one sled transaction,
-    /// so the writer can interleave a large trim with appends.
+    /// so the writer can interleave a large trim with appends. A chunk that keeps some of its
+    /// events is rewritten under the key of its new first `Seq`.
     pub fn trim_at_most(
         &mut self,
         retention: &Retention,
@@ -382,22 +444,46 @@ impl EventLog {
         let mut removed_bytes = 0u64;
         let mut new_first = self.first_seq;
         for entry in self.events.iter() {
-            if removed >= max_removals {
-                break;
-            }
             let (key, value) = entry?;
-            let seq = decode_key(&key)?;
-            let stored_at = decode_stored_at(seq, &value)?;
-            let over_count = self.count.saturating_sub(removed) > retention.max_events;
-            let over_bytes = self.bytes.saturating_sub(removed_bytes) > retention.max_bytes;
-            let too_old = too_old_before.is_some_and(|cutoff| stored_at < cutoff);
-            if !(over_count || over_bytes || too_old) {
-                break;
+            let chunk = Chunk::decode(decode_key(&key)?, &value)?;
+            let too_old = too_old_before.is_some_and(|cutoff| chunk.stored_at < cutoff);
+            let mut records = chunk.records();
+            // The first record this trim keeps, and where it starts in the chunk's value.
+            let mut kept = None;
+            loop {
+                let offset = value.len() - records.rest.len();
+                let Some(record) = records.next() else {
+                    break;
+                };
+                let (seq, json) = record?;
+                let over_count = self.count.saturating_sub(removed) > retention.max_events;
+                let over_bytes = self.bytes.saturating_sub(removed_bytes) > retention.max_bytes;
+                if removed >= max_removals || !(over_count || over_bytes || too_old) {
+                    kept = Some((seq, offset));
+                    break;
+                }
+                removed += 1;
+                removed_bytes += (RECORD_LEN_LEN + json.len()) as u64;
+                new_first = seq.saturating_add(1);
             }
-            batch.remove(key);
-            removed += 1;
-            removed_bytes += value.len() as u64;
-            new_first = seq.saturating_add(1);
+            match kept {
+                None => {
+                    // The whole chunk goes, its stored-at prefix with it.
+                    removed_bytes += STORED_AT_LEN as u64;
+                    batch.remove(key);
+                }
+                Some((seq, _)) if seq == chunk.first => break,
+                Some((seq, offset)) => {
+                    // Keep the tail, re-keyed by its first Seq, with the same stored-at.
+                    let records = value.get(offset..).unwrap_or_default();
+                    let mut tail = Vec::with_capacity(STORED_AT_LEN + records.len());
+                    tail.extend_from_slice(&chunk.stored_at.to_be_bytes());
+                    tail.extend_from_slice(records);
+                    batch.remove(key);
+                    batch.insert(&seq.to_be_bytes(), tail);
+                    break;
+                }
+            }
         }
         if removed > 0 {
             let new_first_bytes = new_first.to_be_bytes();
@@ -451,6 +537,88 @@ impl LogReader {
     }
 }
 
+/// One stored chunk: its first `Seq`, stored-at time and undecoded records.
+struct Chunk<'a> {
+    first: u64,
+    stored_at: u64,
+    records: &'a [u8],
+}
+
+impl<'a> Chunk<'a> {
+    fn decode(first: u64, value: &'a [u8]) -> Result<Chunk<'a>, StoreError> {
+        let (prefix, records) = value
+            .split_first_chunk::<STORED_AT_LEN>()
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!(
+                    "the chunk at Seq {first} is {} bytes, shorter than its {STORED_AT_LEN}-byte stored-at prefix",
+                    value.len()
+                ),
+            })?;
+        if records.is_empty() {
+            return Err(StoreError::Corrupt {
+                what: format!("the chunk at Seq {first} holds no event"),
+            });
+        }
+        Ok(Chunk {
+            first,
+            stored_at: u64::from_be_bytes(*prefix),
+            records,
+        })
+    }
+
+    fn records(&self) -> Records<'a> {
+        Records {
+            chunk: self.first,
+            next_seq: self.first,
+            rest: self.records,
+        }
+    }
+}
+
+/// The events of one chunk in order, `(seq, json)`; a malformed record ends it with an error.
+struct Records<'a> {
+    chunk: u64,
+    next_seq: u64,
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<(u64, &'a [u8]), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let seq = self.next_seq;
+        let record = self
+            .rest
+            .split_first_chunk::<RECORD_LEN_LEN>()
+            .and_then(|(len, rest)| {
+                let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+                Some((rest.get(..len)?, rest.get(len..)?))
+            });
+        let Some((json, rest)) = record else {
+            let chunk = self.chunk;
+            self.rest = &[];
+            return Some(Err(StoreError::Corrupt {
+                what: format!(
+                    "the record of Seq {seq} in the chunk at Seq {chunk} runs past the chunk's end"
+                ),
+            }));
+        };
+        self.rest = rest;
+        self.next_seq = seq.saturating_add(1);
+        Some(Ok((seq, json)))
+    }
+}
+
+/// Appends one record; the caller has checked that the length fits a `u32`.
+fn push_record(value: &mut Vec<u8>, json: &[u8]) {
+    let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
+    value.extend_from_slice(&len.to_be_bytes());
+    value.extend_from_slice(json);
+}
+
 /// Reads durable events after `after`; events appended but not yet flushed stay hidden so no
 /// client sees an event that a crash could take back.
 fn read_after(
@@ -466,50 +634,125 @@ fn read_after(
     if start > durable || limit == 0 {
         return Ok(Vec::new());
     }
+    // The chunk holding `start` begins at or before it.
+    let from = match events.range(..=start.to_be_bytes()).next_back() {
+        Some(entry) => decode_key(&entry?.0)?,
+        None => start,
+    };
     let mut out = Vec::with_capacity(limit.min((durable - start + 1) as usize).min(1024));
-    for entry in events.range(start.to_be_bytes()..=durable.to_be_bytes()) {
+    for entry in events.range(from.to_be_bytes()..=durable.to_be_bytes()) {
         let (key, value) = entry?;
-        let seq = decode_key(&key)?;
-        decode_stored_at(seq, &value)?;
-        out.push((seq, value.get(STORED_AT_LEN..).unwrap_or_default().to_vec()));
-        if out.len() >= limit {
-            break;
+        let chunk = Chunk::decode(decode_key(&key)?, &value)?;
+        for record in chunk.records() {
+            let (seq, json) = record?;
+            if seq > durable || out.len() >= limit {
+                return Ok(out);
+            }
+            if seq >= start {
+                out.push((seq, json.to_vec()));
+            }
         }
     }
     Ok(out)
 }
 
-/// One pass over `events`: bounds, count and bytes, failing on the first hole or bad record.
+/// One pass over `event_chunks`: bounds, count and bytes, failing on the first hole or bad record.
 fn scan_events(events: &Tree) -> Result<Option<Scan>, StoreError> {
     let mut scan: Option<Scan> = None;
     for entry in events.iter() {
         let (key, value) = entry?;
-        let seq = decode_key(&key)?;
-        decode_stored_at(seq, &value)?;
+        let chunk = Chunk::decode(decode_key(&key)?, &value)?;
+        let mut last = chunk.first;
+        let mut count = 0u64;
+        for record in chunk.records() {
+            last = record?.0;
+            count += 1;
+        }
         let size = value.len() as u64;
         match scan.as_mut() {
             None => {
                 scan = Some(Scan {
-                    first: seq,
-                    last: seq,
-                    count: 1,
+                    first: chunk.first,
+                    last,
+                    count,
                     bytes: size,
                 });
             }
             Some(scan) => {
-                if Some(seq) != scan.last.checked_add(1) {
+                if Some(chunk.first) != scan.last.checked_add(1) {
                     return Err(StoreError::Hole {
                         before: scan.last,
-                        after: seq,
+                        after: chunk.first,
                     });
                 }
-                scan.last = seq;
-                scan.count += 1;
+                scan.last = last;
+                scan.count += count;
                 scan.bytes += size;
             }
         }
     }
     Ok(scan)
+}
+
+/// Rewrites a schema version 1 log (tree `events`, one event per key) into chunks, then records
+/// version 2 and drops the old tree. Safe to interrupt: until version 2 is recorded the old tree
+/// is untouched and the next open starts over.
+fn migrate_v1(db: &sled::Db, chunks: &Tree, meta: &Tree) -> Result<(), StoreError> {
+    let old = db.open_tree(V1_EVENTS_TREE)?;
+    chunks.clear()?;
+    let mut batch = Batch::default();
+    let mut pending = 0usize;
+    // The chunk being filled: first Seq, stored-at, value.
+    let mut open: Option<(u64, [u8; STORED_AT_LEN], Vec<u8>, u64)> = None;
+    let mut migrated = 0u64;
+    for entry in old.iter() {
+        let (key, value) = entry?;
+        let seq = decode_key(&key)?;
+        let (stored_at, json) =
+            value
+                .split_first_chunk::<STORED_AT_LEN>()
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: format!(
+                        "the version 1 value of Seq {seq} is shorter than its stored-at prefix"
+                    ),
+                })?;
+        let continues = open.as_ref().is_some_and(|(first, at, value, len)| {
+            at == stored_at
+                && value.len() + RECORD_LEN_LEN + json.len() <= CHUNK_BYTES
+                && first.saturating_add(*len) == seq
+        });
+        if !continues {
+            if let Some((first, _, value, _)) = open.take() {
+                batch.insert(&first.to_be_bytes(), value);
+                pending += 1;
+            }
+            let mut value = Vec::with_capacity(CHUNK_BYTES);
+            value.extend_from_slice(stored_at);
+            open = Some((seq, *stored_at, value, 0));
+        }
+        if let Some((_, _, value, len)) = open.as_mut() {
+            push_record(value, json);
+            *len += 1;
+        }
+        migrated += 1;
+        if pending >= 1024 {
+            chunks.apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+    }
+    if let Some((first, _, value, _)) = open {
+        batch.insert(&first.to_be_bytes(), value);
+    }
+    chunks.apply_batch(batch)?;
+    chunks.flush()?;
+    meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+    meta.flush()?;
+    db.drop_tree(V1_EVENTS_TREE)?;
+    tracing::info!(
+        migrated,
+        "event log migrated to schema version {SCHEMA_VERSION} (chunks)"
+    );
+    Ok(())
 }
 
 fn decode_key(key: &IVec) -> Result<u64, StoreError> {
@@ -520,19 +763,6 @@ fn decode_key(key: &IVec) -> Result<u64, StoreError> {
         ),
     })?;
     Ok(u64::from_be_bytes(bytes))
-}
-
-fn decode_stored_at(seq: u64, value: &IVec) -> Result<u64, StoreError> {
-    let prefix: [u8; STORED_AT_LEN] = value
-        .get(..STORED_AT_LEN)
-        .and_then(|prefix| prefix.try_into().ok())
-        .ok_or_else(|| StoreError::Corrupt {
-            what: format!(
-                "the value of Seq {seq} is {} bytes, shorter than its {STORED_AT_LEN}-byte stored-at prefix",
-                value.len()
-            ),
-        })?;
-    Ok(u64::from_be_bytes(prefix))
 }
 
 fn read_meta_u64(meta: &Tree, key: &str) -> Result<Option<u64>, StoreError> {
@@ -609,9 +839,11 @@ mod tests {
         for (seq, body) in &read {
             assert_eq!(body, &json(*seq));
         }
-        let expected_bytes: u64 = (1..=5)
-            .map(|s| (json(s).len() + STORED_AT_LEN) as u64)
-            .sum();
+        // Two appends, two chunks.
+        let expected_bytes: u64 = 2 * STORED_AT_LEN as u64
+            + (1..=5)
+                .map(|s| (json(s).len() + RECORD_LEN_LEN) as u64)
+                .sum::<u64>();
         assert_eq!(log.bytes(), expected_bytes);
         assert_eq!(log.len(), 5);
     }
@@ -715,9 +947,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = EventLog::open(&open_db(&dir)).unwrap();
         append_n(&mut log, 5, SystemTime::now());
-        let per_event = (json(1).len() + STORED_AT_LEN) as u64;
+        let per_event = (json(1).len() + RECORD_LEN_LEN) as u64;
+        let chunk = STORED_AT_LEN as u64;
+        assert_eq!(log.bytes(), chunk + per_event * 5);
         let retention = Retention {
-            max_bytes: per_event * 2 + 1,
+            max_bytes: chunk + per_event * 2 + 1,
             ..Retention::UNLIMITED
         };
         let report = log.trim(&retention, SystemTime::now()).unwrap();
@@ -728,7 +962,8 @@ mod tests {
                 first_seq: 4
             }
         );
-        assert_eq!(log.bytes(), per_event * 2);
+        assert_eq!(log.bytes(), chunk + per_event * 2);
+        assert_eq!(seqs(&log.read_after(0, 100).unwrap()), vec![4, 5]);
     }
 
     #[test]
@@ -820,7 +1055,9 @@ mod tests {
         {
             let db = open_db(&dir);
             let mut log = EventLog::open(&db).unwrap();
-            append_n(&mut log, 5, SystemTime::now());
+            for n in [2, 1, 2] {
+                append_n(&mut log, n, SystemTime::now());
+            }
             db.open_tree(EVENTS_TREE)
                 .unwrap()
                 .remove(3u64.to_be_bytes())
@@ -846,7 +1083,8 @@ mod tests {
         {
             let db = open_db(&dir);
             let mut log = EventLog::open(&db).unwrap();
-            append_n(&mut log, 5, SystemTime::now());
+            append_n(&mut log, 4, SystemTime::now());
+            append_n(&mut log, 1, SystemTime::now());
             db.open_tree(EVENTS_TREE)
                 .unwrap()
                 .remove(5u64.to_be_bytes())
@@ -893,6 +1131,160 @@ mod tests {
                 supported: SCHEMA_VERSION
             }
         ));
+    }
+
+    /// An event of exactly `size` bytes of JSON.
+    fn sized_json(seq: u64, size: usize) -> Vec<u8> {
+        let mut body = format!(r#"{{"Seq":{seq},"Pad":""#).into_bytes();
+        body.resize(size.saturating_sub(2).max(body.len()), b'x');
+        body.extend_from_slice(b"\"}");
+        body
+    }
+
+    fn chunk_sizes(db: &sled::Db) -> Vec<(u64, usize)> {
+        db.open_tree(EVENTS_TREE)
+            .unwrap()
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.unwrap();
+                (decode_key(&key).unwrap(), value.len())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_large_append_is_stored_in_bounded_chunks_and_reads_back_from_any_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(&dir);
+        let mut log = EventLog::open(&db).unwrap();
+        let bodies: Vec<(u64, Vec<u8>)> = (1..=100)
+            .map(|seq| (seq, sized_json(seq, 300 + (seq as usize * 37) % 700)))
+            .chain([(101, sized_json(101, CHUNK_BYTES * 2))])
+            .collect();
+        let refs: Vec<(u64, &[u8])> = bodies.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        log.append(&refs, SystemTime::now()).unwrap();
+        log.flush().unwrap();
+
+        let chunks = chunk_sizes(&db);
+        assert!(
+            chunks.len() > 10,
+            "100 events of ~650 bytes fill several chunks: {chunks:?}"
+        );
+        let (oversized, rest) = chunks.split_last().unwrap();
+        assert_eq!(
+            oversized.0, 101,
+            "an event larger than a chunk gets its own"
+        );
+        assert!(
+            rest.iter().all(|(_, len)| *len <= CHUNK_BYTES),
+            "{chunks:?}"
+        );
+        assert_eq!(
+            log.bytes(),
+            chunks.iter().map(|(_, len)| *len as u64).sum::<u64>()
+        );
+
+        for after in 0..=101 {
+            let read = log.read_after(after, 7).unwrap();
+            let expected: Vec<u64> = (after + 1..=101).take(7).collect();
+            assert_eq!(seqs(&read), expected, "after {after}");
+            for (seq, body) in &read {
+                assert_eq!(body, &bodies[*seq as usize - 1].1, "Seq {seq}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_trim_through_the_middle_of_a_chunk_keeps_its_tail_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (len, bytes) = {
+            let db = open_db(&dir);
+            let mut log = EventLog::open(&db).unwrap();
+            append_n(&mut log, 6, at);
+            let retention = Retention {
+                max_events: 2,
+                ..Retention::UNLIMITED
+            };
+            assert_eq!(log.trim(&retention, at).unwrap().removed, 4);
+            assert_eq!(seqs(&log.read_after(0, 10).unwrap()), vec![5, 6]);
+            assert_eq!(chunk_sizes(&db).first().map(|(key, _)| *key), Some(5));
+            let age = Retention {
+                max_age: Duration::from_secs(10),
+                ..Retention::UNLIMITED
+            };
+            let kept = log.trim(&age, at + Duration::from_secs(5)).unwrap();
+            assert_eq!(kept.removed, 0, "the rewritten tail keeps its stored-at");
+            log.flush().unwrap();
+            (log.len(), log.bytes())
+        };
+        let log = EventLog::open(&open_db(&dir)).unwrap();
+        assert_eq!((log.first_seq(), log.last_seq()), (5, 6));
+        assert_eq!((log.len(), log.bytes()), (len, bytes));
+        assert_eq!(seqs(&log.read_after(0, 10).unwrap()), vec![5, 6]);
+    }
+
+    #[test]
+    fn a_record_running_past_its_chunk_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(&dir);
+            let mut value = 0u64.to_be_bytes().to_vec();
+            value.extend_from_slice(&100u32.to_be_bytes());
+            value.extend_from_slice(b"{}");
+            let events = db.open_tree(EVENTS_TREE).unwrap();
+            events.insert(1u64.to_be_bytes(), value).unwrap();
+            db.flush().unwrap();
+        }
+        let err = EventLog::open(&open_db(&dir)).unwrap_err();
+        assert!(err.to_string().contains("runs past"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_log_is_migrated_to_chunks_with_its_seqs_epoch_and_ages() {
+        let dir = tempfile::tempdir().unwrap();
+        let early = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        {
+            let db = open_db(&dir);
+            let meta = db.open_tree(META_TREE).unwrap();
+            meta.insert(SCHEMA_VERSION_KEY, &1u64.to_be_bytes())
+                .unwrap();
+            meta.insert(EPOCH_KEY, "old-epoch").unwrap();
+            meta.insert(LAST_SEQ_KEY, &30u64.to_be_bytes()).unwrap();
+            meta.insert(FIRST_SEQ_KEY, &11u64.to_be_bytes()).unwrap();
+            let old = db.open_tree(V1_EVENTS_TREE).unwrap();
+            for seq in 11..=30u64 {
+                let at = early + Duration::from_secs(if seq <= 20 { 0 } else { 100 });
+                let mut value = unix_nanos(at).to_be_bytes().to_vec();
+                value.extend_from_slice(&json(seq));
+                old.insert(seq.to_be_bytes(), value).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let db = open_db(&dir);
+        let mut log = EventLog::open(&db).unwrap();
+        assert_eq!(log.epoch(), "old-epoch");
+        assert_eq!((log.first_seq(), log.last_seq(), log.len()), (11, 30, 20));
+        let read = log.read_after(0, 100).unwrap();
+        assert_eq!(seqs(&read), (11..=30).collect::<Vec<_>>());
+        assert!(read.iter().all(|(seq, body)| body == &json(*seq)));
+        assert!(
+            !db.tree_names()
+                .iter()
+                .any(|name| name.as_ref() == b"events")
+        );
+        assert_eq!(
+            read_meta_u64(&db.open_tree(META_TREE).unwrap(), SCHEMA_VERSION_KEY).unwrap(),
+            Some(SCHEMA_VERSION)
+        );
+        let age = Retention {
+            max_age: Duration::from_secs(50),
+            ..Retention::UNLIMITED
+        };
+        let report = log.trim(&age, early + Duration::from_secs(120)).unwrap();
+        assert_eq!(report.first_seq, 21, "each event keeps its own stored-at");
+        append_n(&mut log, 1, SystemTime::now());
+        assert_eq!(log.last_seq(), 31);
     }
 
     #[test]
