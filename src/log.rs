@@ -406,7 +406,7 @@ impl EventLog {
 
     /// Up to `limit` durable events with `Seq > after`, in order: `(seq, event json bytes)`.
     pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        read_after(&self.events, &self.shared, after, limit)
+        read_after(&self.events, &self.shared, after, limit, usize::MAX)
     }
 
     /// Removes the oldest events until every limit holds (count, age by stored-at, bytes), in
@@ -517,7 +517,18 @@ impl EventLog {
 impl LogReader {
     /// Up to `limit` durable events with `Seq > after`, in order: `(seq, event json bytes)`.
     pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        read_after(&self.events, &self.shared, after, limit)
+        read_after(&self.events, &self.shared, after, limit, usize::MAX)
+    }
+
+    /// Like [`LogReader::read_after`], but stops once the events read hold `max_bytes` of JSON
+    /// (always at least one event), so a reader that can take only so much never holds more.
+    pub fn read_after_within(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        read_after(&self.events, &self.shared, after, limit, max_bytes)
     }
 
     /// The log's epoch.
@@ -626,6 +637,7 @@ fn read_after(
     shared: &Shared,
     after: u64,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
     let durable = shared.durable_seq.load(Ordering::Acquire);
     let Some(start) = after.checked_add(1) else {
@@ -640,15 +652,17 @@ fn read_after(
         None => start,
     };
     let mut out = Vec::with_capacity(limit.min((durable - start + 1) as usize).min(1024));
+    let mut bytes = 0usize;
     for entry in events.range(from.to_be_bytes()..=durable.to_be_bytes()) {
         let (key, value) = entry?;
         let chunk = Chunk::decode(decode_key(&key)?, &value)?;
         for record in chunk.records() {
             let (seq, json) = record?;
-            if seq > durable || out.len() >= limit {
+            if seq > durable || out.len() >= limit || bytes >= max_bytes {
                 return Ok(out);
             }
             if seq >= start {
+                bytes = bytes.saturating_add(json.len());
                 out.push((seq, json.to_vec()));
             }
         }
@@ -1307,6 +1321,23 @@ mod tests {
         assert!(log.read_after(23, 5).unwrap().is_empty());
         assert!(log.read_after(u64::MAX, 5).unwrap().is_empty());
         assert!(log.read_after(0, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_read_within_a_byte_budget_stops_after_the_event_that_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        append_n(&mut log, 20, SystemTime::now());
+        let reader = log.reader();
+        let size = json(5).len();
+        let read = reader.read_after_within(4, 100, size * 3).unwrap();
+        assert_eq!(seqs(&read), vec![5, 6, 7]);
+        let one = reader.read_after_within(4, 100, 1).unwrap();
+        assert_eq!(
+            seqs(&one),
+            vec![5],
+            "at least one event, however small the budget"
+        );
     }
 
     #[test]

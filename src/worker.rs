@@ -521,7 +521,7 @@ impl Core {
 /// Bytes a replay keeps queued to one connection before waiting for its writer: small, so a
 /// thousand clients replaying at once hold megabytes, not gigabytes, and never more than half
 /// the outbound budget, so a replay never trips the slow-consumer close.
-const REPLAY_HIGH_WATER: usize = 256 * 1024;
+const REPLAY_HIGH_WATER: usize = 64 * 1024;
 
 fn replay_high_water(conn: &WsConn) -> usize {
     REPLAY_HIGH_WATER.min(conn.budget() / 2)
@@ -558,16 +558,19 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             continue;
         }
         let reader = core.shared.log_reader.clone();
-        let rows =
-            match monoio::spawn_blocking(move || reader.read_after(cursor, REPLAY_CHUNK)).await {
-                Ok(Ok(rows)) => rows,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "replay read failed");
-                    conn.begin_close(CloseReason::ServerShutdown, 1011, "replay failed".into());
-                    break;
-                }
-                Err(_) => break,
-            };
+        // Read no more than the connection can queue now: a read finished while its core is
+        // busy waits in memory, and a thousand replays each holding a full chunk peaked at 1 GB.
+        let room = replay_high_water(&conn).saturating_sub(conn.queued_bytes());
+        let read = move || reader.read_after_within(cursor, REPLAY_CHUNK, room);
+        let rows = match monoio::spawn_blocking(read).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "replay read failed");
+                conn.begin_close(CloseReason::ServerShutdown, 1011, "replay failed".into());
+                break;
+            }
+            Err(_) => break,
+        };
         if core.replaying.borrow().get(&conn.slot).map(|r| r.cursor) != Some(cursor) {
             // A `replay` during the read moved the cursor, and its reply is already queued:
             // these rows follow the old cursor, so queuing them would resend what it skips.
