@@ -346,7 +346,7 @@ pub struct ServeArgs {
     /// Number of core threads [default: all available cores]
     #[arg(long, env = "HERALD_CORES", value_name = "N")]
     pub cores: Option<usize>,
-    /// When a publish is answered: after its flush to disk (sync) or before (batched) [default: sync]
+    /// When a publish is answered: after its flush to disk (sync) or before, with the flush at most 10 ms later (batched) [default: sync]
     #[arg(long, env = "HERALD_DURABILITY", value_enum, value_name = "MODE")]
     pub durability: Option<Durability>,
     /// Logging.

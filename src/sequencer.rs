@@ -18,7 +18,8 @@ const MAX_BATCH_EVENTS: usize = 4096;
 const QUEUE_DEPTH: usize = 8192;
 /// Batches waiting in one core's inbox before the sequencer is held back.
 pub const INBOX_DEPTH: usize = 1024;
-/// How often `batched` durability flushes.
+/// Longest `batched` durability leaves appended events unflushed: it flushes as soon as no
+/// publish is waiting, and under a steady stream at least this often.
 const BATCHED_FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// How often retention is checked.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -201,6 +202,7 @@ impl Sequencer {
                         cores,
                         status,
                         dirty: false,
+                        last_flush: Instant::now(),
                         last_trim: Instant::now(),
                     }
                     .run(rx, stop)
@@ -234,6 +236,7 @@ struct Writer {
     cores: Vec<flume::Sender<Batch>>,
     status: Arc<LogStatus>,
     dirty: bool,
+    last_flush: Instant,
     last_trim: Instant,
 }
 
@@ -261,7 +264,10 @@ impl Writer {
             } else if stop.lock().map(|s| *s).unwrap_or(true) && rx.is_empty() {
                 break;
             }
-            if self.dirty && self.durability == Durability::Batched {
+            if self.dirty
+                && self.durability == Durability::Batched
+                && (rx.is_empty() || self.last_flush.elapsed() >= BATCHED_FLUSH_EVERY)
+            {
                 self.flush_or_die();
             }
             if self.last_trim.elapsed() >= TRIM_EVERY {
@@ -275,7 +281,7 @@ impl Writer {
 
     fn idle_wait(&self) -> Duration {
         if self.dirty {
-            BATCHED_FLUSH_EVERY
+            BATCHED_FLUSH_EVERY.saturating_sub(self.last_flush.elapsed())
         } else {
             Duration::from_millis(200)
         }
@@ -337,6 +343,7 @@ impl Writer {
             std::process::exit(74);
         }
         self.dirty = false;
+        self.last_flush = Instant::now();
     }
 
     fn trim(&mut self) {
