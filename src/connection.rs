@@ -17,6 +17,8 @@ use crate::connections::ConnectionView;
 use crate::event::{self, EncodedEvent};
 use crate::filter::Filter;
 use crate::metrics::CoreStats;
+use crate::outbound::{OutChunk, OutQueue};
+use crate::sequencer::Batch;
 use crate::transport::{self, ReadSide, Shutdown, WriteSide};
 use crate::websocket::{self, FrameReader, Message, OpCode};
 use crate::worker::Core;
@@ -102,7 +104,7 @@ pub struct WsConn {
     pub created: SystemTime,
     fd: RawFd,
     budget: usize,
-    out: RefCell<Vec<u8>>,
+    out: RefCell<OutQueue>,
     out_last_seq: Cell<u64>,
     inflight: Cell<usize>,
     /// Seq of the last event handed completely to the kernel.
@@ -150,33 +152,42 @@ impl WsConn {
 }
 
 impl WsConn {
-    /// Queues a live event that became durable at `durable_at` (for the delivery-lag metric).
-    pub fn queue_live(&self, event: &EncodedEvent, durable_at: Instant) -> bool {
+    /// Queues live event `index` of `batch` by reference to its shared frame; returns false
+    /// when that would exceed the budget, in which case the connection is now closing as a slow
+    /// consumer.
+    pub fn queue_live(&self, batch: &Rc<Batch>, index: usize) -> bool {
+        let Some(event) = batch.events.get(index) else {
+            return true;
+        };
         if self.oldest_durable.get().is_none() {
-            self.oldest_durable.set(Some(durable_at));
+            // For the delivery-lag metric.
+            self.oldest_durable.set(Some(batch.durable_at));
         }
-        self.queue_event(event)
+        self.enqueue(event, |out| out.push_shared(batch, index))
     }
 
-    /// Queues an event's shared frame; returns false when that would exceed the budget, in
-    /// which case the connection is now closing as a slow consumer.
+    /// Queues a copy of an event's frame (a replayed event, which no other connection shares);
+    /// returns false as [`WsConn::queue_live`] does.
     pub fn queue_event(&self, event: &EncodedEvent) -> bool {
+        self.enqueue(event, |out| out.push_own(event.frame()))
+    }
+
+    fn enqueue(&self, event: &EncodedEvent, push: impl FnOnce(&mut OutQueue)) -> bool {
         if self.closing.borrow().is_some() {
             return true;
         }
         if !self.superuser && !self.claims.may_see(&event.ty, &event.action, &event.key) {
             return true;
         }
-        let frame = event.frame();
         let mut out = self.out.borrow_mut();
-        if out.len() + self.inflight.get() + frame.len() > self.budget {
+        if out.len() + self.inflight.get() + event.frame().len() > self.budget {
             out.clear();
             drop(out);
             self.begin_close(CloseReason::SlowConsumer, 4008, String::new());
             return false;
         }
         let was_empty = out.is_empty();
-        out.extend_from_slice(frame);
+        push(&mut out);
         drop(out);
         self.out_last_seq.set(event.seq);
         self.queued_events.set(self.queued_events.get() + 1);
@@ -200,7 +211,7 @@ impl WsConn {
             self.begin_close(CloseReason::SlowConsumer, 4008, String::new());
             return;
         }
-        out.extend_from_slice(frame);
+        out.push_own(frame);
         drop(out);
         self.wake.notify();
     }
@@ -273,8 +284,8 @@ impl WsConn {
     }
 }
 
-/// Largest write buffer a connection keeps between writes.
-const SPARE_KEEP_BYTES: usize = 64 * 1024;
+/// Most pieces a connection's spare write chunk keeps room for between writes.
+const SPARE_KEEP_PIECES: usize = 64;
 
 /// How long a closing connection may take to flush its close frame before its socket is cut.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -302,7 +313,7 @@ pub async fn run(
         created: SystemTime::now(),
         fd,
         budget: limits.outbound_budget_bytes,
-        out: RefCell::new(Vec::new()),
+        out: RefCell::new(OutQueue::default()),
         // Nothing before the connection existed is owed to it: a slow-consumer close before its
         // first event says to resume from the live position, not from the start of the log.
         out_last_seq: Cell::new(core.last_delivered.get()),
@@ -461,15 +472,16 @@ async fn write_loop(conn: Rc<WsConn>, write: WriteSide) {
 }
 
 async fn write_until_closed(conn: &Rc<WsConn>, mut write: WriteSide) {
-    let mut spare: Vec<u8> = Vec::new();
+    let mut spare = OutChunk::default();
     loop {
         let chunk = {
             let mut out = conn.out.borrow_mut();
             if out.is_empty() {
                 None
             } else {
-                spare.clear();
-                Some(std::mem::replace(&mut *out, std::mem::take(&mut spare)))
+                let mut chunk = std::mem::take(&mut spare);
+                out.take_into(&mut chunk);
+                Some(chunk)
             }
         };
         let Some(chunk) = chunk else {
@@ -488,7 +500,8 @@ async fn write_until_closed(conn: &Rc<WsConn>, mut write: WriteSide) {
                     } else {
                         text
                     };
-                    let (_, _) = write.write_all(websocket::close_frame(code, &text)).await;
+                    let frame = OutChunk::from_bytes(websocket::close_frame(code, &text));
+                    let (_, _) = write.write_chunk(frame).await;
                     write.close_tls().await;
                     transport::shutdown(conn.fd, Shutdown::Both);
                     break;
@@ -503,14 +516,16 @@ async fn write_until_closed(conn: &Rc<WsConn>, mut write: WriteSide) {
         let oldest = conn.oldest_durable.take();
         let len = chunk.len();
         conn.inflight.set(len);
-        let (result, buf) = write.write_all(chunk).await;
+        let (result, mut written) = write.write_chunk(chunk).await;
+        // Releases the shared batches now, not at the next write.
+        written.clear();
         conn.inflight.set(0);
         conn.drained.notify();
-        // Keep a buffer for the next write, but not one a burst grew large.
-        spare = if buf.capacity() > SPARE_KEEP_BYTES {
-            Vec::new()
+        // Keep room for the next write, but not the room a burst grew.
+        spare = if written.capacity() > SPARE_KEEP_PIECES {
+            OutChunk::default()
         } else {
-            buf
+            written
         };
         if result.is_err() {
             conn.begin_close(CloseReason::ClientClosed, 1000, String::new());

@@ -13,10 +13,10 @@
 //! - [`sequencer`]: the one thread that assigns `Seq`, makes batches durable and broadcasts them.
 //! - [`worker`]: one core: accept loop, filter index, fan-out, deadlines.
 //! - [`connection`]: one websocket: outbound budget, reader and writer tasks.
+//! - [`outbound`]: a websocket's outbound queue: shared event frames and its own bytes.
 //! - [`connections`]: the connections API's view and the persistent connection history.
 //! - [`objects`]: the DRP-shaped object store (profiles, params, machines, …) and its routes.
 //! - [`cli`]: the `herald` client subcommands (events, objects, tokens).
-
 //! - [`transport`]: plain TCP or TLS under a connection.
 //! - [`api`]: the HTTP request loop, authentication and routes.
 //! - [`metrics`]: metric names, per-core counters and the `/metrics` exposition.
@@ -36,6 +36,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod objects;
+pub mod outbound;
 pub mod sequencer;
 pub mod server;
 pub mod tls;

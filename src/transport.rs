@@ -11,9 +11,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
+
+use crate::outbound::OutChunk;
 
 /// Bytes asked of the socket per read at first: an idle connection keeps this buffer in flight
 /// for its whole life, so it starts small (commands are small) and grows only under load.
@@ -248,28 +252,46 @@ pub struct WriteSide {
 }
 
 impl WriteSide {
-    /// Writes all of `data` (plaintext), returning the buffer for reuse.
-    pub async fn write_all(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    /// Writes all of `chunk` (plaintext): with `writev` on plain TCP, through the TLS session
+    /// otherwise. Returns the chunk for reuse.
+    pub async fn write_chunk(&mut self, mut chunk: OutChunk) -> (io::Result<()>, OutChunk) {
         let Some(tls) = self.tls.clone() else {
-            let (res, buf) = self.write.write_all(data).await;
-            return (res.map(|_| ()), buf);
-        };
-        for chunk in data.chunks(TLS_WRITE_CHUNK) {
-            let encrypted = {
-                let mut tls = tls.borrow_mut();
-                if let Err(e) = tls.writer().write_all(chunk) {
-                    return (Err(e), data);
+            while !chunk.is_written() {
+                let (res, back) = self.write.writev(chunk).await;
+                chunk = back;
+                match res {
+                    Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), chunk),
+                    Ok(written) => chunk.advance(written),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return (Err(e), chunk),
                 }
-                self.drain_tls(&mut tls)
-            };
-            if let Err(e) = encrypted {
-                return (Err(e), data);
             }
-            if let Err(e) = self.send_cipher().await {
-                return (Err(e), data);
+            return (Ok(()), chunk);
+        };
+        let result = self.write_tls(&tls, &chunk).await;
+        (result, chunk)
+    }
+
+    /// Encrypts and sends `chunk`, [`TLS_WRITE_CHUNK`] bytes of plaintext at a time.
+    async fn write_tls(
+        &mut self,
+        tls: &Rc<RefCell<ServerConnection>>,
+        chunk: &OutChunk,
+    ) -> io::Result<()> {
+        let mut pending = 0;
+        for slice in chunk.slices() {
+            for part in slice.chunks(TLS_WRITE_CHUNK) {
+                tls.borrow_mut().writer().write_all(part)?;
+                pending += part.len();
+                if pending >= TLS_WRITE_CHUNK {
+                    self.drain_tls(&mut tls.borrow_mut())?;
+                    self.send_cipher().await?;
+                    pending = 0;
+                }
             }
         }
-        (Ok(()), data)
+        self.drain_tls(&mut tls.borrow_mut())?;
+        self.send_cipher().await
     }
 
     /// Sends TLS records the reader produced (alerts, key updates), if any.

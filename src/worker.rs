@@ -24,7 +24,7 @@ use crate::event::{self, EncodedEvent};
 use crate::filter::FilterIndex;
 use crate::log::LogReader;
 use crate::metrics::CoreStats;
-use crate::sequencer::{Batch, LogStatus, Publisher, SequencedBatch};
+use crate::sequencer::{Batch, LogStatus, Publisher};
 use crate::transport::{self, Shutdown};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -335,13 +335,15 @@ impl Core {
     }
 
     /// Fans one batch out to every matching connection of this core.
-    pub fn deliver(&self, batch: &SequencedBatch) {
+    pub fn deliver(&self, batch: Batch) {
+        // One reference count per core for the batch; connections share it without atomics.
+        let batch = Rc::new(batch);
         let mut slow = Vec::new();
         {
             let index = self.index.borrow();
             let conns = self.conns.borrow();
             let replaying = self.replaying.borrow();
-            for event in &batch.events {
+            for (position, event) in batch.events.iter().enumerate() {
                 let stamp = self.stamp.get() + 1;
                 self.stamp.set(stamp);
                 index.for_each_candidate(&event.ty, &event.action, &event.key, |ids| {
@@ -355,7 +357,7 @@ impl Core {
                         if !replaying.is_empty() && replaying.contains_key(&id) {
                             continue;
                         }
-                        if !conn.queue_live(event, batch.durable_at) {
+                        if !conn.queue_live(&batch, position) {
                             slow.push(conn.clone());
                         }
                     }
@@ -513,7 +515,7 @@ impl Core {
     /// Receives batches from the sequencer until it stops.
     pub async fn receive_batches(self: Rc<Self>, inbox: flume::Receiver<Batch>) {
         while let Ok(batch) = inbox.recv_async().await {
-            self.deliver(&batch);
+            self.deliver(batch);
         }
     }
 }
