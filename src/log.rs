@@ -658,7 +658,7 @@ fn read_after(
         let chunk = Chunk::decode(decode_key(&key)?, &value)?;
         for record in chunk.records() {
             let (seq, json) = record?;
-            if seq > durable || out.len() >= limit || bytes >= max_bytes {
+            if seq > durable || out.len() >= limit || (bytes >= max_bytes && !out.is_empty()) {
                 return Ok(out);
             }
             if seq >= start {
@@ -1332,7 +1332,7 @@ mod tests {
         let size = json(5).len();
         let read = reader.read_after_within(4, 100, size * 3).unwrap();
         assert_eq!(seqs(&read), vec![5, 6, 7]);
-        let one = reader.read_after_within(4, 100, 1).unwrap();
+        let one = reader.read_after_within(4, 100, 0).unwrap();
         assert_eq!(
             seqs(&one),
             vec![5],

@@ -578,6 +578,22 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             // these rows follow the old cursor, so queuing them would resend what it skips.
             continue;
         }
+        let next_stored = rows
+            .first()
+            .map_or_else(|| core.shared.log_reader.first_seq(), |(seq, _)| *seq);
+        if next_stored > cursor.saturating_add(1) {
+            // Retention removed events this replay had yet to send. Going on would skip them
+            // silently; closing as a slow consumer names the resume point, and a `replay` from
+            // there answers `Recovered: false`, so the client knows to re-read state.
+            tracing::info!(
+                conn = conn.slot,
+                cursor,
+                next_stored,
+                "retention overtook a replay; closing it with its resume point"
+            );
+            conn.begin_close(CloseReason::SlowConsumer, 4008, String::new());
+            break;
+        }
         let limit = core.last_delivered.get();
         let mut next = cursor;
         let mut full = false;

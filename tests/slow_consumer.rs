@@ -160,3 +160,95 @@ fn a_replay_of_far_more_than_the_budget_reaches_a_reading_client_without_a_close
     );
     assert_eq!(slow_consumer_closes(&server), 0, "no one was too slow");
 }
+
+#[test]
+fn a_replay_that_retention_overtakes_is_closed_with_4008_and_its_resume_reports_the_gap() {
+    // Retain more than the kernel's buffers can absorb, so the replay stalls on a client that
+    // does not read while events it has yet to send are still stored.
+    let retained = (largest_send_buffer() + PUBLISHED_BEYOND_SEND_BUFFER) / PADDING;
+    let server = Server::start_with(Options {
+        args: [
+            "--outbound-budget",
+            BUDGET,
+            "--max-body-bytes",
+            "32KiB",
+            "--retain-events",
+            &retained.to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    });
+    let kind = unique("overtaken");
+    let filter = format!("{kind}.*.*");
+    let padding = "z".repeat(PADDING);
+    let publish_events = |count: usize, tag: &str| {
+        let mut published = Vec::new();
+        for round in 0..count.div_ceil(EVENTS_PER_REQUEST) {
+            let events: Vec<Value> = (0..EVENTS_PER_REQUEST)
+                .map(|n| {
+                    json!({"Type": kind, "Action": "save", "Key": format!("{tag}{round}-{n}"),
+                        "Object": {"Padding": padding}})
+                })
+                .collect();
+            published.extend(server.publish_batch(&events));
+        }
+        published
+    };
+    let stored = publish_events(retained, "a");
+
+    let mut slow = server.ws_with_receive_buffer(&server.admin(), RECEIVE_BUFFER);
+    slow.register(&filter);
+    let reply = slow.replay(&(stored[0] - 1).to_string());
+    assert_eq!(reply["Recovered"], true, "{reply}");
+
+    // While it does not read, retention removes every event that was stored when it asked.
+    let newer = publish_events(retained, "b");
+    let newest = *newer.last().expect("published");
+    let last_of_first = *stored.last().expect("published");
+    server.wait_for_info("retention to pass the first events", |info| {
+        info["FirstSeq"]
+            .as_u64()
+            .is_some_and(|first| first > last_of_first)
+    });
+
+    let mut delivered = Vec::new();
+    let (code, reason) = loop {
+        match slow.next_received(LOG_TIMEOUT) {
+            Received::Event(event) => delivered.push(event),
+            Received::Closed { code, reason } => break (code, reason),
+            other => panic!("no close frame after {} events: {other:?}", delivered.len()),
+        }
+    };
+    assert_eq!(code, 4008, "close reason {reason:?}");
+    let delivered = seqs(&delivered);
+    assert_eq!(
+        delivered,
+        stored[..delivered.len()],
+        "what arrived is the start of the replay, in order, with nothing skipped"
+    );
+    let resume_after: u64 = reason
+        .strip_prefix("slow consumer; resume after ")
+        .and_then(|seq| seq.parse().ok())
+        .unwrap_or_else(|| panic!("close reason {reason:?}"));
+    assert_eq!(
+        resume_after,
+        delivered.last().copied().unwrap_or(stored[0] - 1)
+    );
+
+    let mut again = server.ws(&server.admin());
+    again.register(&filter);
+    let reply = again.replay(&resume_after.to_string());
+    assert_eq!(
+        reply["Recovered"], false,
+        "the resume reports the gap: {reply}"
+    );
+    let first = reply["FirstSeq"].as_u64().expect("FirstSeq");
+    let rest = again.ordered_events_through(newest, LOG_TIMEOUT);
+    assert_eq!(
+        seqs(&rest).first().copied(),
+        Some(first),
+        "the resumed stream starts at the oldest retained event"
+    );
+    server.assert_serving();
+}
