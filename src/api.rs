@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::auth::{self, AuthError, AuthStore, Claims, FastAuth, Identity};
+use crate::auth::{self, AuthError, Claims, FastAuth, Identity};
 use crate::connection;
 use crate::connections::ConnectionView;
-use crate::event::{self, Event};
+use crate::event;
 use crate::filter::Filter;
 use crate::http::{self, ApiError, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response};
 use crate::transport::Transport;
@@ -533,17 +533,7 @@ async fn handle(
             require(identity, "users", "list", "*")?;
             Ok(Response::json(200, &store.list_users()))
         }
-        (Route::Users, _) => {
-            let new: auth::NewUser = parse_json(&request.body)?;
-            require(identity, "users", "create", &new.name)?;
-            let user = hashing(core, move |store| store.create_user(new)).await?;
-            emit(
-                core,
-                Event::new("users", "create", &user.name, &identity.principal).with_object(&user),
-            )
-            .await;
-            Ok(Response::json(201, &user))
-        }
+        (Route::Users, _) => crate::objects::accounts::create_user(core, request, identity).await,
         (Route::User(name), method @ (Method::Put | Method::Patch)) => {
             crate::objects::accounts::user(core, request, name, method, identity).await
         }
@@ -557,35 +547,9 @@ async fn handle(
                 &store.get_user(&name).map_err(|e| auth_error(&e))?,
             ))
         }
-        (Route::User(name), _) => {
-            require(identity, "users", "delete", &name)?;
-            let user = store.delete_user(&name).map_err(|e| auth_error(&e))?;
-            emit(
-                core,
-                Event::new("users", "delete", &name, &identity.principal).with_object(&user),
-            )
-            .await;
-            Ok(Response::json(200, &user))
-        }
+        (Route::User(name), _) => crate::objects::accounts::delete_user(core, name, identity).await,
         (Route::UserPassword(name), _) => {
-            if identity.user.as_deref() != Some(name.as_str()) {
-                require(identity, "users", "password", &name)?;
-            }
-            #[derive(serde::Deserialize)]
-            struct Password {
-                #[serde(rename = "Password")]
-                password: String,
-            }
-            let body: Password = parse_json(&request.body)?;
-            let (user_name, password) = (name.clone(), body.password);
-            let user =
-                hashing(core, move |store| store.set_password(&user_name, &password)).await?;
-            emit(
-                core,
-                Event::new("users", "update", &name, &identity.principal).with_object(&user),
-            )
-            .await;
-            Ok(Response::json(200, &user))
+            crate::objects::accounts::set_password(core, request, name, identity).await
         }
         (Route::UserToken(name), _) => {
             if identity.user.as_deref() != Some(name.as_str()) {
@@ -605,17 +569,7 @@ async fn handle(
             require(identity, "roles", "list", "*")?;
             Ok(Response::json(200, &store.list_roles()))
         }
-        (Route::Roles, _) => {
-            let role: auth::Role = parse_json(&request.body)?;
-            require(identity, "roles", "create", &role.name)?;
-            let role = store.create_role(role).map_err(|e| auth_error(&e))?;
-            emit(
-                core,
-                Event::new("roles", "create", &role.name, &identity.principal).with_object(&role),
-            )
-            .await;
-            Ok(Response::json(201, &role))
-        }
+        (Route::Roles, _) => crate::objects::accounts::create_role(core, request, identity).await,
         (Route::Role(name), _) => {
             require(identity, "roles", "get", &name)?;
             Ok(Response::json(
@@ -627,34 +581,6 @@ async fn handle(
             crate::objects::handle(core, request, route, method, identity).await
         }
         (Route::Ws, _) => Err(error(400, "this route takes a websocket upgrade")),
-    }
-}
-
-/// Runs a store call that hashes a password (argon2id, tens of milliseconds) on a blocking thread.
-async fn hashing<T: Send + 'static>(
-    core: &Core,
-    call: impl FnOnce(&AuthStore) -> Result<T, AuthError> + Send + 'static,
-) -> Result<T, Response> {
-    let store = core.shared.auth.clone();
-    match monoio::spawn_blocking(move || call(&store)).await {
-        Ok(result) => result.map_err(|e| auth_error(&e)),
-        Err(_) => Err(error(500, "the password could not be hashed")),
-    }
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            400,
-            format!("the body is not valid JSON for this route: {e}"),
-        )
-    })
-}
-
-/// Publishes an event produced by herald itself; a failure is logged, the change stands.
-async fn emit(core: &Core, event: Event) {
-    if let Err(error) = core.shared.publisher.publish(vec![event]).await {
-        tracing::warn!(%error, "could not publish an object event");
     }
 }
 

@@ -968,3 +968,76 @@ fn users_and_roles_change_by_put_patch_and_delete_and_take_effect_at_once() {
         403,
     );
 }
+
+#[test]
+fn creating_and_deleting_users_and_roles_and_changing_a_password_are_in_the_log_when_answered() {
+    let server = Server::shared();
+    let role = unique("logged-role-");
+    let user = unique("logged-user-");
+    let since = server.info()["LastSeq"].as_u64().expect("LastSeq");
+    let claims = json!([{"Scope": "profiles", "Action": "get", "Specific": "*"}]);
+    let steps = [
+        (
+            "POST",
+            "/api/v3/roles".to_owned(),
+            Some(json!({"Name": role, "Claims": claims})),
+            201,
+            ("roles", "create", role.clone()),
+        ),
+        (
+            "POST",
+            "/api/v3/users".to_owned(),
+            Some(json!({"Name": user, "Roles": [role], "Password": "first-pw"})),
+            201,
+            ("users", "create", user.clone()),
+        ),
+        (
+            "PUT",
+            format!("/api/v3/users/{user}/password"),
+            Some(json!({"Password": "second-pw"})),
+            200,
+            ("users", "update", user.clone()),
+        ),
+        (
+            "DELETE",
+            format!("/api/v3/users/{user}"),
+            None,
+            200,
+            ("users", "delete", user.clone()),
+        ),
+    ];
+    let mut expected = Vec::new();
+    for (method, path, body, status, (ty, action, key)) in steps {
+        let answer = ok(&admin(server, method, &path, body), status);
+        assert_eq!(answer["Name"], key.as_str(), "{answer}");
+        expected.push((ty, action, key));
+        // No waiting: the answer comes only once its event is durable in the log.
+        let logged: Vec<(String, String, String)> = server
+            .read_log(&server.admin(), since, None)
+            .iter()
+            .filter(|event| event["Key"] == role.as_str() || event["Key"] == user.as_str())
+            .map(|event| {
+                let field = |name: &str| event[name].as_str().unwrap_or_default().to_owned();
+                (field("Type"), field("Action"), field("Key"))
+            })
+            .collect();
+        let wanted: Vec<(String, String, String)> = expected
+            .iter()
+            .map(|(ty, action, key)| (ty.to_string(), action.to_string(), key.clone()))
+            .collect();
+        assert_eq!(logged, wanted, "after {method} {path}");
+    }
+    let refused = admin(
+        server,
+        "POST",
+        "/api/v3/users",
+        Some(json!({"Name": user, "Roles": ["no-such-role"], "Password": "third-pw"})),
+    );
+    assert!(refused.status >= 400, "{refused:?}");
+    let after = server.read_log(&server.admin(), since, Some(&format!("users.*.{user}")));
+    assert_eq!(
+        after.len(),
+        3,
+        "a refused change publishes nothing: {after:?}"
+    );
+}

@@ -91,6 +91,14 @@ pub struct NewUser {
     pub password: Option<String>,
 }
 
+/// A password checked and hashed by [`AuthStore::hash_new_password`].
+pub struct HashedPassword {
+    /// The argon2id hash in PHC string format.
+    phc: String,
+    /// Whether it is the well-known default admin password.
+    is_default: bool,
+}
+
 /// The outcome of the fast authentication path.
 #[derive(Debug)]
 pub enum FastAuth {
@@ -373,27 +381,48 @@ impl AuthStore {
         })
     }
 
+    /// Hashes a new password with argon2id after checking it: tens of milliseconds, so run it on
+    /// a blocking thread, then store it with [`AuthStore::create_user_hashed`] or
+    /// [`AuthStore::set_password_hashed`].
+    pub fn hash_new_password(password: &str) -> Result<HashedPassword, AuthError> {
+        validate_password(password)?;
+        Ok(HashedPassword {
+            phc: hash_password(password)?,
+            is_default: password == DEFAULT_ADMIN_PASSWORD,
+        })
+    }
+
     /// Creates a user. Hashes the password (tens of milliseconds): run it on a blocking thread.
     pub fn create_user(&self, req: NewUser) -> Result<UserView, AuthError> {
         validate_name("user", &req.name)?;
-        let mut roles = Vec::with_capacity(req.roles.len());
-        for role in req.roles {
+        let password = req
+            .password
+            .as_deref()
+            .map(AuthStore::hash_new_password)
+            .transpose()?;
+        self.create_user_hashed(req.name, req.roles, password)
+    }
+
+    /// Creates a user whose password was hashed already (quick: fit for the log thread).
+    pub fn create_user_hashed(
+        &self,
+        name: String,
+        requested_roles: Vec<String>,
+        password: Option<HashedPassword>,
+    ) -> Result<UserView, AuthError> {
+        validate_name("user", &name)?;
+        let mut roles = Vec::with_capacity(requested_roles.len());
+        for role in requested_roles {
             if !roles.contains(&role) {
                 roles.push(role);
             }
         }
         self.check_roles_exist(&roles)?;
-        let password_hash = match &req.password {
-            Some(password) => {
-                validate_password(password)?;
-                Some(hash_password(password)?)
-            }
-            None => None,
-        };
+        let default = password.as_ref().is_some_and(|p| p.is_default);
         let stored = StoredUser {
-            name: req.name,
+            name,
             roles,
-            password_hash,
+            password_hash: password.map(|p| p.phc),
             secret: new_secret()?,
         };
         let mut users = write(&self.users);
@@ -405,7 +434,6 @@ impl AuthStore {
         }
         self.persist_user(&stored)?;
         if stored.name == DEFAULT_ADMIN_USER {
-            let default = req.password.as_deref() == Some(DEFAULT_ADMIN_PASSWORD);
             self.default_password_in_use
                 .store(default, Ordering::Relaxed);
         }
@@ -417,8 +445,16 @@ impl AuthStore {
     /// Sets a user's password and replaces its Secret, so its tokens and cached logins stop
     /// working at once. Hashes the password: run it on a blocking thread.
     pub fn set_password(&self, name: &str, password: &str) -> Result<UserView, AuthError> {
-        validate_password(password)?;
-        let hash = hash_password(password)?;
+        self.set_password_hashed(name, AuthStore::hash_new_password(password)?)
+    }
+
+    /// [`AuthStore::set_password`] with a password hashed already (quick: fit for the log
+    /// thread).
+    pub fn set_password_hashed(
+        &self,
+        name: &str,
+        password: HashedPassword,
+    ) -> Result<UserView, AuthError> {
         let secret = new_secret()?;
         let mut users = write(&self.users);
         let mut stored = users
@@ -428,12 +464,12 @@ impl AuthStore {
                 kind: USERS_TREE,
                 name: name.to_owned(),
             })?;
-        stored.password_hash = Some(hash);
+        stored.password_hash = Some(password.phc);
         stored.secret = secret;
         self.persist_user(&stored)?;
         if name == DEFAULT_ADMIN_USER {
             self.default_password_in_use
-                .store(password == DEFAULT_ADMIN_PASSWORD, Ordering::Relaxed);
+                .store(password.is_default, Ordering::Relaxed);
         }
         let view = stored.view();
         users.insert(stored.name.clone(), stored);

@@ -1,6 +1,7 @@
-//! PUT, PATCH and DELETE for users and roles, which [`crate::auth::AuthStore`] keeps: what a
-//! user has to change is its `Roles` (its password has its own route), what a role has is its
-//! `Claims`. Each change runs on the log thread together with its event, like every object's.
+//! Creating, changing and deleting users and roles, which [`crate::auth::AuthStore`] keeps: what
+//! a user has to change is its `Roles` (its password has its own route), what a role has is its
+//! `Claims`. Each change runs on the log thread together with its event, like every object's, so
+//! an answered change always has its event; a password is hashed on a blocking thread first.
 
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -10,7 +11,7 @@ use serde_json::Value;
 use super::ObjectError;
 use super::store::apply_patch;
 use crate::api::Request;
-use crate::auth::{AuthError, AuthStore, Identity, Role};
+use crate::auth::{AuthError, AuthStore, HashedPassword, Identity, NewUser, Role};
 use crate::event::Event;
 use crate::http::{ApiError, Method, Response};
 use crate::worker::Core;
@@ -25,6 +26,117 @@ enum Change {
     Delete,
 }
 
+/// `POST /api/v3/users`: creates a user.
+pub async fn create_user(core: &Rc<Core>, request: &Request, identity: &Identity) -> Reply {
+    let new: NewUser = serde_json::from_slice(&request.body).map_err(|e| {
+        failure(
+            "users",
+            "",
+            (400, format!("the body is not valid JSON for a user: {e}")),
+        )
+    })?;
+    require(identity, "users", "create", &new.name)?;
+    let name = new.name.clone();
+    let password = match new.password {
+        Some(password) => Some(hash(&name, password).await?),
+        None => None,
+    };
+    let principal = identity.principal.clone();
+    let roles = new.roles;
+    apply(core, 201, "users", &name.clone(), move |store| {
+        let user = store
+            .create_user_hashed(name, roles, password)
+            .map_err(auth_failure)?;
+        let event = Event::new("users", "create", &user.name, &principal).with_object(&user);
+        Ok((serde_json::to_value(&user).unwrap_or_default(), event))
+    })
+    .await
+}
+
+/// `DELETE /api/v3/users/{name}`.
+pub async fn delete_user(core: &Rc<Core>, name: String, identity: &Identity) -> Reply {
+    require(identity, "users", "delete", &name)?;
+    let principal = identity.principal.clone();
+    let at = name.clone();
+    apply(core, 200, "users", &name, move |store| {
+        let user = store.delete_user(&at).map_err(auth_failure)?;
+        let event = Event::new("users", "delete", &at, &principal).with_object(&user);
+        Ok((serde_json::to_value(&user).unwrap_or_default(), event))
+    })
+    .await
+}
+
+/// `PUT /api/v3/users/{name}/password`: a user may set its own, others need the claim.
+pub async fn set_password(
+    core: &Rc<Core>,
+    request: &Request,
+    name: String,
+    identity: &Identity,
+) -> Reply {
+    if identity.user.as_deref() != Some(name.as_str()) {
+        require(identity, "users", "password", &name)?;
+    }
+    #[derive(serde::Deserialize)]
+    struct Password {
+        #[serde(rename = "Password")]
+        password: String,
+    }
+    let body: Password = serde_json::from_slice(&request.body).map_err(|e| {
+        failure(
+            "users",
+            &name,
+            (400, format!("the body is not {{\"Password\":\"…\"}}: {e}")),
+        )
+    })?;
+    let password = hash(&name, body.password).await?;
+    let principal = identity.principal.clone();
+    let at = name.clone();
+    apply(core, 200, "users", &name, move |store| {
+        let user = store
+            .set_password_hashed(&at, password)
+            .map_err(auth_failure)?;
+        let event = Event::new("users", "update", &at, &principal).with_object(&user);
+        Ok((serde_json::to_value(&user).unwrap_or_default(), event))
+    })
+    .await
+}
+
+/// `POST /api/v3/roles`: creates a role.
+pub async fn create_role(core: &Rc<Core>, request: &Request, identity: &Identity) -> Reply {
+    let role: Role = serde_json::from_slice(&request.body).map_err(|e| {
+        failure(
+            "roles",
+            "",
+            (400, format!("the body is not valid JSON for a role: {e}")),
+        )
+    })?;
+    require(identity, "roles", "create", &role.name)?;
+    let principal = identity.principal.clone();
+    let name = role.name.clone();
+    apply(core, 201, "roles", &name, move |store| {
+        let role = store.create_role(role).map_err(auth_failure)?;
+        let event = Event::new("roles", "create", &role.name, &principal).with_object(&role);
+        Ok((serde_json::to_value(&role).unwrap_or_default(), event))
+    })
+    .await
+}
+
+/// Checks and hashes a new password on a blocking thread (argon2id: tens of milliseconds).
+async fn hash(name: &str, password: String) -> Result<HashedPassword, Response> {
+    match monoio::spawn_blocking(move || AuthStore::hash_new_password(&password)).await {
+        Ok(Ok(hashed)) => Ok(hashed),
+        Ok(Err(error)) => Err(failure("users", name, auth_failure(error))),
+        Err(_) => Err(failure(
+            "users",
+            name,
+            (500, "the password could not be hashed".into()),
+        )),
+    }
+}
+
+/// A route's answer: the response, or the error response.
+type Reply = Result<Response, Response>;
+
 /// `PUT|PATCH /api/v3/users/{name}`: replaces the user's roles.
 pub async fn user(
     core: &Rc<Core>,
@@ -37,7 +149,7 @@ pub async fn user(
     require(identity, "users", "update", &name)?;
     let principal = identity.principal.clone();
     let at = name.clone();
-    apply(core, "users", &name, move |store| {
+    apply(core, 200, "users", &name, move |store| {
         let current = store.get_user(&at).map_err(auth_failure)?;
         let wanted = match change {
             Change::Replace(body) => body,
@@ -71,7 +183,7 @@ pub async fn role(
     require(identity, "roles", action, &name)?;
     let principal = identity.principal.clone();
     let at = name.clone();
-    apply(core, "roles", &name, move |store| {
+    apply(core, 200, "roles", &name, move |store| {
         let wanted = match change {
             Change::Delete => {
                 let removed = store.delete_role(&at).map_err(auth_failure)?;
@@ -201,6 +313,7 @@ fn require(identity: &Identity, scope: &str, action: &str, key: &str) -> Result<
 /// Runs a change on the log thread and publishes its event; answers once the event is durable.
 async fn apply(
     core: &Core,
+    status: u16,
     model: &'static str,
     key: &str,
     change: impl FnOnce(&AuthStore) -> Result<(Value, Event), Failure> + Send + 'static,
@@ -225,7 +338,7 @@ async fn apply(
         })
         .await;
     match applied {
-        Ok((Ok(answer), _)) => Ok(Response::json(200, &answer)),
+        Ok((Ok(answer), _)) => Ok(Response::json(status, &answer)),
         Ok((Err(refused), _)) => Err(failure(model, key, refused)),
         Err(error) => Err(failure(
             model,
