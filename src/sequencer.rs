@@ -26,7 +26,8 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Most events removed per trim turn: about 10 ms of sled work on this class of machine.
 const TRIM_CHUNK: u64 = 2_000;
 
-/// Sequenced events, durable (or, with `batched`, stored) at `durable_at`, shared by every core.
+/// Sequenced events, shared by every core: durable at `durable_at` with `sync`; with `batched`,
+/// sequenced then and stored right after.
 #[derive(Debug)]
 pub struct SequencedBatch {
     /// The events in Seq order.
@@ -307,8 +308,35 @@ impl Writer {
             }
             answers.push((publish.reply, seq));
         }
-        let rows: Vec<(u64, &[u8])> = encoded.iter().map(|e| (e.seq, e.json())).collect();
+        let Some(last) = encoded.last().map(|e| e.seq) else {
+            // Only changes that published nothing; what they wrote is flushed like events.
+            self.dirty = true;
+            if self.durability == Durability::Sync {
+                self.flush_or_die();
+            }
+            for (reply, seq) in answers {
+                let _ = reply.send(Ok(seq));
+            }
+            return;
+        };
+        let batch: Batch = Arc::new(SequencedBatch {
+            events: encoded,
+            durable_at: Instant::now(),
+        });
+        // `batched` delivers as soon as events have their Seq: the append, tens of µs on a thread
+        // that just woke, stays off the delivery path. `sync` delivers only once durable.
+        let deliver_first = self.durability == Durability::Batched;
+        if deliver_first {
+            self.announce(&batch, last);
+        }
+        let rows: Vec<(u64, &[u8])> = batch.events.iter().map(|e| (e.seq, e.json())).collect();
         if let Err(error) = self.log.append(&rows, SystemTime::now()) {
+            if deliver_first {
+                // Subscribers have these Seqs: answering the publishers with an error would let
+                // the next append reuse them. Stop instead, as a failed flush does.
+                tracing::error!(%error, "appending to the event log failed after delivery; herald stops so no Seq is reused");
+                std::process::exit(74);
+            }
             tracing::error!(%error, "appending to the event log failed; publishers get an error");
             for (reply, _) in answers {
                 let _ = reply.send(Err(PublishError::Store(error.to_string())));
@@ -316,22 +344,29 @@ impl Writer {
             return;
         }
         self.dirty = true;
-        if self.durability == Durability::Sync {
+        if deliver_first {
+            self.status.update(&self.log);
+        } else {
             self.flush_or_die();
-        }
-        // Counted before the bounds move, so a scrape never sees LastSeq ahead of the count.
-        metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(encoded.len() as u64);
-        self.status.update(&self.log);
-        let batch: Batch = Arc::new(SequencedBatch {
-            events: encoded,
-            durable_at: Instant::now(),
-        });
-        for core in self.cores.iter().filter(|_| !batch.events.is_empty()) {
-            // A core that has stopped no longer needs events.
-            let _ = core.send(batch.clone());
+            self.announce(&batch, last);
         }
         for (reply, last) in answers {
             let _ = reply.send(Ok(last));
+        }
+    }
+
+    /// Counts a sequenced batch, moves `LastSeq` to `last` and hands the batch to every core.
+    fn announce(&self, batch: &Batch, last: u64) {
+        // Counted before the bounds move, so a scrape never sees LastSeq ahead of the count.
+        metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(batch.events.len() as u64);
+        self.status
+            .first_seq
+            .store(self.log.first_seq(), Ordering::Release);
+        self.status.last_seq.store(last, Ordering::Release);
+        self.status.bytes.store(self.log.bytes(), Ordering::Release);
+        for core in &self.cores {
+            // A core that has stopped no longer needs events.
+            let _ = core.send(batch.clone());
         }
     }
 
