@@ -144,7 +144,11 @@ impl Results {
 /// Of two rounds' values, the one of the least disturbed round: the higher rate, the lower
 /// latency or memory; but the larger loss, which no round may hide.
 fn best(metric: &str, old: f64, new: f64) -> f64 {
-    if metric.starts_with("lost") || metric.contains("/s") || metric.contains("per server CPU") {
+    // Latency rows name their load ("p99 ms (2000 ev/s)"), so they are told apart by their unit
+    // before rates are.
+    let lower_is_better = metric.contains(" ms") || metric.contains("RSS") || metric.contains('%');
+    let higher_is_better = metric.contains("/s") || metric.contains("per server CPU");
+    if metric.starts_with("lost") || (higher_is_better && !lower_is_better) {
         old.max(new)
     } else {
         old.min(new)
