@@ -6,7 +6,7 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{LOG_TIMEOUT, Options, Received, Server, seqs, unique};
+use common::{Client, LOG_TIMEOUT, Options, Received, Server, seqs, unique};
 use serde_json::{Value, json};
 
 /// The outbound budget the server runs with, small so that a stalled client overflows it fast.
@@ -49,6 +49,42 @@ fn slow_consumer_closes(server: &Server) -> u64 {
         .map_or(0, |value| value as u64)
 }
 
+/// Publishes at least `count` events of `kind` with [`PADDING`] bytes of padding each, in
+/// requests of [`EVENTS_PER_REQUEST`], keyed `<tag><request>-<n>`; returns their Seqs.
+fn publish_padded(server: &Server, kind: &str, tag: &str, count: usize) -> Vec<u64> {
+    let padding = "x".repeat(PADDING);
+    let mut published = Vec::new();
+    for round in 0..count.div_ceil(EVENTS_PER_REQUEST) {
+        let events: Vec<Value> = (0..EVENTS_PER_REQUEST)
+            .map(|n| {
+                json!({"Type": kind, "Action": "save", "Key": format!("{tag}{round}-{n}"),
+                    "Object": {"Padding": padding}})
+            })
+            .collect();
+        published.extend(server.publish_batch(&events));
+    }
+    published
+}
+
+/// Reads until the close frame, which must be the slow-consumer close: the Seqs that arrived
+/// before it, and the resume point it names.
+fn events_then_slow_consumer_close(client: &mut Client) -> (Vec<u64>, u64) {
+    let mut delivered = Vec::new();
+    let (code, reason) = loop {
+        match client.next_received(LOG_TIMEOUT) {
+            Received::Event(event) => delivered.push(event),
+            Received::Closed { code, reason } => break (code, reason),
+            other => panic!("no close frame after {} events: {other:?}", delivered.len()),
+        }
+    };
+    assert_eq!(code, 4008, "close reason {reason:?}");
+    let resume_after = reason
+        .strip_prefix("slow consumer; resume after ")
+        .and_then(|seq| seq.parse().ok())
+        .unwrap_or_else(|| panic!("close reason {reason:?}"));
+    (seqs(&delivered), resume_after)
+}
+
 #[test]
 fn a_client_that_stops_reading_is_closed_with_4008_and_resumes_by_replay_without_loss() {
     let server = slow_server();
@@ -59,37 +95,12 @@ fn a_client_that_stops_reading_is_closed_with_4008_and_resumes_by_replay_without
 
     // Publish without reading a byte. The server counts the close only once the connection has
     // ended, which needs the client to read, so the volume is fixed: more than any kernel buffers.
-    let padding = "x".repeat(PADDING);
-    let mut published = Vec::new();
-    let mut round = 0;
     let to_publish = largest_send_buffer() + PUBLISHED_BEYOND_SEND_BUFFER;
-    while published.len() * PADDING < to_publish {
-        let events: Vec<Value> = (0..EVENTS_PER_REQUEST)
-            .map(|n| {
-                json!({"Type": kind, "Action": "save", "Key": format!("r{round}-{n}"),
-                    "Object": {"Padding": padding}})
-            })
-            .collect();
-        published.extend(server.publish_batch(&events));
-        round += 1;
-    }
+    let published = publish_padded(&server, &kind, "r", to_publish / PADDING);
     let last = *published.last().expect("published");
 
     // Everything the kernel buffered arrives, then the close frame saying where to resume.
-    let mut delivered = Vec::new();
-    let (code, reason) = loop {
-        match slow.next_received(LOG_TIMEOUT) {
-            Received::Event(event) => delivered.push(event),
-            Received::Closed { code, reason } => break (code, reason),
-            other => panic!("no close frame after {} events: {other:?}", delivered.len()),
-        }
-    };
-    assert_eq!(code, 4008, "close reason {reason:?}");
-    let resume_after: u64 = reason
-        .strip_prefix("slow consumer; resume after ")
-        .and_then(|seq| seq.parse().ok())
-        .unwrap_or_else(|| panic!("close reason {reason:?}"));
-    let delivered = seqs(&delivered);
+    let (delivered, resume_after) = events_then_slow_consumer_close(&mut slow);
     assert!(
         delivered.len() < published.len(),
         "the client was closed before it got everything"
@@ -137,18 +148,8 @@ fn a_client_that_stops_reading_is_closed_with_4008_and_resumes_by_replay_without
 fn a_replay_of_far_more_than_the_budget_reaches_a_reading_client_without_a_close() {
     let server = slow_server();
     let kind = unique("big-replay");
-    let padding = "y".repeat(PADDING);
-    let mut published = Vec::new();
     // About five budgets' worth of stored events.
-    for round in 0..14 {
-        let events: Vec<Value> = (0..EVENTS_PER_REQUEST)
-            .map(|n| {
-                json!({"Type": kind, "Action": "save", "Key": format!("r{round}-{n}"),
-                    "Object": {"Padding": padding}})
-            })
-            .collect();
-        published.extend(server.publish_batch(&events));
-    }
+    let published = publish_padded(&server, &kind, "r", 14 * EVENTS_PER_REQUEST);
     let last = *published.last().expect("published");
     let mut client = server.ws(&server.admin());
     client.register(&format!("{kind}.*.*"));
@@ -181,21 +182,7 @@ fn a_replay_that_retention_overtakes_is_closed_with_4008_and_its_resume_reports_
     });
     let kind = unique("overtaken");
     let filter = format!("{kind}.*.*");
-    let padding = "z".repeat(PADDING);
-    let publish_events = |count: usize, tag: &str| {
-        let mut published = Vec::new();
-        for round in 0..count.div_ceil(EVENTS_PER_REQUEST) {
-            let events: Vec<Value> = (0..EVENTS_PER_REQUEST)
-                .map(|n| {
-                    json!({"Type": kind, "Action": "save", "Key": format!("{tag}{round}-{n}"),
-                        "Object": {"Padding": padding}})
-                })
-                .collect();
-            published.extend(server.publish_batch(&events));
-        }
-        published
-    };
-    let stored = publish_events(retained, "a");
+    let stored = publish_padded(&server, &kind, "a", retained);
 
     let mut slow = server.ws_with_receive_buffer(&server.admin(), RECEIVE_BUFFER);
     slow.register(&filter);
@@ -203,7 +190,7 @@ fn a_replay_that_retention_overtakes_is_closed_with_4008_and_its_resume_reports_
     assert_eq!(reply["Recovered"], true, "{reply}");
 
     // While it does not read, retention removes every event that was stored when it asked.
-    let newer = publish_events(retained, "b");
+    let newer = publish_padded(&server, &kind, "b", retained);
     let newest = *newer.last().expect("published");
     let last_of_first = *stored.last().expect("published");
     server.wait_for_info("retention to pass the first events", |info| {
@@ -212,25 +199,12 @@ fn a_replay_that_retention_overtakes_is_closed_with_4008_and_its_resume_reports_
             .is_some_and(|first| first > last_of_first)
     });
 
-    let mut delivered = Vec::new();
-    let (code, reason) = loop {
-        match slow.next_received(LOG_TIMEOUT) {
-            Received::Event(event) => delivered.push(event),
-            Received::Closed { code, reason } => break (code, reason),
-            other => panic!("no close frame after {} events: {other:?}", delivered.len()),
-        }
-    };
-    assert_eq!(code, 4008, "close reason {reason:?}");
-    let delivered = seqs(&delivered);
+    let (delivered, resume_after) = events_then_slow_consumer_close(&mut slow);
     assert_eq!(
         delivered,
         stored[..delivered.len()],
         "what arrived is the start of the replay, in order, with nothing skipped"
     );
-    let resume_after: u64 = reason
-        .strip_prefix("slow consumer; resume after ")
-        .and_then(|seq| seq.parse().ok())
-        .unwrap_or_else(|| panic!("close reason {reason:?}"));
     assert_eq!(
         resume_after,
         delivered.last().copied().unwrap_or(stored[0] - 1)

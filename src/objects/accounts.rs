@@ -28,13 +28,7 @@ enum Change {
 
 /// `POST /api/v3/users`: creates a user.
 pub async fn create_user(core: &Rc<Core>, request: &Request, identity: &Identity) -> Reply {
-    let new: NewUser = serde_json::from_slice(&request.body).map_err(|e| {
-        failure(
-            "users",
-            "",
-            (400, format!("the body is not valid JSON for a user: {e}")),
-        )
-    })?;
+    let new: NewUser = body(request, "users", "", "a user")?;
     require(identity, "users", "create", &new.name)?;
     let name = new.name.clone();
     let password = match new.password {
@@ -81,13 +75,7 @@ pub async fn set_password(
         #[serde(rename = "Password")]
         password: String,
     }
-    let body: Password = serde_json::from_slice(&request.body).map_err(|e| {
-        failure(
-            "users",
-            &name,
-            (400, format!("the body is not {{\"Password\":\"…\"}}: {e}")),
-        )
-    })?;
+    let body: Password = body(request, "users", &name, "{\"Password\":\"…\"}")?;
     let password = hash(&name, body.password).await?;
     let principal = identity.principal.clone();
     let at = name.clone();
@@ -103,13 +91,7 @@ pub async fn set_password(
 
 /// `POST /api/v3/roles`: creates a role.
 pub async fn create_role(core: &Rc<Core>, request: &Request, identity: &Identity) -> Reply {
-    let role: Role = serde_json::from_slice(&request.body).map_err(|e| {
-        failure(
-            "roles",
-            "",
-            (400, format!("the body is not valid JSON for a role: {e}")),
-        )
-    })?;
+    let role: Role = body(request, "roles", "", "a role")?;
     require(identity, "roles", "create", &role.name)?;
     let principal = identity.principal.clone();
     let name = role.name.clone();
@@ -119,6 +101,22 @@ pub async fn create_role(core: &Rc<Core>, request: &Request, identity: &Identity
         Ok((serde_json::to_value(&role).unwrap_or_default(), event))
     })
     .await
+}
+
+/// The request body as `T`, or a 400 that says it is not `what`.
+fn body<T: serde::de::DeserializeOwned>(
+    request: &Request,
+    model: &str,
+    key: &str,
+    what: &str,
+) -> Result<T, Response> {
+    serde_json::from_slice(&request.body).map_err(|e| {
+        failure(
+            model,
+            key,
+            (400, format!("the body is not valid JSON for {what}: {e}")),
+        )
+    })
 }
 
 /// Checks and hashes a new password on a blocking thread (argon2id: tens of milliseconds).
@@ -144,7 +142,7 @@ pub async fn user(
     name: String,
     method: Method,
     identity: &Identity,
-) -> Result<Response, Response> {
+) -> Reply {
     let change = decode(request, &method, "users", &name)?;
     require(identity, "users", "update", &name)?;
     let principal = identity.principal.clone();
@@ -173,7 +171,7 @@ pub async fn role(
     name: String,
     method: Method,
     identity: &Identity,
-) -> Result<Response, Response> {
+) -> Reply {
     let change = decode(request, &method, "roles", &name)?;
     let action = if matches!(change, Change::Delete) {
         "delete"
@@ -317,7 +315,7 @@ async fn apply(
     model: &'static str,
     key: &str,
     change: impl FnOnce(&AuthStore) -> Result<(Value, Event), Failure> + Send + 'static,
-) -> Result<Response, Response> {
+) -> Reply {
     let store = core.shared.auth.clone();
     let applied = core
         .shared
