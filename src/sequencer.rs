@@ -86,8 +86,12 @@ impl LogStatus {
         self.bytes.load(Ordering::Acquire)
     }
     fn update(&self, log: &EventLog) {
+        self.update_to(log, log.last_seq());
+    }
+    /// Like `update`, with `LastSeq` at `last`: with `batched` it moves before the append.
+    fn update_to(&self, log: &EventLog, last: u64) {
         self.first_seq.store(log.first_seq(), Ordering::Release);
-        self.last_seq.store(log.last_seq(), Ordering::Release);
+        self.last_seq.store(last, Ordering::Release);
         self.bytes.store(log.bytes(), Ordering::Release);
     }
 }
@@ -359,11 +363,7 @@ impl Writer {
     fn announce(&self, batch: &Batch, last: u64) {
         // Counted before the bounds move, so a scrape never sees LastSeq ahead of the count.
         metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(batch.events.len() as u64);
-        self.status
-            .first_seq
-            .store(self.log.first_seq(), Ordering::Release);
-        self.status.last_seq.store(last, Ordering::Release);
-        self.status.bytes.store(self.log.bytes(), Ordering::Release);
+        self.status.update_to(&self.log, last);
         for core in &self.cores {
             // A core that has stopped no longer needs events.
             let _ = core.send(batch.clone());
