@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 use thiserror::Error;
 
-pub use client::{AnyCertificate, Client, Endpoint};
+pub use client::{AnyCertificate, Client, Endpoint, Stream};
 pub use watch::watch;
 
 /// The endpoint clients talk to unless told otherwise (DRP's).

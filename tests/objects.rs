@@ -29,21 +29,26 @@ fn raw(server: &Server, method: &str, path: &str, body: &str) -> HttpReply {
     server.request(method, path, &server.admin(), Some(body))
 }
 
+/// Creates an object of type `ty` that has only a name; asserts 201 and returns it.
+fn create(server: &Server, ty: &str, name: &str) -> Value {
+    ok(
+        &admin(
+            server,
+            "POST",
+            &format!("/api/v3/{ty}"),
+            Some(json!({"Name": name})),
+        ),
+        201,
+    )
+}
+
 fn ok(reply: &HttpReply, status: u16) -> Value {
     assert_eq!(reply.status, status, "unexpected answer: {reply:?}");
     reply.json()
 }
 
 fn new_machine(server: &Server, name: &str) -> String {
-    let created = ok(
-        &admin(
-            server,
-            "POST",
-            "/api/v3/machines",
-            Some(json!({"Name": name})),
-        ),
-        201,
-    );
+    let created = create(server, "machines", name);
     created["Uuid"].as_str().unwrap_or_default().to_owned()
 }
 
@@ -140,15 +145,7 @@ fn every_object_type_is_stored_under_its_own_key() {
     let server = Server::shared();
     for ty in ["params", "profiles"] {
         let name = unique("named-");
-        let created = ok(
-            &admin(
-                server,
-                "POST",
-                &format!("/api/v3/{ty}"),
-                Some(json!({"Name": name})),
-            ),
-            201,
-        );
+        let created = create(server, ty, &name);
         assert_eq!(created["Name"], name);
         ok(
             &admin(server, "GET", &format!("/api/v3/{ty}/{name}"), None),
@@ -196,15 +193,7 @@ fn every_object_type_is_stored_under_its_own_key() {
 fn failures_answer_in_drp_error_shape_with_the_right_status() {
     let server = Server::shared();
     let name = unique("fail-");
-    ok(
-        &admin(
-            server,
-            "POST",
-            "/api/v3/profiles",
-            Some(json!({"Name": name})),
-        ),
-        201,
-    );
+    create(server, "profiles", &name);
     let path = format!("/api/v3/profiles/{name}");
 
     let duplicate = admin(
@@ -616,15 +605,7 @@ fn a_user_with_only_machines_get_cannot_change_machines_and_sees_only_what_it_ma
     watcher.register("profiles.*.*");
     watcher.register(&format!("machines.*.{first}"));
     let profile = unique("hidden-");
-    ok(
-        &admin(
-            server,
-            "POST",
-            "/api/v3/profiles",
-            Some(json!({"Name": profile})),
-        ),
-        201,
-    );
+    create(server, "profiles", &profile);
     ok(
         &admin(
             server,
@@ -771,15 +752,7 @@ fn a_runner_token_acts_for_its_own_machine_only() {
 fn concurrent_param_changes_to_one_profile_are_all_kept() {
     let server = Server::shared();
     let name = unique("busy-");
-    ok(
-        &admin(
-            server,
-            "POST",
-            "/api/v3/profiles",
-            Some(json!({"Name": name})),
-        ),
-        201,
-    );
+    create(server, "profiles", &name);
     let writers: Vec<_> = (0..16)
         .map(|index| {
             let name = name.clone();

@@ -738,46 +738,8 @@ pub fn top_level_keys(text: &str) -> Vec<String> {
         .0
 }
 
-/// A websocket's byte stream, plain or TLS.
-pub enum Stream {
-    /// ws://
-    Plain(TcpStream),
-    /// wss:// with real certificate verification.
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref(),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(tcp) => tcp.read(buf),
-            Stream::Tls(tls) => tls.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(tcp) => tcp.write(buf),
-            Stream::Tls(tls) => tls.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(tcp) => tcp.flush(),
-            Stream::Tls(tls) => tls.flush(),
-        }
-    }
-}
+/// A websocket's byte stream, plain or TLS: the CLI's own.
+pub use herald::cli::Stream;
 
 /// A websocket client (tungstenite) on the event stream.
 pub struct Client {
@@ -833,21 +795,33 @@ impl Client {
     /// The next text frame's raw text, or `None` when nothing arrives within `timeout`.
     /// Panics on a close, a binary frame or a broken connection.
     pub fn next_text(&mut self, timeout: Duration) -> Option<String> {
+        match self.next_message(timeout) {
+            Ok(None) => None,
+            Ok(Some(Message::Text(text))) => Some(text.to_string()),
+            Ok(Some(Message::Close(frame))) => panic!("server closed the websocket: {frame:?}"),
+            Ok(Some(other)) => panic!("server sent a binary frame: {other:?}"),
+            Err(e) => panic!("websocket read failed: {e}"),
+        }
+    }
+
+    /// The next text, binary or close frame within `timeout` (`None` when nothing arrives);
+    /// pings and pongs are skipped. `Err` when the connection broke.
+    fn next_message(&mut self, timeout: Duration) -> Result<Option<Message>, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return None;
+                return Ok(None);
             }
             self.ws
                 .get_ref()
                 .tcp()
                 .set_read_timeout(Some(remaining))
-                .expect("set read timeout");
+                .map_err(|e| e.to_string())?;
             match self.ws.read() {
-                Ok(Message::Text(text)) => return Some(text.to_string()),
-                Ok(Message::Binary(bytes)) => panic!("server sent a binary frame: {bytes:?}"),
-                Ok(Message::Close(frame)) => panic!("server closed the websocket: {frame:?}"),
+                Ok(message @ (Message::Text(_) | Message::Binary(_) | Message::Close(_))) => {
+                    return Ok(Some(message));
+                }
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
                     if matches!(
@@ -857,7 +831,7 @@ impl Client {
                 {
                     continue;
                 }
-                Err(e) => panic!("websocket read failed: {e}"),
+                Err(e) => return Err(e.to_string()),
             }
         }
     }
@@ -1428,46 +1402,24 @@ impl Client {
         if let Some(event) = self.pending.pop_front() {
             return Received::Event(event);
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Received::Nothing;
-            }
-            if let Err(e) = self.ws.get_ref().tcp().set_read_timeout(Some(remaining)) {
-                return Received::Ended(e.to_string());
-            }
-            match self.ws.read() {
-                Ok(Message::Text(text)) => {
-                    return Received::Event(
-                        serde_json::from_str(&text)
-                            .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}")),
-                    );
-                }
-                Ok(Message::Close(frame)) => {
-                    return match frame {
-                        Some(frame) => Received::Closed {
-                            code: u16::from(frame.code),
-                            reason: frame.reason.to_string(),
-                        },
-                        None => Received::Closed {
-                            code: 0,
-                            reason: String::new(),
-                        },
-                    };
-                }
-                Ok(Message::Binary(bytes)) => panic!("server sent a binary frame: {bytes:?}"),
-                Ok(_) => continue,
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue;
-                }
-                Err(e) => return Received::Ended(e.to_string()),
-            }
+        match self.next_message(timeout) {
+            Ok(None) => Received::Nothing,
+            Ok(Some(Message::Text(text))) => Received::Event(
+                serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}")),
+            ),
+            Ok(Some(Message::Close(frame))) => match frame {
+                Some(frame) => Received::Closed {
+                    code: u16::from(frame.code),
+                    reason: frame.reason.to_string(),
+                },
+                None => Received::Closed {
+                    code: 0,
+                    reason: String::new(),
+                },
+            },
+            Ok(Some(other)) => panic!("server sent a binary frame: {other:?}"),
+            Err(e) => Received::Ended(e),
         }
     }
 
