@@ -70,6 +70,16 @@ pub struct Request {
 enum Answer {
     Response(Response),
     Upgrade(Identity),
+    /// Credentials were presented and refused: logged as a failed login.
+    LoginFailed(Response, LoginFailure),
+}
+
+/// Who tried to log in and why it failed; never the password.
+struct LoginFailure {
+    /// The user name of Basic credentials; `None` for a token.
+    user: Option<String>,
+    /// The reason as metrics label it (`bad_password`, `expired_token`, …).
+    reason: &'static str,
 }
 
 impl From<Response> for Answer {
@@ -96,6 +106,7 @@ async fn session(
                 Err(error) => {
                     let response =
                         Response::error(ApiError::new(error.status(), error.to_string()));
+                    log_refused(watch.remote, None, UNREAD, &response);
                     finish(transport, &response, &mut out).await;
                     return None;
                 }
@@ -107,12 +118,18 @@ async fn session(
                         watch.request_started.set(Some(Instant::now()));
                     }
                 }
-                _ => {
+                result => {
+                    if let Err(error) = &result
+                        && transport.is_handshaking()
+                    {
+                        log_failed_handshake(watch.remote, transport, error);
+                    }
                     if watch.expired.get() == Some(Expiry::Header) {
                         let response = Response::error(ApiError::new(
                             408,
                             "the request head was not complete in time",
                         ));
+                        log_refused(watch.remote, None, UNREAD, &response);
                         finish(transport, &response, &mut out).await;
                     }
                     return None;
@@ -123,6 +140,7 @@ async fn session(
         let body = match read_body(core, transport, &head, &mut buf, watch).await {
             Ok(body) => body,
             Err(Some(response)) => {
+                log_refused(watch.remote, Some(&head), UNREAD, &response);
                 finish(transport, &response, &mut out).await;
                 return None;
             }
@@ -141,9 +159,14 @@ async fn session(
             template,
             match &answer {
                 Answer::Upgrade(_) => 101,
-                Answer::Response(response) => response.status,
+                Answer::Response(response) | Answer::LoginFailed(response, _) => response.status,
             },
         );
+        log_refusal(watch.remote, &request.head, template, &answer);
+        let answer = match answer {
+            Answer::LoginFailed(response, _) => Answer::Response(response),
+            other => other,
+        };
         match answer {
             Answer::Upgrade(identity) => {
                 let key = request.head.websocket_key.as_deref()?;
@@ -156,7 +179,7 @@ async fn session(
                 }
                 return Some((identity, buf));
             }
-            Answer::Response(response) => {
+            Answer::LoginFailed(response, _) | Answer::Response(response) => {
                 out.clear();
                 response.encode(keep_alive, head_only, &mut out);
                 if transport.write_all(&out).await.is_err() || !keep_alive || core.is_stopping() {
@@ -170,6 +193,45 @@ async fn session(
             Some(Instant::now())
         });
         watch.idle_since.set(Instant::now());
+    }
+}
+
+/// Logs, at info and rate-limited, a request that was refused (4xx) or whose login failed.
+fn log_refusal(remote: SocketAddr, head: &RequestHead, route: &str, answer: &Answer) {
+    match answer {
+        Answer::LoginFailed(response, failure) => {
+            if let Some(suppressed) = crate::logging::FAILED_LOGINS.admit() {
+                tracing::info!(
+                    remote = %remote,
+                    user = failure.user.as_deref(),
+                    reason = failure.reason,
+                    method = head.method.as_str(),
+                    route,
+                    status = response.status,
+                    suppressed = crate::logging::suppressed_field(suppressed),
+                    "login failed"
+                );
+            }
+        }
+        Answer::Response(response) if (400..500).contains(&response.status) => {
+            log_refused(remote, Some(head), route, response);
+        }
+        _ => {}
+    }
+}
+
+/// Logs a 4xx answer, at info and rate-limited; `head` is `None` when it was not readable.
+fn log_refused(remote: SocketAddr, head: Option<&RequestHead>, route: &str, response: &Response) {
+    if let Some(suppressed) = crate::logging::REFUSED_REQUESTS.admit() {
+        tracing::info!(
+            remote = %remote,
+            method = head.map_or("-", |h| h.method.as_str()),
+            route,
+            status = response.status,
+            reason = response.error_message().unwrap_or_default(),
+            suppressed = crate::logging::suppressed_field(suppressed),
+            "request refused"
+        );
     }
 }
 
@@ -385,6 +447,15 @@ async fn check_credentials(
     }
 }
 
+/// The user name a request's Basic credentials claim, for the log of a failed login.
+fn claimed_user(head: &RequestHead) -> Option<String> {
+    let token = head.query("token").or_else(|| head.query("Token"));
+    match auth::credentials(head.header("authorization"), token.as_deref()) {
+        Ok(auth::Credentials::Basic { user, .. }) => Some(user),
+        _ => None,
+    }
+}
+
 /// A 403 naming the claim the principal lacks, or nothing when it holds it.
 fn require(identity: &Identity, scope: &str, action: &str, specific: &str) -> Result<(), Response> {
     if identity.claims.allows(scope, action, specific) {
@@ -419,6 +490,27 @@ async fn route(core: &Rc<Core>, request: &Request) -> (Answer, &'static str) {
 
 /// The template label of requests that matched no route.
 const UNMATCHED: &str = "unmatched";
+/// The route logged for a request refused before it could be routed (a bad or slow head, a
+/// body over the limit).
+const UNREAD: &str = "-";
+
+/// Logs a TLS handshake that failed, at info and rate-limited, naming a plain-HTTP client.
+fn log_failed_handshake(remote: SocketAddr, transport: &Transport, error: &std::io::Error) {
+    let Some(suppressed) = crate::logging::FAILED_HANDSHAKES.admit() else {
+        return;
+    };
+    let reason = if transport.began_with_plain_http() {
+        "the client sent plain HTTP to this TLS port; it should use https:// (or wss://)".to_owned()
+    } else {
+        error.to_string()
+    };
+    tracing::info!(
+        remote = %remote,
+        reason,
+        suppressed = crate::logging::suppressed_field(suppressed),
+        "TLS handshake failed"
+    );
+}
 
 async fn route_to(core: &Rc<Core>, request: &Request, route: Route) -> Answer {
     let head = &request.head;
@@ -448,6 +540,13 @@ async fn route_to(core: &Rc<Core>, request: &Request, route: Route) -> Answer {
     }
     let identity = match authenticate(core, head).await {
         Ok(identity) => identity,
+        Err(e) if e.is_authentication_failure() && !matches!(e, AuthError::Missing) => {
+            let failure = LoginFailure {
+                user: claimed_user(head),
+                reason: e.metric_reason(),
+            };
+            return Answer::LoginFailed(auth_error(&e), failure);
+        }
         Err(e) => return auth_error(&e).into(),
     };
     if route == Route::Ws {

@@ -78,14 +78,20 @@ pub enum AuthError {
         name: String,
     },
     /// The sled database failed.
-    #[error("the user store failed: {0}")]
-    Store(#[from] sled::Error),
+    #[error("the user store failed: {}", crate::log::sled_reason(.0))]
+    Store(sled::Error),
     /// Stored auth data cannot be read (damaged, or written by a newer herald).
     #[error("the user store holds unreadable data: {0}")]
     Corrupt(String),
     /// The system random generator or a hash computation failed.
     #[error("a cryptographic operation failed: {0}")]
     Crypto(String),
+}
+
+impl From<sled::Error> for AuthError {
+    fn from(error: sled::Error) -> AuthError {
+        AuthError::Store(error)
+    }
 }
 
 impl AuthError {

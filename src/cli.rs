@@ -124,7 +124,14 @@ pub enum CliError {
     },
     /// Standard output could not be written.
     #[error("cannot write the output: {0}")]
-    Output(#[from] std::io::Error),
+    Output(std::io::Error),
+}
+
+// By hand rather than `#[from]`, which would also expose the cause as `source`.
+impl From<std::io::Error> for CliError {
+    fn from(error: std::io::Error) -> CliError {
+        CliError::Output(error)
+    }
 }
 
 impl CliError {

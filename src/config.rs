@@ -6,7 +6,7 @@
 //! (`"64KiB"`), durations are strings with a unit (`"30s"`).
 
 use std::fs;
-use std::io::{self, IsTerminal};
+use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use toml::de::{DeTable, DeValue};
-use tracing_subscriber::EnvFilter;
+
+pub use crate::logging::{EventsLevel, LogFormat};
 
 /// Address every core listens on unless configured: all interfaces, DRP's port.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -51,6 +52,7 @@ pub const FILE_KEYS: &[&str] = &[
     "durability",
     "log_level",
     "log_format",
+    "log_events_level",
     "max_header_bytes",
     "header_timeout",
     "max_body_bytes",
@@ -97,16 +99,6 @@ impl Durability {
             Durability::Batched => "batched",
         }
     }
-}
-
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
 }
 
 /// Bounds on what one client may cost the server.
@@ -189,6 +181,8 @@ pub struct Config {
     pub log_level: String,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// The least severe of herald's log records published as `log.<level>.herald` events.
+    pub log_events_level: EventsLevel,
     /// How much connection history is kept.
     pub history: History,
     /// Time a graceful stop may take.
@@ -217,12 +211,12 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}: {cause}", path.display())]
     ReadFile {
         /// The file named by `--config` or `HERALD_CONFIG`.
         path: PathBuf,
-        /// Why reading failed.
-        source: io::Error,
+        /// Why reading failed (in the message, not a `source`, so it is printed once).
+        cause: io::Error,
     },
     /// The config file is not valid TOML.
     #[error("{}:{line}: not valid TOML: {message}", path.display())]
@@ -272,33 +266,25 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
-    /// Logging could not be started.
-    #[error("cannot start logging: {reason}")]
-    Logging {
-        /// Why, e.g. a bad filter or a logger already installed.
-        reason: String,
-    },
 }
 
 /// Logging flags, shared by `herald serve` and any command that wants logs.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct LogArgs {
-    /// Log filter: a level (error, warn, info, debug, trace) or directives like `herald=debug,info` [default: info]
+    /// Log filter: a level (off, error, warn, info, debug, trace) for herald, or directives like `herald=debug,info`; other crates log at warn unless named [default: info]
     #[arg(long, env = "HERALD_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
     /// Log line format [default: text]
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
-}
-
-impl LogArgs {
-    /// Starts logging with these flags, or the defaults, for commands that read no config file.
-    pub fn init(&self) -> Result<(), ConfigError> {
-        init_logging(
-            self.log_level.as_deref().unwrap_or(DEFAULT_LOG_LEVEL),
-            self.log_format.unwrap_or_default(),
-        )
-    }
+    /// Publish herald's log records at this level and above as events log.<level>.herald [default: warn]
+    #[arg(
+        long,
+        env = "HERALD_LOG_EVENTS_LEVEL",
+        value_enum,
+        value_name = "LEVEL"
+    )]
+    pub log_events_level: Option<EventsLevel>,
 }
 
 /// Settings of `herald serve`, each a flag that can also be set by a HERALD_* variable.
@@ -424,6 +410,7 @@ impl ServeArgs {
             log: LogArgs {
                 log_level: self.log.log_level.or(lower.log.log_level),
                 log_format: self.log.log_format.or(lower.log.log_format),
+                log_events_level: self.log.log_events_level.or(lower.log.log_events_level),
             },
             max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
             header_timeout: self.header_timeout.or(lower.header_timeout),
@@ -457,13 +444,6 @@ impl Config {
     /// Validates a TOML file alone (for `herald check-config FILE`).
     pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
         resolve(read_file(path)?)
-    }
-
-    /// Applies the process-wide effects of this config: starts logging, then prepares the data
-    /// directory (so its problems are logged). Call once, before starting the server.
-    pub fn prepare(&self) -> Result<(), ConfigError> {
-        init_logging(&self.log_level, self.log_format)?;
-        prepare_data_dir(&self.data_dir)
     }
 }
 
@@ -621,7 +601,8 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         .log
         .log_level
         .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
-    log_filter(&log_level).map_err(|reason| invalid("log_level", reason))?;
+    crate::logging::stderr_filter(&log_level)
+        .map_err(|reason| invalid("log_level", reason.to_string()))?;
 
     let history = History {
         max_connections: args.history_events.unwrap_or(DEFAULT_HISTORY_EVENTS),
@@ -643,6 +624,7 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         retention,
         log_level,
         log_format: args.log.log_format.unwrap_or_default(),
+        log_events_level: args.log.log_events_level.unwrap_or_default(),
         history,
         shutdown_timeout,
         metrics_auth: args.metrics_auth.unwrap_or(false),
@@ -684,9 +666,9 @@ fn to_usize(key: &'static str, value: u64) -> Result<usize, ConfigError> {
 
 /// Reads a config file into the same shape as the flags, so the two merge field by field.
 fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+    let text = fs::read_to_string(path).map_err(|cause| ConfigError::ReadFile {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     parse_file(path, &text)
 }
@@ -718,6 +700,7 @@ fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigError> {
             "durability" => out.durability = Some(entry.choice()?),
             "log_level" => out.log.log_level = Some(entry.string()?.to_owned()),
             "log_format" => out.log.log_format = Some(entry.choice()?),
+            "log_events_level" => out.log.log_events_level = Some(entry.choice()?),
             "max_header_bytes" => out.max_header_bytes = Some(entry.size()?),
             "header_timeout" => out.header_timeout = Some(entry.duration()?),
             "max_body_bytes" => out.max_body_bytes = Some(entry.size()?),
@@ -875,63 +858,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Checks a log filter string the way [`init_logging`] will read it.
-fn log_filter(level: &str) -> Result<EnvFilter, String> {
-    EnvFilter::try_new(level).map_err(|e| {
-        format!("{level:?} is not a log filter ({e}); use a level such as info or debug")
-    })
-}
-
-/// Sends `tracing` output to stderr, filtered by `level` (a level or directives), as text or JSON.
-pub fn init_logging(level: &str, format: LogFormat) -> Result<(), ConfigError> {
-    let filter = log_filter(level).map_err(|reason| ConfigError::Logging { reason })?;
-    let installed = match format {
-        LogFormat::Text => {
-            let builder = tracing_subscriber::fmt()
-                .with_writer(io::stderr)
-                .with_ansi(io::stderr().is_terminal())
-                .with_env_filter(filter)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            let _ = LOG_FILTER_RELOAD.set(Box::new(move |f| {
-                handle.reload(f).map_err(|e| e.to_string())
-            }));
-            builder.try_init()
-        }
-        LogFormat::Json => {
-            let builder = tracing_subscriber::fmt()
-                .json()
-                .with_writer(io::stderr)
-                .with_env_filter(filter)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            let _ = LOG_FILTER_RELOAD.set(Box::new(move |f| {
-                handle.reload(f).map_err(|e| e.to_string())
-            }));
-            builder.try_init()
-        }
-    };
-    installed.map_err(|e| ConfigError::Logging {
-        reason: e.to_string(),
-    })
-}
-
-type FilterReload = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
-
-/// Swaps the running log filter (set once logging is initialised).
-static LOG_FILTER_RELOAD: std::sync::OnceLock<FilterReload> = std::sync::OnceLock::new();
-
-/// Applies a new log level or directive list to the running logger (on SIGHUP).
-pub fn reload_log_level(level: &str) -> Result<(), ConfigError> {
-    let filter = log_filter(level).map_err(|reason| ConfigError::Logging { reason })?;
-    match LOG_FILTER_RELOAD.get() {
-        Some(reload) => reload(filter).map_err(|reason| ConfigError::Logging { reason }),
-        None => Err(ConfigError::Logging {
-            reason: "logging was not initialised".to_owned(),
-        }),
-    }
-}
-
 /// Creates the data directory (and its parents) with mode 0700 if missing, or checks that the
 /// existing one is a writable directory.
 pub fn prepare_data_dir(dir: &Path) -> Result<(), ConfigError> {
@@ -1029,6 +955,7 @@ mod tests {
         assert_eq!(config.retention.max_bytes, 1 << 30);
         assert_eq!(config.log_level, "info");
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.log_events_level, EventsLevel::Warn);
     }
 
     #[test]
@@ -1043,6 +970,7 @@ mod tests {
             "--durability=batched",
             "--log-level=debug",
             "--log-format=json",
+            "--log-events-level=error",
             "--max-header-bytes=8KiB",
             "--header-timeout=5s",
             "--max-body-bytes=2MiB",
@@ -1070,6 +998,7 @@ mod tests {
         assert_eq!(config.durability, Durability::Batched);
         assert_eq!(config.log_level, "debug");
         assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.log_events_level, EventsLevel::Error);
         assert_eq!(
             config.limits,
             Limits {
@@ -1135,6 +1064,7 @@ mod tests {
             durability = "batched"
             log_level = "herald=debug,info"
             log_format = "json"
+            log_events_level = "info"
             max_header_bytes = 32768
             header_timeout = "20s"
             max_body_bytes = "512KiB"
@@ -1172,6 +1102,7 @@ mod tests {
         assert_eq!(config.durability, Durability::Batched);
         assert_eq!(config.log_level, "herald=debug,info");
         assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.log_events_level, EventsLevel::Info);
         assert_eq!(config.limits.max_header_bytes, 32768);
         assert_eq!(config.limits.header_timeout, Duration::from_secs(20));
         assert_eq!(config.limits.max_body_bytes, 512 * 1024);
@@ -1266,6 +1197,7 @@ mod tests {
             ("retain_age = \"a week\"", "retain_age"),
             ("durability = \"eventually\"", "durability"),
             ("log_format = \"xml\"", "log_format"),
+            ("log_events_level = \"warning\"", "log_events_level"),
         ];
         for (line, expected_key) in cases {
             let text = format!("# herald\n{line}\n");
@@ -1330,6 +1262,8 @@ mod tests {
             assert_eq!(invalid_key(flags(list)), key, "{list:?}");
         }
         assert_eq!(invalid_key(flags(&["--log-level=info,,=["])), "log_level");
+        assert_eq!(invalid_key(flags(&["--log-level=warning"])), "log_level");
+        assert_eq!(invalid_key(flags(&["--log-level=verbose"])), "log_level");
         assert_eq!(invalid_key(flags(&["--admin-password="])), "admin_password");
     }
 
@@ -1455,11 +1389,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_bad_log_filter_is_refused_before_installing_anything() {
-        let error = init_logging("info,,=[", LogFormat::Text).unwrap_err();
-        assert!(matches!(error, ConfigError::Logging { .. }), "{error:?}");
-    }
     #[test]
     fn the_admin_password_can_come_from_a_file_and_a_direct_password_beats_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -496,7 +496,18 @@ async fn write_until_closed(conn: &Rc<WsConn>, mut write: WriteSide) {
             match close {
                 Some((reason, Some((code, text)))) => {
                     let text = if reason == CloseReason::SlowConsumer {
-                        format!("slow consumer; resume after {}", conn.last_sent_seq.get())
+                        let resume_after = conn.last_sent_seq.get();
+                        if let Some(suppressed) = crate::logging::SLOW_CONSUMERS.admit() {
+                            tracing::info!(
+                                remote = %conn.remote,
+                                principal = %conn.principal,
+                                outbound_budget = conn.budget,
+                                resume_after,
+                                suppressed = crate::logging::suppressed_field(suppressed),
+                                "closed a slow consumer"
+                            );
+                        }
+                        format!("slow consumer; resume after {resume_after}")
                     } else {
                         text
                     };

@@ -28,13 +28,19 @@ const TRIM_CHUNK: usize = 10_000;
 #[derive(Debug, Error)]
 pub enum HistoryError {
     /// sled failed.
-    #[error("connection history storage failed: {0}")]
-    Store(#[from] sled::Error),
+    #[error("connection history storage failed: {}", crate::log::sled_reason(.0))]
+    Store(sled::Error),
     /// A stored record is not a connection.
     #[error(
         "connection history record is unreadable: {0}; move the data directory aside to start fresh"
     )]
     Corrupt(String),
+}
+
+impl From<sled::Error> for HistoryError {
+    fn from(error: sled::Error) -> HistoryError {
+        HistoryError::Store(error)
+    }
 }
 
 /// One connection, live or closed (PROTOCOL §6).

@@ -17,6 +17,8 @@ use crate::websocket::{self, OpCode};
 pub const MAX_NAME_BYTES: usize = 64;
 /// Longest `Key` a publisher may use, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
+/// The principal of what herald does by itself: objects it creates, its log events.
+pub const SYSTEM_PRINCIPAL: &str = "system:herald";
 
 /// Why a published body was refused; every variant is a 400 naming what was wrong.
 #[derive(Debug, Error, PartialEq, Eq)]

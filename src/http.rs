@@ -709,6 +709,12 @@ impl Response {
         Response::empty(err.code).with_body("application/json", body)
     }
 
+    /// The first of the `Messages` of an error answer in DRP's shape, for the server log.
+    pub fn error_message(&self) -> Option<String> {
+        let body: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        body.get("Messages")?.get(0)?.as_str().map(str::to_owned)
+    }
+
     /// A response with this status, no headers and no body.
     pub fn empty(status: u16) -> Response {
         Response {

@@ -2,6 +2,7 @@
 //!
 //! The modules, one per concept:
 //! - [`config`]: flags, environment and TOML file merged into a validated `Config`.
+//! - [`logging`]: the log level grammar, stderr logging, client-record rate limits, log events.
 //! - [`tls`]: the server certificate (configured, or self-signed on first start) and rustls setup.
 //! - [`http`]: HTTP/1.1 request heads, bodies and responses; DRP's error shape.
 //! - [`websocket`]: the upgrade, reading client frames, writing server frame headers.
@@ -34,6 +35,7 @@ pub mod event;
 pub mod filter;
 pub mod http;
 pub mod log;
+pub mod logging;
 pub mod metrics;
 pub mod objects;
 pub mod outbound;

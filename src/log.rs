@@ -75,9 +75,10 @@ pub const TRIM_CHUNK: u64 = 10_000;
 pub enum StoreError {
     /// sled could not read or write the database.
     #[error(
-        "event log storage failed: {0}; check the data directory's disk space, permissions and health"
+        "event log storage failed: {}; check the data directory's disk space, permissions and health",
+        sled_reason(.0)
     )]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     /// An append did not continue the log's sequence; nothing was written.
     #[error(
         "event append refused: expected Seq {expected} but got {got}; nothing was written (the log writer assigned Seq wrongly, report this as a bug)"
@@ -136,6 +137,34 @@ pub enum StoreError {
         /// The version this build reads and writes.
         supported: u64,
     },
+}
+
+// By hand rather than `#[from]`, which would also expose the cause as `source` and so print
+// it twice in a cause chain.
+impl From<sled::Error> for StoreError {
+    fn from(error: sled::Error) -> StoreError {
+        StoreError::Sled(error)
+    }
+}
+
+/// sled's error in words: sled writes some of its errors with Rust debug text (the lock error
+/// holds an `Os { code: 11, kind: WouldBlock … }`), which is no message for a user.
+pub fn sled_reason(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+            "another process holds its lock (is another herald running on this data directory?)"
+                .to_owned()
+        }
+        sled::Error::Io(io) => io.to_string(),
+        sled::Error::Corruption { .. } => {
+            "the database is damaged; restore the data directory from a backup".to_owned()
+        }
+        sled::Error::CollectionNotFound(name) => {
+            format!("the database has no tree {}", String::from_utf8_lossy(name))
+        }
+        sled::Error::Unsupported(what) => what.clone(),
+        sled::Error::ReportableBug(what) => format!("sled failed unexpectedly: {what}"),
+    }
 }
 
 /// How much history to keep; the oldest events go first. `u64::MAX` / `Duration::MAX` mean

@@ -47,6 +47,8 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            // herald's errors carry their cause in their own message and expose no `source`,
+            // so `{:#}` prints the cause chain once.
             eprintln!("herald: {error:#}");
             ExitCode::FAILURE
         }
@@ -57,7 +59,11 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
             let config = herald::config::Config::from_args((*args).clone())?;
-            herald::config::init_logging(&config.log_level, config.log_format)?;
+            herald::logging::init(
+                &config.log_level,
+                config.log_format,
+                config.log_events_level,
+            )?;
             let reload = Box::new(move || herald::config::Config::from_args((*args).clone()));
             herald::server::run(config, reload)?;
         }

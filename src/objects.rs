@@ -61,14 +61,20 @@ pub enum ObjectError {
     #[error("{0}")]
     Invalid(String),
     /// The database failed (500).
-    #[error("the object store failed: {0}")]
-    Store(#[from] sled::Error),
+    #[error("the object store failed: {}", crate::log::sled_reason(.0))]
+    Store(sled::Error),
     /// Stored data cannot be read: damaged, or written by a newer herald (500).
     #[error("the object store holds unreadable data: {0}")]
     Corrupt(String),
     /// The change could not be sequenced: the event log failed or the server is stopping (503).
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl From<sled::Error> for ObjectError {
+    fn from(error: sled::Error) -> ObjectError {
+        ObjectError::Store(error)
+    }
 }
 
 impl ObjectError {

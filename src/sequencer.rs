@@ -60,6 +60,17 @@ struct Publish {
     events: Vec<(Event, Vec<u8>)>,
     change: Option<Change>,
     reply: flume::Sender<Result<u64, PublishError>>,
+    source: Source,
+}
+
+/// Who asked for a publish, so that a failure to store herald's own log records is not itself
+/// published as a log record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A client, or a change herald made on a client's behalf.
+    Requests,
+    /// herald's log records (`log.<level>.herald`).
+    LogRecords,
 }
 
 /// What every thread may read about the log without asking the sequencer.
@@ -124,8 +135,23 @@ impl Publisher {
             events,
             change: None,
             reply: flume::bounded(1).0,
+            source: Source::Requests,
         })
         .await
+    }
+
+    /// Queues one of herald's log records as an event without waiting for it to be stored, so a
+    /// thread that logs is never held up; false when the queue is full or the sequencer stopped.
+    pub fn publish_log_record(&self, event: Event) -> bool {
+        let prefix = event.body_prefix();
+        self.tx
+            .try_send(Publish {
+                events: vec![(event, prefix)],
+                change: None,
+                reply: flume::bounded(1).0,
+                source: Source::LogRecords,
+            })
+            .is_ok()
     }
 
     /// Runs `change` on the log thread, serialized with every other publish and change, and
@@ -145,6 +171,7 @@ impl Publisher {
                 events: Vec::new(),
                 change: Some(change),
                 reply: flume::bounded(1).0,
+                source: Source::Requests,
             })
             .await?;
         let value = value_rx
@@ -296,6 +323,7 @@ impl Writer {
         let mut seq = self.log.last_seq();
         let mut encoded = Vec::new();
         let mut answers = Vec::with_capacity(pending.len());
+        let holds_log_records = pending.iter().any(|p| p.source == Source::LogRecords);
         for mut publish in pending {
             if let Some(change) = publish.change.take() {
                 publish.events = change()
@@ -341,7 +369,11 @@ impl Writer {
                 tracing::error!(%error, "appending to the event log failed after delivery; herald stops so no Seq is reused");
                 std::process::exit(74);
             }
-            tracing::error!(%error, "appending to the event log failed; publishers get an error");
+            if holds_log_records {
+                tracing::error!(target: crate::logging::LOG_EVENTS_TARGET, %error, "appending to the event log failed; publishers get an error");
+            } else {
+                tracing::error!(%error, "appending to the event log failed; publishers get an error");
+            }
             for (reply, _) in answers {
                 let _ = reply.send(Err(PublishError::Store(error.to_string())));
             }

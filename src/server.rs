@@ -2,7 +2,7 @@
 //! its own monoio runtime (io_uring, or epoll where io_uring is refused) and its own
 //! `SO_REUSEPORT` listener on the same port.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
@@ -24,43 +24,62 @@ use crate::worker::{self, Core, Shared};
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// Why the server could not start.
+///
+/// Each message is complete with its cause, and no variant exposes a `source`: a cause chain
+/// printed with `{:#}` then says everything once. The wrapped errors already name their area.
 #[derive(Debug, Error)]
 pub enum ServerError {
     /// The data directory could not be prepared.
-    #[error("data directory: {0}")]
+    #[error(transparent)]
     DataDir(#[from] crate::config::ConfigError),
     /// The sled database could not be opened.
     #[error(
-        "cannot open the database in {path}: {source}; is another herald running on this data directory?"
+        "cannot open the database in {path}: {}",
+        crate::log::sled_reason(cause)
     )]
-    Database { path: String, source: sled::Error },
+    Database {
+        /// The database directory.
+        path: String,
+        /// What sled reported.
+        cause: sled::Error,
+    },
     /// The event log could not be opened.
-    #[error("event log: {0}")]
+    #[error(transparent)]
     Log(#[from] crate::log::StoreError),
     /// The connection history could not be opened.
-    #[error("connection history: {0}")]
+    #[error(transparent)]
     History(#[from] crate::connections::HistoryError),
     /// Users and roles could not be opened.
-    #[error("users and roles: {0}")]
+    #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
     /// The object store could not be opened.
-    #[error("objects: {0}")]
+    #[error(transparent)]
     Objects(#[from] crate::objects::ObjectError),
     /// TLS could not be set up.
     #[error("TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(crate::tls::TlsError),
     /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
-        source: std::io::Error,
+        /// What the kernel said.
+        cause: std::io::Error,
     },
     /// A thread or runtime could not be started.
-    #[error("cannot start {what}: {source}")]
+    #[error("cannot start {what}: {cause}")]
     Start {
+        /// The thread or runtime.
         what: String,
-        source: std::io::Error,
+        /// What the system said.
+        cause: std::io::Error,
     },
+}
+
+impl From<crate::tls::TlsError> for ServerError {
+    fn from(error: crate::tls::TlsError) -> ServerError {
+        ServerError::Tls(error)
+    }
 }
 
 /// A message from the main thread to a core.
@@ -81,18 +100,18 @@ pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError>>;
 pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     // Installed before anything starts, so a signal during startup is not lost.
     let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|source| ServerError::Start {
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|cause| ServerError::Start {
             what: "signal handling".into(),
-            source,
+            cause,
         })?;
     crate::config::prepare_data_dir(&config.data_dir)?;
     let db_path = config.data_dir.join("db");
     let db = sled::Config::new()
         .path(&db_path)
         .open()
-        .map_err(|source| ServerError::Database {
+        .map_err(|cause| ServerError::Database {
             path: db_path.display().to_string(),
-            source,
+            cause,
         })?;
     let log = EventLog::open(&db)?;
     let log_reader = log.reader();
@@ -116,9 +135,9 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     let listeners = bind_listeners(config.listen, config.cores)?;
     let addr = listeners[0]
         .local_addr()
-        .map_err(|source| ServerError::Listen {
+        .map_err(|cause| ServerError::Listen {
             addr: config.listen,
-            source,
+            cause,
         })?;
 
     let (query_txs, query_rxs): (Vec<_>, Vec<_>) =
@@ -128,11 +147,13 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         .unzip();
     let (sequencer, publisher) =
         Sequencer::start(log, config.durability, config.retention.clone(), inboxes).map_err(
-            |source| ServerError::Start {
+            |cause| ServerError::Start {
                 what: "the log thread".into(),
-                source,
+                cause,
             },
         )?;
+    let log_records = publisher.clone();
+    crate::logging::publish_log_events(move |event| log_records.publish_log_record(event));
     let driver = if monoio::utils::detect_uring() {
         "io_uring"
     } else {
@@ -211,9 +232,9 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
                 run_core(id, shared, inputs, blocking, ready);
                 let _ = done.send(id);
             })
-            .map_err(|source| ServerError::Start {
+            .map_err(|cause| ServerError::Start {
                 what: format!("core thread {id}"),
-                source,
+                cause,
             })?;
         threads.push(thread);
     }
@@ -222,10 +243,10 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     for _ in 0..threads.len() {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(source)) => {
+            Ok(Err(cause)) => {
                 return Err(ServerError::Start {
                     what: "a core runtime".into(),
-                    source,
+                    cause,
                 });
             }
             Err(_) => break,
@@ -237,9 +258,15 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         "https"
     };
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %config.data_dir.display(),
+        durability = config.durability.as_str(),
+        first_seq = shared.log_status.first_seq(),
+        last_seq = shared.log_status.last_seq(),
         driver,
         cores = config.cores,
-        "listening on {scheme}://{addr}"
+        "listening on {}",
+        paste_urls(scheme, addr).join(", ")
     );
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     start_watchdog(shared.clone());
@@ -255,7 +282,10 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     let started = Instant::now();
     // Keep a slice of the timeout for the final flush.
     let deadline = started + config.shutdown_timeout.mul_f32(0.8);
-    tracing::info!(timeout = ?config.shutdown_timeout, "stopping: closing clients and flushing the log");
+    tracing::info!(
+        timeout = %humantime::format_duration(config.shutdown_timeout),
+        "stopping: closing clients and flushing the log"
+    );
     for control in &controls {
         let _ = control.send(CoreControl::Shutdown { deadline });
     }
@@ -274,7 +304,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         }
     }
     sequencer.stop();
-    tracing::info!(elapsed = ?started.elapsed(), "stopped");
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     Ok(())
 }
 
@@ -288,13 +318,23 @@ fn apply_reload(shared: &Shared, reload: &Reload) {
         }
     };
     let old = &shared.config;
-    match crate::config::reload_log_level(&new.log_level) {
-        Ok(()) => tracing::info!(log_level = %new.log_level, "reloaded the log level"),
+    match crate::logging::reload(&new.log_level, new.log_events_level) {
+        Ok(()) => tracing::info!(
+            log_level = %new.log_level,
+            log_events_level = new.log_events_level.as_str(),
+            "reloaded the log level"
+        ),
         Err(error) => tracing::warn!(%error, "could not reload the log level"),
     }
     if new.retention != old.retention {
         shared.publisher.set_retention(new.retention.clone());
-        tracing::info!(retention = ?new.retention, "reloaded retention");
+        let retention = &new.retention;
+        tracing::info!(
+            retain_events = retention.max_events,
+            retain_age = %humantime::format_duration(retention.max_age),
+            retain_bytes = retention.max_bytes,
+            "reloaded retention"
+        );
     }
     let mut needs_restart = Vec::new();
     if new.listen != old.listen {
@@ -328,7 +368,10 @@ fn apply_reload(shared: &Shared, reload: &Reload) {
         needs_restart.push("metrics_auth");
     }
     if !needs_restart.is_empty() {
-        tracing::warn!(settings = ?needs_restart, "these changed settings take effect only after a restart");
+        tracing::warn!(
+            settings = %needs_restart.join(", "),
+            "these changed settings take effect only after a restart"
+        );
     }
 }
 
@@ -363,16 +406,48 @@ fn start_watchdog(shared: Arc<Shared>) {
         });
 }
 
+/// URLs of `addr` that a user can paste: an unspecified address (`0.0.0.0`, `::`) becomes
+/// loopback followed by this machine's interface addresses, or its host name when they cannot
+/// be listed.
+fn paste_urls(scheme: &str, addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    let url = |ip: IpAddr| format!("{scheme}://{}", SocketAddr::new(ip, port));
+    let ip = addr.ip();
+    if !ip.is_unspecified() {
+        return vec![url(ip)];
+    }
+    let loopback = match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    let mut urls = vec![url(loopback)];
+    match if_addrs::get_if_addrs() {
+        Ok(interfaces) => urls.extend(
+            interfaces
+                .iter()
+                // An IPv4 listener serves IPv4 only; link-local IPv6 needs a zone no URL carries.
+                .filter(|i| !i.is_loopback() && !i.is_link_local())
+                .filter(|i| ip.is_ipv6() || i.ip().is_ipv4())
+                .map(|i| url(i.ip())),
+        ),
+        Err(_) => {
+            urls.extend(crate::tls::host_name().map(|host| format!("{scheme}://{host}:{port}")))
+        }
+    }
+    urls.dedup();
+    urls
+}
+
 /// One listener per core, all on one port (port 0 picks it once, for every core).
 fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<TcpListener>, ServerError> {
     let mut listeners = Vec::with_capacity(cores);
     let mut addr = addr;
     for _ in 0..cores {
-        let listener = bind_one(addr).map_err(|source| ServerError::Listen { addr, source })?;
+        let listener = bind_one(addr).map_err(|cause| ServerError::Listen { addr, cause })?;
         if addr.port() == 0 {
             addr = listener
                 .local_addr()
-                .map_err(|source| ServerError::Listen { addr, source })?;
+                .map_err(|cause| ServerError::Listen { addr, cause })?;
         }
         listeners.push(listener);
     }

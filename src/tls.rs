@@ -30,12 +30,12 @@ const SELF_SIGNED_NAME: &str = "herald self-signed";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A certificate or key file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why reading failed.
-        source: io::Error,
+        cause: io::Error,
     },
     /// A certificate file holds no PEM certificate.
     #[error("{} holds no certificate: expected a -----BEGIN CERTIFICATE----- block", path.display())]
@@ -93,12 +93,12 @@ pub enum TlsError {
         reason: String,
     },
     /// Writing the self-signed certificate, key or their directory failed.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {cause}", path.display())]
     Write {
         /// The file or directory.
         path: PathBuf,
         /// Why writing failed.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -183,7 +183,7 @@ fn pem_error(path: &Path, error: pem::Error, no_items: impl FnOnce() -> TlsError
     match error {
         pem::Error::Io(source) => TlsError::Read {
             path: path.to_owned(),
-            source,
+            cause: source,
         },
         pem::Error::NoItemsFound => no_items(),
         other => TlsError::BadPem {
@@ -200,7 +200,7 @@ fn ensure_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
     let exists = |path: &Path| {
         path.try_exists().map_err(|source| TlsError::Read {
             path: path.to_owned(),
-            source,
+            cause: source,
         })
     };
     match (exists(&cert)?, exists(&key)?) {
@@ -219,7 +219,7 @@ fn ensure_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
         .create(dir)
         .map_err(|source| TlsError::Write {
             path: dir.to_owned(),
-            source,
+            cause: source,
         })?;
     let (cert_pem, key_pem) = generate_self_signed()?;
     // Key first: a certificate on disk then always has its key next to it.
@@ -255,7 +255,7 @@ fn generate_self_signed() -> Result<(String, String), TlsError> {
 }
 
 /// This machine's host name, when the kernel reports one that is a valid DNS name.
-fn host_name() -> Option<String> {
+pub fn host_name() -> Option<String> {
     // Read from procfs because std has no stable host name call and libc's needs `unsafe`.
     let raw = fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| fs::read_to_string("/etc/hostname"))
@@ -275,7 +275,7 @@ fn host_name() -> Option<String> {
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     let failed = |path: &Path| {
         let path = path.to_owned();
-        move |source| TlsError::Write { path, source }
+        move |cause| TlsError::Write { path, cause }
     };
     let temp = path.with_extension("pem.tmp");
     // A temporary file left by a crash may have any mode; create_new below must make a fresh one.
@@ -301,7 +301,7 @@ fn sync_dir(dir: &Path) -> Result<(), TlsError> {
         .and_then(|d| d.sync_all())
         .map_err(|source| TlsError::Write {
             path: dir.to_owned(),
-            source,
+            cause: source,
         })
 }
 

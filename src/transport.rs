@@ -35,6 +35,7 @@ pub struct Transport {
     tls: Option<ServerConnection>,
     scratch: ReadBuf,
     fd: RawFd,
+    first_byte: Option<u8>,
 }
 
 /// The buffer a read owns while it is in flight; doubles when a read fills it.
@@ -87,7 +88,19 @@ impl Transport {
             tls,
             scratch: ReadBuf::new(),
             fd,
+            first_byte: None,
         })
+    }
+
+    /// Whether this is TLS with its handshake not yet complete.
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+    }
+
+    /// Whether the peer's first byte was an ASCII letter: an HTTP method, where a TLS client
+    /// would have sent a handshake record (byte 0x16).
+    pub fn began_with_plain_http(&self) -> bool {
+        self.first_byte.is_some_and(|b| b.is_ascii_uppercase())
     }
 
     /// The socket's file descriptor, for `shutdown` from a watchdog.
@@ -107,6 +120,9 @@ impl Transport {
             let n = res?;
             if n == 0 {
                 return Ok(0);
+            }
+            if self.first_byte.is_none() {
+                self.first_byte = self.scratch.filled(n).first().copied();
             }
             match self.tls.as_mut() {
                 None => {

@@ -585,7 +585,8 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             // Retention removed events this replay had yet to send. Going on would skip them
             // silently; closing as a slow consumer names the resume point, and a `replay` from
             // there answers `Recovered: false`, so the client knows to re-read state.
-            tracing::info!(
+            // Logged at debug: the close itself is logged as a slow consumer's.
+            tracing::debug!(
                 conn = conn.slot,
                 cursor,
                 next_stored,

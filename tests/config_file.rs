@@ -43,3 +43,21 @@ fn a_bad_value_is_refused_with_its_key_and_line() {
     assert!(said.contains("retain_age"), "{said}");
     assert!(said.contains("herald.toml:1:"), "{said}");
 }
+
+#[test]
+fn a_misspelled_log_level_is_refused_with_the_valid_levels() {
+    for misspelled in ["warning", "verbose"] {
+        let (ok, said) = check(&format!("log_level = \"{misspelled}\"\n"));
+        assert!(!ok, "{misspelled} was accepted: {said}");
+        assert!(said.contains(misspelled), "{said}");
+        assert!(
+            said.contains("off, error, warn, info, debug, trace"),
+            "{said}"
+        );
+    }
+    let (ok, said) = check("log_level = \"herald=debug,info\"\nlog_events_level = \"error\"\n");
+    assert!(ok, "directives are a valid level: {said}");
+    let (ok, said) = check("log_events_level = \"warning\"\n");
+    assert!(!ok, "{said}");
+    assert!(said.contains("log_events_level"), "{said}");
+}

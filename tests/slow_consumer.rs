@@ -86,7 +86,7 @@ fn events_then_slow_consumer_close(client: &mut Client) -> (Vec<u64>, u64) {
 }
 
 #[test]
-fn a_client_that_stops_reading_is_closed_with_4008_and_resumes_by_replay_without_loss() {
+fn a_client_that_stops_reading_is_closed_with_4008_logged_and_resumes_by_replay_without_loss() {
     let server = slow_server();
     let kind = unique("slow");
     let filter = format!("{kind}.*.*");
@@ -129,6 +129,14 @@ fn a_client_that_stops_reading_is_closed_with_4008_and_resumes_by_replay_without
         );
         thread::sleep(Duration::from_millis(20));
     }
+    let line = server.wait_for_log_line(&["closed a slow consumer"]);
+    assert!(line.contains("INFO"), "{line}");
+    assert!(
+        line.contains(&format!("resume_after={resume_after}")),
+        "{line}"
+    );
+    assert!(line.contains("remote=127.0.0.1:"), "{line}");
+    assert!(line.contains("principal=user:rocketskates"), "{line}");
 
     let mut again = server.ws(&server.admin());
     again.register(&filter);

@@ -51,7 +51,10 @@ pub fn watch(
         let mut socket = match connect(client) {
             Ok(socket) => socket,
             Err(Ended::Dropped(reason)) if ever_connected => {
-                eprintln!("herald: cannot reconnect ({reason}); retrying in {delay:?}");
+                eprintln!(
+                    "herald: cannot reconnect ({reason}); retrying in {}",
+                    humantime::format_duration(delay)
+                );
                 thread::sleep(delay);
                 delay = (delay * 2).min(RETRY_MAX);
                 continue;
@@ -279,7 +282,8 @@ fn next_text(socket: &mut WebSocket<Stream>) -> Result<String, Ended> {
                 ) =>
             {
                 return Err(Ended::Dropped(format!(
-                    "nothing heard for {SILENCE_LIMIT:?}"
+                    "nothing heard for {}",
+                    humantime::format_duration(SILENCE_LIMIT)
                 )));
             }
             Err(e) => return Err(Ended::Dropped(e.to_string())),

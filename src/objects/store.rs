@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::ObjectError;
 use super::kind::{Kind, check_name, check_param_name};
-use crate::event::{self, Event};
+use crate::event::{self, Event, SYSTEM_PRINCIPAL};
 
 /// The profile that exists from first start and cannot be deleted (DRP).
 pub const GLOBAL_PROFILE: &str = "global";
@@ -22,9 +22,6 @@ const META_TREE: &str = "meta";
 const SCHEMA_KEY: &[u8] = b"objects_schema_version";
 /// Version of the layout above; bump it when the stored JSON changes incompatibly.
 const OBJECTS_SCHEMA_VERSION: u32 = 1;
-
-/// The principal recorded on objects herald creates by itself.
-const SYSTEM_PRINCIPAL: &str = "system:herald";
 
 /// Fields herald maintains on every object; what a client sends for them is replaced.
 const BOOKKEEPING: [&str; 4] = ["Validated", "Available", "Errors", "ReadOnly"];

@@ -69,6 +69,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// More `herald serve` flags, e.g. `["--outbound-budget", "64KiB"]`.
     pub args: Vec<String>,
+    /// `--listen`; the harness finds the port in the start line, so the port should be 0.
+    pub listen: String,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             admin_password: Some(ADMIN_PASSWORD.to_string()),
             data_dir: None,
             args: Vec::new(),
+            listen: "127.0.0.1:0".to_string(),
         }
     }
 }
@@ -252,7 +255,7 @@ impl Server {
             .arg(WATCHDOG)
             .arg("herald-watchdog")
             .arg(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--cores", "2"])
+            .args(["serve", "--listen", &options.listen, "--cores", "2"])
             .arg("--data-dir")
             .arg(&data_dir);
         if !options.tls {
@@ -379,6 +382,22 @@ impl Server {
     /// Everything the server wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until a line of the server's stderr contains every one of `parts`; returns it.
+    pub fn wait_for_log_line(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let log = self.stderr();
+            if let Some(line) = log.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {parts:?} within {REPLY_TIMEOUT:?}; stderr:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The admin's password on this server.
@@ -700,6 +719,44 @@ fn agent_trusting(pem: Option<&[u8]>) -> ureq::Agent {
         );
     }
     config.build().new_agent()
+}
+
+/// How a herald command that is expected to end by itself ended.
+#[derive(Debug)]
+pub struct Exit {
+    /// Whether it exited with status 0.
+    pub success: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Runs `herald ARGS` to its end (a refused start, `check-config`), killing it and failing the
+/// test if it is still running after [`STARTUP_DEADLINE`].
+pub fn run_to_exit(args: &[&str]) -> Exit {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run herald");
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    while child.try_wait().expect("poll herald").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("herald {args:?} was still running after {STARTUP_DEADLINE:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("collect herald's output");
+    Exit {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }
 
 /// Reads `Herald-Seq` from a publish answer.

@@ -1,0 +1,86 @@
+//! Errors are printed once: one line saying what failed, with its cause once, and no Rust
+//! debug text (`Os { code: … }`, `Retention { … }`).
+
+mod common;
+
+use common::{Exit, Server, run_to_exit};
+
+/// Asserts that herald failed with one `herald: …` line holding `cause` exactly once.
+fn assert_reported_once(exit: &Exit, what: &str, cause: &str) {
+    assert!(!exit.success, "{what} was accepted: {exit:?}");
+    let said = exit.stderr.trim_end();
+    assert_eq!(said.lines().count(), 1, "{what}: one line: {said}");
+    assert!(said.starts_with("herald: "), "{what}: {said}");
+    assert_eq!(
+        said.matches(cause).count(),
+        1,
+        "{what}: {cause:?} once: {said}"
+    );
+    assert!(!said.contains("{ "), "{what}: debug text: {said}");
+    assert!(!said.contains("Os {"), "{what}: debug text: {said}");
+}
+
+#[test]
+fn a_missing_config_file_is_reported_once() {
+    let missing = "/nonexistent/herald.toml";
+    for args in [
+        &["serve", "--config", missing][..],
+        &["check-config", missing][..],
+    ] {
+        let exit = run_to_exit(args);
+        assert_reported_once(&exit, &format!("{args:?}"), "No such file or directory");
+        assert_eq!(exit.stderr.matches(missing).count(), 1, "{exit:?}");
+    }
+}
+
+#[test]
+fn a_bad_value_is_reported_once_with_its_key_and_line() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, "cores = 2\nretain_events = 0\n").expect("write the file");
+    let exit = run_to_exit(&["check-config", &path.display().to_string()]);
+    assert_reported_once(&exit, "retain_events = 0", "too small");
+    assert!(exit.stderr.contains("retain_events"), "{exit:?}");
+
+    std::fs::write(&path, "cores = \"two\"\n").expect("write the file");
+    let exit = run_to_exit(&["check-config", &path.display().to_string()]);
+    assert_reported_once(&exit, "cores = \"two\"", "expected a whole number");
+    assert!(exit.stderr.contains("herald.toml:1:"), "{exit:?}");
+}
+
+#[test]
+fn an_unusable_data_dir_is_reported_once() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").expect("write the file");
+    let data_dir = file.join("herald-data");
+    let exit = run_to_exit(&[
+        "serve",
+        "--plain",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir.display().to_string(),
+    ]);
+    assert_reported_once(&exit, "a data dir under a file", "Not a directory");
+    assert_eq!(
+        exit.stderr.matches(&data_dir.display().to_string()).count(),
+        1,
+        "{exit:?}"
+    );
+}
+
+#[test]
+fn a_data_dir_in_use_is_reported_once_without_debug_text() {
+    let running = Server::start();
+    let exit = run_to_exit(&[
+        "serve",
+        "--plain",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &running.data_dir().display().to_string(),
+    ]);
+    assert_reported_once(&exit, "a second herald on one data dir", "another herald");
+    running.assert_serving();
+}
