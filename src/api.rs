@@ -163,10 +163,6 @@ async fn session(
             },
         );
         log_refusal(watch.remote, &request.head, template, &answer);
-        let answer = match answer {
-            Answer::LoginFailed(response, _) => Answer::Response(response),
-            other => other,
-        };
         match answer {
             Answer::Upgrade(identity) => {
                 let key = request.head.websocket_key.as_deref()?;
