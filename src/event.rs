@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use simd_json::BorrowedValue;
 use simd_json::prelude::*;
 use thiserror::Error;
+use time::format_description::well_known::Rfc3339;
 
 use crate::websocket::{self, OpCode};
 
@@ -45,7 +46,7 @@ pub enum EventError {
 /// A validated event, not yet sequenced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// RFC 3339 time, as the publisher gave it or the time of publishing.
+    /// RFC 3339 time in UTC: the publisher's, or the time of publishing.
     pub time: String,
     /// The object type, e.g. `machines`.
     pub ty: String,
@@ -64,6 +65,25 @@ pub struct Event {
 /// The current time in DRP's RFC 3339 form with nanoseconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+/// Go's zero `time.Time` (`0001-01-01T00:00:00Z`) in Unix nanoseconds: what Go clients such as
+/// drpcli send for a time they never set.
+const GO_ZERO_TIME_NANOS: i128 = -62_135_596_800 * 1_000_000_000;
+
+/// A publisher's `Time` in UTC, in RFC 3339 with as many fraction digits as it needs (Go's
+/// `RFC3339Nano`); `None` for Go's zero time, which stands for "not given".
+pub fn utc_time(text: &str) -> Result<Option<String>, String> {
+    let invalid = || format!("Time {text:?} is not an RFC 3339 time such as 2026-11-27T20:17:47Z");
+    let parsed = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|_| invalid())?;
+    if parsed.unix_timestamp_nanos() == GO_ZERO_TIME_NANOS {
+        return Ok(None);
+    }
+    parsed
+        .checked_to_offset(time::UtcOffset::UTC)
+        .and_then(|utc| utc.format(&Rfc3339).ok())
+        .map(Some)
+        .ok_or_else(|| format!("Time {text:?} falls outside the years 0000 to 9999 in UTC"))
 }
 
 /// Checks a `Type` or `Action` name.
@@ -148,7 +168,8 @@ pub fn push_json_string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Parses and validates a publish body (one event object, or an array of them: all or nothing).
-/// `Principal` is always `principal`; `Time` is kept when given and valid, else set to now.
+/// `Principal` is always `principal`; a given `Time` is stored in UTC, and an absent one or Go's
+/// zero time becomes the receive time.
 pub fn parse_publish(body: &mut [u8], principal: &str) -> Result<Vec<Event>, EventError> {
     let value =
         simd_json::to_borrowed_value(body).map_err(|e| EventError::NotJson(e.to_string()))?;
@@ -195,11 +216,7 @@ fn event_from_value(value: &BorrowedValue, principal: &str, now: &str) -> Result
         return Err(format!("Key is longer than {MAX_KEY_BYTES} bytes"));
     }
     let time = match string_field("Time")? {
-        Some(t) => {
-            humantime::parse_rfc3339_weak(t)
-                .map_err(|_| format!("Time {t:?} is not an RFC 3339 time in UTC"))?;
-            t.to_owned()
-        }
+        Some(t) => utc_time(t)?.unwrap_or_else(|| now.to_owned()),
         None => now.to_owned(),
     };
     let raw = |name: &str| match object.get(name) {
@@ -374,6 +391,41 @@ mod tests {
         assert_eq!(events[0].principal, "user:alice");
         assert_eq!(events[0].object, r#"{"a":1}"#);
         assert_eq!(events[0].original, "null");
+    }
+
+    #[test]
+    fn times_with_any_offset_are_stored_in_utc_and_gos_zero_time_means_now() {
+        let cases = [
+            ("2026-12-05T10:00:00-05:00", "2026-12-05T15:00:00Z"),
+            ("2026-12-05T10:00:00.250+01:30", "2026-12-05T08:30:00.25Z"),
+            ("2026-12-05t10:00:00z", "2026-12-05T10:00:00Z"),
+            (
+                "2026-12-31T23:30:00.000000001-01:00",
+                "2027-01-01T00:30:00.000000001Z",
+            ),
+        ];
+        for (given, stored) in cases {
+            assert_eq!(utc_time(given), Ok(Some(stored.to_owned())), "{given}");
+        }
+        for zero in ["0001-01-01T00:00:00Z", "0001-01-01T01:00:00+01:00"] {
+            assert_eq!(utc_time(zero), Ok(None), "{zero}");
+        }
+        let before = now_rfc3339();
+        let events = parse(r#"{"Time":"0001-01-01T00:00:00Z","Type":"a","Action":"b"}"#).unwrap();
+        assert!(
+            events[0].time >= before,
+            "{} is not the receive time",
+            events[0].time
+        );
+        for bad in [
+            "2026-12-05",
+            "2026-12-05T10:00:00",
+            "2026-13-05T10:00:00Z",
+            "yesterday",
+            "9999-12-31T23:00:00-05:00",
+        ] {
+            assert!(utc_time(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]
