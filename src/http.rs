@@ -749,7 +749,9 @@ impl Response {
     /// Appends the whole response to `out`.
     ///
     /// `Content-Length` always (except on 1xx and 204, where RFC 9110 §8.6 forbids it),
-    /// `Connection: close` when `!keep_alive`, and no body when `head_only` (a HEAD request).
+    /// `Content-Type: application/json` when no other type was set (a 204 too: drpcli refuses
+    /// every answer but a 304 without it), `Connection: close` when `!keep_alive`, and no body
+    /// when `head_only` (a HEAD request).
     pub fn encode(&self, keep_alive: bool, head_only: bool, out: &mut Vec<u8>) {
         let mut head = String::with_capacity(128);
         // Writing to a String cannot fail.
@@ -759,6 +761,13 @@ impl Response {
             self.status,
             reason_phrase(self.status)
         );
+        let typed = self
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+        if !typed {
+            head.push_str("Content-Type: application/json\r\n");
+        }
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }
@@ -1251,7 +1260,7 @@ mod tests {
             .encode(true, false, &mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "HTTP/1.1 204 No Content\r\nHerald-Seq: 9\r\n\r\n"
+            "HTTP/1.1 204 No Content\r\nContent-Type: application/json\r\nHerald-Seq: 9\r\n\r\n"
         );
     }
 
@@ -1263,7 +1272,7 @@ mod tests {
             .encode(true, false, &mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "HTTP/1.1 204 No Content\r\nX: a  Set-Cookie: b\r\n\r\n"
+            "HTTP/1.1 204 No Content\r\nContent-Type: application/json\r\nX: a  Set-Cookie: b\r\n\r\n"
         );
     }
 
