@@ -98,8 +98,11 @@ pub async fn handle(
         (Route::List(kind), _) => {
             let mut body = parse_body(&request.body, kind, "")?;
             // A new machine-like object's key is chosen here, so the claim check can name it.
+            // drpcli sends `"Uuid":""` for a machine whose UUID the server is to choose.
             if let Some(fields) = body.as_object_mut().filter(|_| kind.is_machine_like())
-                && fields.get("Uuid").is_none_or(Value::is_null)
+                && fields
+                    .get("Uuid")
+                    .is_none_or(|uuid| uuid.is_null() || uuid == "")
             {
                 let uuid = uuid::Uuid::new_v4().hyphenated().to_string();
                 fields.insert("Uuid".into(), Value::String(uuid));

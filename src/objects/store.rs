@@ -122,9 +122,13 @@ impl ObjectStore {
             .collect()
     }
 
-    /// Stores a new object; a machine-like object without a `Uuid` gets a fresh one.
+    /// Stores a new object; a machine-like object without a `Uuid` gets a fresh one, and starts
+    /// `Runnable` whatever the body says, as in DRP (drpcli always sends `"Runnable":false`).
     pub fn create(&self, kind: Kind, body: Value, principal: &str) -> Result<Written, ObjectError> {
-        let (key, object) = prepare(kind, None, body, None, principal)?;
+        let (key, mut object) = prepare(kind, None, body, None, principal)?;
+        if let Some(fields) = object.as_object_mut().filter(|_| kind.is_machine_like()) {
+            fields.insert("Runnable".into(), Value::Bool(true));
+        }
         let tree = self.tree(kind);
         if tree.contains_key(&key)? {
             return Err(ObjectError::Exists {
@@ -333,12 +337,14 @@ fn prepare(
         )));
     };
     let key_field = kind.key_field();
-    let key = match (fields.get(key_field), path_key) {
-        (None | Some(Value::Null), Some(path_key)) => path_key.to_owned(),
-        (None | Some(Value::Null), None) if kind.is_machine_like() => {
-            uuid::Uuid::new_v4().hyphenated().to_string()
-        }
-        (None | Some(Value::Null), None) => {
+    // Go clients send an unset key as `""` (a nil UUID) and an unset list or map as `null`.
+    let given_key = fields
+        .get(key_field)
+        .filter(|key| !(key.is_null() || (kind.is_machine_like() && *key == "")));
+    let key = match (given_key, path_key) {
+        (None, Some(path_key)) => path_key.to_owned(),
+        (None, None) if kind.is_machine_like() => uuid::Uuid::new_v4().hyphenated().to_string(),
+        (None, None) => {
             return Err(invalid(format!(
                 "a {} needs a {key_field}",
                 kind.singular()
@@ -370,6 +376,9 @@ fn prepare(
             }
             Some(other) => return Err(invalid(format!("Name must be a string, not {other}"))),
         }
+    }
+    if kind.is_machine_like() {
+        check_field(&mut fields, "Runnable", FieldShape::Bool)?;
     }
     check_field(&mut fields, "Description", FieldShape::String)?;
     check_field(&mut fields, "Meta", FieldShape::StringMap)?;
@@ -595,6 +604,26 @@ mod tests {
         let upper = "6E7A3B5C-0D1F-4C2A-9A8B-1F2E3D4C5B6A";
         let written = ok(store.create(Kind::Clusters, json!({"Uuid": upper, "Name": "c"}), ALICE));
         assert_eq!(written.event.key, upper.to_lowercase());
+    }
+
+    #[test]
+    fn an_empty_uuid_is_chosen_by_the_store_and_new_machines_start_runnable() {
+        let store = store();
+        for kind in [Kind::Machines, Kind::Clusters, Kind::ResourceBrokers] {
+            let body = json!({"Name": "m", "Uuid": "", "Runnable": false, "Profiles": null});
+            let written = ok(store.create(kind, body, ALICE));
+            let uuid = written.answer["Uuid"].as_str().unwrap_or_default();
+            assert!(uuid::Uuid::try_parse(uuid).is_ok(), "{kind:?}: {uuid:?}");
+            assert_eq!(written.answer["Runnable"], true, "{kind:?}");
+            assert_eq!(written.answer["Profiles"], json!([]), "{kind:?}");
+            let key = written.event.key.clone();
+            let stopped = json!({"Name": "m", "Uuid": "", "Runnable": false});
+            let replaced = ok(store.replace(kind, &key, stopped, ALICE));
+            assert_eq!(replaced.answer["Uuid"], key.as_str(), "{kind:?}");
+            assert_eq!(replaced.answer["Runnable"], false, "{kind:?}");
+        }
+        let nameless = store.create(Kind::Profiles, json!({"Name": ""}), ALICE);
+        assert!(matches!(nameless, Err(ObjectError::Invalid(_))));
     }
 
     #[test]
