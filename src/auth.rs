@@ -24,6 +24,17 @@ pub use store::{
 };
 pub use token::{MAX_TOKEN_TTL, MIN_TOKEN_TTL, Token, TokenInfo};
 
+/// Reads a field that may be JSON `null` as its empty value, as Go does: drpcli sends every
+/// field of its model, an unset list as `null` (`"Roles":null`). Use with `#[serde(default)]`.
+pub(crate) fn null_as_empty<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    let value: Option<T> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(value.unwrap_or_default())
+}
+
 /// Why a request could not be authenticated or authorized, or a user or role change failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

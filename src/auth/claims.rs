@@ -9,13 +9,25 @@ const ANY: &str = "*";
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Claim {
     /// Object types the claim covers (`machines`, `profiles,params`, `*`).
-    #[serde(rename = "Scope")]
+    #[serde(
+        rename = "Scope",
+        default,
+        deserialize_with = "crate::auth::null_as_empty"
+    )]
     pub scope: String,
     /// Actions the claim allows (`get`, `list,get`, `*`).
-    #[serde(rename = "Action")]
+    #[serde(
+        rename = "Action",
+        default,
+        deserialize_with = "crate::auth::null_as_empty"
+    )]
     pub action: String,
     /// Object keys the claim covers (`global`, `*`).
-    #[serde(rename = "Specific")]
+    #[serde(
+        rename = "Specific",
+        default,
+        deserialize_with = "crate::auth::null_as_empty"
+    )]
     pub specific: String,
 }
 
@@ -55,10 +67,18 @@ impl Claim {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Role {
     /// The role's unique name.
-    #[serde(rename = "Name")]
+    #[serde(
+        rename = "Name",
+        default,
+        deserialize_with = "crate::auth::null_as_empty"
+    )]
     pub name: String,
     /// What holders of the role may do and see.
-    #[serde(rename = "Claims", default)]
+    #[serde(
+        rename = "Claims",
+        default,
+        deserialize_with = "crate::auth::null_as_empty"
+    )]
     pub claims: Vec<Claim>,
 }
 

@@ -81,10 +81,10 @@ pub struct UserView {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NewUser {
     /// The new user's name.
-    #[serde(rename = "Name")]
+    #[serde(rename = "Name", default, deserialize_with = "super::null_as_empty")]
     pub name: String,
     /// Roles to grant; each must exist.
-    #[serde(rename = "Roles", default)]
+    #[serde(rename = "Roles", default, deserialize_with = "super::null_as_empty")]
     pub roles: Vec<String>,
     /// The password; without one the user can only use tokens minted for it.
     #[serde(rename = "Password", default)]

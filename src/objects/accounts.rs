@@ -72,7 +72,11 @@ pub async fn set_password(
     }
     #[derive(serde::Deserialize)]
     struct Password {
-        #[serde(rename = "Password")]
+        #[serde(
+            rename = "Password",
+            default,
+            deserialize_with = "crate::auth::null_as_empty"
+        )]
         password: String,
     }
     let body: Password = body(request, "users", &name, "{\"Password\":\"…\"}")?;
