@@ -24,10 +24,11 @@ const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(600);
 
 /// Serves one accepted TCP connection until it closes or becomes a websocket.
 pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
+    let local = stream.local_addr().ok();
     let Ok(mut transport) = Transport::new(stream, core.shared.tls.as_ref()) else {
         return;
     };
-    let (watch_key, watch) = core.watch_http(transport.fd(), remote);
+    let (watch_key, watch) = core.watch_http(transport.fd(), remote, local);
     if core.shared.tls.is_some() {
         // The TLS handshake counts against the head deadline.
         watch.request_started.set(Some(Instant::now()));
@@ -566,7 +567,10 @@ async fn handle(
     match (route, method) {
         (Route::Events, Method::Post) => publish(core, request, identity).await,
         (Route::Events, _) => read_events(core, head, &identity.claims).await,
-        (Route::Info, _) => Ok(info(core)),
+        (Route::Info, _) => Ok(Response::json(
+            200,
+            &crate::info::server_info(&core.shared, request.watch.local),
+        )),
         (Route::Metrics, _) => Ok(metrics_response(core)),
         (Route::Connections, _) => {
             require(identity, "connections", "list", "*")?;
@@ -658,7 +662,8 @@ async fn handle(
                     })?),
                 };
             let token = store.mint_token(&name, ttl).map_err(|e| auth_error(&e))?;
-            Ok(Response::json(200, &token))
+            let answer = crate::info::token_answer(&core.shared, request.watch.local, &token);
+            Ok(Response::json(200, &answer))
         }
         (Route::Roles, Method::Get) => {
             require(identity, "roles", "list", "*")?;
@@ -873,32 +878,4 @@ async fn read_events(
     Ok(Response::empty(200)
         .with_body("application/json", body)
         .with_header("Herald-Next-Since", next.to_string()))
-}
-
-fn info(core: &Core) -> Response {
-    let shared = &core.shared;
-    let status = &shared.log_status;
-    let mut warnings = Vec::new();
-    let default_password = shared.auth.default_password_in_use();
-    if default_password {
-        warnings.push("the admin user rocketskates still has the default password r0cketsk8ts; set --admin-password or change it".to_owned());
-    }
-    Response::json(
-        200,
-        &serde_json::json!({
-            "Version": env!("CARGO_PKG_VERSION"),
-            "Uptime": shared.started.elapsed().as_secs(),
-            "Cores": shared.config.cores,
-            "Driver": shared.driver,
-            "Epoch": status.epoch,
-            "FirstSeq": status.first_seq(),
-            "LastSeq": status.last_seq(),
-            "Durability": match shared.config.durability {
-                crate::config::Durability::Sync => "sync",
-                crate::config::Durability::Batched => "batched",
-            },
-            "DefaultPassword": default_password,
-            "Warnings": warnings,
-        }),
-    )
 }

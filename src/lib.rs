@@ -20,6 +20,7 @@
 //! - [`cli`]: the `herald` client subcommands (events, objects, tokens).
 //! - [`transport`]: plain TCP or TLS under a connection.
 //! - [`api`]: the HTTP request loop, authentication and routes.
+//! - [`info`]: what `/api/v3/info` and token answers say about the server (DRP's Info and more).
 //! - [`metrics`]: metric names, per-core counters and the `/metrics` exposition.
 //! - [`server`]: startup, signals and graceful shutdown.
 
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod event;
 pub mod filter;
 pub mod http;
+pub mod info;
 pub mod log;
 pub mod logging;
 pub mod metrics;

@@ -52,6 +52,9 @@ pub enum ServerError {
     /// Users and roles could not be opened.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// The server's id could not be read or made.
+    #[error("server id: {0}")]
+    Info(#[from] crate::info::InfoError),
     /// The object store could not be opened.
     #[error(transparent)]
     Objects(#[from] crate::objects::ObjectError),
@@ -125,6 +128,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     }
     start_history_trim(history.clone(), config.history.clone());
     let objects = Arc::new(crate::objects::ObjectStore::open(&db)?);
+    let server_id = crate::info::open_server_id(&db)?;
     if default_password {
         tracing::warn!(
             "the admin user rocketskates has DRP's default password r0cketsk8ts: anyone can log in; \
@@ -195,6 +199,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         history,
         next_conn_id: std::sync::atomic::AtomicU64::new(1),
         queries: query_txs,
+        server_id,
         heartbeats: (0..config.cores)
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),

@@ -71,6 +71,8 @@ pub struct Shared {
     pub next_conn_id: AtomicU64,
     /// Each core's query inbox, for gathering live connections.
     pub queries: Vec<flume::Sender<CoreQuery>>,
+    /// This server's id (DRP's Info `id` and `uuid`), kept in the database.
+    pub server_id: String,
     /// Milliseconds since `started` at each core's last sweep, for the watchdog.
     pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
 }
@@ -101,6 +103,8 @@ pub struct HttpWatch {
     fd: RawFd,
     /// The peer's address.
     pub remote: SocketAddr,
+    /// The address the peer reached, when the socket reports it.
+    pub local: Option<SocketAddr>,
     /// The connection's id and view once a request on it authenticated.
     pub tracked: RefCell<Option<(u64, ConnectionView)>>,
     /// When the first byte of the current request arrived; `None` between requests.
@@ -313,10 +317,16 @@ impl Core {
     }
 
     /// Starts watching an HTTP connection's deadlines.
-    pub fn watch_http(&self, fd: RawFd, remote: SocketAddr) -> (usize, Rc<HttpWatch>) {
+    pub fn watch_http(
+        &self,
+        fd: RawFd,
+        remote: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> (usize, Rc<HttpWatch>) {
         let watch = Rc::new(HttpWatch {
             fd,
             remote,
+            local,
             tracked: RefCell::new(None),
             request_started: Cell::new(None),
             idle_since: Cell::new(Instant::now()),

@@ -298,7 +298,8 @@ async fn runner_token(
                     .with_key(&key),
             )
         })?;
-    Ok(Response::json(200, &token))
+    let answer = crate::info::token_answer(&core.shared, request.watch.local, &token);
+    Ok(Response::json(200, &answer))
 }
 
 /// Whether some claim lets the caller list or get at least some objects of `kind`.

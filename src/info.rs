@@ -1,0 +1,179 @@
+//! What herald says about itself: `GET /api/v3/info` and the `Info` of every token answer carry
+//! DRP's Info fields, which drpcli and drppy-client read (drppy-client refuses an Info without
+//! them), beside herald's own (`Epoch`, `FirstSeq`, `LastSeq`, `Durability`, …).
+//!
+//! On-disk layout: `meta` key [`SERVER_ID_KEY`] = this server's id, a UUID v4 as UTF-8 text,
+//! made on the first start and kept for the data directory's life (DRP's `id` and `uuid`).
+
+use std::net::SocketAddr;
+
+use serde_json::{Map, Value, json};
+use thiserror::Error;
+
+use crate::auth::Token;
+use crate::worker::Shared;
+
+/// `meta` key of the server's id.
+pub const SERVER_ID_KEY: &str = "server_id";
+
+/// The DRP features herald implements, named as DRP names them (clients test for them).
+const FEATURES: [&str; 2] = ["api-v3", "roles"];
+
+/// Why the server's id could not be read or made.
+#[derive(Debug, Error)]
+pub enum InfoError {
+    /// sled failed.
+    #[error("the server id could not be stored: {0}")]
+    Store(#[from] sled::Error),
+    /// The stored id is not a UUID.
+    #[error(
+        "the server id in the database is not a UUID; the data directory is damaged or not herald's"
+    )]
+    Corrupt,
+}
+
+/// The server's id from `meta`, made and stored on the first start.
+pub fn open_server_id(db: &sled::Db) -> Result<String, InfoError> {
+    let meta = db.open_tree("meta")?;
+    if let Some(stored) = meta.get(SERVER_ID_KEY)? {
+        return std::str::from_utf8(&stored)
+            .ok()
+            .and_then(|text| uuid::Uuid::try_parse(text).ok())
+            .map(|id| id.hyphenated().to_string())
+            .ok_or(InfoError::Corrupt);
+    }
+    let id = uuid::Uuid::new_v4().hyphenated().to_string();
+    meta.insert(SERVER_ID_KEY, id.as_bytes())?;
+    meta.flush()?;
+    Ok(id)
+}
+
+/// The answer of `GET /api/v3/info` on a connection that reached the server at `local`.
+pub fn server_info(shared: &Shared, local: Option<SocketAddr>) -> Map<String, Value> {
+    let status = &shared.log_status;
+    let default_password = shared.auth.default_password_in_use();
+    let mut warnings = Vec::new();
+    if default_password {
+        warnings.push("the admin user rocketskates still has the default password r0cketsk8ts; set --admin-password or change it");
+    }
+    // The address and port this client reached: the true answer even on a wildcard listener.
+    let reached = local.unwrap_or(shared.config.listen);
+    let id = shared.server_id.as_str();
+    let version = env!("CARGO_PKG_VERSION");
+    let info = json!({
+        "Version": version,
+        "Uptime": shared.started.elapsed().as_secs(),
+        "Cores": shared.config.cores,
+        "Driver": shared.driver,
+        "Epoch": status.epoch,
+        "FirstSeq": status.first_seq(),
+        "LastSeq": status.last_seq(),
+        "Durability": match shared.config.durability {
+            crate::config::Durability::Sync => "sync",
+            crate::config::Durability::Batched => "batched",
+        },
+        "DefaultPassword": default_password,
+        "Warnings": warnings,
+    });
+    // DRP's Info: herald serves the API and the event stream, and no DHCP, PXE, TFTP, BINL,
+    // DNS or file server, so those are off with port 0.
+    let drp = json!({
+        "address": reached.ip().to_string(),
+        "api_port": reached.port(),
+        "arch": go_arch(),
+        "os": std::env::consts::OS,
+        "version": version,
+        "id": id,
+        "local_id": id,
+        "uuid": id,
+        "server_hostname": crate::tls::host_name().unwrap_or_default(),
+        "features": FEATURES,
+        "stats": [],
+        "errors": [],
+        "manager": false,
+        "file_port": 0,
+        "secure_file_port": 0,
+        "dhcp_port": 0,
+        "binl_port": 0,
+        "dns_port": 0,
+        "tftp_port": 0,
+        "extra_api_ports": [],
+        "extra_file_ports": [],
+        "extra_secure_file_ports": [],
+        "prov_enabled": false,
+        "secure_prov_enabled": false,
+        "dhcp_enabled": false,
+        "binl_enabled": false,
+        "dns_enabled": false,
+        "tftp_enabled": false,
+        // A single node: high availability is off and this node is the active one.
+        "ha_enabled": false,
+        "ha_id": id,
+        "ha_is_active": true,
+        "ha_status": "Up",
+        "ha_consensus_id": "",
+        "ha_active_id": id,
+        "ha_virtual_address": "",
+        "ha_passive_state": [],
+    });
+    let mut fields = Map::new();
+    for part in [info, drp] {
+        if let Value::Object(part) = part {
+            fields.extend(part);
+        }
+    }
+    fields
+}
+
+/// A token answer as DRP shapes it: `Token`, and an `Info` that is the server's Info with what
+/// the token grants (`Principal`, `Roles`, `Expires`, …) beside it.
+pub fn token_answer(shared: &Shared, local: Option<SocketAddr>, token: &Token) -> Value {
+    let mut info = server_info(shared, local);
+    if let Ok(Value::Object(granted)) = serde_json::to_value(&token.info) {
+        info.extend(granted);
+    }
+    json!({"Token": token.token, "Info": info})
+}
+
+/// This build's architecture as Go (`GOARCH`) and so DRP name it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "powerpc64" => "ppc64",
+        "mips64" if cfg!(target_endian = "little") => "mips64le",
+        "mips" if cfg!(target_endian = "little") => "mipsle",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_id_is_made_once_and_kept() {
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .unwrap_or_else(|e| panic!("sled: {e}"));
+        let first = open_server_id(&db).unwrap_or_else(|e| panic!("{e}"));
+        assert!(uuid::Uuid::try_parse(&first).is_ok(), "{first}");
+        let again = open_server_id(&db).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first, again);
+        let meta = db.open_tree("meta").unwrap_or_else(|e| panic!("{e}"));
+        meta.insert(SERVER_ID_KEY, b"not a uuid".as_slice())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(open_server_id(&db), Err(InfoError::Corrupt)));
+    }
+
+    #[test]
+    fn the_architecture_has_its_go_name() {
+        let arch = go_arch();
+        assert!(!arch.is_empty());
+        assert_ne!(arch, "x86_64");
+        assert_ne!(arch, "aarch64");
+    }
+}
