@@ -34,14 +34,15 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
         watch.request_started.set(Some(Instant::now()));
     }
     let outcome = session(&core, &mut transport, &watch).await;
-    if let Some((id, view)) = watch.tracked.borrow_mut().take() {
+    let tracked = watch.tracked.borrow_mut().take();
+    if let Some((id, view)) = tracked {
         // An upgrade ends the REST connection's record; the websocket gets its own.
         let reason = if core.is_stopping() && outcome.is_none() {
             "server shutdown"
         } else {
             "client closed"
         };
-        core.close_connection(id, view, reason.to_owned());
+        core.close_connection(id, view, reason.to_owned()).await;
     }
     // Unwatched before the socket can close, so the sweeper never touches a reused descriptor.
     core.unwatch_http(watch_key);
@@ -549,7 +550,7 @@ async fn route_to(core: &Rc<Core>, request: &Request, route: Route) -> Answer {
     if route == Route::Ws {
         return Answer::Upgrade(identity);
     }
-    track_api_connection(core, &request.watch, &identity);
+    track_api_connection(core, &request.watch, &identity).await;
     match handle(core, request, route, method, &identity).await {
         Ok(response) | Err(response) => response.into(),
     }
@@ -684,8 +685,9 @@ async fn handle(
     }
 }
 
-/// Starts tracking a keep-alive REST connection the first time a request on it authenticates.
-fn track_api_connection(core: &Core, watch: &HttpWatch, identity: &Identity) {
+/// Starts tracking a keep-alive REST connection the first time a request on it authenticates;
+/// its `connections.create` is queued for the log before the request can publish anything.
+async fn track_api_connection(core: &Core, watch: &HttpWatch, identity: &Identity) {
     if watch.tracked.borrow().is_some() {
         return;
     }
@@ -701,7 +703,7 @@ fn track_api_connection(core: &Core, watch: &HttpWatch, identity: &Identity) {
         close_time: None,
         close_reason: None,
     };
-    let id = core.open_connection(view.clone());
+    let id = core.open_connection(view.clone()).await;
     *watch.tracked.borrow_mut() = Some((id, view));
 }
 

@@ -332,7 +332,7 @@ pub async fn run(
         oldest_durable: Cell::new(None),
         core: core.clone(),
     });
-    let id = core.open_connection(conn.view());
+    let id = core.open_connection(conn.view()).await;
     if core.is_stopping() {
         // Upgraded while the server began to stop: close like every other websocket.
         conn.begin_close(CloseReason::ServerShutdown, 1001, "server shutdown".into());
@@ -345,7 +345,7 @@ pub async fn run(
     core.remove_filters(&conn);
     let _ = writer.await;
     let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
-    core.close_connection(id, conn.view(), reason.text());
+    core.close_connection(id, conn.view(), reason.text()).await;
     core.remove_conn(&conn);
 }
 

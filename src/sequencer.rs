@@ -180,6 +180,24 @@ impl Publisher {
         Ok((value, seq))
     }
 
+    /// Queues `change` to run on the log thread and returns once it has its place in the queue,
+    /// without waiting for its events to be stored: whatever the caller publishes afterwards
+    /// gets a higher `Seq` than they do. A failure to store them is logged by the log thread.
+    pub async fn submit(
+        &self,
+        change: impl FnOnce() -> Vec<Event> + Send + 'static,
+    ) -> Result<(), PublishError> {
+        self.tx
+            .send_async(Publish {
+                events: Vec::new(),
+                change: Some(Box::new(change)),
+                reply: flume::bounded(1).0,
+                source: Source::Requests,
+            })
+            .await
+            .map_err(|_| PublishError::ShuttingDown)
+    }
+
     async fn send(&self, mut publish: Publish) -> Result<u64, PublishError> {
         let (reply, answer) = flume::bounded(1);
         publish.reply = reply;

@@ -514,7 +514,6 @@ fn run_core(
         monoio::spawn(core.clone().receive_batches(inbox));
         monoio::spawn(core.clone().sweep_forever());
         monoio::spawn(core.clone().answer_queries(queries));
-        monoio::spawn(core.clone().apply_changes_forever());
         monoio::spawn(worker::accept_forever(core.clone(), listener));
         let _ = ready.send(Ok(()));
         if let Ok(CoreControl::Shutdown { deadline }) = control.recv_async().await {

@@ -16,7 +16,6 @@ use slab::Slab;
 use crate::auth::AuthStore;
 use crate::command;
 use crate::config::Config;
-use crate::connection::Notify;
 use crate::connection::{CloseReason, WsConn};
 use crate::connections::{ConnectionView, History};
 use crate::event::Event;
@@ -121,9 +120,6 @@ pub enum CoreQuery {
     Connections(flume::Sender<Vec<ConnectionView>>),
 }
 
-/// A change run on the log thread for a connection: history writes and the events they cause.
-type ConnectionChange = Box<dyn FnOnce() -> Vec<Event> + Send>;
-
 /// Which deadline ended an HTTP connection's read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expiry {
@@ -154,9 +150,6 @@ pub struct Core {
     /// Seq of the last event this core has fanned out.
     pub last_delivered: Cell<u64>,
     stopping: Cell<bool>,
-    changes: RefCell<Vec<ConnectionChange>>,
-    changes_wake: Notify,
-    changes_in_flight: Cell<bool>,
 }
 
 impl Core {
@@ -174,78 +167,50 @@ impl Core {
             stamp: Cell::new(0),
             last_delivered: Cell::new(last),
             stopping: Cell::new(false),
-            changes: RefCell::new(Vec::new()),
-            changes_wake: Notify::default(),
-            changes_in_flight: Cell::new(false),
         })
     }
 
     /// Records a connection as open and emits `connections.create.<principal>`; returns its id.
-    pub fn open_connection(&self, view: ConnectionView) -> u64 {
+    /// Returns once the event has its place in the log's queue, so anything published over the
+    /// connection afterwards comes after it.
+    pub async fn open_connection(&self, view: ConnectionView) -> u64 {
         let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let history = self.shared.history.clone();
         let event = Event::new("connections", "create", &view.principal, &view.principal)
             .with_object(&view);
-        self.change(Box::new(move || {
+        self.submit(move || {
             if let Err(error) = history.record_open(id, &view) {
                 tracing::warn!(%error, "could not record an open connection");
             }
             vec![event]
-        }));
+        })
+        .await;
         id
     }
 
-    /// Moves a connection to the history and emits `connections.delete.<principal>`.
-    pub fn close_connection(&self, id: u64, mut view: ConnectionView, reason: String) {
+    /// Moves a connection to the history and emits `connections.delete.<principal>`, after
+    /// everything published over it (those publishes were answered before it closed).
+    pub async fn close_connection(&self, id: u64, mut view: ConnectionView, reason: String) {
         let now = SystemTime::now();
         view.close_time = Some(humantime::format_rfc3339_nanos(now).to_string());
         view.close_reason = Some(reason);
         let history = self.shared.history.clone();
         let event = Event::new("connections", "delete", &view.principal, &view.principal)
             .with_object(&view);
-        self.change(Box::new(move || {
+        self.submit(move || {
             if let Err(error) = history.record_closed(id, &view, now) {
                 tracing::warn!(%error, "could not record a closed connection");
             }
             vec![event]
-        }));
+        })
+        .await;
     }
 
-    /// Queues a connection change; they reach the log in the order they were made.
-    fn change(&self, change: ConnectionChange) {
-        self.changes.borrow_mut().push(change);
-        self.changes_wake.notify();
-    }
-
-    /// Applies queued connection changes on the log thread, as one step per wake-up.
-    pub async fn apply_changes_forever(self: Rc<Self>) {
-        loop {
-            self.changes_wake.notified().await;
-            let changes = std::mem::take(&mut *self.changes.borrow_mut());
-            if changes.is_empty() {
-                continue;
-            }
-            self.changes_in_flight.set(true);
-            let applied = self
-                .shared
-                .publisher
-                .apply(move || {
-                    (
-                        changes.into_iter().flat_map(|change| change()).collect(),
-                        (),
-                    )
-                })
-                .await;
-            self.changes_in_flight.set(false);
-            if let Err(error) = applied {
-                tracing::warn!(%error, "connection events were not published");
-            }
+    /// Queues a connection change on the log thread, in the order the connection made it.
+    async fn submit(&self, change: impl FnOnce() -> Vec<Event> + Send + 'static) {
+        if let Err(error) = self.shared.publisher.submit(change).await {
+            tracing::warn!(%error, "a connection event was not published");
         }
-    }
-
-    /// Whether connection changes are still waiting to reach the log.
-    fn changes_pending(&self) -> bool {
-        self.changes_in_flight.get() || !self.changes.borrow().is_empty()
     }
 
     /// This core's live connections, as the connections API shows them.
@@ -508,10 +473,9 @@ impl Core {
                 transport::shutdown(watch.fd, Shutdown::Read);
             }
         }
+        // A connection leaves its table only after its close event is queued for the log.
         while Instant::now() < deadline
-            && (!self.conns.borrow().is_empty()
-                || !self.http.borrow().is_empty()
-                || self.changes_pending())
+            && (!self.conns.borrow().is_empty() || !self.http.borrow().is_empty())
         {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
