@@ -695,6 +695,7 @@ async fn track_api_connection(core: &Core, watch: &HttpWatch, identity: &Identit
         remote_addr: watch.remote.to_string(),
         principal: identity.principal.clone(),
         create_time: event::now_rfc3339(),
+        expires_at: crate::connections::expires_at(identity.expires),
         kind: "api".to_owned(),
         filters: Vec::new(),
         events_sent: 0,

@@ -167,6 +167,9 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// The union of the identity's claims, fixed when it authenticated.
     pub claims: Arc<Claims>,
+    /// When the credentials stop working, in Unix seconds: a token's expiry; `None` for a
+    /// password, which does not expire.
+    pub expires: Option<u64>,
 }
 
 #[cfg(test)]

@@ -102,6 +102,8 @@ pub struct WsConn {
     pub remote: SocketAddr,
     /// When the connection authenticated.
     pub created: SystemTime,
+    /// When its credentials expire (Unix seconds); `None` for a password.
+    pub expires: Option<u64>,
     fd: RawFd,
     budget: usize,
     out: RefCell<OutQueue>,
@@ -135,6 +137,7 @@ impl WsConn {
             remote_addr: self.remote.to_string(),
             principal: self.principal.clone(),
             create_time: humantime::format_rfc3339_nanos(self.created).to_string(),
+            expires_at: crate::connections::expires_at(self.expires),
             kind: "websocket".to_owned(),
             filters: self
                 .filters
@@ -311,6 +314,7 @@ pub async fn run(
         superuser,
         remote,
         created: SystemTime::now(),
+        expires: identity.expires,
         fd,
         budget: limits.outbound_budget_bytes,
         out: RefCell::new(OutQueue::default()),

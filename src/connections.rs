@@ -23,6 +23,22 @@ const CLOSED_TREE: &str = "connections";
 pub const CRASHED: &str = "server crashed";
 /// Removals per sled batch when trimming, so a large trim never holds the tree for long.
 const TRIM_CHUNK: usize = 10_000;
+/// `ExpiresAt` of credentials that never expire (a password): Go's zero time, as DRP sends it.
+pub const NEVER_EXPIRES: &str = "0001-01-01T00:00:00Z";
+
+/// `ExpiresAt` for credentials expiring at `expires` (Unix seconds), or never.
+pub fn expires_at(expires: Option<u64>) -> String {
+    match expires {
+        Some(seconds) => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
+        }
+        None => NEVER_EXPIRES.to_owned(),
+    }
+}
+
+fn never_expires() -> String {
+    NEVER_EXPIRES.to_owned()
+}
 
 /// Why the connection history could not be read or written.
 #[derive(Debug, Error)]
@@ -55,6 +71,9 @@ pub struct ConnectionView {
     /// When the connection authenticated (RFC 3339).
     #[serde(rename = "CreateTime")]
     pub create_time: String,
+    /// When the connection's credentials expire (RFC 3339), [`NEVER_EXPIRES`] for a password.
+    #[serde(rename = "ExpiresAt", default = "never_expires")]
+    pub expires_at: String,
     /// `websocket` or `api`.
     #[serde(rename = "Type")]
     pub kind: String,
@@ -220,6 +239,7 @@ mod tests {
             remote_addr: "127.0.0.1:5000".into(),
             principal: principal.into(),
             create_time: "2026-11-27T00:00:00Z".into(),
+            expires_at: NEVER_EXPIRES.into(),
             kind: "websocket".into(),
             filters: vec!["machines.*.*".into()],
             events_sent: 1,
@@ -246,6 +266,15 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].close_reason.as_deref(), Some(CRASHED));
         assert_eq!(History::open(&db).unwrap().1, 0, "recorded once");
+    }
+
+    #[test]
+    fn expiry_is_rfc_3339_in_utc_or_gos_zero_time_and_old_records_read_as_never() {
+        assert_eq!(expires_at(None), "0001-01-01T00:00:00Z");
+        assert_eq!(expires_at(Some(1_800_000_000)), "2027-01-15T08:00:00Z");
+        let before_expiry = r#"{"RemoteAddr":"127.0.0.1:1","Principal":"user:a","CreateTime":"2026-11-27T00:00:00Z","Type":"api"}"#;
+        let old: ConnectionView = serde_json::from_str(before_expiry).unwrap();
+        assert_eq!(old.expires_at, NEVER_EXPIRES);
     }
 
     #[test]

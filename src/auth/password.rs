@@ -166,6 +166,7 @@ mod tests {
             user: Some(name.into()),
             roles: Vec::new(),
             claims: Arc::new(Claims::default()),
+            expires: None,
         }
     }
 

@@ -695,6 +695,7 @@ impl AuthStore {
             user: Some(name.to_owned()),
             roles,
             claims: Arc::new(claims),
+            expires: None,
         }
     }
 
@@ -706,6 +707,7 @@ impl AuthStore {
                 user: None,
                 roles: Vec::new(),
                 claims: Arc::new(Claims::new(payload.claims)),
+                expires: Some(payload.expires),
             });
         };
         let roles = {
@@ -721,7 +723,10 @@ impl AuthStore {
                 .filter(|role| stored.roles.contains(role))
                 .collect()
         };
-        Ok(self.user_identity(&user, roles))
+        Ok(Identity {
+            expires: Some(payload.expires),
+            ..self.user_identity(&user, roles)
+        })
     }
 
     #[cfg(test)]
