@@ -516,16 +516,7 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
     };
     at_least("retain_events", retention.max_events, 1)?;
     not_shorter("retain_age", retention.max_age, MIN_INTERVAL)?;
-    if retention.max_bytes < max_body {
-        return Err(invalid(
-            "retain_bytes",
-            format!(
-                "{} bytes cannot hold even one largest event: it must be at least \
-                 max_body_bytes ({max_body})",
-                retention.max_bytes
-            ),
-        ));
-    }
+    // Any byte limit is accepted: the log always keeps its newest event, however large.
 
     let cores = match args.cores {
         Some(cores) => cores,
@@ -959,6 +950,20 @@ mod tests {
     }
 
     #[test]
+    fn every_byte_retention_of_the_grammar_is_accepted_however_small() {
+        for (flag, bytes) in [
+            ("--retain-bytes=65536", 65_536),
+            ("--retain-bytes=64KiB", 65_536),
+            ("--retain-bytes=1", 1),
+            ("--retain-bytes=0", 0),
+        ] {
+            let config =
+                Config::from_args(flags(&[flag])).unwrap_or_else(|e| panic!("{flag}: {e}"));
+            assert_eq!(config.retention.max_bytes, bytes, "{flag}");
+        }
+    }
+
+    #[test]
     fn every_flag_is_parsed_into_its_setting() {
         let args = flags(&[
             "--listen=127.0.0.1:0",
@@ -1233,7 +1238,7 @@ mod tests {
 
     #[test]
     fn out_of_range_settings_are_rejected_naming_the_setting() {
-        let cases: [(&[&str], &str); 14] = [
+        let cases: [(&[&str], &str); 13] = [
             (
                 &["--ping-interval=30s", "--ping-timeout=30s"],
                 "ping_timeout",
@@ -1254,7 +1259,6 @@ mod tests {
             (&["--outbound-budget=1KiB"], "outbound_budget"),
             (&["--max-body-bytes=8MiB"], "outbound_budget"),
             (&["--retain-events=0"], "retain_events"),
-            (&["--retain-bytes=1KiB"], "retain_bytes"),
             (&["--cores=0"], "cores"),
             (&["--cores=1025"], "cores"),
         ];

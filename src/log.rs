@@ -439,7 +439,8 @@ impl EventLog {
     }
 
     /// Removes the oldest events until every limit holds (count, age by stored-at, bytes), in
-    /// sled transactions of at most [`TRIM_CHUNK`] removals.
+    /// sled transactions of at most [`TRIM_CHUNK`] removals. The newest event always stays, so
+    /// a limit smaller than one event keeps just that one.
     pub fn trim(
         &mut self,
         retention: &Retention,
@@ -487,7 +488,8 @@ impl EventLog {
                 let (seq, json) = record?;
                 let over_count = self.count.saturating_sub(removed) > retention.max_events;
                 let over_bytes = self.bytes.saturating_sub(removed_bytes) > retention.max_bytes;
-                if removed >= max_removals || !(over_count || over_bytes || too_old) {
+                let newest = seq >= self.last_seq;
+                if newest || removed >= max_removals || !(over_count || over_bytes || too_old) {
                     kept = Some((seq, offset));
                     break;
                 }
@@ -1037,33 +1039,38 @@ mod tests {
     }
 
     #[test]
-    fn trimming_everything_then_reopening_continues_seq_in_the_same_epoch() {
+    fn limits_below_one_event_keep_the_newest_and_reopening_continues_seq_in_the_same_epoch() {
         let dir = tempfile::tempdir().unwrap();
         let epoch = {
             let mut log = EventLog::open(&open_db(&dir)).unwrap();
             append_n(&mut log, 4, SystemTime::now());
-            let retention = Retention {
-                max_events: 0,
-                ..Retention::UNLIMITED
-            };
-            let report = log.trim(&retention, SystemTime::now()).unwrap();
-            assert_eq!(
-                report,
-                TrimReport {
-                    removed: 4,
-                    first_seq: 5
-                }
-            );
-            assert_eq!((log.first_seq(), log.last_seq(), log.bytes()), (5, 4, 0));
+            for retention in [
+                Retention {
+                    max_events: 0,
+                    ..Retention::UNLIMITED
+                },
+                Retention {
+                    max_bytes: 1,
+                    ..Retention::UNLIMITED
+                },
+                Retention {
+                    max_age: Duration::ZERO,
+                    ..Retention::UNLIMITED
+                },
+            ] {
+                log.trim(&retention, SystemTime::now() + Duration::from_secs(1))
+                    .unwrap();
+                assert_eq!((log.first_seq(), log.last_seq(), log.len()), (4, 4, 1));
+                assert_eq!(seqs(&log.read_after(0, 10).unwrap()), vec![4]);
+            }
             log.flush().unwrap();
             log.epoch().to_owned()
         };
         let mut log = EventLog::open(&open_db(&dir)).unwrap();
         assert_eq!(log.epoch(), epoch);
-        assert_eq!((log.first_seq(), log.last_seq()), (5, 4));
+        assert_eq!((log.first_seq(), log.last_seq()), (4, 4));
         append_n(&mut log, 1, SystemTime::now());
-        assert_eq!(seqs(&log.read_after(0, 10).unwrap()), vec![5]);
-        assert_eq!(log.first_seq(), 5);
+        assert_eq!(seqs(&log.read_after(0, 10).unwrap()), vec![4, 5]);
     }
 
     #[test]
