@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Checks that drppy-client, RackN's own Python REST client for DRP, can list and create profiles
-# on herald over TLS with herald's self-signed certificate: once verifying it against the
-# generated tls/cert.pem, once with verification off (as most DRP scripts run).
+# Checks that drppy-client, RackN's own Python REST client for DRP, works against herald over
+# TLS with herald's self-signed certificate: get_info (and a token's Info), profiles, a user
+# with "Roles": null, a machine without a Uuid, post_event without a Time and with an offset,
+# and list_connections with every field of DRP's Connection model. It runs once verifying the
+# certificate against the generated tls/cert.pem, once with verification off (as most DRP
+# scripts run).
 #
 # Usage: tests/drppy/run.sh   (builds herald unless HERALD names a binary; needs python3 and pip)
 set -euo pipefail
