@@ -129,7 +129,7 @@ fn third_party_crates_stay_at_warn_unless_a_directive_names_them() {
 #[test]
 fn the_start_line_gives_version_data_dir_urls_to_paste_durability_seqs_driver_and_cores() {
     let server = Server::start_with(Options {
-        listen: "0.0.0.0:0".into(),
+        listen: Some("0.0.0.0:0".into()),
         ..Options::default()
     });
     let line = server.wait_for_log_line(&["listening on"]);

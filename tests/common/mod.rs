@@ -49,7 +49,9 @@ trap '' PIPE
 read -r _
 kill -TERM "$pid" 2>/dev/null
 wait "$pid"
+status=$?
 if [ -n "$HERALD_TEST_REMOVE_DIR" ]; then rm -rf "$HERALD_TEST_REMOVE_DIR"; fi
+exit "$status"
 "#;
 
 /// A name no other test in this process uses (types, keys, users, roles).
@@ -70,7 +72,8 @@ pub struct Options {
     /// More `herald serve` flags, e.g. `["--outbound-budget", "64KiB"]`.
     pub args: Vec<String>,
     /// `--listen`; the harness finds the port in the start line, so the port should be 0.
-    pub listen: String,
+    /// `None` leaves the flag out, so herald picks its default address.
+    pub listen: Option<String>,
 }
 
 impl Default for Options {
@@ -80,7 +83,7 @@ impl Default for Options {
             admin_password: Some(ADMIN_PASSWORD.to_string()),
             data_dir: None,
             args: Vec::new(),
-            listen: "127.0.0.1:0".to_string(),
+            listen: Some("127.0.0.1:0".to_string()),
         }
     }
 }
@@ -203,6 +206,15 @@ pub fn assert_drp_error(reply: &HttpReply, status: u16) {
     );
 }
 
+/// How a `herald serve` that exited before listening ended.
+#[derive(Debug)]
+pub struct Failed {
+    /// Its exit code (`None` if it did not exit in time).
+    pub code: Option<i32>,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
 /// A running `herald serve`, stopped on drop.
 pub struct Server {
     watchdog: Child,
@@ -238,6 +250,28 @@ impl Server {
 
     /// A fresh server started as `options` say.
     pub fn start_with(options: Options) -> Server {
+        Server::try_start_with(options).unwrap_or_else(|failed| {
+            panic!(
+                "herald exited ({:?}) before listening; stderr:\n{}",
+                failed.code, failed.stderr
+            )
+        })
+    }
+
+    /// Starts `herald serve` as `options` say, which must fail; answers how it ended.
+    pub fn start_failing(options: Options) -> Failed {
+        match Server::try_start_with(options) {
+            Ok(server) => panic!(
+                "herald started on {} although it should have refused; stderr:\n{}",
+                server.addr(),
+                server.stderr()
+            ),
+            Err(failed) => failed,
+        }
+    }
+
+    /// A server started as `options` say, or how herald ended when it exited before listening.
+    pub fn try_start_with(options: Options) -> Result<Server, Failed> {
         let (data_dir, remove_after) = match &options.data_dir {
             Some(dir) => (dir.clone(), false),
             None => {
@@ -255,9 +289,12 @@ impl Server {
             .arg(WATCHDOG)
             .arg("herald-watchdog")
             .arg(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--listen", &options.listen, "--cores", "2"])
+            .args(["serve", "--cores", "2"])
             .arg("--data-dir")
             .arg(&data_dir);
+        if let Some(listen) = &options.listen {
+            command.args(["--listen", listen]);
+        }
         if !options.tls {
             command.arg("--plain");
         }
@@ -327,10 +364,14 @@ impl Server {
                     "herald did not log `listening on` within {STARTUP_DEADLINE:?}; stderr:\n{}",
                     server.stderr()
                 ),
-                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
-                    "herald exited before listening; stderr:\n{}",
-                    server.stderr()
-                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // The reader thread saw the pipe close after passing on every line.
+                    let stderr = server.stderr();
+                    return Err(Failed {
+                        code: server.exit_code(),
+                        stderr,
+                    });
+                }
             }
         };
         server.addr = addr;
@@ -352,7 +393,20 @@ impl Server {
         } else {
             server.agent = agent_trusting(None);
         }
-        server
+        Ok(server)
+    }
+
+    /// herald's exit code, once it has exited: closing the pipe lets the watchdog reap it.
+    fn exit_code(&mut self) -> Option<i32> {
+        drop(self.watchdog_stdin.take());
+        let deadline = Instant::now() + SHUTDOWN_DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.watchdog.try_wait() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The socket address the server listens on.
@@ -613,6 +667,31 @@ impl Server {
             .expect("set write timeout");
         tcp.set_nodelay(true).expect("set nodelay");
         tcp
+    }
+
+    /// A raw TCP connection for bytes as they are, whatever the server speaks.
+    pub fn raw_tcp(&self) -> RawHttp {
+        RawHttp {
+            stream: self.connect_tcp(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// A TLS handshake with the server, trusting only its generated certificate and asking for
+    /// `name` (a DNS name or an IP address); `Err` says why it failed (TLS servers only).
+    pub fn tls_handshake_as(&self, name: &str) -> Result<(), String> {
+        let config = self.tls.clone().expect("a TLS server");
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
+            .map_err(|e| format!("{name} is not a server name: {e}"))?;
+        let mut connection =
+            rustls::ClientConnection::new(config, server_name).map_err(|e| e.to_string())?;
+        let mut tcp = self.connect_tcp();
+        while connection.is_handshaking() {
+            connection
+                .complete_io(&mut tcp)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// A raw HTTP connection (plain servers only).
