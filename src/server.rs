@@ -444,11 +444,20 @@ fn paste_urls(scheme: &str, addr: SocketAddr) -> Vec<String> {
 }
 
 /// One listener per core, all on one port (port 0 picks it once, for every core).
+///
+/// The first core binds without `SO_REUSEPORT`, so the bind fails with "address already in use"
+/// when any other socket holds the port, even one of another process that set `SO_REUSEPORT`
+/// itself; it sets the option only before `listen`, which lets the other cores join its group.
 fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<TcpListener>, ServerError> {
     let mut listeners = Vec::with_capacity(cores);
     let mut addr = addr;
-    for _ in 0..cores {
-        let listener = bind_one(addr).map_err(|cause| ServerError::Listen { addr, cause })?;
+    for core in 0..cores {
+        let group = if core == 0 {
+            ReusePort::AfterBind
+        } else {
+            ReusePort::BeforeBind
+        };
+        let listener = bind_one(addr, group).map_err(|cause| ServerError::Listen { addr, cause })?;
         if addr.port() == 0 {
             addr = listener
                 .local_addr()
@@ -459,12 +468,28 @@ fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<TcpListener>, Se
     Ok(listeners)
 }
 
-fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// When a core's socket sets `SO_REUSEPORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReusePort {
+    /// After `bind`: the bind claims the port alone, then the socket opens its group.
+    AfterBind,
+    /// Before `bind`: the socket joins the group the first core opened.
+    BeforeBind,
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: ReusePort) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Lets a restarted herald bind while its old connections sit in TIME_WAIT; Linux never lets
+    // it share a port with a listening socket.
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if reuse_port == ReusePort::BeforeBind {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    if reuse_port == ReusePort::AfterBind {
+        socket.set_reuse_port(true)?;
+    }
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
