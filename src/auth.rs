@@ -19,8 +19,8 @@ pub use claims::{Claim, Claims, Role};
 pub use credentials::{Credentials, credentials};
 pub use password::{BASIC_CACHE_CAPACITY, BASIC_CACHE_TTL};
 pub use store::{
-    AuthStore, DEFAULT_ADMIN_PASSWORD, DEFAULT_ADMIN_USER, FastAuth, HashedPassword, NewUser,
-    SUPERUSER_ROLE, UserView,
+    AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_PASSWORD, DEFAULT_ADMIN_USER, FastAuth,
+    HashedPassword, NewUser, SUPERUSER_ROLE, UserView,
 };
 pub use token::{MAX_TOKEN_TTL, MIN_TOKEN_TTL, Token, TokenInfo};
 

@@ -21,6 +21,10 @@ pub use crate::logging::{EventsLevel, LogFormat};
 /// Address every core listens on unless configured: all interfaces, DRP's port.
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8092);
+/// Address listened on instead of [`DEFAULT_LISTEN`] while the admin has DRP's default
+/// password and no address was configured: loopback, so the well-known password is not exposed.
+pub const DEFAULT_PASSWORD_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8092);
 /// Data directory unless configured, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./herald-data";
 /// Log filter unless configured.
@@ -163,6 +167,9 @@ impl Default for Retention {
 pub struct Config {
     /// Address every core listens on (port 0 picks one free port shared by all cores).
     pub listen: SocketAddr,
+    /// Whether `listen` was configured (flag, environment or file) rather than the default,
+    /// which gives way to loopback while the admin has DRP's default password.
+    pub listen_explicit: bool,
     /// Directory holding the sled database, the generated certificate and secrets.
     pub data_dir: PathBuf,
     /// TLS or plain.
@@ -189,6 +196,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Whether `/metrics` requires credentials.
     pub metrics_auth: bool,
+    /// Start a new, empty log where the data directory's log is missing (`serve --reset`).
+    pub reset: bool,
 }
 
 /// How much of the closed-connection history is kept; the oldest entries go first.
@@ -295,7 +304,7 @@ pub struct ServeArgs {
     /// TOML config file; flags and HERALD_* variables override its settings
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 0.0.0.0:8092]
+    /// Address to listen on [default: 0.0.0.0:8092, or 127.0.0.1:8092 while the admin has DRP's default password]
     #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Directory for the event log, generated certificate and secrets [default: ./herald-data]
@@ -391,6 +400,9 @@ pub struct ServeArgs {
         value_name = "BOOL"
     )]
     pub metrics_auth: Option<bool>,
+    /// Start even though this data directory's event log is gone (its database is empty or missing), beginning a new, empty log with a new Epoch. Deletes nothing
+    #[arg(long)]
+    pub reset: bool,
 }
 
 impl ServeArgs {
@@ -427,6 +439,8 @@ impl ServeArgs {
             history_age: self.history_age.or(lower.history_age),
             shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
             metrics_auth: self.metrics_auth.or(lower.metrics_auth),
+            // Only ever a flag: a file or variable that kept it would hide a lost log for good.
+            reset: self.reset,
         }
     }
 }
@@ -606,6 +620,7 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
 
     Ok(Config {
         listen: args.listen.unwrap_or(DEFAULT_LISTEN),
+        listen_explicit: args.listen.is_some(),
         data_dir,
         tls,
         admin_password,
@@ -619,6 +634,7 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         history,
         shutdown_timeout,
         metrics_auth: args.metrics_auth.unwrap_or(false),
+        reset: args.reset,
     })
 }
 

@@ -3,6 +3,7 @@
 //! The modules, one per concept:
 //! - [`config`]: flags, environment and TOML file merged into a validated `Config`.
 //! - [`logging`]: the log level grammar, stderr logging, client-record rate limits, log events.
+//! - [`data_dir`]: the data directory's lock and the marker naming the log it holds.
 //! - [`tls`]: the server certificate (configured, or self-signed on first start) and rustls setup.
 //! - [`http`]: HTTP/1.1 request heads, bodies and responses; DRP's error shape.
 //! - [`websocket`]: the upgrade, reading client frames, writing server frame headers.
@@ -30,6 +31,7 @@ pub mod command;
 pub mod config;
 pub mod connection;
 pub mod connections;
+pub mod data_dir;
 
 pub mod cli;
 pub mod event;

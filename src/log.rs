@@ -233,6 +233,26 @@ struct Scan {
     bytes: u64,
 }
 
+/// The Epoch of the log `db` holds, or `None` when it holds none (a new or emptied database);
+/// reads only, so a start that is refused leaves the database as it found it.
+pub fn stored_epoch(db: &sled::Db) -> Result<Option<String>, StoreError> {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|name| name.as_ref() == META_TREE.as_bytes())
+    {
+        return Ok(None);
+    }
+    let Some(stored) = db.open_tree(META_TREE)?.get(EPOCH_KEY)? else {
+        return Ok(None);
+    };
+    String::from_utf8(stored.to_vec())
+        .map(Some)
+        .map_err(|_| StoreError::Corrupt {
+            what: format!("meta key `{EPOCH_KEY}` is not UTF-8 text"),
+        })
+}
+
 impl EventLog {
     /// Opens (or creates) the log in the shared db, checking that it is contiguous, and migrates
     /// a schema version 1 log to chunks first.
@@ -871,6 +891,20 @@ mod tests {
         assert_eq!((log.first_seq(), log.last_seq(), log.bytes()), (1, 0, 0));
         assert!(uuid::Uuid::parse_str(log.epoch()).is_ok());
         assert!(log.read_after(0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_stored_epoch_is_none_until_a_log_is_opened_and_reading_it_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(&dir);
+        assert_eq!(stored_epoch(&db).unwrap(), None);
+        assert!(
+            !db.tree_names()
+                .iter()
+                .any(|name| name.as_ref() == META_TREE.as_bytes())
+        );
+        let log = EventLog::open(&db).unwrap();
+        assert_eq!(stored_epoch(&db).unwrap().as_deref(), Some(log.epoch()));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `SO_REUSEPORT` listener on the same port.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
@@ -14,8 +15,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::os::fd::AsRawFd;
 use thiserror::Error;
 
-use crate::auth::AuthStore;
-use crate::config::{Config, TlsMode};
+use crate::auth::{AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_USER};
+use crate::config::{Config, DEFAULT_LISTEN, DEFAULT_PASSWORD_LISTEN, TlsMode};
 use crate::log::EventLog;
 use crate::sequencer::{self, Sequencer};
 use crate::worker::{self, Core, Shared};
@@ -32,6 +33,9 @@ pub enum ServerError {
     /// The data directory could not be prepared.
     #[error(transparent)]
     DataDir(#[from] crate::config::ConfigError),
+    /// The data directory is in use, or its log is missing.
+    #[error(transparent)]
+    Directory(#[from] crate::data_dir::DataDirError),
     /// The sled database could not be opened.
     #[error(
         "cannot open the database in {path}: {}",
@@ -108,6 +112,10 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
             cause,
         })?;
     crate::config::prepare_data_dir(&config.data_dir)?;
+    // Held until run returns, so a second herald on this directory is refused before it
+    // touches anything.
+    let _lock = crate::data_dir::lock(&config.data_dir)?;
+    let marker = crate::data_dir::read_epoch_marker(&config.data_dir)?;
     let db_path = config.data_dir.join("db");
     let db = sled::Config::new()
         .path(&db_path)
@@ -116,9 +124,14 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
             path: db_path.display().to_string(),
             cause,
         })?;
+    check_log_present(&config, &db_path, marker.as_deref(), &db)?;
     let log = EventLog::open(&db)?;
+    if marker.as_deref() != Some(log.epoch()) {
+        crate::data_dir::write_epoch_marker(&config.data_dir, log.epoch())?;
+    }
     let log_reader = log.reader();
-    let (auth, default_password) = AuthStore::open(&db, config.admin_password.as_deref())?;
+    let (auth, admin) = AuthStore::open(&db, config.admin_password.as_deref())?;
+    log_admin_start(admin);
     let (history, crashed) = crate::connections::History::open(&db)?;
     if crashed > 0 {
         tracing::warn!(
@@ -129,18 +142,13 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     start_history_trim(history.clone(), config.history.clone());
     let objects = Arc::new(crate::objects::ObjectStore::open(&db)?);
     let server_id = crate::info::open_server_id(&db)?;
-    if default_password {
-        tracing::warn!(
-            "the admin user rocketskates has DRP's default password r0cketsk8ts: anyone can log in; \
-             start with --admin-password or change it with PUT /api/v3/users/rocketskates/password"
-        );
-    }
     let tls = crate::tls::server_config(&config.tls, &config.data_dir)?;
-    let listeners = bind_listeners(config.listen, config.cores)?;
+    let listen = listen_address(&config, admin.default_password);
+    let listeners = bind_listeners(listen, config.cores)?;
     let addr = listeners[0]
         .local_addr()
         .map_err(|cause| ServerError::Listen {
-            addr: config.listen,
+            addr: listen,
             cause,
         })?;
 
@@ -380,6 +388,94 @@ fn apply_reload(shared: &Shared, reload: &Reload) {
     }
 }
 
+/// Refuses to replace a lost log with a new one unless `--reset` says so: the marker names the
+/// log this data directory held, and an empty or missing database no longer holds it.
+fn check_log_present(
+    config: &Config,
+    db_path: &Path,
+    marker: Option<&str>,
+    db: &sled::Db,
+) -> Result<(), ServerError> {
+    let stored = crate::log::stored_epoch(db)?;
+    match (marker, stored.as_deref()) {
+        (Some(epoch), None) if !config.reset => Err(crate::data_dir::DataDirError::LogMissing {
+            dir: config.data_dir.clone(),
+            db: db_path.to_owned(),
+            epoch: epoch.to_owned(),
+        }
+        .into()),
+        (Some(epoch), None) => {
+            tracing::warn!(
+                lost_epoch = epoch,
+                "--reset: the event log is gone, so herald starts a new, empty log with a new Epoch"
+            );
+            Ok(())
+        }
+        (Some(epoch), Some(held)) if epoch != held => {
+            tracing::warn!(
+                marker = epoch,
+                epoch = held,
+                "the database holds another log than this data directory last held (restored \
+                 from another server?); serving the database's log"
+            );
+            Ok(())
+        }
+        _ => {
+            if config.reset {
+                tracing::info!("--reset: the event log is intact, so there is nothing to reset");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Says in the log what starting did to the admin user and its password.
+fn log_admin_start(admin: AdminStart) {
+    let user = DEFAULT_ADMIN_USER;
+    match admin.password {
+        AdminPassword::Created if admin.default_password => {
+            tracing::info!("created the admin user {user} with DRP's default password");
+        }
+        AdminPassword::Created => {
+            tracing::info!("created the admin user {user} with the configured admin password");
+        }
+        AdminPassword::Set => tracing::info!(
+            "set the admin user {user}'s password to the configured admin password; its \
+             previous password and tokens no longer work"
+        ),
+        AdminPassword::Unchanged => {
+            tracing::info!("the admin user {user} has the configured admin password (unchanged)");
+        }
+        AdminPassword::NotConfigured => tracing::info!(
+            "no admin password configured; the admin user {user} keeps its stored password"
+        ),
+        AdminPassword::Absent => tracing::info!(
+            "the admin user {user} was deleted; configure an admin password to create it again"
+        ),
+    }
+    if admin.default_password {
+        tracing::warn!(
+            "the admin user {user} has DRP's default password r0cketsk8ts: anyone who can \
+             connect can log in; set another with --admin-password (applied at every start) or \
+             PUT /api/v3/users/{user}/password"
+        );
+    }
+}
+
+/// The configured address, or loopback while the admin has DRP's default password and no
+/// address was configured, so the well-known password is not offered to the network.
+fn listen_address(config: &Config, default_password: bool) -> SocketAddr {
+    if default_password && !config.listen_explicit {
+        tracing::warn!(
+            "listening on {DEFAULT_PASSWORD_LISTEN} only, because the admin has DRP's default \
+             password; set an admin password to listen on {DEFAULT_LISTEN}, or choose the \
+             address with --listen"
+        );
+        return DEFAULT_PASSWORD_LISTEN;
+    }
+    config.listen
+}
+
 /// Trims the connection history by count and age in the background.
 fn start_history_trim(history: crate::connections::History, retention: crate::config::History) {
     let _ = thread::Builder::new()
@@ -457,7 +553,8 @@ fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<TcpListener>, Se
         } else {
             ReusePort::BeforeBind
         };
-        let listener = bind_one(addr, group).map_err(|cause| ServerError::Listen { addr, cause })?;
+        let listener =
+            bind_one(addr, group).map_err(|cause| ServerError::Listen { addr, cause })?;
         if addr.port() == 0 {
             addr = listener
                 .local_addr()

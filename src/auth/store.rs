@@ -108,6 +108,31 @@ pub enum FastAuth {
     NeedsHash,
 }
 
+/// What [`AuthStore::open`] did with the admin user `rocketskates` and its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminPassword {
+    /// The admin did not exist (a first start, or it was deleted) and was created with the
+    /// configured password, or DRP's default on a first start without one.
+    Created,
+    /// The configured password differed from the stored one and replaced it.
+    Set,
+    /// The configured password is the one already stored.
+    Unchanged,
+    /// No password was configured; the admin keeps the one it has.
+    NotConfigured,
+    /// No password was configured and the admin was deleted; it stays deleted.
+    Absent,
+}
+
+/// The admin's state after [`AuthStore::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminStart {
+    /// What happened to the admin's password.
+    pub password: AdminPassword,
+    /// Whether `rocketskates` now has DRP's default password.
+    pub default_password: bool,
+}
+
 /// Users, roles and token signing, shared by all core threads (`Send + Sync`, behind an `Arc`).
 pub struct AuthStore {
     users_tree: sled::Tree,
@@ -204,14 +229,16 @@ fn open_meta(meta: &sled::Tree) -> Result<Vec<u8>, AuthError> {
 }
 
 impl AuthStore {
-    /// Opens trees `users`, `roles` and `meta` in the shared database. First start with no users
-    /// creates `rocketskates` with role `superuser` and password `admin_password`, else DRP's
-    /// default `r0cketsk8ts`. Also answers whether the DRP default password is in use, so the
-    /// caller can warn loudly and report it in `/api/v3/info`.
+    /// Opens trees `users`, `roles` and `meta` in the shared database, then applies
+    /// `admin_password` to `rocketskates` (see [`AdminPassword`]): on every start, so the
+    /// configured password is the one that works. Without one, a first start creates
+    /// `rocketskates` (role `superuser`) with DRP's default `r0cketsk8ts`, and a later start
+    /// leaves the admin as it is. Answers what it did and whether the default password is in
+    /// use, so the caller can say so in the log and in `/api/v3/info`.
     pub fn open(
         db: &sled::Db,
         admin_password: Option<&str>,
-    ) -> Result<(AuthStore, bool), AuthError> {
+    ) -> Result<(AuthStore, AdminStart), AuthError> {
         if let Some(password) = admin_password {
             validate_password(password)?;
         }
@@ -239,9 +266,11 @@ impl AuthStore {
             users.insert(user.name.clone(), user);
         }
 
-        let default_in_use = match users.get(DEFAULT_ADMIN_USER) {
-            _ if users.is_empty() => {
-                let password = admin_password.unwrap_or(DEFAULT_ADMIN_PASSWORD);
+        let first_start = users.is_empty();
+        let (action, default_in_use) = match (users.get_mut(DEFAULT_ADMIN_USER), admin_password) {
+            (None, None) if !first_start => (AdminPassword::Absent, false),
+            (None, password) => {
+                let password = password.unwrap_or(DEFAULT_ADMIN_PASSWORD);
                 let admin = StoredUser {
                     name: DEFAULT_ADMIN_USER.to_owned(),
                     roles: vec![SUPERUSER_ROLE.to_owned()],
@@ -250,20 +279,39 @@ impl AuthStore {
                 };
                 users_tree.insert(DEFAULT_ADMIN_USER, encode(&admin)?)?;
                 users.insert(DEFAULT_ADMIN_USER.to_owned(), admin);
-                password == DEFAULT_ADMIN_PASSWORD
+                (AdminPassword::Created, password == DEFAULT_ADMIN_PASSWORD)
+            }
+            (Some(admin), Some(password)) => {
+                let matches = admin
+                    .password_hash
+                    .as_deref()
+                    .is_some_and(|hash| verify_password(hash, password).unwrap_or(false));
+                if !matches {
+                    // A new Secret too, so tokens minted under the old password stop working.
+                    admin.password_hash = Some(hash_password(password)?);
+                    admin.secret = new_secret()?;
+                    users_tree.insert(DEFAULT_ADMIN_USER, encode(&*admin)?)?;
+                }
+                let action = if matches {
+                    AdminPassword::Unchanged
+                } else {
+                    AdminPassword::Set
+                };
+                (action, password == DEFAULT_ADMIN_PASSWORD)
             }
             // One argon2 run at startup, so the warning stays true across restarts.
-            Some(StoredUser {
-                password_hash: Some(hash),
-                ..
-            }) => verify_password(hash, DEFAULT_ADMIN_PASSWORD).unwrap_or_else(|e| {
-                // A damaged admin hash must not keep the server from starting; other users work.
-                tracing::warn!(
-                    "cannot check whether {DEFAULT_ADMIN_USER} has the default password: {e}"
-                );
-                false
-            }),
-            _ => false,
+            (Some(admin), None) => {
+                let default = admin.password_hash.as_deref().is_some_and(|hash| {
+                    verify_password(hash, DEFAULT_ADMIN_PASSWORD).unwrap_or_else(|e| {
+                        // A damaged admin hash must not keep the server from starting.
+                        tracing::warn!(
+                            "cannot check whether {DEFAULT_ADMIN_USER} has the default password: {e}"
+                        );
+                        false
+                    })
+                });
+                (AdminPassword::NotConfigured, default)
+            }
         };
         db.flush()?;
 
@@ -277,7 +325,11 @@ impl AuthStore {
             decoy_hash: OnceLock::new(),
             default_password_in_use: AtomicBool::new(default_in_use),
         };
-        Ok((store, default_in_use))
+        let start = AdminStart {
+            password: action,
+            default_password: default_in_use,
+        };
+        Ok((store, start))
     }
 
     /// Whether `rocketskates` currently has DRP's default password (tracked across changes).
@@ -747,6 +799,11 @@ mod tests {
     }
 
     fn open(db: &sled::Db, admin_password: Option<&str>) -> (AuthStore, bool) {
+        let (store, start) = open_reporting(db, admin_password);
+        (store, start.default_password)
+    }
+
+    fn open_reporting(db: &sled::Db, admin_password: Option<&str>) -> (AuthStore, AdminStart) {
         AuthStore::open(db, admin_password).unwrap_or_else(|e| panic!("open: {e}"))
     }
 
@@ -831,14 +888,70 @@ mod tests {
             ok(store.mint_token("bob", Duration::from_secs(60)))
         };
         let db = crate::testing::open_sled(dir.path());
-        // A configured password does not replace an existing admin's.
-        let (store, default_in_use) = open(&db, Some("ignored"));
-        assert!(default_in_use);
+        let (store, start) = open_reporting(&db, None);
+        assert_eq!(start.password, AdminPassword::NotConfigured);
+        assert!(start.default_password);
         assert_eq!(store.list_users().len(), 2);
         assert_eq!(store.list_roles().len(), 2);
         assert!(store.authenticate_slow(&basic("bob", "bobs-pw")).is_ok());
         let identity = ok(store.authenticate_slow(&bearer(&token)));
         assert!(identity.claims.may_see("machines", "update", "m1"));
+    }
+
+    #[test]
+    fn a_configured_admin_password_is_applied_on_every_start_and_says_what_it_did() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let reopen = |password: Option<&str>| {
+            let db = crate::testing::open_sled(dir.path());
+            let (store, start) = open_reporting(&db, password);
+            let admin_token = ok(store.mint_token(DEFAULT_ADMIN_USER, Duration::from_secs(60)));
+            (store, start, admin_token)
+        };
+        let (_, start, old_token) = reopen(None);
+        assert_eq!(
+            start,
+            AdminStart {
+                password: AdminPassword::Created,
+                default_password: true
+            }
+        );
+        let (store, start, _) = reopen(Some("change-me"));
+        assert_eq!(
+            start,
+            AdminStart {
+                password: AdminPassword::Set,
+                default_password: false
+            }
+        );
+        ok(store.authenticate_slow(&basic(DEFAULT_ADMIN_USER, "change-me")));
+        assert!(matches!(
+            store.authenticate_slow(&basic(DEFAULT_ADMIN_USER, DEFAULT_ADMIN_PASSWORD)),
+            Err(AuthError::BadPassword)
+        ));
+        assert!(
+            store.authenticate_slow(&bearer(&old_token)).is_err(),
+            "a token minted under the old password must stop working"
+        );
+        drop(store);
+        let (store, start, _) = reopen(Some("change-me"));
+        assert_eq!(start.password, AdminPassword::Unchanged);
+        assert!(!start.default_password);
+        ok(store.create_user(NewUser {
+            name: "bob".into(),
+            roles: vec![SUPERUSER_ROLE.into()],
+            password: Some("bobs-pw".into()),
+        }));
+        ok(store.delete_user(DEFAULT_ADMIN_USER));
+        drop(store);
+        let db = crate::testing::open_sled(dir.path());
+        let (store, start) = open_reporting(&db, None);
+        assert_eq!(start.password, AdminPassword::Absent);
+        assert!(store.get_user(DEFAULT_ADMIN_USER).is_err());
+        drop((store, db));
+        let (store, start, _) = reopen(Some("back-again"));
+        assert_eq!(start.password, AdminPassword::Created);
+        let identity = ok(store.authenticate_slow(&basic(DEFAULT_ADMIN_USER, "back-again")));
+        assert!(identity.claims.is_superuser());
     }
 
     #[test]

@@ -203,6 +203,8 @@ running_as() { in_root systemctl is-active --quiet herald && [ "$(main_pid)" = "
 log_carried_on() {
     [ "$2" -gt 0 ] && [ "$3" -gt "$2" ] && [ "$(client epoch)" = "$1" ] && [ "$(client key-at "$2")" = "$4" ]
 }
+journal_says() { in_root journalctl --no-pager -u herald -o cat | grep -qF "$1"; }
+not_journal_says() { ! journal_says "$1"; }
 secret_hidden() {
     local proc
     proc="/proc/$(main_pid)"
@@ -284,6 +286,10 @@ echo "$DEFAULT_PASSWORD" >"$WORK/default-password"
 check "DRP's default password is refused with 403" test \
     "$(/usr/bin/python3 "$CLIENT" --addr "$ADDR" --password-file "$WORK/default-password" status 2>/dev/null)" = 403
 check "the generated password is accepted" test "$(client status 2>/dev/null)" = 200
+check "the journal says the admin was created with the configured password" \
+    journal_says "created the admin user rocketskates with the configured admin password"
+# The default password would also keep an unconfigured listen address on loopback.
+check "the journal never mentions DRP's default password" not_journal_says "$DEFAULT_PASSWORD"
 seq=$(client deliver first 2>"$WORK/client.err") && ok "a websocket client gets the published event (Seq $seq)" \
     || { not_ok "a websocket client gets the published event: $(cat "$WORK/client.err")"; seq=; }
 
@@ -300,6 +306,8 @@ check "systemctl restart starts a new process (pid $pid_before -> $(main_pid))" 
 # the log, its Epoch and its numbering carry on.
 check "the log survives a restart: Seq $before then $after, same Epoch, event $before still stored" \
     log_carried_on "$epoch" "$before" "$after" before-restart
+check "after a restart the journal says the admin password is unchanged" \
+    journal_says "has the configured admin password (unchanged)"
 
 pid_before=$(main_pid)
 in_root systemctl reload herald && reloaded=yes || reloaded=no
