@@ -50,6 +50,7 @@ pub const FILE_KEYS: &[&str] = &[
     "plain",
     "tls_cert",
     "tls_key",
+    "tls_san",
     "admin_password",
     "admin_password_file",
     "cores",
@@ -79,7 +80,8 @@ pub const FILE_KEYS: &[&str] = &[
 pub enum TlsMode {
     /// http:// and ws://, for loopback development, tests and benchmarks.
     Plain,
-    /// A self-signed certificate generated into the data directory on first start.
+    /// A self-signed certificate generated into the data directory, valid for the loopback
+    /// names, the host name, every local interface address and `tls_san`.
     SelfSigned,
     /// A configured certificate chain and private key (PEM files).
     Files { cert: PathBuf, key: PathBuf },
@@ -174,7 +176,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// TLS or plain.
     pub tls: TlsMode,
-    /// Password of the admin user created on first start; `None` means DRP's default.
+    /// More names (DNS names or IP addresses) for the self-signed certificate.
+    pub tls_san: Vec<String>,
+    /// Password applied to the admin user on every start; `None` leaves the stored one (DRP's
+    /// default on a first start).
     pub admin_password: Option<String>,
     /// Number of core threads.
     pub cores: usize,
@@ -327,7 +332,15 @@ pub struct ServeArgs {
     /// TLS private key (PEM) matching --tls-cert
     #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
-    /// Password of the admin user `rocketskates`, set on first start [default: DRP's default]
+    /// Another name or IP address for the self-signed certificate (repeatable; comma-separated in the environment). It always holds localhost, the loopback and interface addresses and the host name
+    #[arg(
+        long,
+        env = "HERALD_TLS_SAN",
+        value_delimiter = ',',
+        value_name = "NAME|IP"
+    )]
+    pub tls_san: Vec<String>,
+    /// Password of the admin user `rocketskates`, applied on every start [default: keep the stored one; DRP's on first start]
     #[arg(
         long,
         env = "HERALD_ADMIN_PASSWORD",
@@ -415,6 +428,11 @@ impl ServeArgs {
             plain: self.plain.or(lower.plain),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
+            tls_san: if self.tls_san.is_empty() {
+                lower.tls_san
+            } else {
+                self.tls_san
+            },
             admin_password: self.admin_password.or(lower.admin_password),
             admin_password_file: self.admin_password_file.or(lower.admin_password_file),
             cores: self.cores.or(lower.cores),
@@ -546,6 +564,9 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         ));
     }
 
+    for name in &args.tls_san {
+        check_san(name).map_err(|reason| invalid("tls_san", reason))?;
+    }
     let tls = match (args.plain.unwrap_or(false), args.tls_cert, args.tls_key) {
         (true, None, None) => TlsMode::Plain,
         (true, Some(_), _) | (true, _, Some(_)) => {
@@ -623,6 +644,7 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         listen_explicit: args.listen.is_some(),
         data_dir,
         tls,
+        tls_san: args.tls_san,
         admin_password,
         cores,
         limits,
@@ -636,6 +658,34 @@ fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         metrics_auth: args.metrics_auth.unwrap_or(false),
         reset: args.reset,
     })
+}
+
+/// Checks a `tls_san` entry: an IP address, or a DNS name (letters, digits, `-` and `.`, in
+/// labels of at most 63 bytes, optionally `*.` first).
+fn check_san(name: &str) -> Result<(), String> {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    let valid = !host.is_empty()
+        && name.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is neither an IP address nor a DNS name; write e.g. herald.example.org \
+             or 192.0.2.10"
+        ))
+    }
 }
 
 fn invalid(key: &'static str, reason: String) -> ConfigError {
@@ -701,6 +751,7 @@ fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigError> {
             "plain" => out.plain = Some(entry.boolean()?),
             "tls_cert" => out.tls_cert = Some(entry.string()?.into()),
             "tls_key" => out.tls_key = Some(entry.string()?.into()),
+            "tls_san" => out.tls_san = entry.strings()?,
             "admin_password" => out.admin_password = Some(entry.string()?.to_owned()),
             "admin_password_file" => out.admin_password_file = Some(entry.string()?.into()),
             "cores" => out.cores = Some(entry.integer()?),
@@ -769,6 +820,28 @@ impl<'a> FileEntry<'a> {
         self.value
             .as_str()
             .ok_or_else(|| self.wrong_type("a string"))
+    }
+
+    /// A list of strings; a single string counts as a list of one.
+    fn strings(&self) -> Result<Vec<String>, ConfigError> {
+        if let Some(text) = self.value.as_str() {
+            return Ok(vec![text.to_owned()]);
+        }
+        let Some(array) = self.value.as_array() else {
+            return Err(self.wrong_type("a list of strings such as [\"herald.example.org\"]"));
+        };
+        array
+            .iter()
+            .map(|item| {
+                let item = item.get_ref();
+                item.as_str().map(str::to_owned).ok_or_else(|| {
+                    self.bad(format!(
+                        "expected a list of strings, found a {} in it",
+                        item.type_str()
+                    ))
+                })
+            })
+            .collect()
     }
 
     fn boolean(&self) -> Result<bool, ConfigError> {
@@ -950,8 +1023,11 @@ mod tests {
     fn no_flags_and_no_file_give_the_documented_defaults() {
         let config = Config::from_args(flags(&[])).unwrap();
         assert_eq!(config.listen, "0.0.0.0:8092".parse().unwrap());
+        assert!(!config.listen_explicit);
         assert_eq!(config.data_dir, PathBuf::from("./herald-data"));
         assert_eq!(config.tls, TlsMode::SelfSigned);
+        assert!(config.tls_san.is_empty());
+        assert!(!config.reset);
         assert_eq!(config.admin_password, None);
         assert!((1..=MAX_CORES).contains(&config.cores));
         assert_eq!(config.limits, Limits::default());
@@ -986,6 +1062,8 @@ mod tests {
             "--data-dir=/tmp/h",
             "--tls-cert=c.pem",
             "--tls-key=k.pem",
+            "--tls-san=herald.example.org",
+            "--tls-san=192.0.2.10,2001:db8::1",
             "--admin-password=pw",
             "--cores=3",
             "--durability=batched",
@@ -1006,6 +1084,11 @@ mod tests {
         ]);
         let config = Config::from_args(args).unwrap();
         assert_eq!(config.listen, "127.0.0.1:0".parse().unwrap());
+        assert!(config.listen_explicit);
+        assert_eq!(
+            config.tls_san,
+            ["herald.example.org", "192.0.2.10", "2001:db8::1"]
+        );
         assert_eq!(config.data_dir, PathBuf::from("/tmp/h"));
         assert_eq!(
             config.tls,
@@ -1079,6 +1162,7 @@ mod tests {
             plain = false
             tls_cert = "/etc/herald/cert.pem"
             tls_key = "/etc/herald/key.pem"
+            tls_san = ["herald.example.org", "192.0.2.10"]
                         admin_password = "secret"
             admin_password_file = "/etc/herald/admin-password"
             cores = 2
@@ -1118,6 +1202,7 @@ mod tests {
                 key: "/etc/herald/key.pem".into()
             }
         );
+        assert_eq!(config.tls_san, ["herald.example.org", "192.0.2.10"]);
         assert_eq!(config.admin_password.as_deref(), Some("secret"));
         assert_eq!(config.cores, 2);
         assert_eq!(config.durability, Durability::Batched);
@@ -1285,6 +1370,31 @@ mod tests {
         assert_eq!(invalid_key(flags(&["--log-level=warning"])), "log_level");
         assert_eq!(invalid_key(flags(&["--log-level=verbose"])), "log_level");
         assert_eq!(invalid_key(flags(&["--admin-password="])), "admin_password");
+    }
+
+    #[test]
+    fn tls_san_takes_dns_names_and_ip_addresses_and_names_a_bad_one() {
+        let config = resolve(file("tls_san = \"*.example.org\"\n")).unwrap();
+        assert_eq!(config.tls_san, ["*.example.org"]);
+        for bad in [
+            "",
+            "has space",
+            "under_score",
+            "-lead.example",
+            "a..b",
+            "http://x",
+        ] {
+            let mut args = flags(&[]);
+            args.tls_san = vec![bad.to_owned()];
+            assert_eq!(invalid_key(args), "tls_san", "{bad:?}");
+        }
+        assert!(matches!(
+            file_error("tls_san = [\"ok.example\", 7]\n"),
+            ConfigError::BadValue { .. }
+        ));
+        // A listen address given in the file counts as given, like a flag.
+        let config = resolve(file("listen = \"0.0.0.0:8092\"\n")).unwrap();
+        assert!(config.listen_explicit);
     }
 
     #[test]

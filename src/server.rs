@@ -142,7 +142,13 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     start_history_trim(history.clone(), config.history.clone());
     let objects = Arc::new(crate::objects::ObjectStore::open(&db)?);
     let server_id = crate::info::open_server_id(&db)?;
-    let tls = crate::tls::server_config(&config.tls, &config.data_dir)?;
+    if !config.tls_san.is_empty() && config.tls != TlsMode::SelfSigned {
+        tracing::warn!(
+            "tls_san is ignored: it names the self-signed certificate, which herald does not \
+             use with tls_cert or plain"
+        );
+    }
+    let tls = crate::tls::server_config(&config.tls, &config.data_dir, &config.tls_san)?;
     let listen = listen_address(&config, admin.default_password);
     let listeners = bind_listeners(listen, config.cores)?;
     let addr = listeners[0]
@@ -350,8 +356,14 @@ fn apply_reload(shared: &Shared, reload: &Reload) {
         );
     }
     let mut needs_restart = Vec::new();
-    if new.listen != old.listen {
+    if new.listen != old.listen || new.listen_explicit != old.listen_explicit {
         needs_restart.push("listen");
+    }
+    if new.tls_san != old.tls_san {
+        needs_restart.push("tls_san");
+    }
+    if new.admin_password != old.admin_password {
+        needs_restart.push("admin_password");
     }
     if new.data_dir != old.data_dir {
         needs_restart.push("data_dir");

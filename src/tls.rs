@@ -1,12 +1,16 @@
-//! The server certificate (configured PEM files, or self-signed on first start) and the rustls
-//! server setup built from it.
+//! The server certificate (configured PEM files, or self-signed) and the rustls server setup
+//! built from it.
 //!
 //! The self-signed pair lives in `<data_dir>/tls/` (mode 0700) as `cert.pem` (0644) and
 //! `key.pem` (0600). Both are written to a temporary file and renamed, key first, so a crash
-//! leaves either a complete pair or a pair that is regenerated on the next start.
+//! leaves either a complete pair or a pair that is regenerated on the next start. It is valid
+//! for localhost, the loopback addresses, the host name, every local interface address and the
+//! names from `--tls-san`; a start that needs a name the stored certificate lacks (a new
+//! interface address, a new `--tls-san`) generates a new pair.
 
 use std::fs;
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,11 +108,12 @@ pub enum TlsError {
 
 /// None for Plain; otherwise a rustls ServerConfig (ring provider, safe default protocol
 /// versions, ALPN http/1.1) from the configured PEM files, or from a self-signed certificate kept
-/// in `<data_dir>/tls/{cert.pem,key.pem}`: generated with rcgen on first start (SANs: localhost,
-/// 127.0.0.1, ::1 and the host name), reused on later starts.
+/// in `<data_dir>/tls/{cert.pem,key.pem}`: generated with rcgen when missing or lacking one of
+/// [`self_signed_names`] (`extra_names` included), reused otherwise.
 pub fn server_config(
     mode: &TlsMode,
     data_dir: &Path,
+    extra_names: &[String],
 ) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     let config = match mode {
         TlsMode::Plain => return Ok(None),
@@ -118,7 +123,7 @@ pub fn server_config(
         }
         TlsMode::SelfSigned => {
             let dir = data_dir.join(TLS_DIR);
-            let (cert, key) = ensure_self_signed(&dir)?;
+            let (cert, key) = ensure_self_signed(&dir, &self_signed_names(extra_names))?;
             build(&cert, &key).map_err(|cause| TlsError::BrokenSelfSigned {
                 dir,
                 cause: Box::new(cause),
@@ -193,8 +198,9 @@ fn pem_error(path: &Path, error: pem::Error, no_items: impl FnOnce() -> TlsError
     }
 }
 
-/// Returns the paths of the self-signed pair in `dir`, generating it when it is not complete.
-fn ensure_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+/// Returns the paths of the self-signed pair in `dir`, generating it when it is not complete or
+/// its certificate lacks one of `names`.
+fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
     let cert = dir.join(CERT_FILE);
     let key = dir.join(KEY_FILE);
     let exists = |path: &Path| {
@@ -204,7 +210,31 @@ fn ensure_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
         })
     };
     match (exists(&cert)?, exists(&key)?) {
-        (true, true) => return Ok((cert, key)),
+        (true, true) => {
+            // An unreadable certificate is left to `build`, whose error says how to recover.
+            let Ok(held) = load_certs(&cert).and_then(|certs| {
+                certificate_names(&certs[0]).map_err(|reason| TlsError::BadPem {
+                    path: cert.clone(),
+                    reason,
+                })
+            }) else {
+                return Ok((cert, key));
+            };
+            let missing: Vec<&str> = names
+                .iter()
+                .filter(|name| !held.iter().any(|h| same_name(h, name)))
+                .map(String::as_str)
+                .collect();
+            if missing.is_empty() {
+                return Ok((cert, key));
+            }
+            tracing::warn!(
+                cert = %cert.display(),
+                "the self-signed certificate lacks {}; generating a new one (clients that \
+                 trusted the old certificate must trust the new one)",
+                missing.join(", ")
+            );
+        }
         (false, false) => {}
         // A crash between the two renames, or a file deleted by hand: the pair is useless.
         _ => tracing::warn!(
@@ -221,30 +251,89 @@ fn ensure_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
             path: dir.to_owned(),
             cause: source,
         })?;
-    let (cert_pem, key_pem) = generate_self_signed()?;
+    let (cert_pem, key_pem) = generate_self_signed(names)?;
     // Key first: a certificate on disk then always has its key next to it.
     write_atomically(&key, key_pem.as_bytes(), 0o600)?;
     write_atomically(&cert, cert_pem.as_bytes(), 0o644)?;
     sync_dir(dir)?;
     tracing::info!(
         cert = %cert.display(),
-        "generated a self-signed TLS certificate; clients must trust it or skip verification"
+        "generated a self-signed TLS certificate for {}; clients must trust it or skip \
+         verification",
+        names.join(", ")
     );
     Ok((cert, key))
 }
 
-/// A new certificate and key, both PEM, valid for the loopback names and this host's name.
-fn generate_self_signed() -> Result<(String, String), TlsError> {
-    let generate = |e: rcgen::Error| TlsError::Generate {
-        reason: e.to_string(),
-    };
+/// The names a self-signed certificate must hold: localhost, the loopback addresses, the host
+/// name, every local interface address (link-local ones aside) and `extra`, without repeats.
+pub fn self_signed_names(extra: &[String]) -> Vec<String> {
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
     names.extend(host_name());
-    let mut params = rcgen::CertificateParams::new(names).map_err(generate)?;
+    match if_addrs::get_if_addrs() {
+        Ok(interfaces) => names.extend(interfaces.iter().map(|i| i.ip().to_string())),
+        Err(error) => tracing::warn!(
+            %error,
+            "cannot list this machine's interface addresses, so the self-signed certificate \
+             holds none of them; name them with --tls-san"
+        ),
+    }
+    names.extend(extra.iter().cloned());
+    let mut unique: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        if !unique.iter().any(|u| same_name(u, &name)) {
+            unique.push(name);
+        }
+    }
+    unique
+}
+
+/// The DNS names and IP addresses a certificate (DER) is valid for, from its subjectAltName.
+pub fn certificate_names(der: &[u8]) -> Result<Vec<String>, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let Some(san) = cert.subject_alternative_name().map_err(|e| e.to_string())? else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::IPAddress(bytes) => ip_from_bytes(bytes).map(|ip| ip.to_string()),
+            _ => None,
+        })
+        .collect())
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+/// Whether two certificate names are the same: IP addresses by value (`::1` is
+/// `0:0:0:0:0:0:0:1`), DNS names without regard to case.
+fn same_name(a: &str, b: &str) -> bool {
+    match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a.eq_ignore_ascii_case(b),
+    }
+}
+
+/// A new certificate and key, both PEM, valid for `names` (DNS names or IP addresses).
+fn generate_self_signed(names: &[String]) -> Result<(String, String), TlsError> {
+    let generate = |e: rcgen::Error| TlsError::Generate {
+        reason: e.to_string(),
+    };
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(generate)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -328,7 +417,7 @@ mod tests {
 
     /// Writes a freshly generated pair into `dir` under `name` and returns (cert, key) paths.
     fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let (cert_pem, key_pem) = generate_self_signed().unwrap();
+        let (cert_pem, key_pem) = generate_self_signed(&["localhost".to_owned()]).unwrap();
         let cert = dir.join(format!("{name}-cert.pem"));
         let key = dir.join(format!("{name}-key.pem"));
         fs::write(&cert, cert_pem).unwrap();
@@ -344,7 +433,7 @@ mod tests {
     }
 
     fn error_for(mode: &TlsMode, data_dir: &Path) -> TlsError {
-        match server_config(mode, data_dir) {
+        match server_config(mode, data_dir, &[]) {
             Ok(_) => panic!("{mode:?} was accepted"),
             Err(e) => e,
         }
@@ -354,7 +443,7 @@ mod tests {
     fn plain_mode_has_no_tls_config_and_writes_nothing() {
         let data = tempfile::tempdir().unwrap();
         assert!(
-            server_config(&TlsMode::Plain, data.path())
+            server_config(&TlsMode::Plain, data.path(), &[])
                 .unwrap()
                 .is_none()
         );
@@ -364,7 +453,7 @@ mod tests {
     #[test]
     fn self_signed_is_generated_with_a_private_key_file_and_offers_http_1_1() {
         let data = tempfile::tempdir().unwrap();
-        let config = server_config(&TlsMode::SelfSigned, data.path())
+        let config = server_config(&TlsMode::SelfSigned, data.path(), &[])
             .unwrap()
             .unwrap();
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
@@ -380,9 +469,9 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let cert = data.path().join(TLS_DIR).join(CERT_FILE);
         let key = data.path().join(TLS_DIR).join(KEY_FILE);
-        server_config(&TlsMode::SelfSigned, data.path()).unwrap();
+        server_config(&TlsMode::SelfSigned, data.path(), &[]).unwrap();
         let first = (fs::read(&cert).unwrap(), fs::read(&key).unwrap());
-        server_config(&TlsMode::SelfSigned, data.path()).unwrap();
+        server_config(&TlsMode::SelfSigned, data.path(), &[]).unwrap();
         let second = (fs::read(&cert).unwrap(), fs::read(&key).unwrap());
         assert_eq!(first, second);
     }
@@ -390,7 +479,7 @@ mod tests {
     #[test]
     fn self_signed_certificate_names_herald_as_its_subject() {
         let data = tempfile::tempdir().unwrap();
-        server_config(&TlsMode::SelfSigned, data.path()).unwrap();
+        server_config(&TlsMode::SelfSigned, data.path(), &[]).unwrap();
         let cert =
             CertificateDer::from_pem_file(data.path().join(TLS_DIR).join(CERT_FILE)).unwrap();
         let der = cert.as_ref();
@@ -439,7 +528,7 @@ mod tests {
     #[test]
     fn a_client_trusting_the_self_signed_certificate_connects_by_loopback_name_and_ip() {
         let data = tempfile::tempdir().unwrap();
-        let config = server_config(&TlsMode::SelfSigned, data.path())
+        let config = server_config(&TlsMode::SelfSigned, data.path(), &[])
             .unwrap()
             .unwrap();
         let cert =
@@ -451,13 +540,61 @@ mod tests {
         assert!(handshake(config, cert, "example.com").is_err());
     }
 
+    fn stored_names(data_dir: &Path) -> Vec<String> {
+        let cert = CertificateDer::from_pem_file(data_dir.join(TLS_DIR).join(CERT_FILE)).unwrap();
+        certificate_names(&cert).unwrap()
+    }
+
+    #[test]
+    fn self_signed_holds_the_loopback_and_interface_addresses_and_the_extra_names() {
+        let data = tempfile::tempdir().unwrap();
+        let extra = ["herald.example.org".to_owned(), "192.0.2.10".to_owned()];
+        server_config(&TlsMode::SelfSigned, data.path(), &extra).unwrap();
+        let held = stored_names(data.path());
+        let interfaces = if_addrs::get_if_addrs().unwrap();
+        assert!(!interfaces.is_empty());
+        let expected = [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "herald.example.org",
+            "192.0.2.10",
+        ]
+        .map(str::to_owned)
+        .into_iter()
+        .chain(interfaces.iter().map(|i| i.ip().to_string()));
+        for name in expected {
+            assert!(
+                held.iter().any(|h| same_name(h, &name)),
+                "{name} not in {held:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stored_certificate_lacking_a_required_name_is_regenerated_and_one_holding_all_is_kept() {
+        let data = tempfile::tempdir().unwrap();
+        let cert_path = data.path().join(TLS_DIR).join(CERT_FILE);
+        server_config(&TlsMode::SelfSigned, data.path(), &[]).unwrap();
+        let first = fs::read(&cert_path).unwrap();
+        let extra = ["new.example.org".to_owned()];
+        server_config(&TlsMode::SelfSigned, data.path(), &extra).unwrap();
+        let second = fs::read(&cert_path).unwrap();
+        assert_ne!(first, second, "a new name needs a new certificate");
+        assert!(stored_names(data.path()).contains(&extra[0]));
+        // Names differing only in case or IPv6 spelling are already held.
+        let same = ["NEW.example.org".to_owned(), "0:0:0:0:0:0:0:1".to_owned()];
+        server_config(&TlsMode::SelfSigned, data.path(), &same).unwrap();
+        assert_eq!(fs::read(&cert_path).unwrap(), second);
+    }
+
     #[test]
     fn a_half_written_self_signed_pair_is_regenerated() {
         let data = tempfile::tempdir().unwrap();
         let dir = data.path().join(TLS_DIR);
         fs::create_dir(&dir).unwrap();
         fs::write(dir.join(KEY_FILE), "left by a crash").unwrap();
-        server_config(&TlsMode::SelfSigned, data.path()).unwrap();
+        server_config(&TlsMode::SelfSigned, data.path(), &[]).unwrap();
         assert_eq!(mode_of(&dir.join(KEY_FILE)), 0o600);
         assert!(dir.join(CERT_FILE).exists());
     }
@@ -465,7 +602,7 @@ mod tests {
     #[test]
     fn a_damaged_self_signed_pair_is_an_error_that_says_how_to_recover() {
         let data = tempfile::tempdir().unwrap();
-        server_config(&TlsMode::SelfSigned, data.path()).unwrap();
+        server_config(&TlsMode::SelfSigned, data.path(), &[]).unwrap();
         let dir = data.path().join(TLS_DIR);
         fs::write(dir.join(CERT_FILE), "garbage").unwrap();
         let error = error_for(&TlsMode::SelfSigned, data.path());
@@ -483,7 +620,7 @@ mod tests {
     fn configured_pem_files_load() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = write_pair(dir.path(), "server");
-        let config = server_config(&files(&cert, &key), dir.path())
+        let config = server_config(&files(&cert, &key), dir.path(), &[])
             .unwrap()
             .unwrap();
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);

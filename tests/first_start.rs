@@ -387,3 +387,70 @@ fn an_explicit_listen_address_is_kept_even_with_the_default_password() {
     }
     assert_eq!(status_as(&server, DRP_DEFAULT_PASSWORD), 200);
 }
+
+fn tls_on(dir: &Path, names: &[&str]) -> Options {
+    Options {
+        tls: true,
+        args: names
+            .iter()
+            .flat_map(|name| ["--tls-san".to_string(), name.to_string()])
+            .collect(),
+        ..on(dir)
+    }
+}
+
+#[test]
+fn the_certificate_holds_every_interface_address_and_the_tls_san_names() {
+    let dir = tempfile::tempdir().expect("a data directory");
+    let server = Server::start_with(tls_on(dir.path(), &["herald.example.org", "192.0.2.77"]));
+    let mut names: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "herald.example.org",
+        "192.0.2.77",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    names.extend(outside_addresses().iter().filter_map(|ip| {
+        // Link-local addresses need a zone to be used at all; herald leaves them out.
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        (!link_local).then(|| ip.to_string())
+    }));
+    for name in &names {
+        server
+            .tls_handshake_as(name)
+            .unwrap_or_else(|e| panic!("the certificate must hold {name}: {e}"));
+    }
+    assert!(server.tls_handshake_as("not-named.example.org").is_err());
+}
+
+#[test]
+fn a_certificate_lacking_a_newly_required_name_is_regenerated_and_the_log_says_so() {
+    let dir = tempfile::tempdir().expect("a data directory");
+    let cert = dir.path().join("tls").join("cert.pem");
+    let server = Server::start_with(tls_on(dir.path(), &[]));
+    assert!(server.tls_handshake_as("added.example.org").is_err());
+    let first = std::fs::read(&cert).expect("the certificate");
+    server.terminate();
+
+    let server = Server::start_with(tls_on(dir.path(), &["added.example.org"]));
+    assert!(
+        server.stderr().contains("lacks added.example.org"),
+        "{}",
+        server.stderr()
+    );
+    let second = std::fs::read(&cert).expect("the certificate");
+    assert_ne!(first, second);
+    server
+        .tls_handshake_as("added.example.org")
+        .expect("the new certificate holds the new name");
+    server.terminate();
+
+    let server = Server::start_with(tls_on(dir.path(), &["added.example.org"]));
+    assert!(!server.stderr().contains("lacks"), "{}", server.stderr());
+    assert_eq!(std::fs::read(&cert).expect("the certificate"), second);
+}
