@@ -133,6 +133,57 @@ pub fn server_config(
     Ok(Some(Arc::new(config)))
 }
 
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Whether the first bytes a client sent to the TLS port are a plain HTTP request (they start
+/// with a method's capital letter) rather than a TLS handshake.
+pub fn is_plain_http(first_bytes: &[u8]) -> bool {
+    first_bytes
+        .first()
+        .is_some_and(|&b| b != TLS_HANDSHAKE_RECORD && b.is_ascii_uppercase())
+}
+
+/// A complete plain HTTP `400` answer for a plain HTTP request sent to the TLS port, with the
+/// https:// (or wss://) URL to use instead when the request names its host.
+pub fn plain_http_refusal(request: &[u8]) -> Vec<u8> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    // A head cut short by the first read still names its path and usually its host.
+    let _ = parsed.parse(request);
+    let host = parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .filter(|host| {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        });
+    let path = parsed.path.filter(|p| p.starts_with('/')).unwrap_or("/");
+    let scheme = if path.starts_with("/api/v3/ws") {
+        "wss"
+    } else {
+        "https"
+    };
+    let message = match host {
+        Some(host) => format!(
+            "this port speaks HTTPS, not plain HTTP: use {scheme}://{host}{path} (http:// and \
+             ws:// work only against a server started with --plain)"
+        ),
+        None => format!(
+            "this port speaks HTTPS, not plain HTTP: use {scheme}:// (http:// and ws:// work \
+             only against a server started with --plain)"
+        ),
+    };
+    let mut out = Vec::new();
+    crate::http::Response::error(crate::http::ApiError::new(400, message))
+        .encode(false, false, &mut out);
+    out
+}
+
 /// Loads a certificate chain and key and builds the rustls server configuration.
 fn build(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, TlsError> {
     let certs = load_certs(cert_path)?;

@@ -100,7 +100,8 @@ impl Transport {
     /// Whether the peer's first byte was an ASCII letter: an HTTP method, where a TLS client
     /// would have sent a handshake record (byte 0x16).
     pub fn began_with_plain_http(&self) -> bool {
-        self.first_byte.is_some_and(|b| b.is_ascii_uppercase())
+        self.first_byte
+            .is_some_and(|b| crate::tls::is_plain_http(&[b]))
     }
 
     /// The socket's file descriptor, for `shutdown` from a watchdog.
@@ -121,7 +122,8 @@ impl Transport {
             if n == 0 {
                 return Ok(0);
             }
-            if self.first_byte.is_none() {
+            let first = self.first_byte.is_none();
+            if first {
                 self.first_byte = self.scratch.filled(n).first().copied();
             }
             match self.tls.as_mut() {
@@ -130,6 +132,9 @@ impl Transport {
                     return Ok(n);
                 }
                 Some(tls) => {
+                    if first && crate::tls::is_plain_http(self.scratch.filled(n)) {
+                        return Err(self.refuse_plain_http(n).await);
+                    }
                     let got = feed_tls(tls, self.scratch.filled(n), out)?;
                     flush_tls(tls, &mut self.stream).await?;
                     if got > 0 {
@@ -141,6 +146,29 @@ impl Transport {
                 }
             }
         }
+    }
+
+    /// Answers a plain HTTP request on the TLS port with a plain `400` naming https://, ends
+    /// the sending side, then reads until the client closes (bounded by the head deadline), so
+    /// the answer is not lost to a reset caused by unread bytes. Returns the error that ends the
+    /// connection.
+    async fn refuse_plain_http(&mut self, n: usize) -> io::Error {
+        let answer = crate::tls::plain_http_refusal(self.scratch.filled(n));
+        let (written, _) = self.stream.write_all(answer).await;
+        if written.is_ok() {
+            shutdown(self.fd, Shutdown::Write);
+            loop {
+                let (res, buf) = self.stream.read(self.scratch.take()).await;
+                self.scratch.put_back(buf, 0);
+                if !matches!(res, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        }
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a plain HTTP request came to the TLS port; answered 400",
+        )
     }
 
     /// Writes all of `data`.
@@ -355,6 +383,7 @@ impl WriteSide {
 pub fn shutdown(fd: RawFd, how: Shutdown) {
     let how = match how {
         Shutdown::Read => libc::SHUT_RD,
+        Shutdown::Write => libc::SHUT_WR,
         Shutdown::Both => libc::SHUT_RDWR,
     };
     // SAFETY: shutdown(2) takes a descriptor number and touches no memory. Callers only pass the
@@ -367,6 +396,8 @@ pub fn shutdown(fd: RawFd, how: Shutdown) {
 pub enum Shutdown {
     /// End reads only: a pending read returns end-of-stream, writes still work.
     Read,
+    /// End writes only: the peer reads end-of-stream, reads still work.
+    Write,
     /// End both directions.
     Both,
 }

@@ -665,6 +665,82 @@ fn tls_needs_the_servers_certificate_or_insecure() {
 }
 
 #[test]
+fn a_certificate_that_fails_verification_gets_a_hint_naming_the_names_it_holds() {
+    // Listening on every address, so 127.0.0.2 (loopback, but not in the certificate) reaches it.
+    let server = Server::start_with(Options {
+        tls: true,
+        listen: Some("0.0.0.0:0".to_string()),
+        ..Options::default()
+    });
+    let port = server.addr().port();
+    let cert = server.cert_path().display().to_string();
+
+    let mut untrusted = herald(&server);
+    untrusted.env("HERALD_ENDPOINT", format!("https://127.0.0.1:{port}"));
+    let stderr = run_failing(&mut untrusted, &["profiles", "show", "global"], 3);
+    assert!(
+        stderr.contains("localhost, 127.0.0.1, ::1") && stderr.contains("--ca-cert"),
+        "{stderr}"
+    );
+
+    let wrong_name = || {
+        let mut command = herald(&server);
+        command
+            .env("HERALD_ENDPOINT", format!("https://127.0.0.2:{port}"))
+            .env("HERALD_CA_CERT", &cert);
+        command
+    };
+    let stderr = run_failing(&mut wrong_name(), &["profiles", "show", "global"], 3);
+    assert!(
+        stderr.contains("holds localhost, 127.0.0.1, ::1")
+            && stderr.contains("not 127.0.0.2")
+            && stderr.contains("--tls-san 127.0.0.2"),
+        "{stderr}"
+    );
+    let stderr = run_failing(&mut wrong_name(), &["events", "watch", "--replay", "0"], 3);
+    assert!(stderr.contains("--tls-san 127.0.0.2"), "{stderr}");
+}
+
+#[test]
+fn an_http_https_mix_up_gets_a_hint_naming_the_other_scheme() {
+    let plain = Server::start();
+    let authority = plain.addr().to_string();
+    for args in [
+        &["profiles", "show", "global"][..],
+        &["events", "watch", "--replay", "0"][..],
+    ] {
+        let mut https_to_plain = herald(&plain);
+        https_to_plain.env("HERALD_ENDPOINT", format!("https://{authority}"));
+        let stderr = run_failing(&mut https_to_plain, args, 3);
+        assert!(
+            stderr.contains(&format!("use http://{authority}")),
+            "{stderr}"
+        );
+    }
+
+    let tls = Server::start_with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let authority = tls.addr().to_string();
+    let http_to_tls = || {
+        let mut command = herald(&tls);
+        command.env("HERALD_ENDPOINT", format!("http://{authority}"));
+        command
+    };
+    let stderr = run_failing(&mut http_to_tls(), &["profiles", "show", "global"], 1);
+    assert!(
+        stderr.contains(&format!("use https://{authority}/api/v3/profiles/global")),
+        "{stderr}"
+    );
+    let stderr = run_failing(&mut http_to_tls(), &["events", "watch", "--replay", "0"], 1);
+    assert!(
+        stderr.contains(&format!("use wss://{authority}/api/v3/ws")),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_default_endpoint_is_drps_port_on_loopback() {
     let mut command = bare_herald();
     let output = run(&mut command, &["profiles", "list", "--help"]);

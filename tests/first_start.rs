@@ -454,3 +454,36 @@ fn a_certificate_lacking_a_newly_required_name_is_regenerated_and_the_log_says_s
     assert!(!server.stderr().contains("lacks"), "{}", server.stderr());
     assert_eq!(std::fs::read(&cert).expect("the certificate"), second);
 }
+
+#[test]
+fn plain_http_sent_to_the_tls_port_gets_a_plain_400_naming_https() {
+    let server = Server::start_with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let mut raw = server.raw_tcp();
+    let host = server.addr().to_string();
+    raw.send(format!("GET /api/v3/info HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .expect("send");
+    let reply = raw
+        .read_response(common::REPLY_TIMEOUT)
+        .expect("a plain HTTP answer");
+    common::assert_drp_error(&reply, 400);
+    assert!(
+        reply.body.contains(&format!("https://{host}/api/v3/info")),
+        "{reply:?}"
+    );
+    assert!(raw.closed_within(common::REPLY_TIMEOUT));
+
+    let mut raw = server.raw_tcp();
+    raw.send(format!("GET /api/v3/ws HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .expect("send");
+    let reply = raw
+        .read_response(common::REPLY_TIMEOUT)
+        .expect("a plain HTTP answer");
+    assert!(
+        reply.body.contains(&format!("wss://{host}/api/v3/ws")),
+        "{reply:?}"
+    );
+    server.assert_serving();
+}

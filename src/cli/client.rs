@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -248,18 +248,104 @@ impl Client {
     pub(super) fn unreachable(&self, error: &dyn std::fmt::Display) -> CliError {
         let text = error.to_string();
         let lower = text.to_ascii_lowercase();
+        let authority = self.endpoint.authority();
         let hint = if lower.contains("refused") {
-            "; is herald running there? (set --endpoint or HERALD_ENDPOINT)"
-        } else if lower.contains("certificate") || lower.contains("issuer") {
-            "; the server's certificate is not trusted: pass --ca-cert with herald's tls/cert.pem, or --insecure"
+            "; is herald running there? (set --endpoint or HERALD_ENDPOINT)".to_owned()
+        } else if self.endpoint.tls && speaks_plain(&lower) {
+            format!(
+                "; the server does not speak TLS there (started with --plain?): use \
+                 http://{authority}"
+            )
+        } else if self.endpoint.tls && (lower.contains("certificate") || lower.contains("issuer")) {
+            self.certificate_hint(lower.contains("not valid for name"))
+        } else if !self.endpoint.tls && cut_off(&lower) {
+            format!(
+                "; if the server speaks TLS (herald does unless started with --plain), use https://{authority}"
+            )
         } else {
-            ""
+            String::new()
         };
         CliError::Unreachable {
             endpoint: self.endpoint.base.clone(),
             reason: format!("{text}{hint}"),
         }
     }
+
+    /// What to do about a certificate that failed verification, naming the names it holds.
+    fn certificate_hint(&self, wrong_name: bool) -> String {
+        let host = &self.endpoint.host;
+        let held = match presented_names(&self.endpoint) {
+            Some(names) if !names.is_empty() => names.join(", "),
+            Some(_) => "no names".to_owned(),
+            None => "names this client could not read".to_owned(),
+        };
+        if wrong_name {
+            format!(
+                "; the certificate holds {held}, not {host}: connect by one of those, or start \
+                 herald with --tls-san {host} (and trust its new tls/cert.pem)"
+            )
+        } else {
+            format!(
+                "; the server's certificate (for {held}) is not trusted: pass --ca-cert with \
+                 herald's tls/cert.pem, or --insecure"
+            )
+        }
+    }
+}
+
+/// Whether a TLS failure reads like a server answering in plain HTTP.
+fn speaks_plain(lower: &str) -> bool {
+    [
+        "corrupt message",
+        "invalidcontenttype",
+        "invalid content type",
+        "wrong version number",
+    ]
+    .iter()
+    .any(|sign| lower.contains(sign))
+}
+
+/// Whether a plain HTTP request was cut off the way a TLS server cuts one off.
+fn cut_off(lower: &str) -> bool {
+    [
+        "connection reset",
+        "unexpected eof",
+        "connection closed",
+        "closed before",
+    ]
+    .iter()
+    .any(|sign| lower.contains(sign))
+}
+
+/// How long the look at a server's certificate may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The names the server's certificate holds, read by a handshake that accepts any certificate
+/// and sends nothing; `None` when the handshake fails.
+fn presented_names(endpoint: &Endpoint) -> Option<Vec<String>> {
+    use std::net::ToSocketAddrs as _;
+    let addr = (endpoint.host.as_str(), endpoint.port)
+        .to_socket_addrs()
+        .ok()?
+        .next()?;
+    let mut tcp = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).ok()?;
+    tcp.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
+    tcp.set_write_timeout(Some(PROBE_TIMEOUT)).ok()?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let capture = Arc::new(AnyCertificate::new(provider.clone()));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(capture.clone())
+        .with_no_client_auth();
+    let name = ServerName::try_from(endpoint.host.clone()).ok()?;
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    while connection.is_handshaking() {
+        connection.complete_io(&mut tcp).ok()?;
+    }
+    let der = capture.seen.lock().ok()?.clone()?;
+    crate::tls::certificate_names(&der).ok()
 }
 
 /// The messages of a DRP-shaped error body, or the body itself.
@@ -317,28 +403,36 @@ fn rustls_config(insecure: bool, ca: Option<&[u8]>) -> Result<Arc<rustls::Client
     Ok(Arc::new(config))
 }
 
-/// `--insecure`: accepts any server certificate, but still verifies handshake signatures.
+/// `--insecure`: accepts any server certificate, but still verifies handshake signatures. It
+/// keeps the last certificate it accepted, so a failed verification can say what it held.
 #[derive(Debug)]
 pub struct AnyCertificate {
     provider: Arc<rustls::crypto::CryptoProvider>,
+    seen: Mutex<Option<CertificateDer<'static>>>,
 }
 
 impl AnyCertificate {
     /// A verifier that checks signatures with `provider`'s algorithms.
     pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> AnyCertificate {
-        AnyCertificate { provider }
+        AnyCertificate {
+            provider,
+            seen: Mutex::new(None),
+        }
     }
 }
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(end_entity.clone().into_owned());
+        }
         Ok(ServerCertVerified::assertion())
     }
 
