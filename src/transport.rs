@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
@@ -28,6 +29,9 @@ const READ_MAX: usize = 64 * 1024;
 const TLS_CHUNK: usize = 16 * 1024;
 /// Plaintext handed to rustls per call, so its record buffer stays small.
 const TLS_WRITE_CHUNK: usize = 16 * 1024;
+/// How long a client that sent plain HTTP to the TLS port has to read the 400 and close before
+/// the socket is closed under it.
+const PLAIN_HTTP_LINGER: Duration = Duration::from_secs(1);
 
 /// One accepted connection's byte stream.
 pub struct Transport {
@@ -149,7 +153,7 @@ impl Transport {
     }
 
     /// Answers a plain HTTP request on the TLS port with a plain `400` naming https://, ends
-    /// the sending side, then reads until the client closes (bounded by the head deadline), so
+    /// the sending side, then reads until the client closes or [`PLAIN_HTTP_LINGER`] passes, so
     /// the answer is not lost to a reset caused by unread bytes. Returns the error that ends the
     /// connection.
     async fn refuse_plain_http(&mut self, n: usize) -> io::Error {
@@ -157,13 +161,16 @@ impl Transport {
         let (written, _) = self.stream.write_all(answer).await;
         if written.is_ok() {
             shutdown(self.fd, Shutdown::Write);
-            loop {
-                let (res, buf) = self.stream.read(self.scratch.take()).await;
-                self.scratch.put_back(buf, 0);
-                if !matches!(res, Ok(n) if n > 0) {
-                    break;
+            let stream = &mut self.stream;
+            let drain = async {
+                loop {
+                    let (res, _) = stream.read(Vec::with_capacity(READ_MIN)).await;
+                    if !matches!(res, Ok(n) if n > 0) {
+                        break;
+                    }
                 }
-            }
+            };
+            let _ = monoio::time::timeout(PLAIN_HTTP_LINGER, drain).await;
         }
         io::Error::new(
             io::ErrorKind::InvalidData,
