@@ -1,5 +1,5 @@
 //! The `herald` client subcommands: a plain blocking client of a herald server's REST routes
-//! and websocket stream (PROTOCOL.md §7), shaped after `drpcli`.
+//! and websocket stream (`docs/protocol.md` §7), shaped after `drpcli`.
 //!
 //! - [`Connection`]: where the server is and how to authenticate (flags or `HERALD_*`).
 //! - [`Command`]: the subcommands; [`run`] carries one out.
@@ -218,6 +218,12 @@ pub enum ConnectionsCommand {
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     /// Print events as they happen, one JSON object per line; resumes by itself after a drop.
+    ///
+    /// While the server cannot be reached, at start or after a drop, it retries with growing
+    /// pauses (0.1 s to 5 s), saying so on stderr, and resumes after the last event it printed
+    /// without missing or repeating one. It gives up only when retrying cannot help: the server
+    /// refuses the credentials (exit 4) or the filter (exit 1), or its TLS certificate is not
+    /// trusted (exit 3).
     Watch {
         /// `type.action.key`, each field `*` or a comma list.
         #[arg(default_value = "*.*.*")]
@@ -226,7 +232,10 @@ pub enum EventsCommand {
         #[arg(long)]
         replay: Option<u64>,
     },
-    /// Publish one event (a JSON object) or several (a JSON array).
+    /// Publish one event (a JSON object) or several (a JSON array); prints the stored Seq.
+    ///
+    /// Prints the Seq the server stored the event under (for an array, the last event's), once
+    /// the event is in the log.
     Post {
         /// The event, such as '{"Type":"machines","Action":"update","Key":"m1"}'.
         json: String,
@@ -369,7 +378,9 @@ pub fn run(connection: &Connection, command: Command) -> Result<(), CliError> {
         }
         Command::Events(EventsCommand::Post { json }) => {
             let body = parse_json_argument("the event", &json)?;
-            client.call("POST", "/api/v3/events", Some(&body))?;
+            let seq = post(&client, &body)?;
+            writeln!(out, "{seq}")?;
+            out.flush()?;
             Ok(())
         }
         Command::Profiles(WithParams::Object(command)) => {
@@ -405,6 +416,20 @@ pub fn run(connection: &Connection, command: Command) -> Result<(), CliError> {
         }
         Command::Connections(command) => connections(&client, command, &mut out),
     }
+}
+
+/// Publishes one event or an array of them; answers the Seq of the last one stored.
+fn post(client: &Client, body: &Value) -> Result<u64, CliError> {
+    let (_, headers) = client.call_with_headers("POST", "/api/v3/events", Some(body))?;
+    headers
+        .get("Herald-Seq")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| CliError::BadAnswer {
+            method: "POST".into(),
+            path: "/api/v3/events".into(),
+            reason: "the answer has no Herald-Seq header with the stored event's Seq".into(),
+        })
 }
 
 fn connections(

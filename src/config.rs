@@ -9,7 +9,7 @@ use std::fs;
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -476,6 +476,25 @@ impl Config {
     /// Validates a TOML file alone (for `herald check-config FILE`).
     pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
         resolve(read_file(path)?)
+    }
+
+    /// Advice about a config file that is valid but unwise, one sentence each.
+    pub fn file_warnings(path: &Path) -> Result<Vec<String>, ConfigError> {
+        let args = read_file(path)?;
+        let mut warnings = Vec::new();
+        if args.admin_password.is_some() {
+            // Config files are usually readable by every user (the package installs its 0644).
+            let mode = fs::metadata(path)
+                .map(|meta| format!(" (its mode is {:04o})", meta.permissions().mode() & 0o7777))
+                .unwrap_or_default();
+            warnings.push(format!(
+                "{} holds admin_password in clear{mode}, and config files are usually readable \
+                 by every user: put the password alone in a file with mode 0600 and set \
+                 admin_password_file to that file instead",
+                path.display()
+            ));
+        }
+        Ok(warnings)
     }
 }
 

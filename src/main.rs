@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -33,8 +34,14 @@ enum Command {
     Client(herald::cli::Command),
 }
 
+/// Subcommands that run locally and never talk to a server.
+const LOCAL_COMMANDS: [&str; 2] = ["serve", "check-config"];
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     if let Command::Client(command) = cli.command {
         return match herald::cli::run(&cli.connection, command) {
             Ok(()) => ExitCode::SUCCESS,
@@ -55,6 +62,42 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses the command line. The connection options are global so that client commands take
+/// them before or after the subcommand; the local commands hide them and refuse them.
+fn parse() -> Result<Cli, clap::Error> {
+    let connection: Vec<clap::Arg> = herald::cli::Connection::augment_args(clap::Command::new(""))
+        .get_arguments()
+        .cloned()
+        .collect();
+    let mut command = Cli::command();
+    for name in LOCAL_COMMANDS {
+        // A subcommand that already has an argument of a global's name does not inherit it, so
+        // hidden copies keep the connection options out of these commands' help.
+        command = command.mut_subcommand(name, |sub| {
+            sub.args(
+                connection
+                    .iter()
+                    .map(|arg| arg.clone().global(false).hide(true)),
+            )
+        });
+    }
+    let matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    if let Some((name, sub)) = matches.subcommand()
+        && LOCAL_COMMANDS.contains(&name)
+    {
+        for arg in &connection {
+            if sub.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
+                let flag = format!("--{}", arg.get_long().unwrap_or_default());
+                return Err(command.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("{flag} is an option of the client commands; `herald {name}` does not use it"),
+                ));
+            }
+        }
+    }
+    Cli::from_arg_matches(&matches)
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
@@ -64,11 +107,19 @@ fn run(command: Command) -> anyhow::Result<()> {
                 config.log_format,
                 config.log_events_level,
             )?;
+            if let Some(file) = &args.config {
+                for warning in herald::config::Config::file_warnings(file)? {
+                    tracing::warn!("{warning}");
+                }
+            }
             let reload = Box::new(move || herald::config::Config::from_args((*args).clone()));
             herald::server::run(config, reload)?;
         }
         Command::CheckConfig { file } => {
             herald::config::Config::check_file(&file)?;
+            for warning in herald::config::Config::file_warnings(&file)? {
+                eprintln!("herald: warning: {warning}");
+            }
             println!("{}: ok", file.display());
         }
         Command::Client(_) => {}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -182,47 +182,87 @@ fn lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
 }
 
 /// A TCP relay between the CLI and the server whose connections the test can cut, to make
-/// the network drop a websocket without stopping the server.
+/// the network drop a websocket without stopping the server. It keeps a copy of what the server
+/// sent, so a test can see frames the CLI does not print.
 struct Relay {
     addr: SocketAddr,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    from_server: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Relay {
     fn start(upstream: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        Relay::on(
+            TcpListener::bind("127.0.0.1:0").expect("bind the relay"),
+            upstream,
+        )
+    }
+
+    /// A relay accepting on `listener`.
+    fn on(listener: TcpListener, upstream: SocketAddr) -> Relay {
         let addr = listener.local_addr().expect("relay address");
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let from_server: Arc<Mutex<Vec<u8>>> = Arc::default();
         let registry = Arc::clone(&open);
+        let copy = Arc::clone(&from_server);
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { break };
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
                 };
-                let pairs = [
-                    (client.try_clone(), server.try_clone()),
-                    (server.try_clone(), client.try_clone()),
-                ];
+                if let (Ok(mut from), Ok(mut to)) = (client.try_clone(), server.try_clone()) {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+                if let (Ok(mut from), Ok(mut to)) = (server.try_clone(), client.try_clone()) {
+                    let copy = Arc::clone(&copy);
+                    thread::spawn(move || {
+                        let mut buffer = [0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buffer) {
+                            if to.write_all(&buffer[..n]).is_err() {
+                                break;
+                            }
+                            if let Ok(mut copy) = copy.lock() {
+                                copy.extend_from_slice(&buffer[..n]);
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
                 if let Ok(mut open) = registry.lock() {
                     open.push(client);
                     open.push(server);
                 }
-                for pair in pairs {
-                    if let (Ok(mut from), Ok(mut to)) = pair {
-                        thread::spawn(move || {
-                            let _ = std::io::copy(&mut from, &mut to);
-                            let _ = to.shutdown(Shutdown::Write);
-                        });
-                    }
-                }
             }
         });
-        Relay { addr, open }
+        Relay {
+            addr,
+            open,
+            from_server,
+        }
     }
 
     fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The Seqs of the bookmarks the server has sent through this relay, in order.
+    fn bookmarks(&self) -> Vec<u64> {
+        const MARK: &str = r#""Action":"bookmark","Key":""#;
+        let sent = match self.from_server.lock() {
+            Ok(sent) => String::from_utf8_lossy(&sent).into_owned(),
+            Err(_) => String::new(),
+        };
+        sent.match_indices(MARK)
+            .filter_map(|(at, _)| {
+                let rest = &sent[at + MARK.len()..];
+                let digits = rest.split('"').next()?;
+                digits.parse().ok()
+            })
+            .collect()
     }
 
     /// Breaks every connection relayed so far.
@@ -369,7 +409,7 @@ fn objects_round_trip_through_the_cli() {
         .as_u64()
         .unwrap_or(0);
     let key = unique("posted-");
-    run_ok(
+    let seq = run_ok(
         &mut herald(server),
         &[
             "events",
@@ -383,6 +423,89 @@ fn objects_round_trip_through_the_cli() {
         ))
         .json();
     assert_eq!(stored.as_array().map(Vec::len), Some(1), "{stored}");
+    assert_eq!(seq, stored[0]["Seq"], "post prints the stored Seq");
+}
+
+#[test]
+fn events_post_prints_the_seq_the_event_was_stored_under() {
+    let server = Server::shared();
+    let key = unique("post-seq-");
+    let one = run_ok(
+        &mut herald(server),
+        &[
+            "events",
+            "post",
+            &json!({"Type": "postseq", "Action": "one", "Key": key}).to_string(),
+        ],
+    );
+    let one = one.as_u64().unwrap_or_else(|| panic!("not a Seq: {one}"));
+    let stored = server.read_log(&server.admin(), one - 1, Some(&format!("postseq.*.{key}")));
+    assert_eq!(
+        (stored.len(), stored.first().and_then(|e| e["Seq"].as_u64())),
+        (1, Some(one)),
+        "{stored:?}"
+    );
+
+    let batch = json!([
+        {"Type": "postseq", "Action": "first", "Key": key},
+        {"Type": "postseq", "Action": "last", "Key": key},
+    ]);
+    let last = run_ok(&mut herald(server), &["events", "post", &batch.to_string()]);
+    let stored = server.read_log(&server.admin(), one, Some(&format!("postseq.*.{key}")));
+    let last_stored = stored.last().expect("the batch is stored");
+    assert_eq!(
+        (last_stored["Action"].as_str(), last_stored["Seq"].as_u64()),
+        (Some("last"), last.as_u64()),
+        "an array prints its last event's Seq: {stored:?}"
+    );
+}
+
+#[test]
+fn serve_and_check_config_neither_list_nor_take_the_client_options() {
+    let client_options = [
+        "--endpoint",
+        "--username",
+        "--password",
+        "--token",
+        "--ca-cert",
+        "--insecure",
+    ];
+    for command in ["serve", "check-config"] {
+        let output = run(&mut bare_herald(), &[command, "--help"]);
+        assert!(output.status.success(), "{command} --help");
+        let help = String::from_utf8_lossy(&output.stdout);
+        for option in client_options {
+            assert!(
+                !help.contains(&format!(" {option}")),
+                "herald {command} --help lists {option}:\n{help}"
+            );
+        }
+    }
+    for args in [
+        &["serve", "--endpoint", "http://127.0.0.1:1"][..],
+        &["--insecure", "serve"][..],
+        &["check-config", "herald.toml", "--password", "x"][..],
+    ] {
+        let output = run(&mut bare_herald(), args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "herald {args:?}: {stderr}");
+        assert!(
+            stderr.contains("option of the client commands"),
+            "herald {args:?}: {stderr}"
+        );
+    }
+    let output = run(&mut bare_herald(), &["events", "watch", "--help"]);
+    let help = String::from_utf8_lossy(&output.stdout);
+    for option in client_options {
+        assert!(
+            help.contains(option),
+            "events watch --help lacks {option}: {help}"
+        );
+    }
+    assert!(
+        help.contains("retries") && help.contains("gives up only"),
+        "events watch --help must say when it retries and when it gives up: {help}"
+    );
 }
 
 #[test]
@@ -497,12 +620,6 @@ fn every_failure_has_a_clear_message_and_its_exit_code() {
         stderr.contains("cannot reach herald") && stderr.contains("is herald running"),
         "{stderr}"
     );
-    let stderr = run_failing(
-        &mut herald(server),
-        &["events", "watch", "--endpoint", &nowhere],
-        3,
-    );
-    assert!(stderr.contains("cannot reach herald"), "{stderr}");
 
     let stderr = run_failing(
         &mut herald(server),
@@ -611,6 +728,68 @@ fn the_watcher_resumes_after_a_drop_without_missing_or_repeating_events() {
         .map(|_| watcher.next_event()["Seq"].as_u64().unwrap_or(0))
         .collect();
     assert_eq!(printed, published);
+    watcher.expect_silence();
+}
+
+#[test]
+fn the_watcher_waits_for_a_server_that_is_down_at_start() {
+    let server = Server::shared();
+    let port = TcpListener::bind("127.0.0.1:0").expect("pick a port");
+    let addr = port.local_addr().expect("its address");
+    drop(port);
+    let key = unique("late-");
+    let mut watch = herald(server);
+    watch.env("HERALD_ENDPOINT", format!("http://{addr}"));
+    let mut watcher = Watcher::spawn(&mut watch, &["events", "watch", &format!("late.*.{key}")]);
+    watcher.await_stderr("retrying in");
+
+    let listener = TcpListener::bind(addr).expect("take the port back");
+    let _relay = Relay::on(listener, server.addr());
+    watcher.await_stderr("watching");
+    let seq = server.publish(json!({"Type": "late", "Action": "on", "Key": key}));
+    assert_eq!(watcher.next_event()["Seq"].as_u64(), Some(seq));
+}
+
+#[test]
+fn after_a_drop_the_watcher_names_the_seq_it_resumes_after_and_the_last_it_printed() {
+    let server = Server::start();
+    let relay = Relay::start(server.addr());
+    let key = unique("mark-");
+    let mut watch = herald(&server);
+    watch.env("HERALD_ENDPOINT", relay.endpoint());
+    let mut watcher = Watcher::spawn(&mut watch, &["events", "watch", &format!("mark.*.{key}")]);
+    watcher.await_stderr("watching");
+
+    let printed = server.publish(json!({"Type": "mark", "Action": "shown", "Key": key}));
+    assert_eq!(watcher.next_event()["Seq"].as_u64(), Some(printed));
+    let unmatched = server.publish(json!({"Type": "mark", "Action": "other", "Key": "other"}));
+    // A bookmark tells a replaying client that nothing up to its Seq is for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bookmark = loop {
+        if let Some(&seq) = relay.bookmarks().iter().max()
+            && seq >= unmatched
+        {
+            break seq;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no bookmark past Seq {unmatched}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+
+    relay.cut();
+    let skipped = if bookmark == printed + 1 {
+        format!("Seq {bookmark} did not match")
+    } else {
+        format!("Seq {}-{bookmark} did not match", printed + 1)
+    };
+    watcher.await_stderr(&format!(
+        "resuming after Seq {bookmark} (last printed {printed}; {skipped})"
+    ));
+    watcher.await_stderr(&format!("watching mark.*.{key} after Seq {bookmark}"));
+    let next = server.publish(json!({"Type": "mark", "Action": "next", "Key": key}));
+    assert_eq!(watcher.next_event()["Seq"].as_u64(), Some(next));
     watcher.expect_silence();
 }
 

@@ -61,3 +61,30 @@ fn a_misspelled_log_level_is_refused_with_the_valid_levels() {
     assert!(!ok, "{said}");
     assert!(said.contains("log_events_level"), "{said}");
 }
+
+#[test]
+fn a_password_in_the_file_is_accepted_with_advice_to_use_a_password_file() {
+    let (ok, said) = check("admin_password = \"in-clear\"\n");
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("warning")
+            && said.contains("admin_password_file")
+            && said.contains("0600")
+            && said.contains("(its mode is 0"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("in-clear"),
+        "the warning must not repeat the password: {said}"
+    );
+
+    let secret = tempfile::NamedTempFile::new().expect("a password file");
+    std::fs::write(secret.path(), "kept-apart\n").expect("write the password");
+    let (ok, said) = check(&format!(
+        "admin_password_file = {:?}\n",
+        secret.path().display().to_string()
+    ));
+    assert!(ok && !said.contains("warning"), "{said}");
+    let (ok, said) = check("listen = \"127.0.0.1:9999\"\n");
+    assert!(ok && !said.contains("warning"), "{said}");
+}

@@ -203,6 +203,17 @@ impl Client {
 
     /// Sends one request; answers the JSON body (`null` when there is none).
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        self.call_with_headers(method, path, body)
+            .map(|(value, _)| value)
+    }
+
+    /// Like [`Client::call`], also answering the response's headers.
+    pub fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(Value, ureq::http::HeaderMap), CliError> {
         let url = format!("{}{path}", self.endpoint.base);
         let builder = ureq::http::Request::builder()
             .method(method)
@@ -234,14 +245,16 @@ impl Client {
                 messages: error_messages(status, &text),
             });
         }
+        let headers = response.headers().clone();
         if text.trim().is_empty() {
-            return Ok(Value::Null);
+            return Ok((Value::Null, headers));
         }
-        serde_json::from_str(&text).map_err(|e| CliError::BadAnswer {
+        let value = serde_json::from_str(&text).map_err(|e| CliError::BadAnswer {
             method: method.to_owned(),
             path: path.to_owned(),
             reason: e.to_string(),
-        })
+        })?;
+        Ok((value, headers))
     }
 
     /// The error for a failed connection, with a hint for the usual causes.
@@ -256,7 +269,7 @@ impl Client {
                 "; the server does not speak TLS there (started with --plain?): use \
                  http://{authority}"
             )
-        } else if self.endpoint.tls && (lower.contains("certificate") || lower.contains("issuer")) {
+        } else if self.endpoint.tls && is_certificate_refusal(&lower) {
             self.certificate_hint(lower.contains("not valid for name"))
         } else if !self.endpoint.tls && cut_off(&lower) {
             format!(
@@ -269,6 +282,13 @@ impl Client {
             endpoint: self.endpoint.base.clone(),
             reason: format!("{text}{hint}"),
         }
+    }
+
+    /// Whether a failed connection is worth retrying: not when the server's certificate is not
+    /// trusted, nor when it does not speak TLS where the endpoint says https.
+    pub(super) fn may_succeed_later(&self, error: &str) -> bool {
+        let lower = error.to_ascii_lowercase();
+        !(self.endpoint.tls && (is_certificate_refusal(&lower) || speaks_plain(&lower)))
     }
 
     /// What to do about a certificate that failed verification, naming the names it holds.
@@ -346,6 +366,11 @@ fn presented_names(endpoint: &Endpoint) -> Option<Vec<String>> {
     }
     let der = capture.seen.lock().ok()?.clone()?;
     crate::tls::certificate_names(&der).ok()
+}
+
+/// Whether a connection failed because the server's certificate is not trusted.
+fn is_certificate_refusal(lower: &str) -> bool {
+    lower.contains("certificate") || lower.contains("issuer")
 }
 
 /// The messages of a DRP-shaped error body, or the body itself.

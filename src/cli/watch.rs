@@ -1,5 +1,6 @@
 //! `herald events watch`: follows the websocket stream and prints one event per line. After a
-//! drop it reconnects and sends `replay <last Seq seen>`, so no event is missed or repeated.
+//! drop it reconnects and sends `replay <Seq>` from the last event printed or a later bookmark,
+//! so no event is missed or repeated.
 
 use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -28,46 +29,113 @@ enum Ended {
     Dropped(String),
 }
 
+/// Where the watcher stands in the log.
+struct Position {
+    /// Every event up to this Seq that the watcher should print has been printed: the last
+    /// event printed, or a later bookmark (the events between did not match).
+    resume_after: u64,
+    /// The Seq the watcher started after.
+    started_after: u64,
+    /// The last event printed, if any.
+    printed: Option<u64>,
+}
+
+impl Position {
+    fn new(start: u64) -> Position {
+        Position {
+            resume_after: start,
+            started_after: start,
+            printed: None,
+        }
+    }
+
+    /// What resuming means, in words: the Seq it resumes after, and why when that is not the
+    /// last event printed.
+    fn resuming(&self) -> String {
+        let resume = self.resume_after;
+        let (shown, since) = match self.printed {
+            Some(seq) => (format!("last printed {seq}"), seq),
+            None => (
+                format!("nothing printed since Seq {}", self.started_after),
+                self.started_after,
+            ),
+        };
+        if resume <= since {
+            return match self.printed {
+                Some(_) => format!("resuming after Seq {resume}, the last printed"),
+                None => format!("resuming after Seq {resume}"),
+            };
+        }
+        let skipped = if resume == since + 1 {
+            format!("Seq {resume} did not match")
+        } else {
+            format!("Seq {}-{resume} did not match", since + 1)
+        };
+        format!("resuming after Seq {resume} ({shown}; {skipped})")
+    }
+}
+
+/// Waits out a failed attempt; answers the next pause.
+fn pause(what: &str, delay: Duration) -> Duration {
+    eprintln!(
+        "herald: {what}; retrying in {}",
+        humantime::format_duration(delay)
+    );
+    thread::sleep(delay);
+    (delay * 2).min(RETRY_MAX)
+}
+
+/// Whether a failed request may succeed later: the server is down, restarting or busy.
+fn retryable(client: &Client, error: &CliError) -> bool {
+    match error {
+        CliError::Unreachable { reason, .. } => client.may_succeed_later(reason),
+        CliError::Refused { status, .. } => *status >= 500,
+        _ => false,
+    }
+}
+
 /// Watches events matching `filter`, starting after `replay` (or after the newest stored event)
-/// and resuming after every drop, until standard output closes or a failure is final.
+/// and resuming after every drop, until standard output closes or a failure is final. A server
+/// that cannot be reached, at start or later, is retried with growing pauses.
 pub fn watch(
     client: &Client,
     filter: &str,
     replay: Option<u64>,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    let mut last_seen = match replay {
+    let mut delay = RETRY_FIRST;
+    let start = match replay {
         Some(seq) => seq,
         // Starting from the newest stored Seq makes even the first connection resumable.
-        None => client
-            .call("GET", "/api/v3/info", None)?
-            .get("LastSeq")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
+        None => loop {
+            match client.call("GET", "/api/v3/info", None) {
+                Ok(info) => break info.get("LastSeq").and_then(Value::as_u64).unwrap_or(0),
+                Err(error) if retryable(client, &error) => delay = pause(&error.to_string(), delay),
+                Err(error) => return Err(error),
+            }
+        },
     };
-    let mut delay = RETRY_FIRST;
-    let mut ever_connected = false;
+    let mut position = Position::new(start);
     loop {
         let mut socket = match connect(client) {
             Ok(socket) => socket,
-            Err(Ended::Dropped(reason)) if ever_connected => {
-                eprintln!(
-                    "herald: cannot reconnect ({reason}); retrying in {}",
-                    humantime::format_duration(delay)
-                );
-                thread::sleep(delay);
-                delay = (delay * 2).min(RETRY_MAX);
+            Err(Ended::Dropped(reason)) if !client.may_succeed_later(&reason) => {
+                return Err(client.unreachable(&reason));
+            }
+            Err(Ended::Dropped(reason)) => {
+                delay = pause(&client.unreachable(&reason).to_string(), delay);
                 continue;
             }
-            Err(Ended::Dropped(reason)) => return Err(client.unreachable(&reason)),
             Err(Ended::OutputClosed) => return Ok(()),
         }?;
-        ever_connected = true;
         delay = RETRY_FIRST;
-        match follow(&mut socket, filter, &mut last_seen, out)? {
+        match follow(&mut socket, filter, &mut position, out)? {
             Ended::OutputClosed => return Ok(()),
             Ended::Dropped(reason) => {
-                eprintln!("herald: connection lost ({reason}); resuming after Seq {last_seen}");
+                eprintln!(
+                    "herald: connection lost ({reason}); {}",
+                    position.resuming()
+                );
             }
         }
     }
@@ -159,11 +227,12 @@ fn connect(client: &Client) -> Result<Result<WebSocket<Stream>, CliError>, Ended
     }
 }
 
-/// Registers, replays from `last_seen`, then prints events until the connection ends.
+/// Registers, replays from where `position` stands, then prints events until the connection
+/// ends.
 fn follow(
     socket: &mut WebSocket<Stream>,
     filter: &str,
-    last_seen: &mut u64,
+    position: &mut Position,
     out: &mut impl Write,
 ) -> Result<Ended, CliError> {
     let register = format!("register {filter}");
@@ -175,6 +244,7 @@ fn follow(
         Err(ended) => return Ok(ended),
     };
     refused(&register, &reply)?;
+    let last_seen = position.resume_after;
     let replay = format!("replay {last_seen}");
     if let Err(ended) = send(socket, &replay) {
         return Ok(ended);
@@ -206,12 +276,12 @@ fn follow(
             if event["Action"] == "bookmark"
                 && let Some(seq) = event["Key"].as_str().and_then(|k| k.parse::<u64>().ok())
             {
-                *last_seen = (*last_seen).max(seq);
+                position.resume_after = position.resume_after.max(seq);
             }
             continue;
         }
         let seq = event["Seq"].as_u64();
-        if seq.is_some_and(|seq| seq <= *last_seen) {
+        if seq.is_some_and(|seq| seq <= position.resume_after) {
             continue;
         }
         match writeln!(out, "{}", text.trim()).and_then(|()| out.flush()) {
@@ -220,7 +290,8 @@ fn follow(
             Err(e) => return Err(CliError::Output(e)),
         }
         if let Some(seq) = seq {
-            *last_seen = seq;
+            position.resume_after = seq;
+            position.printed = Some(seq);
         }
     }
 }
@@ -288,5 +359,31 @@ fn next_text(socket: &mut WebSocket<Stream>) -> Result<String, Ended> {
             }
             Err(e) => return Err(Ended::Dropped(e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Position;
+
+    #[test]
+    fn the_resume_message_names_the_seq_resumed_from_and_why_it_is_past_the_last_printed() {
+        let mut position = Position::new(5);
+        assert_eq!(position.resuming(), "resuming after Seq 5");
+        position.resume_after = 6;
+        assert_eq!(
+            position.resuming(),
+            "resuming after Seq 6 (nothing printed since Seq 5; Seq 6 did not match)"
+        );
+        position.printed = Some(6);
+        assert_eq!(
+            position.resuming(),
+            "resuming after Seq 6, the last printed"
+        );
+        position.resume_after = 8;
+        assert_eq!(
+            position.resuming(),
+            "resuming after Seq 8 (last printed 6; Seq 7-8 did not match)"
+        );
     }
 }
