@@ -3,16 +3,17 @@
 //! and exit code of every kind of failure.
 
 mod common;
+mod relay;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Auth, Options, QUIET_PERIOD, REPLY_TIMEOUT, Server, unique};
+use relay::Relay;
 use serde_json::{Value, json};
 
 /// How long one CLI command may take before the test calls it hung.
@@ -179,100 +180,6 @@ fn lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
         }
     });
     rx
-}
-
-/// A TCP relay between the CLI and the server whose connections the test can cut, to make
-/// the network drop a websocket without stopping the server. It keeps a copy of what the server
-/// sent, so a test can see frames the CLI does not print.
-struct Relay {
-    addr: SocketAddr,
-    open: Arc<Mutex<Vec<TcpStream>>>,
-    from_server: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Relay {
-    fn start(upstream: SocketAddr) -> Relay {
-        Relay::on(
-            TcpListener::bind("127.0.0.1:0").expect("bind the relay"),
-            upstream,
-        )
-    }
-
-    /// A relay accepting on `listener`.
-    fn on(listener: TcpListener, upstream: SocketAddr) -> Relay {
-        let addr = listener.local_addr().expect("relay address");
-        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let from_server: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let registry = Arc::clone(&open);
-        let copy = Arc::clone(&from_server);
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { break };
-                let Ok(server) = TcpStream::connect(upstream) else {
-                    continue;
-                };
-                if let (Ok(mut from), Ok(mut to)) = (client.try_clone(), server.try_clone()) {
-                    thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(Shutdown::Write);
-                    });
-                }
-                if let (Ok(mut from), Ok(mut to)) = (server.try_clone(), client.try_clone()) {
-                    let copy = Arc::clone(&copy);
-                    thread::spawn(move || {
-                        let mut buffer = [0u8; 16 * 1024];
-                        while let Ok(n @ 1..) = from.read(&mut buffer) {
-                            if to.write_all(&buffer[..n]).is_err() {
-                                break;
-                            }
-                            if let Ok(mut copy) = copy.lock() {
-                                copy.extend_from_slice(&buffer[..n]);
-                            }
-                        }
-                        let _ = to.shutdown(Shutdown::Write);
-                    });
-                }
-                if let Ok(mut open) = registry.lock() {
-                    open.push(client);
-                    open.push(server);
-                }
-            }
-        });
-        Relay {
-            addr,
-            open,
-            from_server,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The Seqs of the bookmarks the server has sent through this relay, in order.
-    fn bookmarks(&self) -> Vec<u64> {
-        const MARK: &str = r#""Action":"bookmark","Key":""#;
-        let sent = match self.from_server.lock() {
-            Ok(sent) => String::from_utf8_lossy(&sent).into_owned(),
-            Err(_) => String::new(),
-        };
-        sent.match_indices(MARK)
-            .filter_map(|(at, _)| {
-                let rest = &sent[at + MARK.len()..];
-                let digits = rest.split('"').next()?;
-                digits.parse().ok()
-            })
-            .collect()
-    }
-
-    /// Breaks every connection relayed so far.
-    fn cut(&self) {
-        if let Ok(mut open) = self.open.lock() {
-            for stream in open.drain(..) {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-        }
-    }
 }
 
 #[test]
@@ -791,6 +698,19 @@ fn after_a_drop_the_watcher_names_the_seq_it_resumes_after_and_the_last_it_print
     let next = server.publish(json!({"Type": "mark", "Action": "next", "Key": key}));
     assert_eq!(watcher.next_event()["Seq"].as_u64(), Some(next));
     watcher.expect_silence();
+}
+
+#[test]
+fn a_watcher_resuming_past_the_end_of_the_log_prints_the_servers_new_events() {
+    let server = Server::start();
+    let mut watcher = Watcher::spawn(
+        &mut herald(&server),
+        &["events", "watch", "fresh.*.*", "--replay", "1000000"],
+    );
+    watcher.await_stderr("the server's log ends at Seq");
+    let seq = server.publish(json!({"Type": "fresh", "Action": "start", "Key": "k"}));
+    assert!(seq < 1_000_000);
+    assert_eq!(watcher.next_event()["Seq"].as_u64(), Some(seq));
 }
 
 #[test]

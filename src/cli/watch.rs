@@ -257,11 +257,22 @@ fn follow(
     refused(&replay, &reply)?;
     // On stderr, so scripts (and tests) know from when on nothing is missed.
     eprintln!("herald: watching {filter} after Seq {last_seen}");
-    if reply["Object"]["Recovered"] == Value::Bool(false) {
-        eprintln!(
-            "herald: some events after Seq {last_seen} are no longer held by the server (it holds {}..{}); continuing from the oldest it has",
-            reply["Object"]["FirstSeq"], reply["Object"]["LastSeq"]
-        );
+    let log = &reply["Object"];
+    if log["Recovered"] == Value::Bool(false) {
+        let first = log["FirstSeq"].as_u64().unwrap_or(1);
+        let last = log["LastSeq"].as_u64().unwrap_or(0);
+        if last_seen > last {
+            eprintln!(
+                "herald: the server's log ends at Seq {last}, before Seq {last_seen} (it was reset or restored from an older copy); continuing with its events after Seq {last}"
+            );
+        } else {
+            eprintln!(
+                "herald: events after Seq {last_seen} up to Seq {} are no longer held by the server (it holds {first}..{last}); continuing from Seq {first}",
+                first.saturating_sub(1)
+            );
+        }
+        // The server goes on from its oldest event, or live: events below `last_seen` are new.
+        position.resume_after = first.saturating_sub(1);
     }
     loop {
         let text = match next_text(socket) {
