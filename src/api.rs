@@ -1,5 +1,6 @@
 //! The HTTP side of a connection: the request loop with its limits, authentication, and the
-//! routes of PROTOCOL §1. A websocket upgrade hands the connection over to [`crate::connection`].
+//! routes of `docs/protocol.md` §1. A websocket upgrade hands the connection over to
+//! [`crate::connection`].
 
 use std::net::SocketAddr;
 use std::rc::Rc;

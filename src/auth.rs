@@ -1,4 +1,4 @@
-//! Users, roles, claims, passwords and signed tokens (PROTOCOL.md §2 and §5).
+//! Users, roles, claims, passwords and signed tokens (`docs/protocol.md` §2 and §5).
 //!
 //! - [`credentials`](credentials()): what a request presents (`Authorization` or `?token=`).
 //! - [`Claims`]: what an identity may see and do.
@@ -106,8 +106,8 @@ impl From<sled::Error> for AuthError {
 }
 
 impl AuthError {
-    /// The HTTP status for this error (§2: 401 for missing or unreadable credentials, 403 for
-    /// credentials that do not authenticate or authorize).
+    /// The HTTP status for this error (`docs/protocol.md` §2: 401 for missing or unreadable
+    /// credentials, 403 for credentials that do not authenticate or authorize).
     pub fn status(&self) -> u16 {
         match self {
             AuthError::Missing | AuthError::Malformed(_) => 401,
@@ -159,7 +159,7 @@ impl AuthError {
 /// Who a request or connection is, and what it may do; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// `user:<name>` or `runner:<uuid>` (§2).
+    /// `user:<name>` or `runner:<uuid>` (`docs/protocol.md` §2).
     pub principal: String,
     /// The user, when the principal is one.
     pub user: Option<String>,

@@ -1,4 +1,5 @@
-//! Client commands on the websocket (PROTOCOL §3.1): `register`, `deregister` and `replay`.
+//! Client commands on the websocket (`docs/protocol.md` §3.1): `register`, `deregister` and
+//! `replay`.
 //!
 //! Every text frame is parsed here, in one place, into a [`Command`]; the connection applies it
 //! in one `match` and answers each frame with exactly one reply.
@@ -52,7 +53,7 @@ pub enum Command {
     Register(Filter),
     /// Stop delivering events for the filter with exactly this text.
     Deregister(Filter),
-    /// Restart the stream after a sequence number (PROTOCOL §4).
+    /// Restart the stream after a sequence number (`docs/protocol.md` §4).
     Replay(Replay),
 }
 

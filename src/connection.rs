@@ -69,7 +69,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The reason as PROTOCOL §6 spells it.
+    /// The reason as `docs/protocol.md` §6 spells it.
     pub fn text(&self) -> String {
         match self {
             CloseReason::ClientClosed => "client closed".into(),

@@ -59,7 +59,7 @@ impl From<sled::Error> for HistoryError {
     }
 }
 
-/// One connection, live or closed (PROTOCOL §6).
+/// One connection, live or closed (`docs/protocol.md` §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionView {
     /// `ip:port` of the peer; unique among live connections.

@@ -1,4 +1,4 @@
-//! `type.action.key` filters (PROTOCOL §3.2) and the compiled per-core filter index.
+//! `type.action.key` filters (`docs/protocol.md` §3.2) and the compiled per-core filter index.
 //!
 //! A [`Filter`] is parsed once from a client's `register` argument. A [`FilterIndex`], owned by one
 //! core, maps each event to the connection slots whose filters may match it with at most eight

@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use serde::Serialize;
 
-/// Default limit on the size of a request head (request line and headers), per PROTOCOL.md §1.
+/// Default limit on the size of a request head (request line and headers), per
+/// `docs/protocol.md` §1.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Most headers a request may carry; httparse needs a fixed stack array, and DRP clients send ~10.

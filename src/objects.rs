@@ -1,4 +1,4 @@
-//! The DRP-shaped object store (PROTOCOL.md §7): profiles, params, machines, clusters and
+//! The DRP-shaped object store (`docs/protocol.md` §7): profiles, params, machines, clusters and
 //! resource brokers kept in sled, their REST routes, and the event every change emits.
 //!
 //! - [`Kind`]: the object types, their trees, key fields and key validation.

@@ -1,4 +1,4 @@
-//! PROTOCOL.md §2: credentials from headers and the query, tokens, and their invalidation.
+//! `docs/protocol.md` §2: credentials from headers and the query, tokens, and their invalidation.
 
 mod common;
 

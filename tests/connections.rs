@@ -1,4 +1,5 @@
-//! Connections (PROTOCOL §6): the live API, connection events, and the persistent history.
+//! Connections (`docs/protocol.md` §6): the live API, connection events, and the persistent
+//! history.
 
 mod common;
 

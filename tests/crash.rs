@@ -1,5 +1,5 @@
-//! PROTOCOL.md §4, durability: with the default `sync` durability, every event whose publish
-//! was answered 204 survives a SIGKILL of the server under load, Seq has no holes and no
+//! `docs/protocol.md` §4.5, durability: with the default `sync` durability, every event whose
+//! publish was answered 204 survives a SIGKILL of the server under load, Seq has no holes and no
 //! duplicates after the restart, and the epoch is unchanged.
 //!
 //! `scripts/crash-loop.sh` runs this test many times; `HERALD_CRASH_LOAD_MS` and

@@ -1,4 +1,4 @@
-//! PROTOCOL.md §3.3 and §3.4: the event shape, publishing rules, and delivery order.
+//! `docs/protocol.md` §3.3 and §3.4: the event shape, publishing rules, and delivery order.
 
 mod common;
 

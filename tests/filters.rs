@@ -1,4 +1,4 @@
-//! PROTOCOL.md §3.2: filter syntax and matching, observed through delivered events.
+//! `docs/protocol.md` §3.2: filter syntax and matching, observed through delivered events.
 
 mod common;
 

@@ -1,4 +1,5 @@
-//! PROTOCOL.md §1: routes, HTTP limits, DRP-shaped errors and keep-alive, over real sockets.
+//! `docs/protocol.md` §1: routes, HTTP limits, DRP-shaped errors and keep-alive, over real
+//! sockets.
 
 mod common;
 

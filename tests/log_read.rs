@@ -1,4 +1,4 @@
-//! PROTOCOL.md §4: `GET /api/v3/events?since=&limit=&filter=` reads the log over REST.
+//! `docs/protocol.md` §4: `GET /api/v3/events?since=&limit=&filter=` reads the log over REST.
 
 mod common;
 

@@ -1,5 +1,5 @@
-//! Black-box tests of the object routes (PROTOCOL.md §7): every route's answers, JSON Patch,
-//! params, claims, runner tokens, and the event each change emits.
+//! Black-box tests of the object routes (`docs/protocol.md` §7): every route's answers, JSON
+//! Patch, params, claims, runner tokens, and the event each change emits.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! PROTOCOL.md §4: `replay SEQ [EPOCH]` over the websocket, against stored and live events,
+//! `docs/protocol.md` §4: `replay SEQ [EPOCH]` over the websocket, against stored and live events,
 //! after retention trimmed the log, with a wrong epoch or a future Seq, bookmarks, and the
 //! `batched` durability mode.
 

@@ -1,4 +1,5 @@
-//! PROTOCOL.md §4: a restart on the same data directory keeps the log, its Seq and its Epoch.
+//! `docs/protocol.md` §4: a restart on the same data directory keeps the log, its Seq and its
+//! Epoch.
 
 mod common;
 

@@ -1,5 +1,5 @@
-//! PROTOCOL.md §3.4 and §4: a client that stops reading is closed with 4008 and told where to
-//! resume, and a replay from there delivers every remaining event exactly once.
+//! `docs/protocol.md` §3.4 and §4: a client that stops reading is closed with 4008 and told
+//! where to resume, and a replay from there delivers every remaining event exactly once.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! PROTOCOL.md §3.1: websocket commands, their replies, and RFC 6455 violations.
+//! `docs/protocol.md` §3.1: websocket commands, their replies, and RFC 6455 violations.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! PROTOCOL.md §1: HTTPS and wss with the self-signed certificate generated on first start.
+//! `docs/protocol.md` §1: HTTPS and wss with the self-signed certificate generated on first start.
 
 mod common;
 

@@ -1,4 +1,5 @@
-//! PROTOCOL.md §5: a connection sees only the events its claims allow; replies always arrive.
+//! `docs/protocol.md` §5: a connection sees only the events its claims allow; replies always
+//! arrive.
 
 mod common;
 

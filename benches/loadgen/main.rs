@@ -481,7 +481,7 @@ impl Run<'_> {
         let dropped = subscribers.sum(|p| &p.dropped);
         let report = subscribers.stop();
         // The numbers are still recorded, but a run that lost, dropped or failed anything
-        // fails: nothing may be silently dropped (PROTOCOL §3.4), so that is a finding.
+        // fails: nothing may be silently dropped (`docs/protocol.md` §3.4), so that is a finding.
         let mut problems = Vec::new();
         if let Ok(Some(error)) = control.first_error.lock().map(|e| e.clone()) {
             problems.push(format!(

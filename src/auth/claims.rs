@@ -156,8 +156,8 @@ impl Claims {
         })
     }
 
-    /// Whether event `(ty, action, key)` is visible (§5): a claim covering the type and key whose
-    /// actions are `*`, or include `get`, or include the event's action.
+    /// Whether event `(ty, action, key)` is visible (`docs/protocol.md` §5): a claim covering
+    /// the type and key whose actions are `*`, or include `get`, or include the event's action.
     pub fn may_see(&self, ty: &str, action: &str, key: &str) -> bool {
         self.parsed.iter().any(|claim| {
             claim.scope.matches(ty)

@@ -66,7 +66,8 @@ impl StoredUser {
     }
 }
 
-/// A user as shown in REST answers and events: never its password hash or secret (§5).
+/// A user as shown in REST answers and events: never its password hash or secret
+/// (`docs/protocol.md` §5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserView {
     /// The user's unique name.

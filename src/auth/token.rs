@@ -2,7 +2,7 @@
 //!
 //! The payload is compact JSON (see [`Payload`]); the alphabet of base64url and the `.` separator
 //! mean a token never contains `:`, which is how the `token` parameter tells it from
-//! `user:password` (§2).
+//! `user:password` (`docs/protocol.md` §2).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,4 +1,4 @@
-//! The object routes of PROTOCOL.md §7, each checked against the caller's claims (§5).
+//! The object routes of `docs/protocol.md` §7, each checked against the caller's claims (§5).
 //!
 //! Reads run on a blocking thread; every write runs on the log thread through
 //! `Publisher::apply`, so the sled write and its event are one step, in order with every other
