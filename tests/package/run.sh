@@ -125,6 +125,17 @@ ok "cargo deb builds $(basename "$DEB"): $(stat -c %s "$DEB") bytes, in $((SECON
 lintian --fail-on error "$DEB" >"$WORK/lintian.log" 2>&1 && lintian_status=0 || lintian_status=$?
 sed 's/^/#   /' "$WORK/lintian.log" | grep -v 'root privileges' || true
 check "lintian reports no errors" test "$lintian_status" = 0
+# packaging/README.md states lintian's warnings and describes the debug-symbol package: keep it true.
+WARNINGS=$(sed -n 's/^W: herald: \([a-z0-9-]*\).*/\1/p' "$WORK/lintian.log" | sort -u | xargs)
+documented() {
+    local tag
+    grep -q "no errors and $(wc -w <<<"$WARNINGS") warnings" "$REPO/packaging/README.md" || return 1
+    for tag in $WARNINGS; do grep -q "\`$tag\`" "$REPO/packaging/README.md" || return 1; done
+}
+check "packaging/README.md names lintian's warnings (${WARNINGS:-none})" documented
+DDEB=$(ls "$WORK"/deb/herald-dbgsym_*.ddeb 2>/dev/null || true)
+check "cargo deb writes the herald-dbgsym .ddeb that packaging/README.md describes" \
+    test -n "$DDEB" -a -n "$(grep -l 'herald-dbgsym' "$REPO/packaging/README.md")"
 
 # --- the Debian root -----------------------------------------------------------------------
 
