@@ -222,8 +222,8 @@ pub enum EventsCommand {
     /// While the server cannot be reached, at start or after a drop, it retries with growing
     /// pauses (0.1 s to 5 s), saying so on stderr, and resumes after the last event it printed
     /// without missing or repeating one. It gives up only when retrying cannot help: the server
-    /// refuses the credentials (exit 4) or the filter (exit 1), or its TLS certificate is not
-    /// trusted (exit 3).
+    /// refuses the credentials (exit 4) or the filter (exit 1), its TLS certificate is not
+    /// trusted, or it does not speak TLS at an https:// endpoint (exit 3).
     Watch {
         /// `type.action.key`, each field `*` or a comma list.
         #[arg(default_value = "*.*.*")]
