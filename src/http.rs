@@ -749,7 +749,8 @@ impl Response {
 
     /// Appends the whole response to `out`.
     ///
-    /// `Content-Length` always (except on 1xx and 204, where RFC 9110 §8.6 forbids it),
+    /// `Content-Length` always (except on 1xx, 204 and 304, which never have content and where
+    /// RFC 9110 §8.6 forbids a length that is not the representation's),
     /// `Content-Type: application/json` when no other type was set (a 204 too: drpcli refuses
     /// every answer but a 304 without it), `Connection: close` when `!keep_alive`, and no body
     /// when `head_only` (a HEAD request).
@@ -772,7 +773,7 @@ impl Response {
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }
-        let body_allowed = !(100..200).contains(&self.status) && self.status != 204;
+        let body_allowed = !(100..200).contains(&self.status) && !matches!(self.status, 204 | 304);
         if body_allowed {
             let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
         }
@@ -1262,6 +1263,16 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 204 No Content\r\nContent-Type: application/json\r\nHerald-Seq: 9\r\n\r\n"
+        );
+
+        // A 304 has no content, and a length would have to be the unsent file's.
+        out.clear();
+        Response::empty(304)
+            .with_header("ETag", "\"1\"")
+            .encode(true, false, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 304 Not Modified\r\nContent-Type: application/json\r\nETag: \"1\"\r\n\r\n"
         );
     }
 
