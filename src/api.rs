@@ -309,6 +309,7 @@ enum Route {
     Ws,
     Events,
     Info,
+    InfoActivity,
     Users,
     User(String),
     UserPassword(String),
@@ -331,6 +332,7 @@ impl Route {
             ["api", "v3", "ws"] => Route::Ws,
             ["api", "v3", "events"] => Route::Events,
             ["api", "v3", "info"] => Route::Info,
+            ["api", "v3", "info", "activity"] => Route::InfoActivity,
             ["api", "v3", "users"] => Route::Users,
             ["api", "v3", "users", name] => Route::User((*name).to_owned()),
             ["api", "v3", "users", name, "password"] => Route::UserPassword((*name).to_owned()),
@@ -358,6 +360,7 @@ impl Route {
         match self {
             Route::Ws
             | Route::Info
+            | Route::InfoActivity
             | Route::UserToken(_)
             | Route::Metrics
             | Route::Connections
@@ -379,6 +382,7 @@ impl Route {
             Route::Ws => "/api/v3/ws",
             Route::Events => "/api/v3/events",
             Route::Info => "/api/v3/info",
+            Route::InfoActivity => "/api/v3/info/activity",
             Route::Users => "/api/v3/users",
             Route::User(_) => "/api/v3/users/{name}",
             Route::UserPassword(_) => "/api/v3/users/{name}/password",
@@ -573,6 +577,7 @@ async fn handle(
             200,
             &crate::info::server_info(&core.shared, request.watch.local),
         )),
+        (Route::InfoActivity, _) => Ok(crate::activity::response(&core.shared, head)),
         (Route::Metrics, _) => Ok(metrics_response(core)),
         (Route::Connections, _) => {
             require(identity, "connections", "list", "*")?;

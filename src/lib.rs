@@ -23,8 +23,10 @@
 //! - [`api`]: the HTTP request loop, authentication and routes.
 //! - [`info`]: what `/api/v3/info` and token answers say about the server (DRP's Info and more).
 //! - [`metrics`]: metric names, per-core counters and the `/metrics` exposition.
+//! - [`activity`]: per-second samples of recent activity for the console's charts.
 //! - [`server`]: startup, signals and graceful shutdown.
 
+pub mod activity;
 pub mod api;
 pub mod auth;
 pub mod command;

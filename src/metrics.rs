@@ -75,6 +75,12 @@ pub struct CoreStats {
     pub events_delivered: AtomicU64,
     /// Bytes written to this core's websockets.
     pub bytes_delivered: AtomicU64,
+    /// Websockets this core closed as slow consumers.
+    pub slow_consumer_closes: AtomicU64,
+    /// Delivery lag summed over this core's timed writes, in microseconds (see [`DELIVERY_LAG`]).
+    pub delivery_lag_micros: AtomicU64,
+    /// Writes whose delivery lag was timed, the divisor of `delivery_lag_micros`.
+    pub delivery_lag_writes: AtomicU64,
 }
 
 impl CoreStats {

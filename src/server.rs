@@ -217,7 +217,11 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         heartbeats: (0..config.cores)
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
+        activity: crate::activity::Activity::default(),
     });
+    if let Err(error) = crate::activity::start(shared.clone()) {
+        tracing::warn!(%error, "the console's activity charts are unavailable");
+    }
     let blocking = monoio::blocking::DefaultThreadPool::new(2);
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

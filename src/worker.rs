@@ -74,6 +74,8 @@ pub struct Shared {
     pub server_id: String,
     /// Milliseconds since `started` at each core's last sweep, for the watchdog.
     pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
+    /// Recent per-second samples of the server's activity, for the console.
+    pub activity: crate::activity::Activity,
 }
 
 impl Shared {
@@ -277,6 +279,9 @@ impl Core {
             CoreStats::sub(&self.stats().websockets, 1);
             if let Some(reason) = conn.close_reason() {
                 crate::metrics::count_disconnect(&reason);
+                if reason == CloseReason::SlowConsumer {
+                    CoreStats::add(&self.stats().slow_consumer_closes, 1);
+                }
             }
         }
     }

@@ -129,6 +129,14 @@ fn a_client_that_stops_reading_is_closed_with_4008_logged_and_resumes_by_replay_
         );
         thread::sleep(Duration::from_millis(20));
     }
+    // The console's health page counts it from the same place.
+    while server.get("/api/v3/info/activity").json()["SlowConsumerCloses"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the close was not counted in the activity totals in time"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     let line = server.wait_for_log_line(&["closed a slow consumer"]);
     assert!(line.contains("INFO"), "{line}");
     assert!(
