@@ -481,6 +481,12 @@ async fn route(core: &Rc<Core>, request: &Request) -> (Answer, &'static str) {
         Ok(segments) => segments,
         Err(e) => return (error(400, e.to_string()).into(), UNMATCHED),
     };
+    // The console's files are public (the page logs in itself), so they skip authentication.
+    if let Some((response, template)) =
+        crate::ui::answer(head, &segments, core.shared.tls.is_some())
+    {
+        return (response.into(), template);
+    }
     let Some(route) = Route::parse(&segments) else {
         return (
             error(404, format!("no route {}", head.path())).into(),

@@ -24,6 +24,7 @@
 //! - [`info`]: what `/api/v3/info` and token answers say about the server (DRP's Info and more).
 //! - [`metrics`]: metric names, per-core counters and the `/metrics` exposition.
 //! - [`activity`]: per-second samples of recent activity for the console's charts.
+//! - [`ui`]: the web console, its static files embedded in the binary.
 //! - [`server`]: startup, signals and graceful shutdown.
 
 pub mod activity;
@@ -49,6 +50,7 @@ pub mod sequencer;
 pub mod server;
 pub mod tls;
 pub mod transport;
+pub mod ui;
 pub mod websocket;
 pub mod worker;
 
