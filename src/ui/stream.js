@@ -177,7 +177,12 @@ export class EventStream {
     try {
       const reply = await this.command(epoch ? `replay ${seq} ${epoch}` : `replay ${seq}`);
       if (reply.Action === 'error') throw new Error(errorMessage(reply));
-      this.lastSeq = seq;
+      const bounds = reply.Object || {};
+      // Without recovery herald sends from its oldest event (or live, when its log ends before
+      // `seq`, as after a reset): accept from there, whatever Seqs came before.
+      this.lastSeq = bounds.Recovered === false
+        ? Math.max(0, Math.min(seq, bounds.FirstSeq - 1, bounds.LastSeq))
+        : seq;
       if (reply.Object && reply.Object.Epoch) this.epoch = reply.Object.Epoch;
       return reply;
     } finally {
