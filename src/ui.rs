@@ -122,7 +122,8 @@ fn serve(head: &RequestHead, asset: &Asset) -> Response {
         })
     });
     let response = if fresh {
-        Response::empty(304)
+        // A browser refreshes its stored headers from a 304's, so it names the file's type too.
+        Response::empty(304).with_header("Content-Type", asset.content_type)
     } else {
         Response::empty(200).with_body(asset.content_type, asset.body.to_vec())
     };

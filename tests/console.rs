@@ -156,6 +156,11 @@ fn an_unchanged_console_file_is_answered_304_without_a_body_on_a_kept_connection
     assert_eq!(reply.status, 304, "{reply:?}");
     assert_eq!(reply.header("etag"), Some(etag.as_str()));
     assert_eq!(reply.header("content-length"), None, "a 304 has no length");
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/javascript; charset=utf-8"),
+        "the stored copy keeps its type"
+    );
     // The next request on the same connection is read from the right place.
     raw.send(
         format!(
