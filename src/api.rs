@@ -120,6 +120,7 @@ async fn session(
                     if was_empty && watch.request_started.get().is_none() {
                         watch.request_started.set(Some(Instant::now()));
                     }
+                    watch.request_pending.set(true);
                 }
                 result => {
                     if let Err(error) = &result
@@ -191,6 +192,7 @@ async fn session(
         } else {
             Some(Instant::now())
         });
+        watch.request_pending.set(!buf.is_empty());
         watch.idle_since.set(Instant::now());
     }
 }

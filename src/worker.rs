@@ -108,8 +108,12 @@ pub struct HttpWatch {
     pub local: Option<SocketAddr>,
     /// The connection's id and view once a request on it authenticated.
     pub tracked: RefCell<Option<(u64, ConnectionView)>>,
-    /// When the first byte of the current request arrived; `None` between requests.
+    /// When the first byte of the current request arrived (or the TLS handshake began): the
+    /// head deadline counts from here; `None` between requests.
     pub request_started: Cell<Option<Instant>>,
+    /// Whether bytes of a request have arrived that are not answered yet: a connection without
+    /// them (idle, or with only its TLS handshake done) is closed at once on shutdown.
+    pub request_pending: Cell<bool>,
     /// When the connection became idle.
     pub idle_since: Cell<Instant>,
     /// Set by the sweeper when a deadline passed and the socket's reads were ended.
@@ -299,6 +303,7 @@ impl Core {
             local,
             tracked: RefCell::new(None),
             request_started: Cell::new(None),
+            request_pending: Cell::new(false),
             idle_since: Cell::new(Instant::now()),
             expired: Cell::new(None),
         });
@@ -473,7 +478,7 @@ impl Core {
             conn.begin_close(CloseReason::ServerShutdown, 1001, "server shutdown".into());
         }
         for (_, watch) in self.http.borrow().iter() {
-            if watch.request_started.get().is_none() {
+            if !watch.request_pending.get() {
                 watch.expired.set(Some(Expiry::Idle));
                 transport::shutdown(watch.fd, Shutdown::Read);
             }

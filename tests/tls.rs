@@ -44,3 +44,23 @@ fn second_start_on_the_same_data_dir_reuses_the_certificate_and_users() {
     let reply = server.request("GET", "/api/v3/info", &Auth::basic(&user, "kept-pw"), None);
     assert_eq!(reply.status, 200, "users survive a restart: {reply:?}");
 }
+
+#[test]
+fn sigterm_does_not_wait_for_a_connection_that_finished_its_handshake_and_sent_nothing() {
+    // Browsers open such connections ahead of need; shutdown closes them like idle ones.
+    let shutdown_timeout = std::time::Duration::from_secs(30);
+    let server = Server::start_with(Options {
+        args: vec!["--shutdown-timeout".into(), "30s".into()],
+        ..tls_options(None)
+    });
+    let _preconnected = server
+        .tls_session_as("127.0.0.1")
+        .expect("a completed TLS handshake");
+    let started = std::time::Instant::now();
+    server.terminate();
+    let took = started.elapsed();
+    assert!(
+        took < shutdown_timeout / 3,
+        "SIGTERM took {took:?}, waiting on a connection that never sent a request"
+    );
+}

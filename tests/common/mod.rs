@@ -680,6 +680,15 @@ impl Server {
     /// A TLS handshake with the server, trusting only its generated certificate and asking for
     /// `name` (a DNS name or an IP address); `Err` says why it failed (TLS servers only).
     pub fn tls_handshake_as(&self, name: &str) -> Result<(), String> {
+        self.tls_session_as(name).map(drop)
+    }
+
+    /// A connection whose TLS handshake is complete and that has sent no request yet, kept open
+    /// for as long as the caller holds it (TLS servers only).
+    pub fn tls_session_as(
+        &self,
+        name: &str,
+    ) -> Result<(rustls::ClientConnection, TcpStream), String> {
         let config = self.tls.clone().expect("a TLS server");
         let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
             .map_err(|e| format!("{name} is not a server name: {e}"))?;
@@ -691,7 +700,7 @@ impl Server {
                 .complete_io(&mut tcp)
                 .map_err(|e| e.to_string())?;
         }
-        Ok(())
+        Ok((connection, tcp))
     }
 
     /// A raw HTTP connection (plain servers only).
