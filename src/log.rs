@@ -12,8 +12,8 @@
 //!   event JSON exactly as it is sent to clients. The record at index `i` has `Seq` `key + i`.
 //! - A chunk holds at least one event; the writer starts a new one before a chunk would pass
 //!   [`CHUNK_BYTES`], and never puts events of two appends in one chunk.
-//! - The retained chunks are always contiguous (each starts right after the previous one ends):
-//!   `first_seq ..= last_seq`, no holes.
+//! - The retained chunks are contiguous (each starts right after the previous one ends):
+//!   `first_seq ..= last_seq`, no holes but the recorded gaps of tree `event_gaps`.
 //!
 //! Why chunks: sled rewrites a leaf node on every insert, so one key per event cost ~9 µs of CPU
 //! per event on the log thread; a chunk of ~10 events of 600 bytes costs about a seventh of that.
@@ -28,6 +28,14 @@
 //! - [`FIRST_SEQ_KEY`]: the oldest retained `Seq` after the latest trim, big-endian `u64`. Written
 //!   in the same transaction as each trim; it tells "everything was trimmed" (equals
 //!   `LAST_SEQ + 1`) apart from "the history was lost" (an empty `event_chunks` tree otherwise).
+//! - [`RESERVED_SEQ_KEY`]: with `batched` durability, the highest `Seq` that may have been handed
+//!   out (delivered, answered) before it was stored, big-endian `u64`; written and flushed before
+//!   any `Seq` above the previous mark is handed out, and removed by a clean stop. Found above the
+//!   stored end at open, it means an unclean stop: the log continues above it.
+//!
+//! Tree `event_gaps` (see [`GAPS_TREE`]): `Seq`s skipped after an unclean stop, which no event
+//! will ever have. key: the first skipped `Seq`, value: the last one (both big-endian `u64`). The
+//! retained chunks are contiguous except across these gaps; a gap goes when trimming passes it.
 //!
 //! Schema version 1 kept one event per key in a tree `events` (value: stored-at, then the JSON);
 //! [`EventLog::open`] rewrites such a log into chunks once, and only then records version 2.
@@ -54,6 +62,10 @@ pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 pub const LAST_SEQ_KEY: &str = "log_last_seq";
 /// `meta` key of the oldest retained `Seq` after the latest trim (big-endian u64).
 pub const FIRST_SEQ_KEY: &str = "log_first_seq";
+/// `meta` key of the reserved mark: no `Seq` above it was handed out (big-endian u64).
+pub const RESERVED_SEQ_KEY: &str = "log_reserved_seq";
+/// Name of the sled tree of `Seq`s skipped after an unclean stop (first → last, big-endian u64).
+pub const GAPS_TREE: &str = "event_gaps";
 /// The on-disk layout version this code reads and writes.
 pub const SCHEMA_VERSION: u64 = 2;
 /// Length of an `event_chunks` key: a big-endian u64 `Seq`.
@@ -211,9 +223,16 @@ struct Shared {
 pub struct EventLog {
     events: Tree,
     meta: Tree,
+    gaps: Tree,
     shared: Arc<Shared>,
     first_seq: u64,
     last_seq: u64,
+    /// The newest `Seq` with a stored event (below `last_seq` right after an unclean stop).
+    stored_last: u64,
+    /// The end of the newest gap (0 when none): a resume point before it may have missed events.
+    resumed_after: u64,
+    /// The reserved mark written by [`EventLog::reserve`] (0 when none).
+    reserved: u64,
     count: u64,
     bytes: u64,
 }
@@ -262,6 +281,7 @@ impl EventLog {
     pub fn open(db: &sled::Db) -> Result<EventLog, StoreError> {
         let events = db.open_tree(EVENTS_TREE)?;
         let meta = db.open_tree(META_TREE)?;
+        let gaps = db.open_tree(GAPS_TREE)?;
 
         match read_meta_u64(&meta, SCHEMA_VERSION_KEY)? {
             Some(SCHEMA_VERSION) => {
@@ -289,29 +309,72 @@ impl EventLog {
         let recorded_last = read_meta_u64(&meta, LAST_SEQ_KEY)?.unwrap_or(0);
         let recorded_first = read_meta_u64(&meta, FIRST_SEQ_KEY)?;
         let mut history_lost = false;
-        let (first_seq, last_seq, count, bytes) = match scan_events(&events)? {
-            Some(scan) => {
-                if scan.last < recorded_last {
-                    return Err(StoreError::TailLost {
-                        stored: scan.last,
-                        recorded: recorded_last,
-                    });
+        let (mut first_seq, mut last_seq, stored_last, count, bytes) =
+            match scan_events(&events, &gaps)? {
+                Some(scan) => {
+                    // A gap may end the log: an unclean stop with no event stored since.
+                    if scan.last < recorded_last
+                        && gap_after(&gaps, scan.last)? != Some(recorded_last)
+                    {
+                        return Err(StoreError::TailLost {
+                            stored: scan.last,
+                            recorded: recorded_last,
+                        });
+                    }
+                    let last = scan.last.max(recorded_last);
+                    (scan.first, last, scan.last, scan.count, scan.bytes)
                 }
-                (scan.first, scan.last, scan.count, scan.bytes)
-            }
-            None => {
-                // Empty after appends: fine if a trim removed everything, otherwise the events
-                // were lost and clients must learn that through a new epoch.
-                let next = recorded_last.saturating_add(1);
-                history_lost = recorded_last > 0 && recorded_first != Some(next);
-                (next, recorded_last, 0, 0)
-            }
-        };
+                None => {
+                    // Empty after appends: fine if a trim removed everything, otherwise the events
+                    // were lost and clients must learn that through a new epoch.
+                    let next = recorded_last.saturating_add(1);
+                    history_lost = recorded_last > 0 && recorded_first != Some(next);
+                    (next, recorded_last, recorded_last, 0, 0)
+                }
+            };
         if last_seq > recorded_last {
             meta.insert(LAST_SEQ_KEY, &last_seq.to_be_bytes())?;
         }
         if history_lost {
             meta.insert(FIRST_SEQ_KEY, &first_seq.to_be_bytes())?;
+        }
+        let mut resumed_after = match gaps.iter().next_back() {
+            Some(entry) => decode_gap_end(&entry?.1)?,
+            None => 0,
+        };
+        let reserved = read_meta_u64(&meta, RESERVED_SEQ_KEY)?.unwrap_or(0);
+        if reserved > last_seq {
+            // An unclean stop under `batched`: Seqs up to the mark may have reached clients with
+            // events that are gone, so none of them is ever given to another event.
+            tracing::warn!(
+                stored = last_seq,
+                reserved,
+                "herald did not stop cleanly; the log continues after the reserved Seq, and a replay from before it answers Recovered: false"
+            );
+            if count == 0 {
+                first_seq = reserved.saturating_add(1);
+                meta.insert(FIRST_SEQ_KEY, &first_seq.to_be_bytes())?;
+            } else {
+                // One gap per run of skipped Seqs: a gap that ends the log grows.
+                let start = match gaps.iter().next_back() {
+                    Some(entry) => {
+                        let (key, value) = entry?;
+                        if decode_gap_end(&value)? == last_seq {
+                            decode_key(&key)?
+                        } else {
+                            last_seq.saturating_add(1)
+                        }
+                    }
+                    None => last_seq.saturating_add(1),
+                };
+                gaps.insert(start.to_be_bytes(), &reserved.to_be_bytes())?;
+            }
+            meta.insert(LAST_SEQ_KEY, &reserved.to_be_bytes())?;
+            last_seq = reserved;
+            resumed_after = reserved;
+        }
+        if reserved > 0 {
+            meta.remove(RESERVED_SEQ_KEY)?;
         }
 
         let stored_epoch = if history_lost {
@@ -341,6 +404,7 @@ impl EventLog {
         Ok(EventLog {
             events,
             meta,
+            gaps,
             shared: Arc::new(Shared {
                 epoch,
                 first_seq: AtomicU64::new(first_seq),
@@ -348,6 +412,9 @@ impl EventLog {
             }),
             first_seq,
             last_seq,
+            stored_last,
+            resumed_after,
+            reserved: 0,
             count,
             bytes,
         })
@@ -363,9 +430,45 @@ impl EventLog {
         self.first_seq
     }
 
-    /// The last appended `Seq` (0 for a new log), durable or not.
+    /// The last appended `Seq` (0 for a new log), durable or not; after an unclean stop, the
+    /// reserved mark the log continues from.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// The last `Seq` of the newest gap (0 when none): a client that resumes from before it may
+    /// have seen events the log no longer has.
+    pub fn resumed_after(&self) -> u64 {
+        self.resumed_after
+    }
+
+    /// The reserved mark (0 when none): every `Seq` handed out before it is stored must be at
+    /// most this.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Records, durably, that `Seq`s up to `through` may be handed out before they are stored:
+    /// after an unclean stop the log continues above `through`, so none of them is ever reused.
+    /// One flush of the whole database (appended events are flushed with it).
+    pub fn reserve(&mut self, through: u64) -> Result<(), StoreError> {
+        self.meta.insert(RESERVED_SEQ_KEY, &through.to_be_bytes())?;
+        self.meta.flush()?;
+        self.reserved = through;
+        Ok(())
+    }
+
+    /// On a clean stop: makes everything appended durable, then gives the reservation back, so
+    /// the next start continues right after the last event and a clean stop leaves no gap.
+    pub fn release(&mut self) -> Result<(), StoreError> {
+        if self.reserved == 0 {
+            return Ok(());
+        }
+        self.flush()?;
+        self.meta.remove(RESERVED_SEQ_KEY)?;
+        self.meta.flush()?;
+        self.reserved = 0;
+        Ok(())
     }
 
     /// The number of events currently retained.
@@ -438,6 +541,7 @@ impl EventLog {
             })
             .map_err(transaction_error)?;
         self.last_seq = new_last;
+        self.stored_last = new_last;
         self.count = self.count.saturating_add(events.len() as u64);
         self.bytes = self.bytes.saturating_add(added_bytes);
         Ok(())
@@ -492,6 +596,7 @@ impl EventLog {
         let mut batch = Batch::default();
         let mut removed = 0u64;
         let mut removed_bytes = 0u64;
+        // After the removed events: the first kept one (a gap may lie between them).
         let mut new_first = self.first_seq;
         for entry in self.events.iter() {
             let (key, value) = entry?;
@@ -508,7 +613,7 @@ impl EventLog {
                 let (seq, json) = record?;
                 let over_count = self.count.saturating_sub(removed) > retention.max_events;
                 let over_bytes = self.bytes.saturating_sub(removed_bytes) > retention.max_bytes;
-                let newest = seq >= self.last_seq;
+                let newest = seq >= self.stored_last;
                 if newest || removed >= max_removals || !(over_count || over_bytes || too_old) {
                     kept = Some((seq, offset));
                     break;
@@ -523,8 +628,12 @@ impl EventLog {
                     removed_bytes += STORED_AT_LEN as u64;
                     batch.remove(key);
                 }
-                Some((seq, _)) if seq == chunk.first => break,
+                Some((seq, _)) if seq == chunk.first => {
+                    new_first = seq;
+                    break;
+                }
                 Some((seq, offset)) => {
+                    new_first = seq;
                     // Keep the tail, re-keyed by its first Seq, with the same stored-at.
                     let records = value.get(offset..).unwrap_or_default();
                     let mut tail = Vec::with_capacity(STORED_AT_LEN + records.len());
@@ -538,10 +647,16 @@ impl EventLog {
         }
         if removed > 0 {
             let new_first_bytes = new_first.to_be_bytes();
-            (&self.events, &self.meta)
-                .transaction(|(events_tx, meta_tx)| {
+            // Gaps before the oldest kept event go with the events around them.
+            let mut passed = Batch::default();
+            for entry in self.gaps.range(..new_first_bytes) {
+                passed.remove(entry?.0);
+            }
+            (&self.events, &self.meta, &self.gaps)
+                .transaction(|(events_tx, meta_tx, gaps_tx)| {
                     events_tx.apply_batch(&batch)?;
                     meta_tx.insert(FIRST_SEQ_KEY, &new_first_bytes)?;
+                    gaps_tx.apply_batch(&passed)?;
                     Ok::<(), ConflictableTransactionError<()>>(())
                 })
                 .map_err(transaction_error)?;
@@ -721,8 +836,9 @@ fn read_after(
     Ok(out)
 }
 
-/// One pass over `event_chunks`: bounds, count and bytes, failing on the first hole or bad record.
-fn scan_events(events: &Tree) -> Result<Option<Scan>, StoreError> {
+/// One pass over `event_chunks`: bounds, count and bytes, failing on the first hole that is not
+/// a recorded gap, or on a bad record.
+fn scan_events(events: &Tree, gaps: &Tree) -> Result<Option<Scan>, StoreError> {
     let mut scan: Option<Scan> = None;
     for entry in events.iter() {
         let (key, value) = entry?;
@@ -744,7 +860,10 @@ fn scan_events(events: &Tree) -> Result<Option<Scan>, StoreError> {
                 });
             }
             Some(scan) => {
-                if Some(chunk.first) != scan.last.checked_add(1) {
+                if Some(chunk.first) != scan.last.checked_add(1)
+                    && gap_after(gaps, scan.last)?.and_then(|end| end.checked_add(1))
+                        != Some(chunk.first)
+                {
                     return Err(StoreError::Hole {
                         before: scan.last,
                         after: chunk.first,
@@ -818,6 +937,24 @@ fn migrate_v1(db: &sled::Db, chunks: &Tree, meta: &Tree) -> Result<(), StoreErro
         "event log migrated to schema version {SCHEMA_VERSION} (chunks)"
     );
     Ok(())
+}
+
+/// The last `Seq` of the recorded gap that starts right after `seq`, if there is one.
+fn gap_after(gaps: &Tree, seq: u64) -> Result<Option<u64>, StoreError> {
+    match gaps.get(seq.saturating_add(1).to_be_bytes())? {
+        Some(end) => decode_gap_end(&end).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn decode_gap_end(value: &IVec) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = value.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+        what: format!(
+            "an `{GAPS_TREE}` value is {} bytes long, not {SEQ_KEY_LEN}",
+            value.len()
+        ),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 fn decode_key(key: &IVec) -> Result<u64, StoreError> {
@@ -1131,6 +1268,179 @@ mod tests {
             lost_epoch,
             "the new epoch is kept on later opens"
         );
+    }
+
+    fn gaps(db: &sled::Db) -> Vec<(u64, u64)> {
+        db.open_tree(GAPS_TREE)
+            .unwrap()
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.unwrap();
+                (decode_key(&key).unwrap(), decode_gap_end(&value).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unclean_stop_after_a_reservation_continues_after_the_mark_in_the_same_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let mut log = EventLog::open(&open_db(&dir)).unwrap();
+            append_n(&mut log, 5, SystemTime::now());
+            log.reserve(15).unwrap();
+            // Delivered under `batched`, never stored: the process dies before the append.
+            log.epoch().to_owned()
+        };
+        let db = open_db(&dir);
+        let mut log = EventLog::open(&db).unwrap();
+        assert_eq!(log.epoch(), epoch);
+        assert_eq!((log.first_seq(), log.last_seq(), log.len()), (1, 15, 5));
+        assert_eq!(log.resumed_after(), 15);
+        assert_eq!(gaps(&db), vec![(6, 15)]);
+        append_n(&mut log, 2, SystemTime::now());
+        assert_eq!(
+            seqs(&log.read_after(0, 100).unwrap()),
+            vec![1, 2, 3, 4, 5, 16, 17],
+            "no Seq of the gap is ever given to another event"
+        );
+        assert_eq!(seqs(&log.read_after(7, 100).unwrap()), vec![16, 17]);
+        drop(log);
+        drop(db);
+        let log = EventLog::open(&open_db(&dir)).unwrap();
+        assert_eq!(log.epoch(), epoch, "a recorded gap is not a hole");
+        assert_eq!((log.first_seq(), log.last_seq()), (1, 17));
+        assert_eq!(log.resumed_after(), 15);
+    }
+
+    #[test]
+    fn a_clean_stop_gives_the_reservation_back_and_leaves_no_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = EventLog::open(&open_db(&dir)).unwrap();
+            append_n(&mut log, 5, SystemTime::now());
+            log.reserve(15).unwrap();
+            append_n(&mut log, 2, SystemTime::now());
+            log.release().unwrap();
+            assert_eq!(log.reserved(), 0);
+        }
+        let db = open_db(&dir);
+        let mut log = EventLog::open(&db).unwrap();
+        assert_eq!(
+            (log.first_seq(), log.last_seq(), log.resumed_after()),
+            (1, 7, 0)
+        );
+        assert!(gaps(&db).is_empty());
+        append_n(&mut log, 1, SystemTime::now());
+        assert_eq!(
+            seqs(&log.read_after(0, 100).unwrap()),
+            (1..=8).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_second_unclean_stop_before_any_new_event_grows_the_same_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = EventLog::open(&open_db(&dir)).unwrap();
+            append_n(&mut log, 5, SystemTime::now());
+            log.reserve(15).unwrap();
+        }
+        {
+            let mut log = EventLog::open(&open_db(&dir)).unwrap();
+            assert_eq!(log.last_seq(), 15);
+            log.reserve(30).unwrap();
+        }
+        let db = open_db(&dir);
+        let mut log = EventLog::open(&db).unwrap();
+        assert_eq!((log.last_seq(), log.resumed_after()), (30, 30));
+        assert_eq!(gaps(&db), vec![(6, 30)]);
+        append_n(&mut log, 1, SystemTime::now());
+        assert_eq!(seqs(&log.read_after(5, 100).unwrap()), vec![31]);
+    }
+
+    #[test]
+    fn an_unclean_stop_of_an_empty_log_starts_after_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let mut log = EventLog::open(&open_db(&dir)).unwrap();
+            log.reserve(10).unwrap();
+            log.epoch().to_owned()
+        };
+        {
+            let log = EventLog::open(&open_db(&dir)).unwrap();
+            assert_eq!((log.first_seq(), log.last_seq()), (11, 10));
+            assert_eq!(log.epoch(), epoch);
+        }
+        let mut log = EventLog::open(&open_db(&dir)).unwrap();
+        assert_eq!(log.epoch(), epoch, "skipped Seqs are not lost history");
+        append_n(&mut log, 1, SystemTime::now());
+        assert_eq!(seqs(&log.read_after(0, 100).unwrap()), vec![11]);
+    }
+
+    #[test]
+    fn trimming_keeps_the_newest_stored_event_and_drops_the_gaps_it_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = EventLog::open(&open_db(&dir)).unwrap();
+            append_n(&mut log, 5, SystemTime::now());
+            log.reserve(15).unwrap();
+        }
+        let db = open_db(&dir);
+        let mut log = EventLog::open(&db).unwrap();
+        let none = Retention {
+            max_events: 0,
+            ..Retention::UNLIMITED
+        };
+        log.trim(&none, SystemTime::now()).unwrap();
+        assert_eq!((log.first_seq(), log.last_seq(), log.len()), (5, 15, 1));
+        assert_eq!(gaps(&db), vec![(6, 15)]);
+        append_n(&mut log, 3, SystemTime::now());
+        let two = Retention {
+            max_events: 2,
+            ..Retention::UNLIMITED
+        };
+        let report = log.trim(&two, SystemTime::now()).unwrap();
+        assert_eq!(
+            report,
+            TrimReport {
+                removed: 2,
+                first_seq: 17
+            }
+        );
+        assert!(gaps(&db).is_empty());
+        log.trim(&none, SystemTime::now()).unwrap();
+        assert_eq!(seqs(&log.read_after(0, 100).unwrap()), vec![18]);
+        log.flush().unwrap();
+        drop(log);
+        drop(db);
+        let log = EventLog::open(&open_db(&dir)).unwrap();
+        assert_eq!((log.first_seq(), log.last_seq(), log.len()), (18, 18, 1));
+    }
+
+    #[test]
+    fn a_trim_that_removes_every_event_before_a_gap_starts_the_log_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = EventLog::open(&open_db(&dir)).unwrap();
+            append_n(&mut log, 5, SystemTime::now());
+            log.reserve(15).unwrap();
+        }
+        let db = open_db(&dir);
+        let mut log = EventLog::open(&db).unwrap();
+        append_n(&mut log, 1, SystemTime::now());
+        let none = Retention {
+            max_events: 0,
+            ..Retention::UNLIMITED
+        };
+        let report = log.trim(&none, SystemTime::now()).unwrap();
+        assert_eq!(
+            report,
+            TrimReport {
+                removed: 5,
+                first_seq: 16
+            }
+        );
+        assert!(gaps(&db).is_empty());
     }
 
     #[test]

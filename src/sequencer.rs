@@ -21,6 +21,9 @@ pub const INBOX_DEPTH: usize = 1024;
 /// Longest `batched` durability leaves appended events unflushed: it flushes as soon as no
 /// publish is waiting, and under a steady stream at least this often.
 const BATCHED_FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// `Seq`s reserved at a time under `batched` (one extra flush per block): after an unclean stop
+/// the log continues after the reserved mark, so at most this many `Seq`s are skipped.
+const RESERVE_BLOCK: u64 = 10_000;
 /// How often retention is checked.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Most events removed per trim turn: about 10 ms of sled work on this class of machine.
@@ -78,6 +81,9 @@ enum Source {
 pub struct LogStatus {
     /// The log's epoch.
     pub epoch: String,
+    /// The end of the newest gap of `Seq`s skipped after an unclean stop (0 when none): a
+    /// `replay` from before it answers `Recovered: false`.
+    pub resumed_after: u64,
     first_seq: AtomicU64,
     last_seq: AtomicU64,
     bytes: AtomicU64,
@@ -230,6 +236,7 @@ impl Sequencer {
     ) -> std::io::Result<(Sequencer, Publisher)> {
         let status = Arc::new(LogStatus {
             epoch: log.epoch().to_owned(),
+            resumed_after: log.resumed_after(),
             first_seq: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -327,6 +334,10 @@ impl Writer {
         if self.dirty {
             self.flush_or_die();
         }
+        // A clean stop hands every reserved Seq back: the next start continues without a gap.
+        if let Err(error) = self.log.release() {
+            tracing::warn!(%error, "releasing the reserved Seqs failed; the next start skips them");
+        }
     }
 
     fn idle_wait(&self) -> Duration {
@@ -376,6 +387,22 @@ impl Writer {
         // `batched` delivers as soon as events have their Seq: the append, tens of µs on a thread
         // that just woke, stays off the delivery path. `sync` delivers only once durable.
         let deliver_first = self.durability == Durability::Batched;
+        if deliver_first && last > self.log.reserved() {
+            // A Seq may be seen before it is stored only once a crash can no longer reuse it:
+            // the mark is durable before the first Seq above the old one goes out.
+            let through = last.saturating_add(RESERVE_BLOCK);
+            if let Err(error) = self.log.reserve(through) {
+                if holds_log_records {
+                    tracing::error!(target: crate::logging::LOG_EVENTS_TARGET, %error, "reserving Seqs in the event log failed; publishers get an error");
+                } else {
+                    tracing::error!(%error, "reserving Seqs in the event log failed; publishers get an error");
+                }
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(PublishError::Store(error.to_string())));
+                }
+                return;
+            }
+        }
         if deliver_first {
             self.announce(&batch, last);
         }
