@@ -997,6 +997,21 @@ impl Client {
         self.read_event(timeout)
     }
 
+    /// Like `next_event`, but a close or a broken connection is `Err` instead of a panic, for
+    /// clients of a server that is killed under them.
+    pub fn try_next_event(&mut self, timeout: Duration) -> Result<Option<Value>, String> {
+        if let Some(event) = self.pending.pop_front() {
+            return Ok(Some(event));
+        }
+        match self.next_message(timeout)? {
+            None => Ok(None),
+            Some(Message::Text(text)) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| format!("frame is not JSON ({e}): {text}")),
+            Some(other) => Err(format!("the stream ended with {other:?}")),
+        }
+    }
+
     /// The next event; panics if none arrives within `REPLY_TIMEOUT`.
     pub fn expect_event(&mut self) -> Value {
         self.next_event(REPLY_TIMEOUT)
