@@ -277,11 +277,68 @@ struct Fragmented {
     len: usize,
 }
 
+/// UTF-8 validation of a text message as its bytes arrive, so that invalid text fails at the
+/// first bad byte (RFC 6455 §8.1) rather than when the whole message is in.
+#[derive(Debug, Default)]
+struct Utf8Stream {
+    /// The start of a character whose remaining bytes have not arrived yet (at most 3 bytes).
+    incomplete: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Checks the next bytes of the message.
+    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), ProtocolError> {
+        if let Some(&lead) = self.incomplete.first() {
+            // Complete the character split by the previous bytes, then go on from after it.
+            let width = match lead {
+                0xF0..=0xF4 => 4,
+                0xE0..=0xEF => 3,
+                _ => 2,
+            };
+            let take = (width - self.incomplete.len()).min(bytes.len());
+            let (head, rest) = bytes.split_at(take);
+            self.incomplete.extend_from_slice(head);
+            bytes = rest;
+            match std::str::from_utf8(&self.incomplete) {
+                Ok(_) => self.incomplete.clear(),
+                Err(error) if error.error_len().is_none() => return Ok(()),
+                Err(_) => return Err(ProtocolError::InvalidUtf8),
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => Ok(()),
+            // Only the end is missing: keep that character's start for the next bytes.
+            Err(error) if error.error_len().is_none() => {
+                let tail = bytes.get(error.valid_up_to()..).unwrap_or_default();
+                self.incomplete.extend_from_slice(tail);
+                Ok(())
+            }
+            Err(_) => Err(ProtocolError::InvalidUtf8),
+        }
+    }
+
+    /// Checks that the message does not end inside a character.
+    fn finish(&mut self) -> Result<(), ProtocolError> {
+        let whole = self.incomplete.is_empty();
+        self.incomplete.clear();
+        if whole {
+            Ok(())
+        } else {
+            Err(ProtocolError::InvalidUtf8)
+        }
+    }
+}
+
 /// Reads client frames of one connection, reassembling fragmented messages.
 #[derive(Debug)]
 pub struct FrameReader {
     max_message_bytes: usize,
     fragmented: Option<Fragmented>,
+    /// The text message in progress, checked up to the last byte received.
+    utf8: Utf8Stream,
+    /// How many payload bytes of the incomplete text frame at the front of the buffer have
+    /// been checked already.
+    checked: usize,
 }
 
 impl FrameReader {
@@ -290,6 +347,8 @@ impl FrameReader {
         FrameReader {
             max_message_bytes,
             fragmented: None,
+            utf8: Utf8Stream::default(),
+            checked: 0,
         }
     }
 
@@ -310,6 +369,17 @@ impl FrameReader {
                     limit: self.max_message_bytes,
                 })?;
             let frame_len = header.header_len + payload_len;
+            let is_text = match header.opcode {
+                OpCode::Text => true,
+                OpCode::Continuation => self
+                    .fragmented
+                    .as_ref()
+                    .is_some_and(|fragmented| fragmented.kind == DataKind::Text),
+                _ => false,
+            };
+            if is_text {
+                self.check_text(&header, buf, frame_len)?;
+            }
             let Some(masked) = buf.get(header.header_len..frame_len) else {
                 return Ok(None);
             };
@@ -347,10 +417,42 @@ impl FrameReader {
                 }
             };
             buf.drain(..frame_len);
+            self.checked = 0;
             if let Some(message) = message {
                 return Ok(Some(message));
             }
         }
+    }
+
+    /// Checks the text payload bytes of the frame at the front of `buf` that arrived since the
+    /// last call, and at the end of the message that it does not stop inside a character.
+    fn check_text(
+        &mut self,
+        header: &FrameHeader,
+        buf: &[u8],
+        frame_len: usize,
+    ) -> Result<(), ProtocolError> {
+        if header.opcode == OpCode::Text && self.checked == 0 {
+            self.utf8 = Utf8Stream::default();
+        }
+        let arrived = buf.len().min(frame_len).saturating_sub(header.header_len);
+        let new = buf
+            .get(header.header_len + self.checked..header.header_len + arrived)
+            .unwrap_or_default();
+        if !new.is_empty() {
+            // The mask repeats every 4 bytes of the payload, counted from its start.
+            let unmasked: Vec<u8> = new
+                .iter()
+                .zip(header.mask.iter().cycle().skip(self.checked % 4))
+                .map(|(byte, mask)| byte ^ mask)
+                .collect();
+            self.utf8.feed(&unmasked)?;
+            self.checked = arrived;
+        }
+        if header.fin && buf.len() >= frame_len {
+            self.utf8.finish()?;
+        }
+        Ok(())
     }
 
     /// Checks a data frame against the fragmentation state and the message limit.
@@ -374,8 +476,7 @@ impl FrameReader {
     }
 }
 
-/// Turns a reassembled data message into a [`Message`], checking text for UTF-8 only now
-/// because a character may be split across fragments.
+/// Turns a reassembled data message into a [`Message`]; its text was checked as it arrived.
 fn finish_data(fragmented: Fragmented) -> Result<Message, ProtocolError> {
     match fragmented.kind {
         DataKind::Text => String::from_utf8(fragmented.text)
@@ -633,6 +734,85 @@ mod tests {
         for (name, bytes, code) in cases {
             assert_eq!(close_code_of(&bytes, 80), Some(code), "{name}");
         }
+    }
+
+    /// Feeds `stream` in the given pieces and answers the error and how many pieces it took.
+    fn first_error_after(pieces: &[&[u8]]) -> Option<(ProtocolError, usize)> {
+        let mut reader = FrameReader::new(1 << 20);
+        let mut buf = Vec::new();
+        for (at, piece) in pieces.iter().enumerate() {
+            buf.extend_from_slice(piece);
+            loop {
+                match reader.next_message(&mut buf) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(error) => return Some((error, at + 1)),
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_first_fragment_fails_before_the_message_ends() {
+        let first = frame(
+            false,
+            1,
+            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80",
+        );
+        let last = frame(true, 0, b"edited");
+        assert_eq!(
+            first_error_after(&[&first, &last]),
+            Some((ProtocolError::InvalidUtf8, 1))
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_in_part_of_a_frame_fails_before_the_frame_is_complete() {
+        let whole = frame(
+            true,
+            1,
+            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80edited",
+        );
+        // Header (6 bytes) plus the valid text, then the first invalid byte, then the rest.
+        let (valid, rest) = whole.split_at(6 + 11);
+        let (bad, rest) = rest.split_at(2);
+        assert_eq!(
+            first_error_after(&[valid, bad, rest]),
+            Some((ProtocolError::InvalidUtf8, 2))
+        );
+    }
+
+    #[test]
+    fn a_character_split_across_fragments_and_reads_is_accepted() {
+        let text = "κόσμε €𝄞";
+        let bytes = text.as_bytes();
+        for split in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(split);
+            let stream = [frame(false, 1, a), frame(true, 0, b)].concat();
+            for piece in 1..=stream.len() {
+                assert_eq!(
+                    read_all(&stream, piece, 1 << 20),
+                    (vec![Message::Text(text.into())], None),
+                    "split at {split}, pieces of {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_ending_inside_a_character_fails_even_when_fragments_were_valid() {
+        let stream = [frame(false, 1, b"caf"), frame(true, 0, b"\xc3")].concat();
+        assert_eq!(close_code_of(&stream, 80), Some(1007));
+        // A new message starts clean after a complete one.
+        let stream = [frame(true, 1, b"ok"), frame(true, 1, b"\xc3\xa9")].concat();
+        assert_eq!(
+            read_all(&stream, 1, 80),
+            (
+                vec![Message::Text("ok".into()), Message::Text("é".into())],
+                None
+            )
+        );
     }
 
     #[test]

@@ -393,6 +393,37 @@ fn invalid_utf8_closes_with_1007() {
 }
 
 #[test]
+fn invalid_utf8_in_a_first_fragment_closes_with_1007_before_the_last_fragment() {
+    let server = Server::shared();
+    let mut raw = server.raw_ws();
+    // A UTF-16 surrogate encoded as UTF-8 is invalid whatever follows it.
+    raw.send_frame(0x01, b"register a.b.\xed\xa0\x80", true);
+    assert_eq!(raw.expect_close_code(), 1007);
+}
+
+#[test]
+fn invalid_utf8_in_part_of_a_frame_closes_with_1007_before_the_rest_arrives() {
+    let server = Server::shared();
+    let mut raw = server.raw_ws();
+    raw.send_frame_start(RawWs::TEXT, 40, b"register a.b.\xf4\x90", true);
+    assert_eq!(raw.expect_close_code(), 1007);
+}
+
+#[test]
+fn a_character_split_across_fragments_is_accepted() {
+    let server = Server::shared();
+    let mut raw = server.raw_ws();
+    let key = "caf\u{e9}.\u{1d11e}";
+    let text = format!("register a.b.{key}");
+    let (first, rest) = text.as_bytes().split_at(text.len() - 2);
+    raw.send_frame(0x01, first, true);
+    raw.send_frame(0x80, rest, true);
+    let reply = raw.expect_event();
+    assert_eq!(reply["Action"], "register", "{reply}");
+    assert_eq!(reply["Key"], format!("a.b.{key}"), "{reply}");
+}
+
+#[test]
 fn unmasked_client_frame_closes_with_1002() {
     let server = Server::shared();
     let mut raw = server.raw_ws();

@@ -1228,10 +1228,22 @@ impl RawWs {
 
     /// Sends one frame; `first_byte` is FIN, RSV and opcode as on the wire.
     pub fn send_frame(&mut self, first_byte: u8, payload: &[u8], masked: bool) {
+        self.send_frame_start(first_byte, payload.len(), payload, masked);
+    }
+
+    /// Sends the header of a frame declaring `declared_len` payload bytes, followed by only
+    /// `payload` (its first bytes), as a client whose frame is still on its way.
+    pub fn send_frame_start(
+        &mut self,
+        first_byte: u8,
+        declared_len: usize,
+        payload: &[u8],
+        masked: bool,
+    ) {
         let mask = [0x37u8, 0xfa, 0x21, 0x3d];
         let mut frame = vec![first_byte];
         let mask_bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
+        match declared_len {
             len @ 0..=125 => frame.push(mask_bit | len as u8),
             len @ 126..=0xffff => {
                 frame.push(mask_bit | 126);
