@@ -499,7 +499,7 @@ impl Config {
 }
 
 /// Applies the defaults to the merged settings and checks every bound.
-fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
+pub(crate) fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
     let default_limits = Limits::default();
     let max_body = args
         .max_body_bytes
@@ -749,7 +749,7 @@ fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     parse_file(path, &text)
 }
 
-fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigError> {
+pub(crate) fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigError> {
     // DeTable keeps the span of every key and value, so each error can name its key and line.
     let table = DeTable::parse(text).map_err(|error| ConfigError::Syntax {
         path: path.to_owned(),

@@ -39,6 +39,8 @@ pub mod data_dir;
 pub mod cli;
 pub mod event;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod info;
 pub mod log;

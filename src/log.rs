@@ -715,14 +715,14 @@ impl LogReader {
 }
 
 /// One stored chunk: its first `Seq`, stored-at time and undecoded records.
-struct Chunk<'a> {
+pub(crate) struct Chunk<'a> {
     first: u64,
     stored_at: u64,
     records: &'a [u8],
 }
 
 impl<'a> Chunk<'a> {
-    fn decode(first: u64, value: &'a [u8]) -> Result<Chunk<'a>, StoreError> {
+    pub(crate) fn decode(first: u64, value: &'a [u8]) -> Result<Chunk<'a>, StoreError> {
         let (prefix, records) = value
             .split_first_chunk::<STORED_AT_LEN>()
             .ok_or_else(|| StoreError::Corrupt {
@@ -743,7 +743,7 @@ impl<'a> Chunk<'a> {
         })
     }
 
-    fn records(&self) -> Records<'a> {
+    pub(crate) fn records(&self) -> Records<'a> {
         Records {
             chunk: self.first,
             next_seq: self.first,
@@ -753,7 +753,7 @@ impl<'a> Chunk<'a> {
 }
 
 /// The events of one chunk in order, `(seq, json)`; a malformed record ends it with an error.
-struct Records<'a> {
+pub(crate) struct Records<'a> {
     chunk: u64,
     next_seq: u64,
     rest: &'a [u8],

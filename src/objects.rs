@@ -12,7 +12,7 @@
 pub mod accounts;
 mod kind;
 pub mod routes;
-mod store;
+pub(crate) mod store;
 
 use thiserror::Error;
 

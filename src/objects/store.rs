@@ -40,12 +40,12 @@ pub struct ObjectStore {
     trees: Vec<sled::Tree>,
 }
 
-fn encode(object: &Value) -> Vec<u8> {
+pub(crate) fn encode(object: &Value) -> Vec<u8> {
     // A `Value` always serializes.
     serde_json::to_vec(object).unwrap_or_default()
 }
 
-fn decode(kind: Kind, key: &[u8], bytes: &[u8]) -> Result<Value, ObjectError> {
+pub(crate) fn decode(kind: Kind, key: &[u8], bytes: &[u8]) -> Result<Value, ObjectError> {
     serde_json::from_slice(bytes).map_err(|e| {
         ObjectError::Corrupt(format!(
             "entry {:?} of tree `objects/{}` is not valid JSON: {e}",
@@ -272,7 +272,7 @@ impl ObjectStore {
 }
 
 /// `patch` applied to a copy of `document`: all operations or none.
-pub(super) fn apply_patch(
+pub(crate) fn apply_patch(
     document: &Value,
     patch: &[json_patch::PatchOperation],
 ) -> Result<Value, ObjectError> {
@@ -322,7 +322,7 @@ fn stamp_modified(object: &mut Value, principal: &str) {
 /// Validates a body as an object of `kind` and completes it: the key (from the path for an
 /// update, generated for a new machine-like object), DRP's defaults, and the fields herald
 /// maintains. Answers the canonical key and the object to store.
-fn prepare(
+pub(crate) fn prepare(
     kind: Kind,
     path_key: Option<&str>,
     body: Value,
