@@ -310,6 +310,37 @@ fn failures_answer_in_drp_error_shape_with_the_right_status() {
     );
 }
 
+/// The JSON text of the number after `"name":` in `body`.
+fn number_text<'a>(body: &'a str, name: &str) -> &'a str {
+    let at = body
+        .find(&format!("\"{name}\":"))
+        .unwrap_or_else(|| panic!("no {name} in {body}"));
+    let rest = &body[at + name.len() + 3..];
+    &rest[..rest.find([',', '}']).unwrap_or(rest.len())]
+}
+
+#[test]
+fn a_large_number_in_a_param_is_stored_exactly_as_given_and_answered() {
+    let server = Server::shared();
+    let name = unique("numbers");
+    create(server, "profiles", &name);
+    let given = "555555551555555555555555555555555555555555555555551";
+    let patched = raw(
+        server,
+        "PATCH",
+        &format!("/api/v3/profiles/{name}"),
+        &format!(r#"[{{"op":"add","path":"/Params/big","value":{given}}}]"#),
+    );
+    assert_eq!(patched.status, 200, "{patched:?}");
+    let read = admin(server, "GET", &format!("/api/v3/profiles/{name}"), None);
+    assert_eq!(read.status, 200, "{read:?}");
+    let exact = given.parse::<f64>().unwrap();
+    for (what, reply) in [("the patch's answer", &patched), ("a later read", &read)] {
+        let text = number_text(&reply.body, "big");
+        assert_eq!(text.parse::<f64>().unwrap(), exact, "{what}: {text}");
+    }
+}
+
 #[test]
 fn a_patch_whose_test_fails_is_a_conflict_and_changes_nothing() {
     let server = Server::shared();

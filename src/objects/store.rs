@@ -524,6 +524,32 @@ mod tests {
     }
 
     #[test]
+    fn a_number_stored_in_an_object_reads_back_as_the_same_number() {
+        // Found by fuzzing: without correctly rounded parsing, these read back one bit off.
+        let digits = [
+            "555555551555555555555555555555555555555555555555551",
+            "2.2250738585072011e-308",
+            "0.1000000000000000055511151231257827",
+        ];
+        for text in digits {
+            let object: Value = ok(serde_json::from_str(&format!(
+                r#"{{"Params":{{"n":{text}}}}}"#
+            ))
+            .map_err(|e| ObjectError::Invalid(e.to_string())));
+            let exact = text
+                .parse::<f64>()
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(
+                object["Params"]["n"].as_f64(),
+                Some(exact),
+                "{text} as parsed"
+            );
+            let read = ok(decode(Kind::Profiles, b"p", &encode(&object)));
+            assert_eq!(read, object, "{text} after a store and a read");
+        }
+    }
+
+    #[test]
     fn the_global_profile_exists_from_the_first_open_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         {
