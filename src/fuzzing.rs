@@ -175,10 +175,15 @@ pub fn filter(data: &[u8]) -> bool {
     index.insert(7, &parsed);
     assert_eq!(index.entries(), parsed.entry_count());
     // Events made of the filter's own words, so that some of them match.
-    let words: Vec<&str> = text.split(['.', ',', '*']).chain(["", "x"]).collect();
-    for ty in &words {
-        for action in words.iter().take(4) {
-            for key in words.iter().take(4) {
+    let mut fields = text.splitn(3, '.');
+    let mut words = || -> Vec<&str> {
+        let field = fields.next().unwrap_or_default();
+        field.split(',').take(8).chain(["", "x"]).collect()
+    };
+    let (types, actions, keys) = (words(), words(), words());
+    for ty in &types {
+        for action in &actions {
+            for key in &keys {
                 let mut offered = false;
                 index.for_each_candidate(ty, action, key, |ids| offered |= ids.contains(&7));
                 if parsed.matches(ty, action, key) {
