@@ -515,12 +515,11 @@ impl ChunkedDecoder {
                         "chunk size must be hexadecimal digits",
                     ));
                 }
-                ChunkState::Size => match httparse::parse_chunk_size(rest) {
-                    Ok(httparse::Status::Complete((line_len, _)))
-                        if line_len > MAX_CHUNK_SIZE_LINE =>
-                    {
-                        return Err(HttpError::InvalidChunk("chunk-size line is too long"));
-                    }
+                // Never past the limit: the answer must not depend on how the line was split
+                // across reads, and a bad byte beyond the limit is never reached in pieces.
+                ChunkState::Size => match httparse::parse_chunk_size(
+                    rest.get(..MAX_CHUNK_SIZE_LINE).unwrap_or(rest),
+                ) {
                     Ok(httparse::Status::Complete((line_len, size))) => {
                         let total = self.body_bytes.saturating_add(size);
                         if total > max_body as u64 {
@@ -536,7 +535,7 @@ impl ChunkedDecoder {
                         };
                     }
                     Ok(httparse::Status::Partial) => {
-                        if rest.len() > MAX_CHUNK_SIZE_LINE {
+                        if rest.len() >= MAX_CHUNK_SIZE_LINE {
                             return Err(HttpError::InvalidChunk("chunk-size line is too long"));
                         }
                         break;
@@ -1220,6 +1219,34 @@ mod tests {
             decode_all(b"a\r\n0123456789\r\n0\r\n\r\n", 10, 3).is_ok(),
             "exactly at the limit"
         );
+    }
+
+    #[test]
+    fn a_long_chunk_size_line_gets_the_same_error_however_it_arrives() {
+        // Found by fuzzing: a bare CR after the limit answered "invalid chunk size" when the
+        // line came in one read and "too long" when it came in pieces.
+        let line = format!(
+            "2;{}\rX\r\nab\r\n0\r\n\r\n",
+            "x".repeat(MAX_CHUNK_SIZE_LINE)
+        );
+        for piece in [1, 7, 1000, line.len()] {
+            assert_eq!(
+                decode_all(line.as_bytes(), 100, piece),
+                Err(HttpError::InvalidChunk("chunk-size line is too long")),
+                "pieces of {piece}"
+            );
+        }
+        let longest = format!(
+            "2;{}\r\nab\r\n0\r\n\r\n",
+            "x".repeat(MAX_CHUNK_SIZE_LINE - 4)
+        );
+        for piece in [1, longest.len()] {
+            assert_eq!(
+                decode_all(longest.as_bytes(), 100, piece).map(|(out, _)| out),
+                Ok(b"ab".to_vec()),
+                "a line exactly at the limit, pieces of {piece}"
+            );
+        }
     }
 
     proptest::proptest! {
