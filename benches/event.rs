@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use herald::event::{EncodedEvent, parse_publish};
+use herald::wire::event::{EncodedEvent, parse_publish};
 
 /// A profile save event of about 600 bytes of JSON.
 fn profile_event(n: usize) -> String {

@@ -6,8 +6,8 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use herald::command;
-use herald::filter::{Filter, FilterIndex};
+use herald::wire::command;
+use herald::wire::filter::{Filter, FilterIndex};
 
 /// A stable, uuid-shaped key for machine `n`.
 fn machine_uuid(n: usize) -> String {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::http::{ApiError, RequestHead, Response};
 use crate::metrics::CoreStats;
+use crate::wire::http::{ApiError, RequestHead, Response};
 use crate::worker::Shared;
 
 /// Time between two samples.

@@ -11,10 +11,12 @@ use monoio::net::TcpStream;
 use crate::auth::{self, AuthError, Claims, FastAuth, Identity};
 use crate::connection;
 use crate::connections::ConnectionView;
-use crate::event;
-use crate::filter::Filter;
-use crate::http::{self, ApiError, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response};
 use crate::transport::Transport;
+use crate::wire::event;
+use crate::wire::filter::Filter;
+use crate::wire::http::{
+    self, ApiError, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response,
+};
 use crate::worker::{Core, CoreQuery, Expiry, HttpWatch};
 
 /// Default and largest page of `GET /api/v3/events`.
@@ -171,7 +173,7 @@ async fn session(
             Answer::Upgrade(identity) => {
                 let key = request.head.websocket_key.as_deref()?;
                 if transport
-                    .write_all(&crate::websocket::upgrade_response(key))
+                    .write_all(&crate::wire::websocket::upgrade_response(key))
                     .await
                     .is_err()
                 {

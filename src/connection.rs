@@ -12,15 +12,15 @@ use std::task::{Poll, Waker};
 use std::time::{Instant, SystemTime};
 
 use crate::auth::Claims;
-use crate::command::{self, Command};
 use crate::connections::ConnectionView;
-use crate::event::{self, EncodedEvent};
-use crate::filter::Filter;
 use crate::metrics::CoreStats;
 use crate::outbound::{OutChunk, OutQueue};
 use crate::sequencer::Batch;
 use crate::transport::{self, ReadSide, Shutdown, WriteSide};
-use crate::websocket::{self, FrameReader, Message, OpCode};
+use crate::wire::command::{self, Command};
+use crate::wire::event::{self, EncodedEvent};
+use crate::wire::filter::Filter;
+use crate::wire::websocket::{self, FrameReader, Message, OpCode};
 use crate::worker::Core;
 
 /// A single-task wake-up flag: `notify` sets it and wakes the waiter, `notified` waits for it.

@@ -9,15 +9,15 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::command::{self, Command};
 use crate::config;
-use crate::event::{self, EncodedEvent};
-use crate::filter::{Filter, FilterIndex};
-use crate::http::{self, ChunkedDecoder, Head};
 use crate::log::Chunk;
 use crate::objects::Kind;
 use crate::objects::store::{apply_patch, decode, encode, prepare};
-use crate::websocket::{FrameReader, Message, ProtocolError};
+use crate::wire::command::{self, Command};
+use crate::wire::event::{self, EncodedEvent};
+use crate::wire::filter::{Filter, FilterIndex};
+use crate::wire::http::{self, ChunkedDecoder, Head};
+use crate::wire::websocket::{FrameReader, Message, ProtocolError};
 
 /// The size of the pieces that input is fed in, from the first byte (1–64 bytes).
 fn split_piece_size(data: &[u8]) -> (usize, &[u8]) {

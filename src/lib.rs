@@ -5,12 +5,10 @@
 //! - [`logging`]: the log level grammar, stderr logging, client-record rate limits, log events.
 //! - [`data_dir`]: the data directory's lock and the marker naming the log it holds.
 //! - [`tls`]: the server certificate (configured, or self-signed on first start) and rustls setup.
-//! - [`http`]: HTTP/1.1 request heads, bodies and responses; DRP's error shape.
-//! - [`websocket`]: the upgrade, reading client frames, writing server frame headers.
-//! - [`filter`]: `type.action.key` filters and the compiled per-core filter index.
-//! - [`command`]: client commands on the websocket (`register`, `deregister`, `replay`).
+//! - [`wire`]: codecs without I/O: HTTP/1.1 heads, bodies and responses (DRP's error shape);
+//!   websocket upgrade and frames; `type.action.key` filters and their per-core index; client
+//!   commands (`register`, `deregister`, `replay`); events and the frame encoded once.
 //! - [`auth`]: users, roles, claims, passwords and signed tokens.
-//! - [`event`]: events, their validation, and the frame encoded once for every receiver.
 //! - [`log`]: the durable event log in sled behind a narrow storage interface.
 //! - [`sequencer`]: the one thread that assigns `Seq`, makes batches durable and broadcasts them.
 //! - [`worker`]: one core: accept loop, filter index, fan-out, deadlines.
@@ -30,18 +28,14 @@
 pub mod activity;
 pub mod api;
 pub mod auth;
-pub mod command;
 pub mod config;
 pub mod connection;
 pub mod connections;
 pub mod data_dir;
 
 pub mod cli;
-pub mod event;
-pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http;
 pub mod info;
 pub mod log;
 pub mod logging;
@@ -53,7 +47,7 @@ pub mod server;
 pub mod tls;
 pub mod transport;
 pub mod ui;
-pub mod websocket;
+pub mod wire;
 pub mod worker;
 
 #[cfg(test)]

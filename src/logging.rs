@@ -18,7 +18,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Registry, reload};
 
-use crate::event::{Event, SYSTEM_PRINCIPAL};
+use crate::wire::event::{Event, SYSTEM_PRINCIPAL};
 
 /// The level names `--log-level` and `--log-events-level` accept, quietest first.
 pub const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
@@ -282,7 +282,7 @@ impl LogEvents {
         let level = level_name(*meta.level());
         let mut fields = FieldsToJson::default();
         event.record(&mut fields);
-        let time = crate::event::now_rfc3339();
+        let time = crate::wire::event::now_rfc3339();
         let object = serde_json::json!({
             "Time": time,
             "Level": level,

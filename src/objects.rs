@@ -16,7 +16,7 @@ pub(crate) mod store;
 
 use thiserror::Error;
 
-use crate::http::{ApiError, Response};
+use crate::wire::http::{ApiError, Response};
 
 pub use kind::{Kind, MAX_NAME_BYTES, check_name};
 pub use routes::{Route, handle, runner_claims};

@@ -200,8 +200,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::event::{EncodedEvent, Event};
     use crate::sequencer::SequencedBatch;
+    use crate::wire::event::{EncodedEvent, Event};
 
     fn batch(count: u64) -> Rc<Batch> {
         let events = (1..=count)

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 
 use crate::config::{Durability, Retention};
-use crate::event::{EncodedEvent, Event};
 use crate::log::EventLog;
+use crate::wire::event::{EncodedEvent, Event};
 
 /// Most events sequenced as one batch (one sled append, one flush, one broadcast).
 const MAX_BATCH_EVENTS: usize = 4096;

@@ -179,7 +179,7 @@ pub fn plain_http_refusal(request: &[u8]) -> Vec<u8> {
         ),
     };
     let mut out = Vec::new();
-    crate::http::Response::error(crate::http::ApiError::new(400, message))
+    crate::wire::http::Response::error(crate::wire::http::ApiError::new(400, message))
         .encode(false, false, &mut out);
     out
 }

@@ -3,7 +3,7 @@
 //! Content-Security-Policy. Nothing is fetched from elsewhere: the page talks only to the REST
 //! routes and the websocket of the herald that served it, with a token it keeps for the session.
 
-use crate::http::{ApiError, Method, RequestHead, Response};
+use crate::wire::http::{ApiError, Method, RequestHead, Response};
 
 /// One embedded file.
 struct Asset {

@@ -14,17 +14,17 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::auth::AuthStore;
-use crate::command;
 use crate::config::Config;
 use crate::connection::{CloseReason, WsConn};
 use crate::connections::{ConnectionView, History};
-use crate::event::Event;
-use crate::event::{self, EncodedEvent};
-use crate::filter::FilterIndex;
 use crate::log::LogReader;
 use crate::metrics::CoreStats;
 use crate::sequencer::{Batch, LogStatus, Publisher};
 use crate::transport::{self, Shutdown};
+use crate::wire::command;
+use crate::wire::event::Event;
+use crate::wire::event::{self, EncodedEvent};
+use crate::wire::filter::FilterIndex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 

@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 /// Websocket opcodes: the server's own definition.
-pub use herald::websocket::OpCode;
+pub use herald::wire::websocket::OpCode;
 
 /// One complete server frame inside a buffer.
 #[derive(Debug, Clone)]

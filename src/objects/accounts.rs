@@ -12,8 +12,8 @@ use super::ObjectError;
 use super::store::apply_patch;
 use crate::api::Request;
 use crate::auth::{AuthError, AuthStore, HashedPassword, Identity, NewUser, Role};
-use crate::event::Event;
-use crate::http::{ApiError, Method, Response};
+use crate::wire::event::Event;
+use crate::wire::http::{ApiError, Method, Response};
 use crate::worker::Core;
 
 /// A failed account change: HTTP status and message.

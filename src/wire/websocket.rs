@@ -1,6 +1,6 @@
 //! The websocket upgrade answer, reading client frames (RFC 6455), and writing server frame headers.
 //!
-//! Like [`crate::http`], this is a codec over byte buffers: the connection appends what it read
+//! Like [`crate::wire::http`], this is a codec over byte buffers: the connection appends what it read
 //! and calls [`FrameReader::next_message`], which answers `Ok(None)` when more bytes are needed.
 //! The frame header is parsed here rather than with tungstenite's `FrameHeader`, because we must
 //! reject a frame from its first bytes (reserved bits, opcode, an oversized declared length)

@@ -4,7 +4,7 @@
 //! Every text frame is parsed here, in one place, into a [`Command`]; the connection applies it
 //! in one `match` and answers each frame with exactly one reply.
 
-use crate::filter::{Filter, FilterError};
+use crate::wire::filter::{Filter, FilterError};
 
 /// The longest `Key` of an error reply, in bytes, so a 4 KiB command is not echoed whole.
 pub const ERROR_KEY_MAX_BYTES: usize = 256;

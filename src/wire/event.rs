@@ -12,7 +12,7 @@ use simd_json::prelude::*;
 use thiserror::Error;
 use time::format_description::well_known::Rfc3339;
 
-use crate::websocket::{self, OpCode};
+use crate::wire::websocket::{self, OpCode};
 
 /// Longest `Type` or `Action` a publisher may use, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
