@@ -1,6 +1,6 @@
 //! The HTTP side of a connection: the request loop with its limits, authentication, and the
 //! routes of `docs/protocol.md` §1. A websocket upgrade hands the connection over to
-//! [`crate::connection`].
+//! [`crate::core::connection`].
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::auth::{self, AuthError, Claims, FastAuth, Identity};
-use crate::connection;
-use crate::connections::ConnectionView;
-use crate::transport::Transport;
+use crate::core::Core;
+use crate::core::connection;
+use crate::core::conns::{ConnectionView, Expiry, HttpWatch};
+use crate::core::query::CoreQuery;
+use crate::net::transport::Transport;
 use crate::wire::event;
 use crate::wire::filter::Filter;
 use crate::wire::http::{
     self, ApiError, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response,
 };
-use crate::worker::{Core, CoreQuery, Expiry, HttpWatch};
 
 /// Default and largest page of `GET /api/v3/events`.
 const EVENTS_PAGE_DEFAULT: usize = 1000;
@@ -587,7 +588,11 @@ async fn handle(
             200,
             &crate::info::server_info(&core.shared, request.watch.local),
         )),
-        (Route::InfoActivity, _) => Ok(crate::activity::response(&core.shared, head)),
+        (Route::InfoActivity, _) => Ok(crate::metrics::activity::response(
+            &core.shared.activity,
+            core.shared.activity_totals(),
+            head,
+        )),
         (Route::Metrics, _) => Ok(metrics_response(core)),
         (Route::Connections, _) => {
             require(identity, "connections", "list", "*")?;
@@ -711,7 +716,7 @@ async fn track_api_connection(core: &Core, watch: &HttpWatch, identity: &Identit
         remote_addr: watch.remote.to_string(),
         principal: identity.principal.clone(),
         create_time: event::now_rfc3339(),
-        expires_at: crate::connections::expires_at(identity.expires),
+        expires_at: crate::core::conns::expires_at(identity.expires),
         kind: "api".to_owned(),
         filters: Vec::new(),
         events_sent: 0,
@@ -788,7 +793,7 @@ fn metrics_response(core: &Core) -> Response {
     match &core.shared.metrics {
         Some(handle) => Response::empty(200).with_body(
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(&core.shared, handle).into_bytes(),
+            crate::metrics::render(&core.shared.scrape(), handle).into_bytes(),
         ),
         None => error(503, "metrics are unavailable in this process"),
     }

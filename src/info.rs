@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use thiserror::Error;
 
 use crate::auth::Token;
-use crate::worker::Shared;
+use crate::core::ServerState;
 
 /// `meta` key of the server's id.
 pub const SERVER_ID_KEY: &str = "server_id";
@@ -49,7 +49,7 @@ pub fn open_server_id(db: &sled::Db) -> Result<String, InfoError> {
 }
 
 /// The answer of `GET /api/v3/info` on a connection that reached the server at `local`.
-pub fn server_info(shared: &Shared, local: Option<SocketAddr>) -> Map<String, Value> {
+pub fn server_info(shared: &ServerState, local: Option<SocketAddr>) -> Map<String, Value> {
     let status = &shared.log_status;
     let default_password = shared.auth.default_password_in_use();
     let mut warnings = Vec::new();
@@ -86,7 +86,7 @@ pub fn server_info(shared: &Shared, local: Option<SocketAddr>) -> Map<String, Va
         "id": id,
         "local_id": id,
         "uuid": id,
-        "server_hostname": crate::tls::host_name().unwrap_or_default(),
+        "server_hostname": crate::net::tls::host_name().unwrap_or_default(),
         "features": FEATURES,
         "stats": [],
         "errors": [],
@@ -127,7 +127,7 @@ pub fn server_info(shared: &Shared, local: Option<SocketAddr>) -> Map<String, Va
 
 /// A token answer as DRP shapes it: `Token`, and an `Info` that is the server's Info with what
 /// the token grants (`Principal`, `Roles`, `Expires`, …) beside it.
-pub fn token_answer(shared: &Shared, local: Option<SocketAddr>, token: &Token) -> Value {
+pub fn token_answer(shared: &ServerState, local: Option<SocketAddr>, token: &Token) -> Value {
     let mut info = server_info(shared, local);
     if let Ok(Value::Object(granted)) = serde_json::to_value(&token.info) {
         info.extend(granted);

@@ -4,15 +4,16 @@
 //! [`CoreStats`] per core, written only by that core, and are merged at scrape time; everything
 //! else goes through the `metrics` facade into metrics-exporter-prometheus, which renders the
 //! Prometheus text. No label takes a value a client controls.
+//!
+//! A leaf: everything rendered is handed in as plain values by the caller.
+
+pub mod activity;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::connection::CloseReason;
-use crate::worker::Shared;
 
 /// Open connections, by `type` (`websocket`, `api`).
 pub const CONNECTIONS: &str = "herald_connections";
@@ -83,7 +84,60 @@ pub struct CoreStats {
     pub delivery_lag_writes: AtomicU64,
 }
 
+/// The per-core counters summed over every core, read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreTotals {
+    /// Open websockets.
+    pub websockets: u64,
+    /// Open HTTP (API) connections.
+    pub api_connections: u64,
+    /// Registered filters.
+    pub filters: u64,
+    /// Events written to websockets.
+    pub events_delivered: u64,
+    /// Bytes written to websockets.
+    pub bytes_delivered: u64,
+    /// Websockets closed as slow consumers.
+    pub slow_consumer_closes: u64,
+    /// Summed delivery lag of the timed writes, in microseconds.
+    pub delivery_lag_micros: u64,
+    /// Writes whose delivery lag was timed.
+    pub delivery_lag_writes: u64,
+}
+
+/// What a scrape renders besides the exporter's own series, gathered by the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Scrape {
+    /// The per-core counters, summed.
+    pub cores: CoreTotals,
+    /// Oldest retained Seq.
+    pub log_first_seq: u64,
+    /// Newest stored Seq.
+    pub log_last_seq: u64,
+    /// Bytes of retained events.
+    pub log_bytes: u64,
+    /// `io_uring` or `epoll`.
+    pub driver: &'static str,
+}
+
 impl CoreStats {
+    /// Sums the counters of every core.
+    pub fn total(stats: &[CoreStats]) -> CoreTotals {
+        let sum = |field: fn(&CoreStats) -> &AtomicU64| -> u64 {
+            stats.iter().map(|s| field(s).load(Ordering::Relaxed)).sum()
+        };
+        CoreTotals {
+            websockets: sum(|s| &s.websockets),
+            api_connections: sum(|s| &s.api_connections),
+            filters: sum(|s| &s.filters),
+            events_delivered: sum(|s| &s.events_delivered),
+            bytes_delivered: sum(|s| &s.bytes_delivered),
+            slow_consumer_closes: sum(|s| &s.slow_consumer_closes),
+            delivery_lag_micros: sum(|s| &s.delivery_lag_micros),
+            delivery_lag_writes: sum(|s| &s.delivery_lag_writes),
+        }
+    }
+
     /// Adds `n` (the owning core is the only writer, so no read-modify-write is needed).
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.store(
@@ -116,7 +170,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 fn register_zeroes() {
     for reason in [
         "client closed",
-        "slow consumer",
+        SLOW_CONSUMER,
         "ping timeout",
         "server shutdown",
         "protocol error",
@@ -206,21 +260,13 @@ fn describe() {
     );
 }
 
-/// The label a close reason is counted under (protocol errors without their detail).
-pub fn disconnect_reason(reason: &CloseReason) -> &'static str {
-    match reason {
-        CloseReason::ClientClosed => "client closed",
-        CloseReason::SlowConsumer => "slow consumer",
-        CloseReason::PingTimeout => "ping timeout",
-        CloseReason::ServerShutdown => "server shutdown",
-        CloseReason::Protocol(_) => "protocol error",
-    }
-}
+/// The `reason` label of a websocket closed as a slow consumer.
+pub const SLOW_CONSUMER: &str = "slow consumer";
 
-/// Counts a closed websocket.
-pub fn count_disconnect(reason: &CloseReason) {
-    counter!(DISCONNECTS, "reason" => disconnect_reason(reason)).increment(1);
-    if *reason == CloseReason::SlowConsumer {
+/// Counts a closed websocket under its `reason` label (one of those `register_zeroes` names).
+pub fn count_disconnect(reason: &'static str) {
+    counter!(DISCONNECTS, "reason" => reason).increment(1);
+    if reason == SLOW_CONSUMER {
         counter!(SLOW_CONSUMER_CLOSES).increment(1);
     }
 }
@@ -237,25 +283,18 @@ pub fn count_request(route: &'static str, status: u16) {
     counter!(HTTP_REQUESTS, "route" => route, "class" => class).increment(1);
 }
 
-/// Merges the per-core counters into the exporter and renders the exposition.
-pub fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
-    let sum = |field: fn(&CoreStats) -> &AtomicU64| -> u64 {
-        shared
-            .core_stats
-            .iter()
-            .map(|s| field(s).load(Ordering::Relaxed))
-            .sum()
-    };
-    gauge!(CONNECTIONS, "type" => "websocket").set(sum(|s| &s.websockets) as f64);
-    gauge!(CONNECTIONS, "type" => "api").set(sum(|s| &s.api_connections) as f64);
-    gauge!(FILTERS).set(sum(|s| &s.filters) as f64);
-    counter!(EVENTS_DELIVERED).absolute(sum(|s| &s.events_delivered));
-    counter!(DELIVERED_BYTES).absolute(sum(|s| &s.bytes_delivered));
-    let log = &shared.log_status;
-    gauge!(LOG_FIRST_SEQ).set(log.first_seq() as f64);
-    gauge!(LOG_LAST_SEQ).set(log.last_seq() as f64);
-    gauge!(LOG_BYTES).set(log.bytes() as f64);
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => shared.driver).set(1.0);
+/// Merges the gathered figures into the exporter and renders the exposition.
+pub fn render(scrape: &Scrape, handle: &PrometheusHandle) -> String {
+    let cores = &scrape.cores;
+    gauge!(CONNECTIONS, "type" => "websocket").set(cores.websockets as f64);
+    gauge!(CONNECTIONS, "type" => "api").set(cores.api_connections as f64);
+    gauge!(FILTERS).set(cores.filters as f64);
+    counter!(EVENTS_DELIVERED).absolute(cores.events_delivered);
+    counter!(DELIVERED_BYTES).absolute(cores.bytes_delivered);
+    gauge!(LOG_FIRST_SEQ).set(scrape.log_first_seq as f64);
+    gauge!(LOG_LAST_SEQ).set(scrape.log_last_seq as f64);
+    gauge!(LOG_BYTES).set(scrape.log_bytes as f64);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => scrape.driver).set(1.0);
     process_metrics();
     handle.render()
 }

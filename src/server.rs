@@ -12,14 +12,14 @@ use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::os::fd::AsRawFd;
 use thiserror::Error;
 
 use crate::auth::{AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_USER};
 use crate::config::{Config, DEFAULT_LISTEN, DEFAULT_PASSWORD_LISTEN, TlsMode};
+use crate::core::accept::{self, CoreControl, CoreInputs};
+use crate::core::{Heartbeats, ServerState};
 use crate::log::EventLog;
 use crate::sequencer::{self, Sequencer};
-use crate::worker::{self, Core, Shared};
 
 /// Pending connections the kernel queues per core listener.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -52,7 +52,7 @@ pub enum ServerError {
     Log(#[from] crate::log::StoreError),
     /// The connection history could not be opened.
     #[error(transparent)]
-    History(#[from] crate::connections::HistoryError),
+    History(#[from] crate::core::history::HistoryError),
     /// Users and roles could not be opened.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
@@ -64,7 +64,7 @@ pub enum ServerError {
     Objects(#[from] crate::objects::ObjectError),
     /// TLS could not be set up.
     #[error("TLS: {0}")]
-    Tls(crate::tls::TlsError),
+    Tls(crate::net::tls::TlsError),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {cause}")]
     Listen {
@@ -83,20 +83,10 @@ pub enum ServerError {
     },
 }
 
-impl From<crate::tls::TlsError> for ServerError {
-    fn from(error: crate::tls::TlsError) -> ServerError {
+impl From<crate::net::tls::TlsError> for ServerError {
+    fn from(error: crate::net::tls::TlsError) -> ServerError {
         ServerError::Tls(error)
     }
-}
-
-/// A message from the main thread to a core.
-#[derive(Debug, Clone, Copy)]
-pub enum CoreControl {
-    /// Stop accepting, close every client, and finish by the deadline.
-    Shutdown {
-        /// When the core must be done.
-        deadline: Instant,
-    },
 }
 
 /// Re-reads the configuration (from its file, flags and environment) on SIGHUP.
@@ -132,7 +122,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     let log_reader = log.reader();
     let (auth, admin) = AuthStore::open(&db, config.admin_password.as_deref())?;
     log_admin_start(admin);
-    let (history, crashed) = crate::connections::History::open(&db)?;
+    let (history, crashed) = crate::core::history::History::open(&db)?;
     if crashed > 0 {
         tracing::warn!(
             connections = crashed,
@@ -148,7 +138,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
              use with tls_cert or plain"
         );
     }
-    let tls = crate::tls::server_config(&config.tls, &config.data_dir, &config.tls_san)?;
+    let tls = crate::net::tls::server_config(&config.tls, &config.data_dir, &config.tls_san)?;
     let listen = listen_address(&config, admin.default_password);
     let listeners = bind_listeners(listen, config.cores)?;
     let addr = listeners[0]
@@ -196,7 +186,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
             None
         }
     };
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(ServerState {
         config: config.clone(),
         auth: Arc::new(auth),
         objects,
@@ -214,12 +204,12 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         next_conn_id: std::sync::atomic::AtomicU64::new(1),
         queries: query_txs,
         server_id,
-        heartbeats: (0..config.cores)
-            .map(|_| std::sync::atomic::AtomicU64::new(0))
-            .collect(),
-        activity: crate::activity::Activity::default(),
+        heartbeats: Heartbeats::new(config.cores),
+        activity: Arc::default(),
     });
-    if let Err(error) = crate::activity::start(shared.clone()) {
+    let sampled = shared.clone();
+    let sample = move || sampled.activity_totals();
+    if let Err(error) = crate::metrics::activity::start(shared.activity.clone(), sample) {
         tracing::warn!(%error, "the console's activity charts are unavailable");
     }
     let blocking = monoio::blocking::DefaultThreadPool::new(2);
@@ -252,7 +242,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
                 if let Some(core_id) = pin {
                     core_affinity::set_for_current(core_id);
                 }
-                run_core(id, shared, inputs, blocking, ready);
+                // The core serves HTTP through the handler handed to it: it does not import the routes.
+                accept::run(id, shared, inputs, blocking, ready, crate::api::serve);
                 let _ = done.send(id);
             })
             .map_err(|cause| ServerError::Start {
@@ -332,7 +323,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
 }
 
 /// Applies what SIGHUP can change without a restart and says what it could not.
-fn apply_reload(shared: &Shared, reload: &Reload) {
+fn apply_reload(shared: &ServerState, reload: &Reload) {
     let new = match reload() {
         Ok(new) => new,
         Err(error) => {
@@ -493,7 +484,7 @@ fn listen_address(config: &Config, default_password: bool) -> SocketAddr {
 }
 
 /// Trims the connection history by count and age in the background.
-fn start_history_trim(history: crate::connections::History, retention: crate::config::History) {
+fn start_history_trim(history: crate::core::history::History, retention: crate::config::History) {
     let _ = thread::Builder::new()
         .name("herald-history".into())
         .spawn(move || {
@@ -501,13 +492,13 @@ fn start_history_trim(history: crate::connections::History, retention: crate::co
                 if let Err(error) = history.trim(&retention, std::time::SystemTime::now()) {
                     tracing::warn!(%error, "trimming the connection history failed; will retry");
                 }
-                thread::sleep(crate::connections::TRIM_EVERY);
+                thread::sleep(crate::core::history::TRIM_EVERY);
             }
         });
 }
 
 /// Pings systemd's watchdog while every core's sweeper keeps running.
-fn start_watchdog(shared: Arc<Shared>) {
+fn start_watchdog(shared: Arc<ServerState>) {
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -516,7 +507,7 @@ fn start_watchdog(shared: Arc<Shared>) {
         .spawn(move || {
             loop {
                 thread::sleep(period / 2);
-                if shared.cores_alive(period) {
+                if shared.heartbeats.all_within(period) {
                     let _ = sd_notify::notify(&[NotifyState::Watchdog]);
                 }
             }
@@ -547,9 +538,8 @@ fn paste_urls(scheme: &str, addr: SocketAddr) -> Vec<String> {
                 .filter(|i| ip.is_ipv6() || i.ip().is_ipv4())
                 .map(|i| url(i.ip())),
         ),
-        Err(_) => {
-            urls.extend(crate::tls::host_name().map(|host| format!("{scheme}://{host}:{port}")))
-        }
+        Err(_) => urls
+            .extend(crate::net::tls::host_name().map(|host| format!("{scheme}://{host}:{port}"))),
     }
     urls.dedup();
     urls
@@ -605,57 +595,4 @@ fn bind_one(addr: SocketAddr, reuse_port: ReusePort) -> std::io::Result<TcpListe
     }
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
-}
-
-/// What one core receives from startup: its listener and the ends of its channels.
-struct CoreInputs {
-    listener: TcpListener,
-    inbox: flume::Receiver<sequencer::Batch>,
-    control: flume::Receiver<CoreControl>,
-    queries: flume::Receiver<worker::CoreQuery>,
-}
-
-fn run_core(
-    id: usize,
-    shared: Arc<Shared>,
-    inputs: CoreInputs,
-    blocking: monoio::blocking::DefaultThreadPool,
-    ready: std::sync::mpsc::Sender<std::io::Result<()>>,
-) {
-    let CoreInputs {
-        listener,
-        inbox,
-        control,
-        queries,
-    } = inputs;
-    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .attach_thread_pool(Box::new(blocking))
-        .build();
-    let mut runtime = match runtime {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            let _ = ready.send(Err(error));
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        let listener = match monoio::net::TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(error) => {
-                let _ = ready.send(Err(error));
-                return;
-            }
-        };
-        let listener_fd = listener.as_raw_fd();
-        let core = Core::new(id, shared);
-        monoio::spawn(core.clone().receive_batches(inbox));
-        monoio::spawn(core.clone().sweep_forever());
-        monoio::spawn(core.clone().answer_queries(queries));
-        monoio::spawn(worker::accept_forever(core.clone(), listener));
-        let _ = ready.send(Ok(()));
-        if let Ok(CoreControl::Shutdown { deadline }) = control.recv_async().await {
-            core.shut_down(listener_fd, deadline).await;
-        }
-    });
 }

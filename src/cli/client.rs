@@ -365,7 +365,7 @@ fn presented_names(endpoint: &Endpoint) -> Option<Vec<String>> {
         connection.complete_io(&mut tcp).ok()?;
     }
     let der = capture.seen.lock().ok()?.clone()?;
-    crate::tls::certificate_names(&der).ok()
+    crate::net::tls::certificate_names(&der).ok()
 }
 
 /// Whether a connection failed because the server's certificate is not trusted.

@@ -12,9 +12,9 @@ use super::ObjectError;
 use super::store::apply_patch;
 use crate::api::Request;
 use crate::auth::{AuthError, AuthStore, HashedPassword, Identity, NewUser, Role};
+use crate::core::Core;
 use crate::wire::event::Event;
 use crate::wire::http::{ApiError, Method, Response};
-use crate::worker::Core;
 
 /// A failed account change: HTTP status and message.
 type Failure = (u16, String);

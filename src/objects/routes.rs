@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::{Kind, ObjectError, ObjectStore, Written, filter_and_page};
 use crate::api::Request;
 use crate::auth::{Claim, Claims, Identity};
+use crate::core::Core;
 use crate::wire::http::{ApiError, Method, Response};
-use crate::worker::Core;
 
 /// Lifetime of a runner token when the request names none (as for user tokens).
 const RUNNER_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(600);

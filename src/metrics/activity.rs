@@ -2,20 +2,19 @@
 //! published and delivered, open connections, slow-consumer closes and delivery lag, kept in a
 //! bounded ring and served at `GET /api/v3/info/activity`.
 //!
-//! The sampler reads the same counters `/metrics` merges (the per-core [`CoreStats`] and the
-//! log's bounds), so a browser sees the server's numbers without scraping Prometheus text.
+//! The sampler reads the same counters `/metrics` merges (the per-core counters and the log's
+//! bounds, gathered by the caller into [`Totals`]), so a browser sees the server's numbers
+//! without scraping Prometheus text.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::metrics::CoreStats;
+use crate::metrics::CoreTotals;
 use crate::wire::http::{ApiError, RequestHead, Response};
-use crate::worker::Shared;
 
 /// Time between two samples.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -75,7 +74,7 @@ impl Activity {
 
 /// The counters a sample is the difference of, read at one moment.
 #[derive(Debug, Clone, Copy, Default)]
-struct Totals {
+pub struct Totals {
     last_seq: u64,
     delivered: u64,
     websockets: u64,
@@ -86,22 +85,16 @@ struct Totals {
 }
 
 impl Totals {
-    fn read(shared: &Shared) -> Totals {
-        let sum = |field: fn(&CoreStats) -> &std::sync::atomic::AtomicU64| -> u64 {
-            shared
-                .core_stats
-                .iter()
-                .map(|s| field(s).load(Ordering::Relaxed))
-                .sum()
-        };
+    /// The totals of the summed per-core counters and the log's newest Seq.
+    pub fn new(cores: &CoreTotals, last_seq: u64) -> Totals {
         Totals {
-            last_seq: shared.log_status.last_seq(),
-            delivered: sum(|s| &s.events_delivered),
-            websockets: sum(|s| &s.websockets),
-            api_connections: sum(|s| &s.api_connections),
-            slow_consumer_closes: sum(|s| &s.slow_consumer_closes),
-            lag_micros: sum(|s| &s.delivery_lag_micros),
-            lag_writes: sum(|s| &s.delivery_lag_writes),
+            last_seq,
+            delivered: cores.events_delivered,
+            websockets: cores.websockets,
+            api_connections: cores.api_connections,
+            slow_consumer_closes: cores.slow_consumer_closes,
+            lag_micros: cores.delivery_lag_micros,
+            lag_writes: cores.delivery_lag_writes,
         }
     }
 
@@ -128,21 +121,23 @@ impl Totals {
     }
 }
 
-/// Starts the sampler thread; it runs for the life of the process, as the metrics upkeep does.
-pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
+/// Starts the sampler thread, which reads the totals with `read` and keeps the samples in
+/// `activity`; it runs for the life of the process, as the metrics upkeep does.
+pub fn start(
+    activity: Arc<Activity>,
+    read: impl Fn() -> Totals + Send + 'static,
+) -> std::io::Result<()> {
     thread::Builder::new()
         .name("herald-activity".into())
         .spawn(move || {
-            let mut before = Totals::read(&shared);
+            let mut before = read();
             let mut next = Instant::now() + SAMPLE_EVERY;
             for tick in 1.. {
                 thread::sleep(next.saturating_duration_since(Instant::now()));
                 // Scheduled from the start, so samples do not drift by the time each one takes.
                 next += SAMPLE_EVERY;
-                let now = Totals::read(&shared);
-                shared
-                    .activity
-                    .push(now.since(&before, tick, SystemTime::now()));
+                let now = read();
+                activity.push(now.since(&before, tick, SystemTime::now()));
                 before = now;
             }
         })
@@ -150,8 +145,8 @@ pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
 }
 
 /// The answer of `GET /api/v3/info/activity?after=TICK`: the samples after that tick, and the
-/// totals since the server started.
-pub fn response(shared: &Shared, head: &RequestHead) -> Response {
+/// totals since the server started (`totals`, read now).
+pub fn response(activity: &Activity, totals: Totals, head: &RequestHead) -> Response {
     let after = match head.query("after") {
         None => 0,
         Some(text) => match text.parse::<u64>() {
@@ -164,12 +159,11 @@ pub fn response(shared: &Shared, head: &RequestHead) -> Response {
             }
         },
     };
-    let totals = Totals::read(shared);
     Response::json(
         200,
         &serde_json::json!({
             "IntervalSeconds": SAMPLE_EVERY.as_secs(),
-            "Samples": shared.activity.samples_after(after),
+            "Samples": activity.samples_after(after),
             "EventsDelivered": totals.delivered,
             "SlowConsumerCloses": totals.slow_consumer_closes,
         }),

@@ -1,6 +1,5 @@
-//! Connections as operators see them: the live view of one connection, and the persistent
-//! history of closed ones, so "when was this runner last online, and why did it drop?" has an
-//! answer after a restart.
+//! The persistent history of connections, so "when was this runner last online, and why did it
+//! drop?" has an answer after a restart.
 //!
 //! On-disk layout (sled, written once here):
 //! - tree `connections_open`: key = connection id (u64 big-endian), value = the connection's JSON
@@ -11,9 +10,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use sled::Tree;
 use thiserror::Error;
+
+use super::conns::ConnectionView;
 
 /// Tree of connections that were open when last recorded.
 const OPEN_TREE: &str = "connections_open";
@@ -23,22 +23,6 @@ const CLOSED_TREE: &str = "connections";
 pub const CRASHED: &str = "server crashed";
 /// Removals per sled batch when trimming, so a large trim never holds the tree for long.
 const TRIM_CHUNK: usize = 10_000;
-/// `ExpiresAt` of credentials that never expire (a password): Go's zero time, as DRP sends it.
-pub const NEVER_EXPIRES: &str = "0001-01-01T00:00:00Z";
-
-/// `ExpiresAt` for credentials expiring at `expires` (Unix seconds), or never.
-pub fn expires_at(expires: Option<u64>) -> String {
-    match expires {
-        Some(seconds) => {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
-        }
-        None => NEVER_EXPIRES.to_owned(),
-    }
-}
-
-fn never_expires() -> String {
-    NEVER_EXPIRES.to_owned()
-}
 
 /// Why the connection history could not be read or written.
 #[derive(Debug, Error)]
@@ -57,48 +41,6 @@ impl From<sled::Error> for HistoryError {
     fn from(error: sled::Error) -> HistoryError {
         HistoryError::Store(error)
     }
-}
-
-/// One connection, live or closed (`docs/protocol.md` §6).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnectionView {
-    /// `ip:port` of the peer; unique among live connections.
-    #[serde(rename = "RemoteAddr")]
-    pub remote_addr: String,
-    /// Who authenticated.
-    #[serde(rename = "Principal")]
-    pub principal: String,
-    /// When the connection authenticated (RFC 3339).
-    #[serde(rename = "CreateTime")]
-    pub create_time: String,
-    /// When the connection's credentials expire (RFC 3339), [`NEVER_EXPIRES`] for a password.
-    #[serde(rename = "ExpiresAt", default = "never_expires")]
-    pub expires_at: String,
-    /// `websocket` or `api`.
-    #[serde(rename = "Type")]
-    pub kind: String,
-    /// Registered filters (websockets).
-    #[serde(rename = "Filters", default)]
-    pub filters: Vec<String>,
-    /// Events written to the socket.
-    #[serde(rename = "EventsSent", default)]
-    pub events_sent: u64,
-    /// Bytes written to the socket.
-    #[serde(rename = "BytesSent", default)]
-    pub bytes_sent: u64,
-    /// Seq of the last event written.
-    #[serde(rename = "LastSeq", default)]
-    pub last_seq: u64,
-    /// When it closed (closed connections only).
-    #[serde(rename = "CloseTime", default, skip_serializing_if = "Option::is_none")]
-    pub close_time: Option<String>,
-    /// Why it closed (closed connections only).
-    #[serde(
-        rename = "CloseReason",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub close_reason: Option<String>,
 }
 
 /// How much history to keep.
@@ -233,6 +175,7 @@ pub const TRIM_EVERY: Duration = Duration::from_secs(60);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::conns::{NEVER_EXPIRES, expires_at};
 
     fn view(principal: &str) -> ConnectionView {
         ConnectionView {

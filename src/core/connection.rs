@@ -3,55 +3,24 @@
 //! many events were queued meanwhile).
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::{Instant, SystemTime};
 
+use super::Core;
+use super::conns::{self, ConnectionView};
 use crate::auth::Claims;
-use crate::connections::ConnectionView;
 use crate::metrics::CoreStats;
-use crate::outbound::{OutChunk, OutQueue};
+use crate::net::notify::Notify;
+use crate::net::outbound::{OutChunk, OutQueue};
+use crate::net::transport::{self, ReadSide, Shutdown, WriteSide};
 use crate::sequencer::Batch;
-use crate::transport::{self, ReadSide, Shutdown, WriteSide};
 use crate::wire::command::{self, Command};
 use crate::wire::event::{self, EncodedEvent};
 use crate::wire::filter::Filter;
 use crate::wire::websocket::{self, FrameReader, Message, OpCode};
-use crate::worker::Core;
-
-/// A single-task wake-up flag: `notify` sets it and wakes the waiter, `notified` waits for it.
-#[derive(Default)]
-pub struct Notify {
-    flag: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Notify {
-    /// Sets the flag and wakes the waiting task, if any.
-    pub fn notify(&self) {
-        self.flag.set(true);
-        if let Some(waker) = self.waker.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-
-    /// Waits until the flag is set, and clears it.
-    pub async fn notified(&self) {
-        poll_fn(|cx| {
-            if self.flag.replace(false) {
-                Poll::Ready(())
-            } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
 
 /// Why a connection closed, as recorded in its history and counted in metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +46,17 @@ impl CloseReason {
             CloseReason::PingTimeout => "ping timeout".into(),
             CloseReason::ServerShutdown => "server shutdown".into(),
             CloseReason::Protocol(what) => format!("protocol error: {what}"),
+        }
+    }
+
+    /// The label the close is counted under in metrics (protocol errors without their detail).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client closed",
+            CloseReason::SlowConsumer => crate::metrics::SLOW_CONSUMER,
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::ServerShutdown => "server shutdown",
+            CloseReason::Protocol(_) => "protocol error",
         }
     }
 }
@@ -106,7 +86,7 @@ pub struct WsConn {
     pub expires: Option<u64>,
     fd: RawFd,
     budget: usize,
-    out: RefCell<OutQueue>,
+    out: RefCell<OutQueue<Batch>>,
     out_last_seq: Cell<u64>,
     inflight: Cell<usize>,
     /// Seq of the last event handed completely to the kernel.
@@ -137,7 +117,7 @@ impl WsConn {
             remote_addr: self.remote.to_string(),
             principal: self.principal.clone(),
             create_time: humantime::format_rfc3339_nanos(self.created).to_string(),
-            expires_at: crate::connections::expires_at(self.expires),
+            expires_at: conns::expires_at(self.expires),
             kind: "websocket".to_owned(),
             filters: self
                 .filters
@@ -175,7 +155,7 @@ impl WsConn {
         self.enqueue(event, |out| out.push_own(event.frame()))
     }
 
-    fn enqueue(&self, event: &EncodedEvent, push: impl FnOnce(&mut OutQueue)) -> bool {
+    fn enqueue(&self, event: &EncodedEvent, push: impl FnOnce(&mut OutQueue<Batch>)) -> bool {
         if self.closing.borrow().is_some() {
             return true;
         }
@@ -476,7 +456,7 @@ async fn write_loop(conn: Rc<WsConn>, write: WriteSide) {
 }
 
 async fn write_until_closed(conn: &Rc<WsConn>, mut write: WriteSide) {
-    let mut spare = OutChunk::default();
+    let mut spare = OutChunk::<Batch>::default();
     loop {
         let chunk = {
             let mut out = conn.out.borrow_mut();
@@ -515,7 +495,7 @@ async fn write_until_closed(conn: &Rc<WsConn>, mut write: WriteSide) {
                     } else {
                         text
                     };
-                    let frame = OutChunk::from_bytes(websocket::close_frame(code, &text));
+                    let frame = OutChunk::<Batch>::from_bytes(websocket::close_frame(code, &text));
                     let (_, _) = write.write_chunk(frame).await;
                     write.close_tls().await;
                     transport::shutdown(conn.fd, Shutdown::Both);

@@ -1,5 +1,5 @@
 //! A websocket connection's outbound queue. Live events are queued by reference to their
-//! sequenced batch, whose frames every receiver shares: fan-out to a thousand connections queues
+//! batch ([`SharedFrames`]), whose frames every receiver shares: fan-out to a thousand connections queues
 //! a thousand references, not a thousand copies. Replies, pings and replayed events are the
 //! connection's own bytes. The writer takes everything queued as one [`OutChunk`] and sends it
 //! with `writev`, [`MAX_IOVECS`] pieces per call.
@@ -9,8 +9,6 @@ use std::rc::Rc;
 
 use monoio::buf::IoVecBuf;
 
-use crate::sequencer::Batch;
-
 /// Most pieces handed to one `writev`: Linux's `IOV_MAX`.
 pub const MAX_IOVECS: usize = 1024;
 
@@ -18,36 +16,56 @@ pub const MAX_IOVECS: usize = 1024;
 /// replayed events is one piece.
 const OWN_PIECE_BYTES: usize = 16 * 1024;
 
+/// Encoded frames that every receiver on a core shares, held by `Rc` while queued: the queue is
+/// generic over them so it knows frames, not who sequenced them.
+///
+/// The bytes of a frame must not change while the value is alive: queued chunks point into them.
+pub trait SharedFrames {
+    /// The bytes of frame `index`, or `None` past the end.
+    fn frame(&self, index: usize) -> Option<&[u8]>;
+}
+
+impl<T: SharedFrames> SharedFrames for std::sync::Arc<T> {
+    fn frame(&self, index: usize) -> Option<&[u8]> {
+        (**self).frame(index)
+    }
+}
+
 /// One queued piece of the outbound stream.
-enum Piece {
+enum Piece<B> {
     /// The frame of event `index` in a batch shared with every receiver on this core.
-    Shared { batch: Rc<Batch>, index: u32 },
+    Shared { batch: Rc<B>, index: u32 },
     /// Bytes only this connection sends.
     Own(Vec<u8>),
 }
 
-impl Piece {
+impl<B: SharedFrames> Piece<B> {
     fn bytes(&self) -> &[u8] {
         match self {
-            Piece::Shared { batch, index } => batch
-                .events
-                .get(*index as usize)
-                .map_or(&[][..], |event| event.frame()),
+            Piece::Shared { batch, index } => batch.frame(*index as usize).unwrap_or_default(),
             Piece::Own(bytes) => bytes,
         }
     }
 }
 
 /// What a connection has queued and not yet handed to its writer.
-#[derive(Default)]
-pub struct OutQueue {
-    pieces: VecDeque<Piece>,
+pub struct OutQueue<B> {
+    pieces: VecDeque<Piece<B>>,
     bytes: usize,
 }
 
-impl OutQueue {
+impl<B> Default for OutQueue<B> {
+    fn default() -> Self {
+        OutQueue {
+            pieces: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<B: SharedFrames> OutQueue<B> {
     /// Queues event `index` of `batch` by reference.
-    pub fn push_shared(&mut self, batch: &Rc<Batch>, index: usize) {
+    pub fn push_shared(&mut self, batch: &Rc<B>, index: usize) {
         let Ok(index) = u32::try_from(index) else {
             return;
         };
@@ -88,7 +106,7 @@ impl OutQueue {
     }
 
     /// Moves everything queued into `chunk` (emptied first).
-    pub fn take_into(&mut self, chunk: &mut OutChunk) {
+    pub fn take_into(&mut self, chunk: &mut OutChunk<B>) {
         chunk.clear();
         chunk.pieces.extend(self.pieces.drain(..));
         for piece in &chunk.pieces {
@@ -104,9 +122,8 @@ impl OutQueue {
 }
 
 /// Pieces on their way to the socket, with the `iovec`s that point into them.
-#[derive(Default)]
-pub struct OutChunk {
-    pieces: Vec<Piece>,
+pub struct OutChunk<B> {
+    pieces: Vec<Piece<B>>,
     iovecs: Vec<libc::iovec>,
     len: usize,
     /// The first iovec not yet completely written; the next `writev` sends at most
@@ -114,9 +131,20 @@ pub struct OutChunk {
     cursor: usize,
 }
 
-impl OutChunk {
+impl<B> Default for OutChunk<B> {
+    fn default() -> Self {
+        OutChunk {
+            pieces: Vec::new(),
+            iovecs: Vec::new(),
+            len: 0,
+            cursor: 0,
+        }
+    }
+}
+
+impl<B: SharedFrames> OutChunk<B> {
     /// A chunk of one own piece.
-    pub fn from_bytes(bytes: Vec<u8>) -> OutChunk {
+    pub fn from_bytes(bytes: Vec<u8>) -> OutChunk<B> {
         let mut queue = OutQueue {
             bytes: bytes.len(),
             pieces: VecDeque::new(),
@@ -177,11 +205,11 @@ impl OutChunk {
 }
 
 // SAFETY: every iovec points into a piece the chunk owns: a frame inside an `Rc`-held batch,
-// which is immutable, or an own `Vec` that is never touched again once in the chunk; moving the
+// whose frames do not change while it is alive (the contract of `SharedFrames`), or an own `Vec` that is never touched again once in the chunk; moving the
 // chunk moves neither. `advance` only moves an iovec forward inside its own piece. The iovecs
 // change only through `&mut self` methods (`take_into`, `advance`, `clear`), which the
 // runtime's ownership of the chunk during a write rules out; the cursor never passes the end.
-unsafe impl IoVecBuf for OutChunk {
+unsafe impl<B: 'static> IoVecBuf for OutChunk<B> {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
         self.iovecs.get(self.cursor..).unwrap_or_default().as_ptr()
     }
@@ -196,35 +224,25 @@ unsafe impl IoVecBuf for OutChunk {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Instant;
-
     use super::*;
-    use crate::sequencer::SequencedBatch;
-    use crate::wire::event::{EncodedEvent, Event};
 
-    fn batch(count: u64) -> Rc<Batch> {
-        let events = (1..=count)
-            .map(|seq| {
-                let event = Event {
-                    time: "2026-01-01T00:00:00Z".into(),
-                    ty: "machines".into(),
-                    action: "update".into(),
-                    key: format!("m{seq}"),
-                    principal: "user:test".into(),
-                    object: "{}".into(),
-                    original: "null".into(),
-                };
-                EncodedEvent::new(&event, &event.body_prefix(), seq)
-            })
-            .collect();
-        Rc::new(Arc::new(SequencedBatch {
-            events,
-            durable_at: Instant::now(),
-        }))
+    /// A batch of frames, as a sequenced batch holds them.
+    struct Frames(Vec<Vec<u8>>);
+
+    impl SharedFrames for Frames {
+        fn frame(&self, index: usize) -> Option<&[u8]> {
+            self.0.get(index).map(Vec::as_slice)
+        }
     }
 
-    fn bytes_of(chunk: &OutChunk) -> Vec<u8> {
+    fn batch(count: u64) -> Rc<Frames> {
+        let frames = (1..=count)
+            .map(|seq| format!("frame of event {seq}").into_bytes())
+            .collect();
+        Rc::new(Frames(frames))
+    }
+
+    fn bytes_of(chunk: &OutChunk<Frames>) -> Vec<u8> {
         chunk.slices().flatten().copied().collect()
     }
 
@@ -237,13 +255,7 @@ mod tests {
         queue.push_own(b"a");
         queue.push_own(b"b");
         queue.push_shared(&batch, 0);
-        let expected: Vec<u8> = [
-            &b"hello"[..],
-            batch.events[1].frame(),
-            b"ab",
-            batch.events[0].frame(),
-        ]
-        .concat();
+        let expected: Vec<u8> = [&b"hello"[..], &batch.0[1], b"ab", &batch.0[0]].concat();
         assert_eq!(queue.len(), expected.len());
         let mut chunk = OutChunk::default();
         queue.take_into(&mut chunk);
@@ -259,7 +271,7 @@ mod tests {
     }
 
     /// What the next `writev` of `chunk` would send.
-    fn next_writev(chunk: &OutChunk) -> Vec<u8> {
+    fn next_writev(chunk: &OutChunk<Frames>) -> Vec<u8> {
         let iovecs = &chunk.iovecs[chunk.cursor..];
         assert_eq!(iovecs.as_ptr(), chunk.read_iovec_ptr());
         iovecs[..chunk.read_iovec_len()]

@@ -18,7 +18,8 @@ use monoio::io::{
 use monoio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::outbound::OutChunk;
+use crate::net::notify::Notify;
+use crate::net::outbound::{OutChunk, SharedFrames};
 
 /// Bytes asked of the socket per read at first: an idle connection keeps this buffer in flight
 /// for its whole life, so it starts small (commands are small) and grows only under load.
@@ -105,7 +106,7 @@ impl Transport {
     /// would have sent a handshake record (byte 0x16).
     pub fn began_with_plain_http(&self) -> bool {
         self.first_byte
-            .is_some_and(|b| crate::tls::is_plain_http(&[b]))
+            .is_some_and(|b| crate::net::tls::is_plain_http(&[b]))
     }
 
     /// The socket's file descriptor, for `shutdown` from a watchdog.
@@ -136,7 +137,7 @@ impl Transport {
                     return Ok(n);
                 }
                 Some(tls) => {
-                    if first && crate::tls::is_plain_http(self.scratch.filled(n)) {
+                    if first && crate::net::tls::is_plain_http(self.scratch.filled(n)) {
                         return Err(self.refuse_plain_http(n).await);
                     }
                     let got = feed_tls(tls, self.scratch.filled(n), out)?;
@@ -157,7 +158,7 @@ impl Transport {
     /// the answer is not lost to a reset caused by unread bytes. Returns the error that ends the
     /// connection.
     async fn refuse_plain_http(&mut self, n: usize) -> io::Error {
-        let answer = crate::tls::plain_http_refusal(self.scratch.filled(n));
+        let answer = crate::net::tls::plain_http_refusal(self.scratch.filled(n));
         let (written, _) = self.stream.write_all(answer).await;
         if written.is_ok() {
             shutdown(self.fd, Shutdown::Write);
@@ -199,7 +200,7 @@ impl Transport {
     pub fn into_split(self) -> (ReadSide, WriteSide) {
         let (read, write) = self.stream.into_split();
         let tls = self.tls.map(|t| Rc::new(RefCell::new(t)));
-        let wake_writer = Rc::new(crate::connection::Notify::default());
+        let wake_writer = Rc::new(Notify::default());
         (
             ReadSide {
                 read,
@@ -255,7 +256,7 @@ pub struct ReadSide {
     read: OwnedReadHalf<TcpStream>,
     tls: Option<Rc<RefCell<ServerConnection>>>,
     scratch: ReadBuf,
-    wake_writer: Rc<crate::connection::Notify>,
+    wake_writer: Rc<Notify>,
 }
 
 impl ReadSide {
@@ -289,7 +290,7 @@ impl ReadSide {
     }
 
     /// Set when the reader produced TLS records that only the writer may send.
-    pub fn tls_wakeup(&self) -> Rc<crate::connection::Notify> {
+    pub fn tls_wakeup(&self) -> Rc<Notify> {
         self.wake_writer.clone()
     }
 }
@@ -299,13 +300,16 @@ pub struct WriteSide {
     write: OwnedWriteHalf<TcpStream>,
     tls: Option<Rc<RefCell<ServerConnection>>>,
     cipher: Vec<u8>,
-    tls_pending: Rc<crate::connection::Notify>,
+    tls_pending: Rc<Notify>,
 }
 
 impl WriteSide {
     /// Writes all of `chunk` (plaintext): with `writev` on plain TCP, through the TLS session
     /// otherwise. Returns the chunk for reuse.
-    pub async fn write_chunk(&mut self, mut chunk: OutChunk) -> (io::Result<()>, OutChunk) {
+    pub async fn write_chunk<B: SharedFrames + 'static>(
+        &mut self,
+        mut chunk: OutChunk<B>,
+    ) -> (io::Result<()>, OutChunk<B>) {
         let Some(tls) = self.tls.clone() else {
             while !chunk.is_written() {
                 let (res, back) = self.write.writev(chunk).await;
@@ -324,10 +328,10 @@ impl WriteSide {
     }
 
     /// Encrypts and sends `chunk`, [`TLS_WRITE_CHUNK`] bytes of plaintext at a time.
-    async fn write_tls(
+    async fn write_tls<B: SharedFrames>(
         &mut self,
         tls: &Rc<RefCell<ServerConnection>>,
-        chunk: &OutChunk,
+        chunk: &OutChunk<B>,
     ) -> io::Result<()> {
         let mut pending = 0;
         for slice in chunk.slices() {
@@ -355,7 +359,7 @@ impl WriteSide {
     }
 
     /// Notified when the reader left TLS records to send.
-    pub fn tls_pending(&self) -> &Rc<crate::connection::Notify> {
+    pub fn tls_pending(&self) -> &Rc<Notify> {
         &self.tls_pending
     }
 

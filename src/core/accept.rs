@@ -1,0 +1,114 @@
+//! A core's startup and its accept loop: the core's own monoio runtime, its tasks (fan-out,
+//! sweeper, queries, accept), and each accepted socket handed to the HTTP handler that startup
+//! passed in, so the core depends on nothing above it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::{TcpListener, TcpStream};
+
+use super::query::CoreQuery;
+use super::{Core, ServerState};
+use crate::sequencer::Batch;
+
+/// A message from the main thread to a core.
+#[derive(Debug, Clone, Copy)]
+pub enum CoreControl {
+    /// Stop accepting, close every client, and finish by the deadline.
+    Shutdown {
+        /// When the core must be done.
+        deadline: Instant,
+    },
+}
+
+/// What one core receives from startup: its listener and the ends of its channels.
+pub struct CoreInputs {
+    /// The core's own `SO_REUSEPORT` listener.
+    pub listener: std::net::TcpListener,
+    /// Sequenced batches to fan out.
+    pub inbox: flume::Receiver<Batch>,
+    /// The main thread's orders.
+    pub control: flume::Receiver<CoreControl>,
+    /// Other cores' questions.
+    pub queries: flume::Receiver<CoreQuery>,
+}
+
+/// Runs core `id` on the calling thread until it is told to shut down: its runtime, its tasks,
+/// and `serve` for every accepted connection. Reports on `ready` once it accepts.
+pub fn run<S, F>(
+    id: usize,
+    shared: Arc<ServerState>,
+    inputs: CoreInputs,
+    blocking: monoio::blocking::DefaultThreadPool,
+    ready: std::sync::mpsc::Sender<std::io::Result<()>>,
+    serve: S,
+) where
+    S: Fn(Rc<Core>, TcpStream, SocketAddr) -> F + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    let CoreInputs {
+        listener,
+        inbox,
+        control,
+        queries,
+    } = inputs;
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .attach_thread_pool(Box::new(blocking))
+        .build();
+    let mut runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                let _ = ready.send(Err(error));
+                return;
+            }
+        };
+        let listener_fd = listener.as_raw_fd();
+        let core = Core::new(id, shared);
+        monoio::spawn(core.clone().receive_batches(inbox));
+        monoio::spawn(core.clone().sweep_forever());
+        monoio::spawn(core.clone().answer_queries(queries));
+        monoio::spawn(accept_forever(core.clone(), listener, serve));
+        let _ = ready.send(Ok(()));
+        if let Ok(CoreControl::Shutdown { deadline }) = control.recv_async().await {
+            core.shut_down(listener_fd, deadline).await;
+        }
+    });
+}
+
+/// The accept loop of one core's listener.
+async fn accept_forever<S, F>(core: Rc<Core>, listener: TcpListener, serve: S)
+where
+    S: Fn(Rc<Core>, TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok(_) if core.is_stopping() => return,
+            Err(_) if core.is_stopping() => return,
+            Ok((stream, remote)) => {
+                metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED, "type" => "api")
+                    .increment(1);
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(serve(core.clone(), stream, remote));
+            }
+            Err(error) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(%error, core = core.id, "accept failed");
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! A core's connections: its websockets (the slab whose keys are their ids in the filter
+//! index), its HTTP connections with their deadlines, how the connections API shows them, and
+//! the `connections.*` events their opening and closing emit.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::Core;
+use super::connection::{CloseReason, WsConn};
+use crate::metrics::CoreStats;
+use crate::wire::event::Event;
+
+/// `ExpiresAt` of credentials that never expire (a password): Go's zero time, as DRP sends it.
+pub const NEVER_EXPIRES: &str = "0001-01-01T00:00:00Z";
+
+/// `ExpiresAt` for credentials expiring at `expires` (Unix seconds), or never.
+pub fn expires_at(expires: Option<u64>) -> String {
+    match expires {
+        Some(seconds) => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
+        }
+        None => NEVER_EXPIRES.to_owned(),
+    }
+}
+
+fn never_expires() -> String {
+    NEVER_EXPIRES.to_owned()
+}
+
+/// One connection, live or closed (`docs/protocol.md` §6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionView {
+    /// `ip:port` of the peer; unique among live connections.
+    #[serde(rename = "RemoteAddr")]
+    pub remote_addr: String,
+    /// Who authenticated.
+    #[serde(rename = "Principal")]
+    pub principal: String,
+    /// When the connection authenticated (RFC 3339).
+    #[serde(rename = "CreateTime")]
+    pub create_time: String,
+    /// When the connection's credentials expire (RFC 3339), [`NEVER_EXPIRES`] for a password.
+    #[serde(rename = "ExpiresAt", default = "never_expires")]
+    pub expires_at: String,
+    /// `websocket` or `api`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// Registered filters (websockets).
+    #[serde(rename = "Filters", default)]
+    pub filters: Vec<String>,
+    /// Events written to the socket.
+    #[serde(rename = "EventsSent", default)]
+    pub events_sent: u64,
+    /// Bytes written to the socket.
+    #[serde(rename = "BytesSent", default)]
+    pub bytes_sent: u64,
+    /// Seq of the last event written.
+    #[serde(rename = "LastSeq", default)]
+    pub last_seq: u64,
+    /// When it closed (closed connections only).
+    #[serde(rename = "CloseTime", default, skip_serializing_if = "Option::is_none")]
+    pub close_time: Option<String>,
+    /// Why it closed (closed connections only).
+    #[serde(
+        rename = "CloseReason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub close_reason: Option<String>,
+}
+
+/// Deadlines of one HTTP connection, checked by the sweeper (reads are never timed out).
+pub struct HttpWatch {
+    pub(super) fd: RawFd,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The address the peer reached, when the socket reports it.
+    pub local: Option<SocketAddr>,
+    /// The connection's id and view once a request on it authenticated.
+    pub tracked: RefCell<Option<(u64, ConnectionView)>>,
+    /// When the first byte of the current request arrived (or the TLS handshake began): the
+    /// head deadline counts from here; `None` between requests.
+    pub request_started: Cell<Option<Instant>>,
+    /// Whether bytes of a request have arrived that are not answered yet: a connection without
+    /// them (idle, or with only its TLS handshake done) is closed at once on shutdown.
+    pub request_pending: Cell<bool>,
+    /// When the connection became idle.
+    pub idle_since: Cell<Instant>,
+    /// Set by the sweeper when a deadline passed and the socket's reads were ended.
+    pub expired: Cell<Option<Expiry>>,
+}
+
+/// Which deadline ended an HTTP connection's read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The request head was not complete in time: answer 408.
+    Header,
+    /// Idle too long between requests: close quietly.
+    Idle,
+}
+
+impl Core {
+    /// Records a connection as open and emits `connections.create.<principal>`; returns its id.
+    /// Returns once the event has its place in the log's queue, so anything published over the
+    /// connection afterwards comes after it.
+    pub async fn open_connection(&self, view: ConnectionView) -> u64 {
+        let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let history = self.shared.history.clone();
+        let event = Event::new("connections", "create", &view.principal, &view.principal)
+            .with_object(&view);
+        self.submit(move || {
+            if let Err(error) = history.record_open(id, &view) {
+                tracing::warn!(%error, "could not record an open connection");
+            }
+            vec![event]
+        })
+        .await;
+        id
+    }
+
+    /// Moves a connection to the history and emits `connections.delete.<principal>`, after
+    /// everything published over it (those publishes were answered before it closed).
+    pub async fn close_connection(&self, id: u64, mut view: ConnectionView, reason: String) {
+        let now = SystemTime::now();
+        view.close_time = Some(humantime::format_rfc3339_nanos(now).to_string());
+        view.close_reason = Some(reason);
+        let history = self.shared.history.clone();
+        let event = Event::new("connections", "delete", &view.principal, &view.principal)
+            .with_object(&view);
+        self.submit(move || {
+            if let Err(error) = history.record_closed(id, &view, now) {
+                tracing::warn!(%error, "could not record a closed connection");
+            }
+            vec![event]
+        })
+        .await;
+    }
+
+    /// Queues a connection change on the log thread, in the order the connection made it.
+    async fn submit(&self, change: impl FnOnce() -> Vec<Event> + Send + 'static) {
+        if let Err(error) = self.shared.publisher.submit(change).await {
+            tracing::warn!(%error, "a connection event was not published");
+        }
+    }
+
+    /// This core's live connections, as the connections API shows them.
+    pub fn connection_views(&self) -> Vec<ConnectionView> {
+        let mut views: Vec<ConnectionView> =
+            self.conns.borrow().iter().map(|(_, c)| c.view()).collect();
+        views.extend(self.http.borrow().iter().filter_map(|(_, watch)| {
+            watch
+                .tracked
+                .borrow()
+                .as_ref()
+                .map(|(_, view)| view.clone())
+        }));
+        views
+    }
+
+    /// Registers a new websocket connection, built with its slot number.
+    pub fn add_conn(&self, build: impl FnOnce(u32) -> WsConn) -> Rc<WsConn> {
+        CoreStats::add(&self.stats().websockets, 1);
+        metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED, "type" => "websocket").increment(1);
+        let mut conns = self.conns.borrow_mut();
+        let entry = conns.vacant_entry();
+        let conn = Rc::new(build(entry.key() as u32));
+        entry.insert(conn.clone());
+        conn
+    }
+
+    /// Removes every filter of a connection from the index.
+    pub fn remove_filters(&self, conn: &WsConn) {
+        let mut index = self.index.borrow_mut();
+        let mut filters = conn.filters.borrow_mut();
+        CoreStats::sub(&self.stats().filters, filters.len() as u64);
+        for filter in filters.drain(..) {
+            index.remove(conn.slot, &filter);
+        }
+        self.stop_replay(conn.slot);
+        self.bookmarked.borrow_mut().remove(&conn.slot);
+    }
+
+    /// Forgets a connection whose tasks have ended.
+    pub fn remove_conn(&self, conn: &WsConn) {
+        let mut conns = self.conns.borrow_mut();
+        if conns
+            .get(conn.slot as usize)
+            .is_some_and(|c| std::ptr::eq(&**c, conn))
+        {
+            conns.remove(conn.slot as usize);
+            CoreStats::sub(&self.stats().websockets, 1);
+            if let Some(reason) = conn.close_reason() {
+                crate::metrics::count_disconnect(reason.metric_label());
+                if reason == CloseReason::SlowConsumer {
+                    CoreStats::add(&self.stats().slow_consumer_closes, 1);
+                }
+            }
+        }
+    }
+
+    /// Starts watching an HTTP connection's deadlines.
+    pub fn watch_http(
+        &self,
+        fd: RawFd,
+        remote: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> (usize, Rc<HttpWatch>) {
+        let watch = Rc::new(HttpWatch {
+            fd,
+            remote,
+            local,
+            tracked: RefCell::new(None),
+            request_started: Cell::new(None),
+            request_pending: Cell::new(false),
+            idle_since: Cell::new(Instant::now()),
+            expired: Cell::new(None),
+        });
+        let key = self.http.borrow_mut().insert(watch.clone());
+        CoreStats::add(&self.stats().api_connections, 1);
+        (key, watch)
+    }
+
+    /// Stops watching an HTTP connection (before its socket closes).
+    pub fn unwatch_http(&self, key: usize) {
+        if self.http.borrow_mut().try_remove(key).is_some() {
+            CoreStats::sub(&self.stats().api_connections, 1);
+        }
+    }
+}
