@@ -87,6 +87,8 @@ pub struct LogStatus {
     first_seq: AtomicU64,
     last_seq: AtomicU64,
     bytes: AtomicU64,
+    /// Woken at the next flush: replays of events delivered before they were readable.
+    flush_waiters: Mutex<Vec<flume::Sender<()>>>,
 }
 
 impl LogStatus {
@@ -101,6 +103,22 @@ impl LogStatus {
     /// Bytes of events retained.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Acquire)
+    }
+    /// Receives once the next flush has made more events readable; a flush that runs after
+    /// this call and before the caller checks the log's readable bound wakes it too.
+    pub fn next_flush(&self) -> flume::Receiver<()> {
+        let (tx, rx) = flume::bounded(1);
+        self.flush_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
+    }
+    fn flushed(&self) {
+        let mut waiters = self.flush_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for waiter in waiters.drain(..) {
+            let _ = waiter.try_send(());
+        }
     }
     fn update(&self, log: &EventLog) {
         self.update_to(log, log.last_seq());
@@ -240,6 +258,7 @@ impl Sequencer {
             first_seq: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            flush_waiters: Mutex::default(),
         });
         status.update(&log);
         let (tx, rx) = flume::bounded(QUEUE_DEPTH);
@@ -456,6 +475,7 @@ impl Writer {
         }
         self.dirty = false;
         self.last_flush = Instant::now();
+        self.status.flushed();
     }
 
     fn trim(&mut self) {

@@ -44,6 +44,10 @@ impl Core {
                 });
                 self.last_delivered.set(event.seq);
             }
+            // A replay waiting for this core's fan-out to reach its cursor may go on.
+            for replay in replaying.values() {
+                replay.fanned_out.notify();
+            }
         }
         for conn in slow {
             self.remove_filters(&conn);

@@ -3,18 +3,16 @@
 //! live fan-out and is handed over to it with no gap and no duplicate.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::Core;
 use super::connection::{CloseReason, WsConn};
+use crate::net::notify::Notify;
 use crate::wire::command;
 use crate::wire::event::{self, EncodedEvent};
 
 /// Events read from the log per replay step.
 const REPLAY_CHUNK: usize = 1000;
-/// How long a replay waits before looking again when the log has not flushed, or this core has
-/// not fanned out, as far as the replay needs.
-const REPLAY_FLUSH_WAIT: Duration = Duration::from_millis(5);
 
 /// Bytes a replay keeps queued to one connection before waiting for its writer: small, so a
 /// thousand clients replaying at once hold megabytes, not gigabytes, and never more than half
@@ -24,6 +22,8 @@ const REPLAY_HIGH_WATER: usize = 64 * 1024;
 /// Replay progress of one connection, while it catches up from the log.
 pub(super) struct Replaying {
     cursor: u64,
+    /// Wakes the replay task when this core's fan-out moves, its cursor moves or it is stopped.
+    pub(super) fanned_out: Rc<Notify>,
 }
 
 fn replay_high_water(conn: &WsConn) -> usize {
@@ -72,18 +72,29 @@ impl Core {
             self.stop_replay(conn.slot);
             return;
         }
-        let previous = self
-            .replaying
-            .borrow_mut()
-            .insert(conn.slot, Replaying { cursor });
-        if previous.is_none() {
-            monoio::spawn(replay_task(self.clone(), conn.clone()));
+        let mut replaying = self.replaying.borrow_mut();
+        if let Some(running) = replaying.get_mut(&conn.slot) {
+            // The running task goes on from the new cursor.
+            running.cursor = cursor;
+            running.fanned_out.notify();
+            return;
         }
+        replaying.insert(
+            conn.slot,
+            Replaying {
+                cursor,
+                fanned_out: Rc::default(),
+            },
+        );
+        drop(replaying);
+        monoio::spawn(replay_task(self.clone(), conn.clone()));
     }
 
-    /// Ends a connection's replay, if one runs: its task finds it gone, and stops.
+    /// Ends a connection's replay, if one runs: its task wakes, finds it gone, and stops.
     pub(super) fn stop_replay(&self, slot: u32) {
-        self.replaying.borrow_mut().remove(&slot);
+        if let Some(stopped) = self.replaying.borrow_mut().remove(&slot) {
+            stopped.fanned_out.notify();
+        }
     }
 }
 
@@ -94,14 +105,19 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
         if conn.is_closing() {
             break;
         }
-        let Some(cursor) = core.replaying.borrow().get(&conn.slot).map(|r| r.cursor) else {
+        let Some((cursor, fanned_out)) = core
+            .replaying
+            .borrow()
+            .get(&conn.slot)
+            .map(|r| (r.cursor, r.fanned_out.clone()))
+        else {
             break;
         };
         let delivered = core.last_delivered.get();
         if cursor > delivered {
             // The log's bounds run ahead of this core's fan-out while a batch is on its way
             // here: switching now would let the fan-out send events up to `cursor` again.
-            monoio::time::sleep(REPLAY_FLUSH_WAIT).await;
+            fanned_out.notified().await;
             continue;
         }
         if cursor == delivered {
@@ -191,8 +207,12 @@ async fn replay_task(core: Rc<Core>, conn: Rc<WsConn>) {
             conn.drained().notified().await;
         } else if next == cursor {
             // Delivered but not yet readable: with `batched` durability the log serves only
-            // flushed events, and the next flush is at most a few milliseconds away.
-            monoio::time::sleep(REPLAY_FLUSH_WAIT).await;
+            // flushed events, and the sequencer wakes this replay at its next flush, a few
+            // milliseconds away. Registered before the check, so a flush between them counts.
+            let flushed = core.shared.log_status.next_flush();
+            if core.shared.log_reader.last_seq() <= cursor {
+                let _ = flushed.recv_async().await;
+            }
         }
     }
 }
