@@ -175,7 +175,7 @@ pub const TRIM_EVERY: Duration = Duration::from_secs(60);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::conns::{NEVER_EXPIRES, expires_at};
+    use crate::core::conns::NEVER_EXPIRES;
 
     fn view(principal: &str) -> ConnectionView {
         ConnectionView {
@@ -209,15 +209,6 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].close_reason.as_deref(), Some(CRASHED));
         assert_eq!(History::open(&db).unwrap().1, 0, "recorded once");
-    }
-
-    #[test]
-    fn expiry_is_rfc_3339_in_utc_or_gos_zero_time_and_old_records_read_as_never() {
-        assert_eq!(expires_at(None), "0001-01-01T00:00:00Z");
-        assert_eq!(expires_at(Some(1_800_000_000)), "2027-01-15T08:00:00Z");
-        let before_expiry = r#"{"RemoteAddr":"127.0.0.1:1","Principal":"user:a","CreateTime":"2026-11-27T00:00:00Z","Type":"api"}"#;
-        let old: ConnectionView = serde_json::from_str(before_expiry).unwrap();
-        assert_eq!(old.expires_at, NEVER_EXPIRES);
     }
 
     #[test]
