@@ -144,14 +144,24 @@ impl Default for Limits {
 }
 
 /// How much of the event log is kept; the oldest events are trimmed once any limit is passed.
+/// The server's come from the configuration; the log takes any, e.g. [`Retention::UNLIMITED`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
     /// Most events kept.
     pub max_events: u64,
     /// Oldest event kept, by the time it was stored.
     pub max_age: Duration,
-    /// Most bytes of stored events kept.
+    /// Most bytes of stored events kept (the log's stored value bytes).
     pub max_bytes: u64,
+}
+
+impl Retention {
+    /// Keep everything: `u64::MAX` and `Duration::MAX` mean no limit on that dimension.
+    pub const UNLIMITED: Retention = Retention {
+        max_events: u64::MAX,
+        max_age: Duration::MAX,
+        max_bytes: u64::MAX,
+    };
 }
 
 impl Default for Retention {

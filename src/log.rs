@@ -42,7 +42,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Batch, IVec, Tree};
@@ -179,26 +179,7 @@ pub fn sled_reason(error: &sled::Error) -> String {
     }
 }
 
-/// How much history to keep; the oldest events go first. `u64::MAX` / `Duration::MAX` mean
-/// no limit on that dimension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Most events retained.
-    pub max_events: u64,
-    /// Oldest event retained, measured from when it was appended.
-    pub max_age: Duration,
-    /// Most stored value bytes retained (see [`EventLog::bytes`]).
-    pub max_bytes: u64,
-}
-
-impl Retention {
-    /// Keep everything.
-    pub const UNLIMITED: Retention = Retention {
-        max_events: u64::MAX,
-        max_age: Duration::MAX,
-        max_bytes: u64::MAX,
-    };
-}
+pub use crate::config::Retention;
 
 /// What one trim did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -999,6 +980,7 @@ fn transaction_error(error: TransactionError<()>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn open_db(dir: &tempfile::TempDir) -> sled::Db {
         crate::testing::open_sled(dir.path())

@@ -480,13 +480,8 @@ impl Writer {
 
     fn trim(&mut self) {
         self.last_trim = Instant::now();
-        let Ok(configured) = self.retention.lock().map(|r| r.clone()) else {
+        let Ok(retention) = self.retention.lock().map(|r| r.clone()) else {
             return;
-        };
-        let retention = crate::log::Retention {
-            max_events: configured.max_events,
-            max_age: configured.max_age,
-            max_bytes: configured.max_bytes,
         };
         // One chunk per turn, between batches, so a large backlog never holds publishers up;
         // a full chunk brings the next turn forward.
