@@ -1,20 +1,29 @@
 //! Server configuration: flags, `HERALD_*` environment variables and a TOML file, merged
 //! (flag beats env beats file) and validated into one [`Config`] in a single fallible step.
+//! Each key is declared once, in the table of `config/keys.rs`; this module checks what involves
+//! several keys and shapes the result.
 //!
 //! The file is one flat TOML table whose keys are the flag names in snake case (`listen`,
 //! `data_dir`, `max_body_bytes`, `retain_age`, …). Sizes are integers or strings with a unit
 //! (`"64KiB"`), durations are strings with a unit (`"30s"`).
 
+mod file;
+mod keys;
+mod units;
+
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::ValueEnum;
-use toml::de::{DeTable, DeValue};
+
+pub(crate) use file::parse_file;
+use file::read_file;
+pub use keys::{FILE_KEYS, RELOAD, Reload, ServeArgs};
+pub use units::{parse_duration, parse_size};
 
 pub use crate::logging::{EventsLevel, LogFormat};
 
@@ -25,55 +34,10 @@ pub const DEFAULT_LISTEN: SocketAddr =
 /// password and no address was configured: loopback, so the well-known password is not exposed.
 pub const DEFAULT_PASSWORD_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8092);
-/// Data directory unless configured, relative to the working directory.
-pub const DEFAULT_DATA_DIR: &str = "./herald-data";
-/// Log filter unless configured.
-pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Most core threads herald starts: far above any machine it targets, it catches typos.
 pub const MAX_CORES: usize = 1024;
-
-/// Smallest request head limit: a websocket upgrade carrying a bearer token must fit.
-const MIN_HEADER_BYTES: u64 = 1024;
-/// Smallest body limit: a typical small event must fit.
-const MIN_BODY_BYTES: u64 = 1024;
-/// Smallest command limit: `replay SEQ EPOCH` and a short filter must fit.
-const MIN_COMMAND_BYTES: u64 = 256;
 /// Smallest outbound budget, whatever the body limit.
 const MIN_OUTBOUND_BUDGET: u64 = 64 * 1024;
-/// Shortest header timeout and ping interval: shorter ones close healthy clients on slow links.
-const MIN_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The keys a config file may hold, in the order `herald serve --help` lists the flags.
-pub const FILE_KEYS: &[&str] = &[
-    "listen",
-    "data_dir",
-    "plain",
-    "tls_cert",
-    "tls_key",
-    "tls_san",
-    "admin_password",
-    "admin_password_file",
-    "cores",
-    "durability",
-    "log_level",
-    "log_format",
-    "log_events_level",
-    "max_header_bytes",
-    "header_timeout",
-    "max_body_bytes",
-    "max_command_bytes",
-    "max_filters",
-    "outbound_budget",
-    "ping_interval",
-    "ping_timeout",
-    "retain_events",
-    "retain_age",
-    "retain_bytes",
-    "history_events",
-    "history_age",
-    "shutdown_timeout",
-    "metrics_auth",
-];
 
 /// How the listener speaks: TLS (the default) or plain HTTP for loopback development.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,21 +92,6 @@ pub struct Limits {
     pub ping_timeout: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 16 * 1024,
-            header_timeout: Duration::from_secs(10),
-            max_body_bytes: 1024 * 1024,
-            max_command_bytes: 4 * 1024,
-            max_filters: 1024,
-            outbound_budget_bytes: 8 * 1024 * 1024,
-            ping_interval: Duration::from_secs(30),
-            ping_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
 /// How much of the event log is kept; the oldest events are trimmed once any limit is passed.
 /// The server's come from the configuration; the log takes any, e.g. [`Retention::UNLIMITED`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,16 +111,6 @@ impl Retention {
         max_age: Duration::MAX,
         max_bytes: u64::MAX,
     };
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            max_events: 1_000_000,
-            max_age: Duration::from_secs(7 * 24 * 60 * 60),
-            max_bytes: 1024 * 1024 * 1024,
-        }
-    }
 }
 
 /// Everything `herald serve` needs, validated.
@@ -223,13 +162,6 @@ pub struct History {
     /// Oldest closed connection kept, by its close time.
     pub max_age: Duration,
 }
-
-/// Closed connections kept by default.
-pub const DEFAULT_HISTORY_EVENTS: u64 = 100_000;
-/// Age of the oldest closed connection kept by default.
-pub const DEFAULT_HISTORY_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Time a graceful stop may take by default.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A configuration that cannot be used, with what to change.
 #[derive(Debug, thiserror::Error)]
@@ -292,187 +224,6 @@ pub enum ConfigError {
     },
 }
 
-/// Logging flags, shared by `herald serve` and any command that wants logs.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct LogArgs {
-    /// Log filter: a level (off, error, warn, info, debug, trace) for herald, or directives like `herald=debug,info`; other crates log at warn unless named [default: info]
-    #[arg(long, env = "HERALD_LOG_LEVEL", value_name = "FILTER")]
-    pub log_level: Option<String>,
-    /// Log line format [default: text]
-    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Publish herald's log records at this level and above as events log.<level>.herald [default: warn]
-    #[arg(
-        long,
-        env = "HERALD_LOG_EVENTS_LEVEL",
-        value_enum,
-        value_name = "LEVEL"
-    )]
-    pub log_events_level: Option<EventsLevel>,
-}
-
-/// Settings of `herald serve`, each a flag that can also be set by a HERALD_* variable.
-// Every field is optional so that "not given" can be told apart from a value, which lets the
-// config file fill only the gaps that flags and variables leave.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
-    /// TOML config file; flags and HERALD_* variables override its settings
-    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 0.0.0.0:8092, or 127.0.0.1:8092 while the admin has DRP's default password]
-    #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Directory for the event log, generated certificate and secrets [default: ./herald-data]
-    #[arg(long, env = "HERALD_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Serve plain http:// and ws:// instead of TLS (for loopback development)
-    #[arg(
-        long,
-        env = "HERALD_PLAIN",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new(),
-        value_name = "BOOL"
-    )]
-    pub plain: Option<bool>,
-    /// TLS certificate chain (PEM); needs --tls-key. Without both, a self-signed one is generated
-    #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM) matching --tls-cert
-    #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-    /// Another name or IP address for the self-signed certificate (repeatable; comma-separated in the environment). It always holds localhost, the loopback and interface addresses and the host name
-    #[arg(
-        long,
-        env = "HERALD_TLS_SAN",
-        value_delimiter = ',',
-        value_name = "NAME|IP"
-    )]
-    pub tls_san: Vec<String>,
-    /// Password of the admin user `rocketskates`, applied on every start [default: keep the stored one; DRP's on first start]
-    #[arg(
-        long,
-        env = "HERALD_ADMIN_PASSWORD",
-        value_name = "PW",
-        hide_env_values = true
-    )]
-    pub admin_password: Option<String>,
-    /// File holding the admin password (first line), so it stays out of argv and the environment
-    #[arg(long, env = "HERALD_ADMIN_PASSWORD_FILE", value_name = "FILE")]
-    pub admin_password_file: Option<PathBuf>,
-    /// Number of core threads [default: all available cores]
-    #[arg(long, env = "HERALD_CORES", value_name = "N")]
-    pub cores: Option<usize>,
-    /// When a publish is answered: after its flush to disk (sync) or before, with the flush at most 10 ms later (batched) [default: sync]
-    #[arg(long, env = "HERALD_DURABILITY", value_enum, value_name = "MODE")]
-    pub durability: Option<Durability>,
-    /// Logging.
-    #[command(flatten)]
-    pub log: LogArgs,
-    /// Largest request head [default: 16KiB]
-    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", value_parser = parse_size, value_name = "SIZE")]
-    pub max_header_bytes: Option<u64>,
-    /// Time a request head may take to arrive [default: 10s]
-    #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
-    pub header_timeout: Option<Duration>,
-    /// Largest request body [default: 1MiB]
-    #[arg(long, env = "HERALD_MAX_BODY_BYTES", value_parser = parse_size, value_name = "SIZE")]
-    pub max_body_bytes: Option<u64>,
-    /// Largest websocket command message [default: 4KiB]
-    #[arg(long, env = "HERALD_MAX_COMMAND_BYTES", value_parser = parse_size, value_name = "SIZE")]
-    pub max_command_bytes: Option<u64>,
-    /// Most filters per websocket connection [default: 1024]
-    #[arg(long, env = "HERALD_MAX_FILTERS", value_name = "N")]
-    pub max_filters: Option<u64>,
-    /// Bytes queued to one connection before it is closed as a slow consumer [default: 8MiB]
-    #[arg(long, env = "HERALD_OUTBOUND_BUDGET", value_parser = parse_size, value_name = "SIZE")]
-    pub outbound_budget: Option<u64>,
-    /// How often an idle websocket is pinged [default: 30s]
-    #[arg(long, env = "HERALD_PING_INTERVAL", value_parser = parse_duration, value_name = "DURATION")]
-    pub ping_interval: Option<Duration>,
-    /// Silence after which a websocket is closed [default: 60s]
-    #[arg(long, env = "HERALD_PING_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
-    pub ping_timeout: Option<Duration>,
-    /// Most events kept in the log [default: 1000000]
-    #[arg(long, env = "HERALD_RETAIN_EVENTS", value_name = "N")]
-    pub retain_events: Option<u64>,
-    /// Oldest event kept in the log [default: 7d]
-    #[arg(long, env = "HERALD_RETAIN_AGE", value_parser = parse_duration, value_name = "DURATION")]
-    pub retain_age: Option<Duration>,
-    /// Most bytes of events kept in the log [default: 1GiB]
-    #[arg(long, env = "HERALD_RETAIN_BYTES", value_parser = parse_size, value_name = "SIZE")]
-    pub retain_bytes: Option<u64>,
-    /// Most closed connections kept in the connection history [default: 100000]
-    #[arg(long, env = "HERALD_HISTORY_EVENTS", value_name = "N")]
-    pub history_events: Option<u64>,
-    /// Oldest closed connection kept in the connection history [default: 30d]
-    #[arg(long, env = "HERALD_HISTORY_AGE", value_parser = parse_duration, value_name = "DURATION")]
-    pub history_age: Option<Duration>,
-    /// Time SIGTERM may take to close clients and flush the log before exiting [default: 10s]
-    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
-    pub shutdown_timeout: Option<Duration>,
-    /// Require the API's credentials on GET /metrics [default: false]
-    #[arg(
-        long,
-        env = "HERALD_METRICS_AUTH",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new(),
-        value_name = "BOOL"
-    )]
-    pub metrics_auth: Option<bool>,
-    /// Start even though this data directory's event log is gone (its database is empty or missing), beginning a new, empty log with a new Epoch. Deletes nothing
-    #[arg(long)]
-    pub reset: bool,
-}
-
-impl ServeArgs {
-    /// Fills every setting not given here from `lower`.
-    fn or(self, lower: ServeArgs) -> ServeArgs {
-        ServeArgs {
-            config: self.config.or(lower.config),
-            listen: self.listen.or(lower.listen),
-            data_dir: self.data_dir.or(lower.data_dir),
-            plain: self.plain.or(lower.plain),
-            tls_cert: self.tls_cert.or(lower.tls_cert),
-            tls_key: self.tls_key.or(lower.tls_key),
-            tls_san: if self.tls_san.is_empty() {
-                lower.tls_san
-            } else {
-                self.tls_san
-            },
-            admin_password: self.admin_password.or(lower.admin_password),
-            admin_password_file: self.admin_password_file.or(lower.admin_password_file),
-            cores: self.cores.or(lower.cores),
-            durability: self.durability.or(lower.durability),
-            log: LogArgs {
-                log_level: self.log.log_level.or(lower.log.log_level),
-                log_format: self.log.log_format.or(lower.log.log_format),
-                log_events_level: self.log.log_events_level.or(lower.log.log_events_level),
-            },
-            max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
-            header_timeout: self.header_timeout.or(lower.header_timeout),
-            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
-            max_command_bytes: self.max_command_bytes.or(lower.max_command_bytes),
-            max_filters: self.max_filters.or(lower.max_filters),
-            outbound_budget: self.outbound_budget.or(lower.outbound_budget),
-            ping_interval: self.ping_interval.or(lower.ping_interval),
-            ping_timeout: self.ping_timeout.or(lower.ping_timeout),
-            retain_events: self.retain_events.or(lower.retain_events),
-            retain_age: self.retain_age.or(lower.retain_age),
-            retain_bytes: self.retain_bytes.or(lower.retain_bytes),
-            history_events: self.history_events.or(lower.history_events),
-            history_age: self.history_age.or(lower.history_age),
-            shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
-            metrics_auth: self.metrics_auth.or(lower.metrics_auth),
-            // Only ever a flag: a file or variable that kept it would hide a lost log for good.
-            reset: self.reset,
-        }
-    }
-}
-
 impl Config {
     /// Flags and env (clap) beat the TOML file (`--config FILE` / HERALD_CONFIG), which beats the defaults.
     pub fn from_args(args: ServeArgs) -> Result<Config, ConfigError> {
@@ -508,95 +259,44 @@ impl Config {
     }
 }
 
-/// Applies the defaults to the merged settings and checks every bound.
+/// Checks what involves several keys and shapes the merged settings into a [`Config`].
 pub(crate) fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
-    let default_limits = Limits::default();
-    let max_body = args
-        .max_body_bytes
-        .unwrap_or(default_limits.max_body_bytes as u64);
-    at_least("max_body_bytes", max_body, MIN_BODY_BYTES)?;
-    let max_header = args
-        .max_header_bytes
-        .unwrap_or(default_limits.max_header_bytes as u64);
-    at_least("max_header_bytes", max_header, MIN_HEADER_BYTES)?;
-    let max_command = args
-        .max_command_bytes
-        .unwrap_or(default_limits.max_command_bytes as u64);
-    at_least("max_command_bytes", max_command, MIN_COMMAND_BYTES)?;
-    let max_filters = args
-        .max_filters
-        .unwrap_or(default_limits.max_filters as u64);
-    at_least("max_filters", max_filters, 1)?;
-    let outbound = args
-        .outbound_budget
-        .unwrap_or(default_limits.outbound_budget_bytes as u64);
+    let s = keys::settings(args)?;
     // Twice the body limit, so one largest event, grown by JSON escaping and the Seq field, fits.
-    let min_outbound = max_body.saturating_mul(2).max(MIN_OUTBOUND_BUDGET);
-    if outbound < min_outbound {
+    let min_outbound = s.max_body_bytes.saturating_mul(2).max(MIN_OUTBOUND_BUDGET);
+    if s.outbound_budget < min_outbound {
         return Err(invalid(
             "outbound_budget",
             format!(
-                "{outbound} bytes is too small: it must be at least {min_outbound} bytes \
-                 (twice max_body_bytes, and at least {MIN_OUTBOUND_BUDGET}) so the largest event fits"
+                "{} bytes is too small: it must be at least {min_outbound} bytes \
+                 (twice max_body_bytes, and at least {MIN_OUTBOUND_BUDGET}) so the largest event fits",
+                s.outbound_budget
             ),
         ));
     }
-
-    let header_timeout = args.header_timeout.unwrap_or(default_limits.header_timeout);
-    not_shorter("header_timeout", header_timeout, MIN_INTERVAL)?;
-    let ping_interval = args.ping_interval.unwrap_or(default_limits.ping_interval);
-    not_shorter("ping_interval", ping_interval, MIN_INTERVAL)?;
-    let ping_timeout = args.ping_timeout.unwrap_or(default_limits.ping_timeout);
-    if ping_timeout <= ping_interval {
+    if s.ping_timeout <= s.ping_interval {
         return Err(invalid(
             "ping_timeout",
             format!(
                 "{} must be longer than ping_interval ({}), or every idle client is closed \
                  before it can answer a ping",
-                humantime::format_duration(ping_timeout),
-                humantime::format_duration(ping_interval)
+                humantime::format_duration(s.ping_timeout),
+                humantime::format_duration(s.ping_interval)
             ),
         ));
     }
     let limits = Limits {
-        max_header_bytes: to_usize("max_header_bytes", max_header)?,
-        header_timeout,
-        max_body_bytes: to_usize("max_body_bytes", max_body)?,
-        max_command_bytes: to_usize("max_command_bytes", max_command)?,
-        max_filters: to_usize("max_filters", max_filters)?,
-        outbound_budget_bytes: to_usize("outbound_budget", outbound)?,
-        ping_interval,
-        ping_timeout,
+        max_header_bytes: to_usize("max_header_bytes", s.max_header_bytes)?,
+        header_timeout: s.header_timeout,
+        max_body_bytes: to_usize("max_body_bytes", s.max_body_bytes)?,
+        max_command_bytes: to_usize("max_command_bytes", s.max_command_bytes)?,
+        max_filters: to_usize("max_filters", s.max_filters)?,
+        outbound_budget_bytes: to_usize("outbound_budget", s.outbound_budget)?,
+        ping_interval: s.ping_interval,
+        ping_timeout: s.ping_timeout,
     };
 
-    let default_retention = Retention::default();
-    let retention = Retention {
-        max_events: args.retain_events.unwrap_or(default_retention.max_events),
-        max_age: args.retain_age.unwrap_or(default_retention.max_age),
-        max_bytes: args.retain_bytes.unwrap_or(default_retention.max_bytes),
-    };
-    at_least("retain_events", retention.max_events, 1)?;
-    not_shorter("retain_age", retention.max_age, MIN_INTERVAL)?;
-    // Any byte limit is accepted: the log always keeps its newest event, however large.
-
-    let cores = match args.cores {
-        Some(cores) => cores,
-        None => std::thread::available_parallelism()
-            .map(NonZeroUsize::get)
-            .unwrap_or(1)
-            .min(MAX_CORES),
-    };
-    if !(1..=MAX_CORES).contains(&cores) {
-        return Err(invalid(
-            "cores",
-            format!("{cores} is out of range: use 1 to {MAX_CORES}"),
-        ));
-    }
-
-    for name in &args.tls_san {
-        check_san(name).map_err(|reason| invalid("tls_san", reason))?;
-    }
-    let tls = match (args.plain.unwrap_or(false), args.tls_cert, args.tls_key) {
+    let tls = match (s.plain, s.tls_cert, s.tls_key) {
         (true, None, None) => TlsMode::Plain,
         (true, Some(_), _) | (true, _, Some(_)) => {
             return Err(invalid(
@@ -627,7 +327,7 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
     };
 
     // A password given directly beats a password file.
-    let admin_password = match (args.admin_password, &args.admin_password_file) {
+    let admin_password = match (s.admin_password, &s.admin_password_file) {
         (Some(password), _) => Some(password),
         (None, None) => None,
         (None, Some(path)) => {
@@ -646,325 +346,42 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
             "must not be empty; leave it unset to use DRP's default".to_owned(),
         ));
     }
-    let data_dir = args
-        .data_dir
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    if data_dir.as_os_str().is_empty() {
-        return Err(invalid("data_dir", "must not be empty".to_owned()));
-    }
-    let log_level = args
-        .log
-        .log_level
-        .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
-    crate::logging::stderr_filter(&log_level)
-        .map_err(|reason| invalid("log_level", reason.to_string()))?;
-
-    let history = History {
-        max_connections: args.history_events.unwrap_or(DEFAULT_HISTORY_EVENTS),
-        max_age: args.history_age.unwrap_or(DEFAULT_HISTORY_AGE),
-    };
-    at_least("history_events", history.max_connections, 1)?;
-    not_shorter("history_age", history.max_age, MIN_INTERVAL)?;
-    let shutdown_timeout = args.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
-    not_shorter("shutdown_timeout", shutdown_timeout, MIN_INTERVAL)?;
 
     Ok(Config {
-        listen: args.listen.unwrap_or(DEFAULT_LISTEN),
-        listen_explicit: args.listen.is_some(),
-        data_dir,
+        listen: s.listen.unwrap_or(DEFAULT_LISTEN),
+        listen_explicit: s.listen.is_some(),
+        data_dir: s.data_dir,
         tls,
-        tls_san: args.tls_san,
+        tls_san: s.tls_san,
         admin_password,
-        cores,
+        cores: s.cores,
         limits,
-        durability: args.durability.unwrap_or_default(),
-        retention,
-        log_level,
-        log_format: args.log.log_format.unwrap_or_default(),
-        log_events_level: args.log.log_events_level.unwrap_or_default(),
-        history,
-        shutdown_timeout,
-        metrics_auth: args.metrics_auth.unwrap_or(false),
-        reset: args.reset,
+        durability: s.durability,
+        retention: Retention {
+            max_events: s.retain_events,
+            max_age: s.retain_age,
+            max_bytes: s.retain_bytes,
+        },
+        log_level: s.log_level,
+        log_format: s.log_format,
+        log_events_level: s.log_events_level,
+        history: History {
+            max_connections: s.history_events,
+            max_age: s.history_age,
+        },
+        shutdown_timeout: s.shutdown_timeout,
+        metrics_auth: s.metrics_auth,
+        reset: s.reset,
     })
-}
-
-/// Checks a `tls_san` entry: an IP address, or a DNS name (letters, digits, `-` and `.`, in
-/// labels of at most 63 bytes, optionally `*.` first).
-fn check_san(name: &str) -> Result<(), String> {
-    if name.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let host = name.strip_prefix("*.").unwrap_or(name);
-    let valid = !host.is_empty()
-        && name.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is neither an IP address nor a DNS name; write e.g. herald.example.org \
-             or 192.0.2.10"
-        ))
-    }
 }
 
 fn invalid(key: &'static str, reason: String) -> ConfigError {
     ConfigError::Invalid { key, reason }
 }
 
-fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
-    if value < min {
-        return Err(invalid(
-            key,
-            format!("{value} is too small: use at least {min}"),
-        ));
-    }
-    Ok(())
-}
-
-fn not_shorter(key: &'static str, value: Duration, min: Duration) -> Result<(), ConfigError> {
-    if value < min {
-        return Err(invalid(
-            key,
-            format!(
-                "{} is too short: use at least {}",
-                humantime::format_duration(value),
-                humantime::format_duration(min)
-            ),
-        ));
-    }
-    Ok(())
-}
-
 fn to_usize(key: &'static str, value: u64) -> Result<usize, ConfigError> {
     usize::try_from(value)
         .map_err(|_| invalid(key, format!("{value} is too large for this machine")))
-}
-
-/// Reads a config file into the same shape as the flags, so the two merge field by field.
-fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|cause| ConfigError::ReadFile {
-        path: path.to_owned(),
-        cause,
-    })?;
-    parse_file(path, &text)
-}
-
-pub(crate) fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigError> {
-    // DeTable keeps the span of every key and value, so each error can name its key and line.
-    let table = DeTable::parse(text).map_err(|error| ConfigError::Syntax {
-        path: path.to_owned(),
-        line: line_of(text, error.span().map_or(0, |span| span.start)),
-        message: error.message().trim().to_owned(),
-    })?;
-    let mut out = ServeArgs::default();
-    for (key, value) in table.get_ref() {
-        let entry = FileEntry {
-            path,
-            key: key.get_ref(),
-            line: line_of(text, value.span().start),
-            value: value.get_ref(),
-        };
-        match entry.key {
-            "listen" => out.listen = Some(entry.parsed("an address like 0.0.0.0:8092")?),
-            "data_dir" => out.data_dir = Some(entry.string()?.into()),
-            "plain" => out.plain = Some(entry.boolean()?),
-            "tls_cert" => out.tls_cert = Some(entry.string()?.into()),
-            "tls_key" => out.tls_key = Some(entry.string()?.into()),
-            "tls_san" => out.tls_san = entry.strings()?,
-            "admin_password" => out.admin_password = Some(entry.string()?.to_owned()),
-            "admin_password_file" => out.admin_password_file = Some(entry.string()?.into()),
-            "cores" => out.cores = Some(entry.integer()?),
-            "durability" => out.durability = Some(entry.choice()?),
-            "log_level" => out.log.log_level = Some(entry.string()?.to_owned()),
-            "log_format" => out.log.log_format = Some(entry.choice()?),
-            "log_events_level" => out.log.log_events_level = Some(entry.choice()?),
-            "max_header_bytes" => out.max_header_bytes = Some(entry.size()?),
-            "header_timeout" => out.header_timeout = Some(entry.duration()?),
-            "max_body_bytes" => out.max_body_bytes = Some(entry.size()?),
-            "max_command_bytes" => out.max_command_bytes = Some(entry.size()?),
-            "max_filters" => out.max_filters = Some(entry.integer()?),
-            "outbound_budget" => out.outbound_budget = Some(entry.size()?),
-            "ping_interval" => out.ping_interval = Some(entry.duration()?),
-            "ping_timeout" => out.ping_timeout = Some(entry.duration()?),
-            "retain_events" => out.retain_events = Some(entry.integer()?),
-            "retain_age" => out.retain_age = Some(entry.duration()?),
-            "retain_bytes" => out.retain_bytes = Some(entry.size()?),
-            "history_events" => out.history_events = Some(entry.integer()?),
-            "history_age" => out.history_age = Some(entry.duration()?),
-            "shutdown_timeout" => out.shutdown_timeout = Some(entry.duration()?),
-            "metrics_auth" => out.metrics_auth = Some(entry.boolean()?),
-            unknown => {
-                return Err(ConfigError::UnknownKey {
-                    path: path.to_owned(),
-                    line: line_of(text, key.span().start),
-                    key: unknown.to_owned(),
-                });
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The 1-based line holding byte `offset` of `text`.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.bytes().take(offset).filter(|&b| b == b'\n').count() + 1
-}
-
-/// One `key = value` of a config file, with what is needed to report an error in it.
-struct FileEntry<'a> {
-    path: &'a Path,
-    key: &'a str,
-    line: usize,
-    value: &'a DeValue<'a>,
-}
-
-impl<'a> FileEntry<'a> {
-    fn bad(&self, reason: String) -> ConfigError {
-        ConfigError::BadValue {
-            path: self.path.to_owned(),
-            line: self.line,
-            key: self.key.to_owned(),
-            reason,
-        }
-    }
-
-    fn wrong_type(&self, expected: &str) -> ConfigError {
-        self.bad(format!(
-            "expected {expected}, found {}",
-            self.value.type_str()
-        ))
-    }
-
-    fn string(&self) -> Result<&'a str, ConfigError> {
-        self.value
-            .as_str()
-            .ok_or_else(|| self.wrong_type("a string"))
-    }
-
-    /// A list of strings; a single string counts as a list of one.
-    fn strings(&self) -> Result<Vec<String>, ConfigError> {
-        if let Some(text) = self.value.as_str() {
-            return Ok(vec![text.to_owned()]);
-        }
-        let Some(array) = self.value.as_array() else {
-            return Err(self.wrong_type("a list of strings such as [\"herald.example.org\"]"));
-        };
-        array
-            .iter()
-            .map(|item| {
-                let item = item.get_ref();
-                item.as_str().map(str::to_owned).ok_or_else(|| {
-                    self.bad(format!(
-                        "expected a list of strings, found a {} in it",
-                        item.type_str()
-                    ))
-                })
-            })
-            .collect()
-    }
-
-    fn boolean(&self) -> Result<bool, ConfigError> {
-        self.value
-            .as_bool()
-            .ok_or_else(|| self.wrong_type("true or false"))
-    }
-
-    fn integer<T: TryFrom<u64>>(&self) -> Result<T, ConfigError> {
-        let Some(integer) = self.value.as_integer() else {
-            return Err(self.wrong_type("a whole number"));
-        };
-        u64::from_str_radix(integer.as_str(), integer.radix())
-            .ok()
-            .and_then(|n| T::try_from(n).ok())
-            .ok_or_else(|| self.bad(format!("{} is not a usable whole number", integer.as_str())))
-    }
-
-    fn parsed<T: std::str::FromStr>(&self, expected: &str) -> Result<T, ConfigError> {
-        let text = self.string()?;
-        text.parse()
-            .map_err(|_| self.bad(format!("{text:?} is not {expected}")))
-    }
-
-    fn choice<T: ValueEnum>(&self) -> Result<T, ConfigError> {
-        let text = self.string()?;
-        T::from_str(text, false).map_err(|_| {
-            let names: Vec<String> = T::value_variants()
-                .iter()
-                .filter_map(|v| v.to_possible_value())
-                .map(|v| v.get_name().to_owned())
-                .collect();
-            self.bad(format!("{text:?} is not one of: {}", names.join(", ")))
-        })
-    }
-
-    fn size(&self) -> Result<u64, ConfigError> {
-        if self.value.as_integer().is_some() {
-            return self.integer();
-        }
-        match self.value.as_str() {
-            Some(text) => parse_size(text).map_err(|reason| self.bad(reason)),
-            None => Err(self.wrong_type("a size such as 65536 or \"64KiB\"")),
-        }
-    }
-
-    fn duration(&self) -> Result<Duration, ConfigError> {
-        match self.value.as_str() {
-            Some(text) => parse_duration(text).map_err(|reason| self.bad(reason)),
-            None => Err(self.wrong_type("a duration string such as \"30s\"")),
-        }
-    }
-}
-
-/// Parses a duration with a unit: "30s", "15m", "12h", "7d" (humantime syntax).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 30s, 15m, 12h or 7d"))
-}
-
-/// Parses a byte size: "65536", "64KiB", "512MiB", "1GiB"; KB, MB, GB and TB are powers of 10.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let text = s.trim();
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(digits_end);
-    let hint = "write a whole number of bytes with an optional unit, e.g. 65536, 64KiB or 1GiB";
-    if digits.is_empty() || unit.starts_with(['.', ',']) {
-        return Err(format!("{s:?} is not a size; {hint}"));
-    }
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => {
-            return Err(format!(
-                "{s:?} has an unknown unit {:?}; use B, KiB, MiB, GiB, TiB (powers of 2) \
-                 or KB, MB, GB, TB (powers of 10)",
-                unit.trim()
-            ));
-        }
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
-        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Creates the data directory (and its parents) with mode 0700 if missing, or checks that the
@@ -1049,6 +466,123 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_names_each_changed_key_that_needs_a_restart_and_no_key_it_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("admin-password");
+        fs::write(&password_file, "from-file\n").unwrap();
+        let password_file = format!(
+            "admin_password_file = {:?}",
+            password_file.display().to_string()
+        );
+        let pair = "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"";
+        // (key, its lines before, its lines after): a change of that key alone.
+        let cases: &[(&str, &str, &str)] = &[
+            ("listen", "", "listen = \"127.0.0.1:9000\""),
+            ("data_dir", "", "data_dir = \"/var/lib/herald\""),
+            ("plain", "", "plain = true"),
+            (
+                "tls_cert",
+                pair,
+                "tls_cert = \"other.pem\"\ntls_key = \"k.pem\"",
+            ),
+            (
+                "tls_key",
+                pair,
+                "tls_cert = \"c.pem\"\ntls_key = \"other.pem\"",
+            ),
+            ("tls_san", "", "tls_san = [\"herald.example.org\"]"),
+            ("admin_password", "", "admin_password = \"secret\""),
+            ("admin_password_file", "", &password_file),
+            ("cores", "cores = 1", "cores = 2"),
+            ("durability", "", "durability = \"batched\""),
+            ("log_level", "", "log_level = \"debug\""),
+            ("log_format", "", "log_format = \"json\""),
+            ("log_events_level", "", "log_events_level = \"info\""),
+            ("max_header_bytes", "", "max_header_bytes = \"32KiB\""),
+            ("header_timeout", "", "header_timeout = \"20s\""),
+            ("max_body_bytes", "", "max_body_bytes = \"2MiB\""),
+            ("max_command_bytes", "", "max_command_bytes = \"8KiB\""),
+            ("max_filters", "", "max_filters = 7"),
+            ("outbound_budget", "", "outbound_budget = \"16MiB\""),
+            ("ping_interval", "", "ping_interval = \"40s\""),
+            ("ping_timeout", "", "ping_timeout = \"90s\""),
+            ("retain_events", "", "retain_events = 5"),
+            ("retain_age", "", "retain_age = \"1d\""),
+            ("retain_bytes", "", "retain_bytes = \"1MiB\""),
+            ("history_events", "", "history_events = 5"),
+            ("history_age", "", "history_age = \"1d\""),
+            ("shutdown_timeout", "", "shutdown_timeout = \"5s\""),
+            ("metrics_auth", "", "metrics_auth = true"),
+        ];
+        let covered: Vec<&str> = cases.iter().map(|(key, _, _)| *key).collect();
+        assert_eq!(covered, FILE_KEYS, "one case per key, in table order");
+        for (&(key, before, after), &(reload_key, reload)) in cases.iter().zip(RELOAD) {
+            assert_eq!(key, reload_key);
+            let running = resolve(file(before)).unwrap();
+            let new = resolve(file(after)).unwrap();
+            let expected = match reload {
+                Reload::Live => vec![],
+                Reload::Restart(setting) => vec![setting],
+            };
+            assert_eq!(new.needing_restart(&running), expected, "{key}");
+        }
+    }
+
+    #[test]
+    fn new_contents_of_the_same_admin_password_file_need_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-password");
+        let mut args = flags(&[]);
+        args.admin_password_file = Some(path.clone());
+        fs::write(&path, "first\n").unwrap();
+        let running = resolve(args.clone()).unwrap();
+        fs::write(&path, "second\n").unwrap();
+        let new = resolve(args).unwrap();
+        assert_eq!(new.needing_restart(&running), ["admin_password"]);
+    }
+
+    #[test]
+    fn a_reload_names_each_setting_once_however_many_of_its_keys_changed() {
+        let running = resolve(flags(&[])).unwrap();
+        let new = resolve(flags(&[
+            "--max-filters=7",
+            "--ping-interval=10s",
+            "--cores=1",
+        ]))
+        .unwrap();
+        let mut expected = vec!["limits"];
+        if running.cores != 1 {
+            expected.insert(0, "cores");
+        }
+        assert_eq!(new.needing_restart(&running), expected);
+    }
+
+    #[test]
+    fn every_default_a_flag_help_names_is_the_default_applied() {
+        let defaults = format!("{:?}", resolve(flags(&[])).unwrap());
+        let command = Cli::command();
+        let mut checked = 0;
+        for arg in command.get_arguments() {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let Some(default) = help
+                .split_once("[default: ")
+                .and_then(|(_, rest)| rest.strip_suffix(']'))
+            else {
+                continue;
+            };
+            // Prose defaults (computed or conditional) are checked by the defaults test.
+            if default.contains(' ') {
+                continue;
+            }
+            let flag = format!("--{}={default}", arg.get_long().unwrap_or_default());
+            let config = resolve(flags(&[&flag])).unwrap_or_else(|e| panic!("{flag}: {e}"));
+            assert_eq!(format!("{config:?}"), defaults, "{flag}");
+            checked += 1;
+        }
+        assert_eq!(checked, 20, "the help texts with a one-word default");
+    }
+
+    #[test]
     fn no_flags_and_no_file_give_the_documented_defaults() {
         let config = Config::from_args(flags(&[])).unwrap();
         assert_eq!(config.listen, "0.0.0.0:8092".parse().unwrap());
@@ -1059,9 +593,20 @@ mod tests {
         assert!(!config.reset);
         assert_eq!(config.admin_password, None);
         assert!((1..=MAX_CORES).contains(&config.cores));
-        assert_eq!(config.limits, Limits::default());
+        assert_eq!(
+            config.limits,
+            Limits {
+                max_header_bytes: 16 * 1024,
+                header_timeout: Duration::from_secs(10),
+                max_body_bytes: 1024 * 1024,
+                max_command_bytes: 4 * 1024,
+                max_filters: 1024,
+                outbound_budget_bytes: 8 * 1024 * 1024,
+                ping_interval: Duration::from_secs(30),
+                ping_timeout: Duration::from_secs(60),
+            }
+        );
         assert_eq!(config.durability, Durability::Sync);
-        assert_eq!(config.retention, Retention::default());
         assert_eq!(config.retention.max_events, 1_000_000);
         assert_eq!(config.retention.max_age, Duration::from_secs(7 * 86400));
         assert_eq!(config.retention.max_bytes, 1 << 30);
@@ -1269,7 +814,7 @@ mod tests {
         assert_eq!(config.durability, Durability::Batched);
         assert_eq!(
             config.limits.max_body_bytes,
-            Limits::default().max_body_bytes
+            resolve(flags(&[])).unwrap().limits.max_body_bytes
         );
     }
 
@@ -1414,7 +959,7 @@ mod tests {
             "http://x",
         ] {
             let mut args = flags(&[]);
-            args.tls_san = vec![bad.to_owned()];
+            args.tls_san = Some(vec![bad.to_owned()]);
             assert_eq!(invalid_key(args), "tls_san", "{bad:?}");
         }
         assert!(matches!(
@@ -1444,66 +989,6 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("`max_filters`"), "{message}");
         assert!(message.contains("--max-filters"), "{message}");
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_and_decimal_units() {
-        let table: &[(&str, u64)] = &[
-            ("0", 0),
-            ("65536", 65536),
-            ("64KiB", 64 * 1024),
-            ("512MiB", 512 << 20),
-            ("1GiB", 1 << 30),
-            ("2TiB", 2 << 40),
-            ("64kib", 64 * 1024),
-            ("10B", 10),
-            ("5KB", 5_000),
-            ("5kB", 5_000),
-            ("3MB", 3_000_000),
-            ("1GB", 1_000_000_000),
-            (" 4 KiB ", 4096),
-            ("18446744073709551615", u64::MAX),
-        ];
-        for &(text, expected) in table {
-            assert_eq!(parse_size(text), Ok(expected), "{text:?}");
-        }
-        for bad in [
-            "",
-            "KiB",
-            "1.5GiB",
-            "-1",
-            "1K",
-            "1 GiBs",
-            "10 parsecs",
-            "1é",
-            "99999999999GiB",
-            "18446744073709551616",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn durations_parse_with_humantime_units() {
-        let table: &[(&str, u64)] = &[
-            ("30s", 30),
-            ("15m", 15 * 60),
-            ("12h", 12 * 3600),
-            ("7d", 7 * 86400),
-            ("1h 30m", 5400),
-            (" 10s ", 10),
-        ];
-        for &(text, seconds) in table {
-            assert_eq!(
-                parse_duration(text),
-                Ok(Duration::from_secs(seconds)),
-                "{text:?}"
-            );
-        }
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["", "30", "soon", "7 days ago", "-5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
     }
 
     #[test]

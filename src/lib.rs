@@ -1,7 +1,8 @@
 //! herald: a DRP-compatible websocket event hub with a durable, replayable event log.
 //!
 //! The modules, one per concept:
-//! - [`config`]: flags, environment and TOML file merged into a validated `Config`.
+//! - [`config`]: flags, environment and TOML file merged into a validated `Config`; each key
+//!   (flag, variable, file key, default, bound, reload) declared once.
 //! - [`logging`]: the log level grammar, stderr logging, client-record rate limits, log events.
 //! - [`data_dir`]: the data directory's lock and the marker naming the log it holds.
 //! - [`wire`]: codecs without I/O: HTTP/1.1 heads, bodies and responses (DRP's error shape);

@@ -350,43 +350,7 @@ fn apply_reload(shared: &ServerState, reload: &Reload) {
             "reloaded retention"
         );
     }
-    let mut needs_restart = Vec::new();
-    if new.listen != old.listen || new.listen_explicit != old.listen_explicit {
-        needs_restart.push("listen");
-    }
-    if new.tls_san != old.tls_san {
-        needs_restart.push("tls_san");
-    }
-    if new.admin_password != old.admin_password {
-        needs_restart.push("admin_password");
-    }
-    if new.data_dir != old.data_dir {
-        needs_restart.push("data_dir");
-    }
-    if new.tls != old.tls {
-        needs_restart.push("tls");
-    }
-    if new.cores != old.cores {
-        needs_restart.push("cores");
-    }
-    if new.durability != old.durability {
-        needs_restart.push("durability");
-    }
-    if new.limits != old.limits {
-        needs_restart.push("limits");
-    }
-    if new.log_format != old.log_format {
-        needs_restart.push("log_format");
-    }
-    if new.history != old.history {
-        needs_restart.push("history");
-    }
-    if new.shutdown_timeout != old.shutdown_timeout {
-        needs_restart.push("shutdown_timeout");
-    }
-    if new.metrics_auth != old.metrics_auth {
-        needs_restart.push("metrics_auth");
-    }
+    let needs_restart = new.needing_restart(old);
     if !needs_restart.is_empty() {
         tracing::warn!(
             settings = %needs_restart.join(", "),
