@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::wire::http::{ApiError, Response};
 
-pub use kind::{Kind, MAX_NAME_BYTES, check_name};
+pub use kind::Kind;
 pub use routes::{Route, handle, runner_claims};
 pub use store::{GLOBAL_PROFILE, ObjectStore, Written, filter_and_page};
 

@@ -4,4 +4,5 @@ pub mod command;
 pub mod event;
 pub mod filter;
 pub mod http;
+pub mod name;
 pub mod websocket;

@@ -157,7 +157,7 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 /// Checks a user or role name: non-empty, at most 255 bytes, no `/`, `:` or control characters.
 fn validate_name(kind: &str, name: &str) -> Result<(), AuthError> {
-    crate::objects::check_name(&format!("{kind} name"), name).map_err(AuthError::Invalid)?;
+    crate::wire::name::check_name(&format!("{kind} name"), name).map_err(AuthError::Invalid)?;
     // Principals are `user:<name>`, and tokens in a query parameter split at the first ':'.
     if name.contains(':') {
         return Err(AuthError::Invalid(format!(

@@ -1,9 +1,7 @@
 //! The object types of the store, what keys them, and how keys are checked.
 
 use super::ObjectError;
-
-/// The longest name (an object's `Name`, a profile or param key), in bytes.
-pub const MAX_NAME_BYTES: usize = 255;
+use crate::wire::name::{MAX_NAME_BYTES, check_name};
 
 /// An object type kept by [`super::ObjectStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,22 +108,6 @@ impl Kind {
             key: key.to_owned(),
         })
     }
-}
-
-/// Checks a name: non-empty, at most 255 bytes, no `/` and no control characters.
-pub fn check_name(what: &str, name: &str) -> Result<(), String> {
-    let problem = if name.is_empty() {
-        "must not be empty"
-    } else if name.len() > MAX_NAME_BYTES {
-        "must be at most 255 bytes"
-    } else if name.contains('/') {
-        "must not contain `/`"
-    } else if name.chars().any(char::is_control) {
-        "must not contain control characters"
-    } else {
-        return Ok(());
-    };
-    Err(format!("{what} {name:?} {problem}"))
 }
 
 /// Checks a param name: like a name, but `/` is allowed (DRP's params are often `area/name`).

@@ -12,8 +12,9 @@
 use serde_json::{Map, Value};
 
 use super::ObjectError;
-use super::kind::{Kind, check_name, check_param_name};
+use super::kind::{Kind, check_param_name};
 use crate::wire::event::{self, Event, SYSTEM_PRINCIPAL};
+use crate::wire::name::check_name;
 
 /// The profile that exists from first start and cannot be deleted (DRP).
 pub const GLOBAL_PROFILE: &str = "global";
