@@ -60,9 +60,11 @@ pub enum AuthError {
     /// The token's lifetime is over.
     #[error("the token has expired; get a new token")]
     ExpiredToken,
-    /// The identity lacks the claim the request needs.
-    #[error("forbidden: this needs the claim {needed}")]
+    /// The identity lacks the claim the request needs; made by [`Identity::require`].
+    #[error("{principal} lacks the claim {needed}")]
     Forbidden {
+        /// The principal that asked.
+        principal: String,
         /// The claim needed, as `scope:action:specific`.
         needed: String,
     },
@@ -172,6 +174,27 @@ pub struct Identity {
     pub expires: Option<u64>,
 }
 
+impl Identity {
+    /// Nothing when the identity holds the claim `scope:action:specific`, else the 403 naming it:
+    /// the one authorization check every route makes.
+    pub fn require(&self, scope: &str, action: &str, specific: &str) -> Result<(), AuthError> {
+        if self.claims.allows(scope, action, specific) {
+            Ok(())
+        } else {
+            Err(self.forbidden(scope, action, specific))
+        }
+    }
+
+    /// The 403 for lacking the claim `scope:action:specific`, for a route whose check is wider
+    /// than one claim (listing needs some claim on the type, whatever its key).
+    pub fn forbidden(&self, scope: &str, action: &str, specific: &str) -> AuthError {
+        AuthError::Forbidden {
+            principal: self.principal.clone(),
+            needed: format!("{scope}:{action}:{specific}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +209,7 @@ mod tests {
             AuthError::BadToken,
             AuthError::ExpiredToken,
             AuthError::Forbidden {
+                principal: "user:alice".into(),
                 needed: "users:get:bob".into(),
             },
         ] {
@@ -209,5 +233,28 @@ mod tests {
             assert!(error.is_authentication_failure());
         }
         assert!(!AuthError::Invalid(String::new()).is_authentication_failure());
+    }
+
+    #[test]
+    fn a_missing_claim_is_forbidden_and_named_with_the_principal() {
+        let identity = Identity {
+            principal: "user:alice".into(),
+            user: Some("alice".into()),
+            roles: Vec::new(),
+            claims: Arc::new(Claims::new([Claim::new("users", "get", "alice")])),
+            expires: None,
+        };
+        assert!(identity.require("users", "get", "alice").is_ok());
+        let refused = identity.require("users", "get", "bob");
+        assert!(
+            matches!(&refused, Err(AuthError::Forbidden { .. })),
+            "{refused:?}"
+        );
+        let error = refused.err().unwrap_or(AuthError::Missing);
+        assert_eq!(error.status(), 403);
+        assert_eq!(
+            error.to_string(),
+            "user:alice lacks the claim users:get:bob"
+        );
     }
 }
