@@ -2,6 +2,11 @@
 //! routes of `docs/protocol.md` §1. A websocket upgrade hands the connection over to
 //! [`crate::core::connection`].
 
+pub mod info;
+pub mod objects;
+pub mod ui;
+pub mod users;
+
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -326,8 +331,8 @@ enum Route {
     ConnectionHistory,
     Connection(String),
     AgentConnections(&'static str, String),
-    /// Profiles, params, machines, clusters, resource brokers: see [`crate::objects`].
-    Objects(crate::objects::Route),
+    /// Profiles, params, machines, clusters, resource brokers: see [`objects`].
+    Objects(crate::api::objects::Route),
 }
 
 impl Route {
@@ -357,7 +362,7 @@ impl Route {
                 };
                 Route::AgentConnections(kind, (*uuid).to_owned())
             }
-            _ => return crate::objects::Route::parse(&s).map(Route::Objects),
+            _ => return crate::api::objects::Route::parse(&s).map(Route::Objects),
         })
     }
 
@@ -488,7 +493,7 @@ async fn route(core: &Rc<Core>, request: &Request) -> (Answer, &'static str) {
     };
     // The console's files are public (the page logs in itself), so they skip authentication.
     if let Some((response, template)) =
-        crate::ui::answer(head, &segments, core.shared.tls.is_some())
+        crate::api::ui::answer(head, &segments, core.shared.tls.is_some())
     {
         return (response.into(), template);
     }
@@ -586,7 +591,7 @@ async fn handle(
         (Route::Events, _) => read_events(core, head, &identity.claims).await,
         (Route::Info, _) => Ok(Response::json(
             200,
-            &crate::info::server_info(&core.shared, request.watch.local),
+            &crate::api::info::server_info(&core.shared, request.watch.local),
         )),
         (Route::InfoActivity, _) => Ok(crate::metrics::activity::response(
             &core.shared.activity,
@@ -654,12 +659,12 @@ async fn handle(
             require(identity, "users", "list", "*")?;
             Ok(Response::json(200, &store.list_users()))
         }
-        (Route::Users, _) => crate::objects::accounts::create_user(core, request, identity).await,
+        (Route::Users, _) => crate::api::users::create_user(core, request, identity).await,
         (Route::User(name), method @ (Method::Put | Method::Patch)) => {
-            crate::objects::accounts::user(core, request, name, method, identity).await
+            crate::api::users::user(core, request, name, method, identity).await
         }
         (Route::Role(name), method @ (Method::Put | Method::Patch | Method::Delete)) => {
-            crate::objects::accounts::role(core, request, name, method, identity).await
+            crate::api::users::role(core, request, name, method, identity).await
         }
         (Route::User(name), Method::Get) => {
             require(identity, "users", "get", &name)?;
@@ -668,9 +673,9 @@ async fn handle(
                 &store.get_user(&name).map_err(|e| auth_error(&e))?,
             ))
         }
-        (Route::User(name), _) => crate::objects::accounts::delete_user(core, name, identity).await,
+        (Route::User(name), _) => crate::api::users::delete_user(core, name, identity).await,
         (Route::UserPassword(name), _) => {
-            crate::objects::accounts::set_password(core, request, name, identity).await
+            crate::api::users::set_password(core, request, name, identity).await
         }
         (Route::UserToken(name), _) => {
             if identity.user.as_deref() != Some(name.as_str()) {
@@ -684,14 +689,14 @@ async fn handle(
                     })?),
                 };
             let token = store.mint_token(&name, ttl).map_err(|e| auth_error(&e))?;
-            let answer = crate::info::token_answer(&core.shared, request.watch.local, &token);
+            let answer = crate::api::info::token_answer(&core.shared, request.watch.local, &token);
             Ok(Response::json(200, &answer))
         }
         (Route::Roles, Method::Get) => {
             require(identity, "roles", "list", "*")?;
             Ok(Response::json(200, &store.list_roles()))
         }
-        (Route::Roles, _) => crate::objects::accounts::create_role(core, request, identity).await,
+        (Route::Roles, _) => crate::api::users::create_role(core, request, identity).await,
         (Route::Role(name), _) => {
             require(identity, "roles", "get", &name)?;
             Ok(Response::json(
@@ -700,7 +705,7 @@ async fn handle(
             ))
         }
         (Route::Objects(route), method) => {
-            crate::objects::handle(core, request, route, method, identity).await
+            crate::api::objects::handle(core, request, route, method, identity).await
         }
         (Route::Ws, _) => Err(error(400, "this route takes a websocket upgrade")),
     }

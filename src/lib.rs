@@ -15,13 +15,13 @@
 //!   rustls setup, a websocket's outbound queue, and single-task wake-ups.
 //! - [`core`]: one core: its startup and accept loop, connections and their filter index,
 //!   fan-out, replay, deadlines, cross-core queries, and the persistent connection history.
-//! - [`objects`]: the DRP-shaped object store (profiles, params, machines, …) and its routes.
+//! - [`objects`]: the DRP-shaped object store (profiles, params, machines, …), without HTTP.
 //! - [`cli`]: the `herald` client subcommands (events, objects, tokens).
-//! - [`api`]: the HTTP request loop, authentication and routes.
-//! - [`info`]: what `/api/v3/info` and token answers say about the server (DRP's Info and more).
+//! - [`api`]: REST: the HTTP request loop and authentication, one file per resource family
+//!   (events, connections, info, metrics, users and roles, objects, the console), one error
+//!   type, one authorization check.
 //! - [`metrics`]: metric names, per-core counters and the `/metrics` exposition, from plain
 //!   values; its [`metrics::activity`] keeps per-second samples for the console's charts.
-//! - [`ui`]: the web console, its static files embedded in the binary.
 //! - [`server`]: startup, signals and graceful shutdown.
 
 pub mod api;
@@ -33,7 +33,6 @@ pub mod data_dir;
 pub mod cli;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod info;
 pub mod log;
 pub mod logging;
 pub mod metrics;
@@ -41,7 +40,6 @@ pub mod net;
 pub mod objects;
 pub mod sequencer;
 pub mod server;
-pub mod ui;
 pub mod wire;
 
 #[cfg(test)]

@@ -1,17 +1,13 @@
 //! The DRP-shaped object store (`docs/protocol.md` §7): profiles, params, machines, clusters and
-//! resource brokers kept in sled, their REST routes, and the event every change emits.
+//! resource brokers kept in sled, and the event every change emits. Their REST routes are in
+//! `crate::api::objects`, above this domain code.
 //!
 //! - [`Kind`]: the object types, their trees, key fields and key validation.
 //! - [`ObjectStore`]: reads, and writes that each return the event they cause.
-//! - [`routes`]: the REST routes; every write runs through `Publisher::apply`, so a change and
-//!   its event are one step, serialized with every other publish and change.
 //!
-//! Users and roles are objects too, but they live in [`crate::auth`], which owns passwords;
-//! [`accounts`] adds their PUT, PATCH and (for roles) DELETE.
+//! Users and roles are objects too, but they live in [`crate::auth`], which owns passwords.
 
-pub mod accounts;
 mod kind;
-pub mod routes;
 pub(crate) mod store;
 
 use thiserror::Error;
@@ -19,7 +15,6 @@ use thiserror::Error;
 use crate::wire::http::{ApiError, Response};
 
 pub use kind::Kind;
-pub use routes::{Route, handle, runner_claims};
 pub use store::{GLOBAL_PROFILE, ObjectStore, Written, filter_and_page};
 
 /// Why an object request or change failed; each variant maps to one HTTP status.

@@ -58,7 +58,7 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthError),
     /// The server's id could not be read or made.
     #[error("server id: {0}")]
-    Info(#[from] crate::info::InfoError),
+    Info(#[from] crate::api::info::InfoError),
     /// The object store could not be opened.
     #[error(transparent)]
     Objects(#[from] crate::objects::ObjectError),
@@ -131,7 +131,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     }
     start_history_trim(history.clone(), config.history.clone());
     let objects = Arc::new(crate::objects::ObjectStore::open(&db)?);
-    let server_id = crate::info::open_server_id(&db)?;
+    let server_id = crate::api::info::open_server_id(&db)?;
     if !config.tls_san.is_empty() && config.tls != TlsMode::SelfSigned {
         tracing::warn!(
             "tls_san is ignored: it names the self-signed certificate, which herald does not \

@@ -102,7 +102,7 @@ impl Kind {
     }
 
     /// The key of a URL path segment, or 404: a key that is not valid cannot name an object.
-    pub(super) fn lookup_key(self, key: &str) -> Result<String, ObjectError> {
+    pub fn lookup_key(self, key: &str) -> Result<String, ObjectError> {
         self.canonical_key(key).map_err(|_| ObjectError::NotFound {
             kind: self.name(),
             key: key.to_owned(),

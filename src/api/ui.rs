@@ -31,8 +31,8 @@ macro_rules! asset {
         Asset {
             name: $name,
             content_type: $content_type,
-            body: include_bytes!(concat!("ui/", $name)),
-            hash: fnv1a(include_bytes!(concat!("ui/", $name))),
+            body: include_bytes!(concat!("../ui/", $name)),
+            hash: fnv1a(include_bytes!(concat!("../ui/", $name))),
         }
     };
 }

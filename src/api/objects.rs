@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Kind, ObjectError, ObjectStore, Written, filter_and_page};
 use crate::api::Request;
 use crate::auth::{Claim, Claims, Identity};
 use crate::core::Core;
+use crate::objects::{Kind, ObjectError, ObjectStore, Written, filter_and_page};
 use crate::wire::http::{ApiError, Method, Response};
 
 /// Lifetime of a runner token when the request names none (as for user tokens).
@@ -298,7 +298,7 @@ async fn runner_token(
                     .with_key(&key),
             )
         })?;
-    let answer = crate::info::token_answer(&core.shared, request.watch.local, &token);
+    let answer = crate::api::info::token_answer(&core.shared, request.watch.local, &token);
     Ok(Response::json(200, &answer))
 }
 

@@ -8,11 +8,11 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
-use super::ObjectError;
-use super::store::apply_patch;
 use crate::api::Request;
 use crate::auth::{AuthError, AuthStore, HashedPassword, Identity, NewUser, Role};
 use crate::core::Core;
+use crate::objects::ObjectError;
+use crate::objects::store::apply_patch;
 use crate::wire::event::Event;
 use crate::wire::http::{ApiError, Method, Response};
 
