@@ -1,35 +1,39 @@
 //! The HTTP side of a connection: the request loop with its limits, authentication, and the
-//! routes of `docs/protocol.md` §1. A websocket upgrade hands the connection over to
-//! [`crate::core::connection`].
+//! routing of `docs/protocol.md` §1 to one file per resource family. A websocket upgrade hands
+//! the connection over to [`crate::core::connection`].
+//!
+//! - [`request`]: a request as the routes see it; [`error`]: the one error every route returns,
+//!   converted from each area's (`?`), as DRP's error shape.
+//! - [`events`], [`connections`], [`info`], [`metrics`](mod@metrics), [`ui`]: their routes.
+//! - [`users`]: users, roles and their tokens; [`objects`]: profiles, params, machines, … (the
+//!   store itself is [`crate::objects`]).
+//!
+//! Every route authorizes with [`Identity::require`]; a refusal is `AuthError::Forbidden`.
 
+pub mod connections;
+pub mod error;
+pub mod events;
 pub mod info;
+pub mod metrics;
 pub mod objects;
+pub mod request;
 pub mod ui;
 pub mod users;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
-use crate::auth::{self, AuthError, Claims, FastAuth, Identity};
+use crate::api::error::ApiError;
+use crate::api::request::Request;
+use crate::auth::{self, AuthError, FastAuth, Identity};
 use crate::core::Core;
 use crate::core::connection;
-use crate::core::conns::{ConnectionView, Expiry, HttpWatch};
-use crate::core::query::CoreQuery;
+use crate::core::conns::{Expiry, HttpWatch};
 use crate::net::transport::Transport;
-use crate::wire::event;
-use crate::wire::filter::Filter;
-use crate::wire::http::{
-    self, ApiError, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response,
-};
-
-/// Default and largest page of `GET /api/v3/events`.
-const EVENTS_PAGE_DEFAULT: usize = 1000;
-const EVENTS_PAGE_MAX: usize = 10_000;
-/// Default and largest lifetime of a minted token.
-const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(600);
+use crate::wire::http::{self, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response};
 
 /// Serves one accepted TCP connection until it closes or becomes a websocket.
 pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
@@ -63,18 +67,6 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
             core, read, write, fd, remote, identity, leftover,
         ));
     }
-}
-
-/// A request as the routes see it.
-pub struct Request {
-    /// The parsed head.
-    pub head: RequestHead,
-    /// The whole body (already within the size limit).
-    pub body: Vec<u8>,
-    /// When the head was complete, for the publish-duration metric.
-    pub received: Instant,
-    /// The connection's deadlines and tracking record.
-    pub watch: Rc<HttpWatch>,
 }
 
 /// What a route answers.
@@ -320,12 +312,8 @@ enum Route {
     Events,
     Info,
     InfoActivity,
-    Users,
-    User(String),
-    UserPassword(String),
-    UserToken(String),
-    Roles,
-    Role(String),
+    /// Users, roles and their tokens: see [`users`].
+    Accounts(crate::api::users::Route),
     Metrics,
     Connections,
     ConnectionHistory,
@@ -343,12 +331,9 @@ impl Route {
             ["api", "v3", "events"] => Route::Events,
             ["api", "v3", "info"] => Route::Info,
             ["api", "v3", "info", "activity"] => Route::InfoActivity,
-            ["api", "v3", "users"] => Route::Users,
-            ["api", "v3", "users", name] => Route::User((*name).to_owned()),
-            ["api", "v3", "users", name, "password"] => Route::UserPassword((*name).to_owned()),
-            ["api", "v3", "users", name, "token"] => Route::UserToken((*name).to_owned()),
-            ["api", "v3", "roles"] => Route::Roles,
-            ["api", "v3", "roles", name] => Route::Role((*name).to_owned()),
+            ["api", "v3", "users" | "roles", ..] => {
+                Route::Accounts(crate::api::users::Route::parse(&s)?)
+            }
             ["metrics"] => Route::Metrics,
             ["api", "v3", "connections"] => Route::Connections,
             ["api", "v3", "connections", "history"] => Route::ConnectionHistory,
@@ -371,17 +356,13 @@ impl Route {
             Route::Ws
             | Route::Info
             | Route::InfoActivity
-            | Route::UserToken(_)
             | Route::Metrics
             | Route::Connections
             | Route::ConnectionHistory
             | Route::Connection(_)
             | Route::AgentConnections(..) => &[Method::Get],
             Route::Events => &[Method::Get, Method::Post],
-            Route::Users | Route::Roles => &[Method::Get, Method::Post],
-            Route::User(_) => &[Method::Get, Method::Put, Method::Patch, Method::Delete],
-            Route::Role(_) => &[Method::Get, Method::Put, Method::Patch, Method::Delete],
-            Route::UserPassword(_) => &[Method::Put],
+            Route::Accounts(route) => route.methods(),
             Route::Objects(route) => route.methods(),
         }
     }
@@ -393,12 +374,7 @@ impl Route {
             Route::Events => "/api/v3/events",
             Route::Info => "/api/v3/info",
             Route::InfoActivity => "/api/v3/info/activity",
-            Route::Users => "/api/v3/users",
-            Route::User(_) => "/api/v3/users/{name}",
-            Route::UserPassword(_) => "/api/v3/users/{name}/password",
-            Route::UserToken(_) => "/api/v3/users/{name}/token",
-            Route::Roles => "/api/v3/roles",
-            Route::Role(_) => "/api/v3/roles/{name}",
+            Route::Accounts(route) => route.template(),
             Route::Metrics => "/metrics",
             Route::Connections => "/api/v3/connections",
             Route::ConnectionHistory => "/api/v3/connections/history",
@@ -415,17 +391,14 @@ fn error(code: u16, message: impl Into<String>) -> Response {
     Response::error(ApiError::new(code, message))
 }
 
-fn auth_error(error: &AuthError) -> Response {
-    let response = error_with(error.status(), error.to_string());
-    if error.status() == 401 {
+/// A failed authentication; a 401 names the scheme to use.
+fn auth_error(error: AuthError) -> Response {
+    let response = Response::error(ApiError::from(error));
+    if response.status == 401 {
         response.with_header("WWW-Authenticate", "dr-provision")
     } else {
         response
     }
-}
-
-fn error_with(code: u16, message: String) -> Response {
-    Response::error(ApiError::new(code, message))
 }
 
 /// Authenticates a request: the fast path inline, argon2 on a blocking thread.
@@ -438,7 +411,7 @@ async fn authenticate(core: &Core, head: &RequestHead) -> Result<Identity, AuthE
     if let Err(error) = &result
         && error.is_authentication_failure()
     {
-        metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => error.metric_reason())
+        ::metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => error.metric_reason())
             .increment(1);
     }
     result
@@ -466,21 +439,6 @@ fn claimed_user(head: &RequestHead) -> Option<String> {
     match auth::credentials(head.header("authorization"), token.as_deref()) {
         Ok(auth::Credentials::Basic { user, .. }) => Some(user),
         _ => None,
-    }
-}
-
-/// A 403 naming the claim the principal lacks, or nothing when it holds it.
-fn require(identity: &Identity, scope: &str, action: &str, specific: &str) -> Result<(), Response> {
-    if identity.claims.allows(scope, action, specific) {
-        Ok(())
-    } else {
-        Err(error_with(
-            403,
-            format!(
-                "{} lacks the claim {scope}:{action}:{specific}",
-                identity.principal
-            ),
-        ))
     }
 }
 
@@ -548,7 +506,7 @@ async fn route_to(core: &Rc<Core>, request: &Request, route: Route) -> Answer {
         .into();
     }
     if route == Route::Metrics && !core.shared.config.metrics_auth {
-        return metrics_response(core).into();
+        return crate::api::metrics::response(core).into();
     }
     if route == Route::Ws && head.websocket_key.is_none() {
         return error(
@@ -564,347 +522,53 @@ async fn route_to(core: &Rc<Core>, request: &Request, route: Route) -> Answer {
                 user: claimed_user(head),
                 reason: e.metric_reason(),
             };
-            return Answer::LoginFailed(auth_error(&e), failure);
+            return Answer::LoginFailed(auth_error(e), failure);
         }
-        Err(e) => return auth_error(&e).into(),
+        Err(e) => return auth_error(e).into(),
     };
     if route == Route::Ws {
         return Answer::Upgrade(identity);
     }
-    track_api_connection(core, &request.watch, &identity).await;
+    crate::api::connections::track(core, &request.watch, &identity).await;
     match handle(core, request, route, method, &identity).await {
-        Ok(response) | Err(response) => response.into(),
+        Ok(response) => response.into(),
+        Err(error) => Response::error(error).into(),
     }
 }
 
+/// Hands an authenticated request to its resource family.
 async fn handle(
     core: &Rc<Core>,
     request: &Request,
     route: Route,
     method: Method,
     identity: &Identity,
-) -> Result<Response, Response> {
-    let store = &core.shared.auth;
+) -> Result<Response, ApiError> {
     let head = &request.head;
     match (route, method) {
-        (Route::Events, Method::Post) => publish(core, request, identity).await,
-        (Route::Events, _) => read_events(core, head, &identity.claims).await,
-        (Route::Info, _) => Ok(Response::json(
-            200,
-            &crate::api::info::server_info(&core.shared, request.watch.local),
-        )),
+        (Route::Events, Method::Post) => crate::api::events::publish(core, request, identity).await,
+        (Route::Events, _) => crate::api::events::read(core, head, &identity.claims).await,
+        (Route::Info, _) => Ok(crate::api::info::response(&request.server_facts(core))),
         (Route::InfoActivity, _) => Ok(crate::metrics::activity::response(
             &core.shared.activity,
             core.shared.activity_totals(),
             head,
         )),
-        (Route::Metrics, _) => Ok(metrics_response(core)),
-        (Route::Connections, _) => {
-            require(identity, "connections", "list", "*")?;
-            let principal = head.query("Principal");
-            let kind = head.query("Type");
-            let views: Vec<ConnectionView> = gather_connections(core)
-                .await
-                .into_iter()
-                .filter(|v| principal.as_deref().is_none_or(|p| p == v.principal))
-                .filter(|v| kind.as_deref().is_none_or(|k| k == v.kind))
-                .collect();
-            Ok(Response::json(200, &views))
-        }
-        (Route::Connection(addr), _) => {
-            require(identity, "connections", "get", &addr)?;
-            match gather_connections(core)
-                .await
-                .into_iter()
-                .find(|v| v.remote_addr == addr)
-            {
-                Some(view) => Ok(Response::json(200, &view)),
-                None => Err(Response::error(
-                    ApiError::new(404, format!("no open connection from {addr}"))
-                        .with_model("connections")
-                        .with_key(addr),
-                )),
-            }
-        }
+        (Route::Metrics, _) => Ok(crate::api::metrics::response(core)),
+        (Route::Connections, _) => crate::api::connections::list(core, head, identity).await,
+        (Route::Connection(addr), _) => crate::api::connections::one(core, addr, identity).await,
         (Route::ConnectionHistory, _) => {
-            require(identity, "connections", "list", "*")?;
-            connection_history(core, head).await
+            crate::api::connections::history(core, head, identity).await
         }
         (Route::AgentConnections(kind, uuid), _) => {
-            require(identity, "connections", "list", "*")?;
-            let object_kind = match kind {
-                "machines" => crate::objects::Kind::Machines,
-                "clusters" => crate::objects::Kind::Clusters,
-                _ => crate::objects::Kind::ResourceBrokers,
-            };
-            let store = core.shared.objects.clone();
-            let lookup = uuid.clone();
-            let exists = monoio::spawn_blocking(move || store.contains(object_kind, &lookup)).await;
-            if !matches!(exists, Ok(Ok(true))) {
-                return Err(Response::error(
-                    ApiError::new(404, format!("{kind} {uuid} does not exist"))
-                        .with_model(kind)
-                        .with_key(uuid),
-                ));
-            }
-            let principal = format!("runner:{uuid}");
-            let views: Vec<ConnectionView> = gather_connections(core)
-                .await
-                .into_iter()
-                .filter(|v| v.principal == principal)
-                .collect();
-            Ok(Response::json(200, &views))
+            crate::api::connections::of_agent(core, kind, uuid, identity).await
         }
-        (Route::Users, Method::Get) => {
-            require(identity, "users", "list", "*")?;
-            Ok(Response::json(200, &store.list_users()))
-        }
-        (Route::Users, _) => crate::api::users::create_user(core, request, identity).await,
-        (Route::User(name), method @ (Method::Put | Method::Patch)) => {
-            crate::api::users::user(core, request, name, method, identity).await
-        }
-        (Route::Role(name), method @ (Method::Put | Method::Patch | Method::Delete)) => {
-            crate::api::users::role(core, request, name, method, identity).await
-        }
-        (Route::User(name), Method::Get) => {
-            require(identity, "users", "get", &name)?;
-            Ok(Response::json(
-                200,
-                &store.get_user(&name).map_err(|e| auth_error(&e))?,
-            ))
-        }
-        (Route::User(name), _) => crate::api::users::delete_user(core, name, identity).await,
-        (Route::UserPassword(name), _) => {
-            crate::api::users::set_password(core, request, name, identity).await
-        }
-        (Route::UserToken(name), _) => {
-            if identity.user.as_deref() != Some(name.as_str()) {
-                require(identity, "users", "token", &name)?;
-            }
-            let ttl =
-                match head.query("ttl") {
-                    None => TOKEN_TTL_DEFAULT,
-                    Some(ttl) => Duration::from_secs(ttl.parse::<u64>().map_err(|_| {
-                        error(400, format!("ttl {ttl:?} is not a number of seconds"))
-                    })?),
-                };
-            let token = store.mint_token(&name, ttl).map_err(|e| auth_error(&e))?;
-            let answer = crate::api::info::token_answer(&core.shared, request.watch.local, &token);
-            Ok(Response::json(200, &answer))
-        }
-        (Route::Roles, Method::Get) => {
-            require(identity, "roles", "list", "*")?;
-            Ok(Response::json(200, &store.list_roles()))
-        }
-        (Route::Roles, _) => crate::api::users::create_role(core, request, identity).await,
-        (Route::Role(name), _) => {
-            require(identity, "roles", "get", &name)?;
-            Ok(Response::json(
-                200,
-                &store.get_role(&name).map_err(|e| auth_error(&e))?,
-            ))
+        (Route::Accounts(route), method) => {
+            crate::api::users::handle(core, request, route, method, identity).await
         }
         (Route::Objects(route), method) => {
             crate::api::objects::handle(core, request, route, method, identity).await
         }
-        (Route::Ws, _) => Err(error(400, "this route takes a websocket upgrade")),
+        (Route::Ws, _) => Err(ApiError::new(400, "this route takes a websocket upgrade")),
     }
-}
-
-/// Starts tracking a keep-alive REST connection the first time a request on it authenticates;
-/// its `connections.create` is queued for the log before the request can publish anything.
-async fn track_api_connection(core: &Core, watch: &HttpWatch, identity: &Identity) {
-    if watch.tracked.borrow().is_some() {
-        return;
-    }
-    let view = ConnectionView {
-        remote_addr: watch.remote.to_string(),
-        principal: identity.principal.clone(),
-        create_time: event::now_rfc3339(),
-        expires_at: crate::core::conns::expires_at(identity.expires),
-        kind: "api".to_owned(),
-        filters: Vec::new(),
-        events_sent: 0,
-        bytes_sent: 0,
-        last_seq: 0,
-        close_time: None,
-        close_reason: None,
-    };
-    let id = core.open_connection(view.clone()).await;
-    *watch.tracked.borrow_mut() = Some((id, view));
-}
-
-/// Every core's live connections.
-async fn gather_connections(core: &Core) -> Vec<ConnectionView> {
-    let mut answers = Vec::new();
-    for query in &core.shared.queries {
-        let (reply, answer) = flume::bounded(1);
-        if query
-            .send_async(CoreQuery::Connections(reply))
-            .await
-            .is_ok()
-        {
-            answers.push(answer);
-        }
-    }
-    let mut views = Vec::new();
-    for answer in answers {
-        if let Ok(mut part) = answer.recv_async().await {
-            views.append(&mut part);
-        }
-    }
-    views
-}
-
-/// Default and largest page of the connection history.
-const HISTORY_PAGE_DEFAULT: usize = 100;
-const HISTORY_PAGE_MAX: usize = 10_000;
-
-async fn connection_history(core: &Core, head: &RequestHead) -> Result<Response, Response> {
-    let principal = head.query("principal");
-    let since = match head.query("since") {
-        None => None,
-        Some(text) => Some(humantime::parse_rfc3339_weak(&text).map_err(|_| {
-            error(
-                400,
-                format!("since {text:?} is not an RFC 3339 time such as 2026-11-27T20:00:00Z"),
-            )
-        })?),
-    };
-    let limit = match head.query("limit") {
-        None => HISTORY_PAGE_DEFAULT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=HISTORY_PAGE_MAX).contains(l))
-            .ok_or_else(|| {
-                error(
-                    400,
-                    format!("limit must be between 1 and {HISTORY_PAGE_MAX}"),
-                )
-            })?,
-    };
-    let history = core.shared.history.clone();
-    let listed =
-        monoio::spawn_blocking(move || history.list(principal.as_deref(), since, limit)).await;
-    match listed {
-        Ok(Ok(views)) => Ok(Response::json(200, &views)),
-        Ok(Err(e)) => Err(error(500, e.to_string())),
-        Err(_) => Err(error(500, "the connection history could not be read")),
-    }
-}
-
-fn metrics_response(core: &Core) -> Response {
-    match &core.shared.metrics {
-        Some(handle) => Response::empty(200).with_body(
-            "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(&core.shared.scrape(), handle).into_bytes(),
-        ),
-        None => error(503, "metrics are unavailable in this process"),
-    }
-}
-
-async fn publish(
-    core: &Core,
-    request: &Request,
-    identity: &Identity,
-) -> Result<Response, Response> {
-    let mut body = request.body.clone();
-    let events = event::parse_publish(&mut body, &identity.principal)
-        .map_err(|e| error(400, e.to_string()))?;
-    for event in &events {
-        let specific = format!("{}.{}.{}", event.ty, event.action, event.key);
-        if !identity.claims.allows("events", "post", &specific) {
-            return Err(error_with(
-                403,
-                format!(
-                    "{} lacks the claim events:post:{specific}",
-                    identity.principal
-                ),
-            ));
-        }
-    }
-    let last = core
-        .shared
-        .publisher
-        .publish(events)
-        .await
-        .map_err(|e| error(503, e.to_string()))?;
-    metrics::histogram!(crate::metrics::PUBLISH_DURATION)
-        .record(request.received.elapsed().as_secs_f64());
-    Ok(Response::no_content().with_header("Herald-Seq", last.to_string()))
-}
-
-async fn read_events(
-    core: &Core,
-    head: &RequestHead,
-    claims: &std::sync::Arc<Claims>,
-) -> Result<Response, Response> {
-    let number = |name: &str, default: u64| -> Result<u64, Response> {
-        match head.query(name) {
-            None => Ok(default),
-            Some(v) => v.parse::<u64>().map_err(|_| {
-                error(
-                    400,
-                    format!("{name} {v:?} is not a non-negative whole number"),
-                )
-            }),
-        }
-    };
-    let since = number("since", 0)?;
-    let limit = number("limit", EVENTS_PAGE_DEFAULT as u64)?;
-    if limit == 0 || limit > EVENTS_PAGE_MAX as u64 {
-        return Err(error(
-            400,
-            format!("limit must be between 1 and {EVENTS_PAGE_MAX}"),
-        ));
-    }
-    let filter = match head.query("filter") {
-        None => None,
-        Some(text) => Some(Filter::parse(&text).map_err(|e| error(400, e.to_string()))?),
-    };
-    let mut body = b"[".to_vec();
-    let mut next = since;
-    let mut found = 0;
-    let mut cursor = since;
-    // Read in pages until the answer is full or the log is exhausted; filtered-out events are skipped.
-    'read: loop {
-        let reader = core.shared.log_reader.clone();
-        let rows = match monoio::spawn_blocking(move || reader.read_after(cursor, EVENTS_PAGE_MAX))
-            .await
-        {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => return Err(error(500, e.to_string())),
-            Err(_) => return Err(error(500, "the log read failed")),
-        };
-        let Some(&(last, _)) = rows.last() else {
-            break;
-        };
-        cursor = last;
-        for (seq, json) in rows {
-            let Some(event) = event::EncodedEvent::from_stored(seq, &json) else {
-                continue;
-            };
-            let visible =
-                claims.is_superuser() || claims.may_see(&event.ty, &event.action, &event.key);
-            let wanted = filter
-                .as_ref()
-                .is_none_or(|f| f.matches(&event.ty, &event.action, &event.key));
-            if visible && wanted {
-                if found > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(&json);
-                found += 1;
-                next = seq;
-                if found as u64 == limit {
-                    break 'read;
-                }
-            }
-        }
-    }
-    body.push(b']');
-    Ok(Response::empty(200)
-        .with_body("application/json", body)
-        .with_header("Herald-Next-Since", next.to_string()))
 }

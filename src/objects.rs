@@ -1,6 +1,6 @@
 //! The DRP-shaped object store (`docs/protocol.md` §7): profiles, params, machines, clusters and
 //! resource brokers kept in sled, and the event every change emits. Their REST routes are in
-//! `crate::api::objects`, above this domain code.
+//! `crate::api::objects`, above this domain code, which knows nothing of HTTP or the cores.
 //!
 //! - [`Kind`]: the object types, their trees, key fields and key validation.
 //! - [`ObjectStore`]: reads, and writes that each return the event they cause.
@@ -11,8 +11,6 @@ mod kind;
 pub(crate) mod store;
 
 use thiserror::Error;
-
-use crate::wire::http::{ApiError, Response};
 
 pub use kind::Kind;
 pub use store::{GLOBAL_PROFILE, ObjectStore, Written, filter_and_page};
@@ -83,14 +81,5 @@ impl ObjectError {
             ObjectError::Store(_) | ObjectError::Corrupt(_) => 500,
             ObjectError::Unavailable(_) => 503,
         }
-    }
-
-    /// The error as a DRP-shaped response about object `key` of type `kind`.
-    pub fn response(&self, kind: Kind, key: &str) -> Response {
-        Response::error(
-            ApiError::new(self.status(), self.to_string())
-                .with_model(kind.name())
-                .with_key(key),
-        )
     }
 }

@@ -6,18 +6,46 @@
 //! made on the first start and kept for the data directory's life (DRP's `id` and `uuid`).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
 use crate::auth::Token;
-use crate::core::ServerState;
+use crate::wire::http::Response;
 
 /// `meta` key of the server's id.
 pub const SERVER_ID_KEY: &str = "server_id";
 
 /// The DRP features herald implements, named as DRP names them (clients test for them).
 const FEATURES: [&str; 2] = ["api-v3", "roles"];
+
+/// What Info reports, as plain values read from the running server for one client.
+#[derive(Debug, Clone)]
+pub struct ServerFacts<'a> {
+    /// This server's id (DRP's `id` and `uuid`).
+    pub server_id: &'a str,
+    /// The address and port the client reached.
+    pub reached: SocketAddr,
+    /// The machine's host name, or `""`.
+    pub host_name: String,
+    /// How long the server has run.
+    pub uptime: Duration,
+    /// Cores serving connections.
+    pub cores: usize,
+    /// `io_uring` or `epoll`.
+    pub driver: &'a str,
+    /// The log's epoch.
+    pub epoch: &'a str,
+    /// Oldest retained Seq.
+    pub first_seq: u64,
+    /// Newest stored Seq.
+    pub last_seq: u64,
+    /// `sync` or `batched`.
+    pub durability: &'static str,
+    /// Whether the admin user still has the default password.
+    pub default_password: bool,
+}
 
 /// Why the server's id could not be read or made.
 #[derive(Debug, Error)]
@@ -48,31 +76,25 @@ pub fn open_server_id(db: &sled::Db) -> Result<String, InfoError> {
     Ok(id)
 }
 
-/// The answer of `GET /api/v3/info` on a connection that reached the server at `local`.
-pub fn server_info(shared: &ServerState, local: Option<SocketAddr>) -> Map<String, Value> {
-    let status = &shared.log_status;
-    let default_password = shared.auth.default_password_in_use();
+/// The answer of `GET /api/v3/info`.
+pub fn server_info(facts: &ServerFacts) -> Map<String, Value> {
     let mut warnings = Vec::new();
-    if default_password {
+    if facts.default_password {
         warnings.push("the admin user rocketskates still has the default password r0cketsk8ts; set --admin-password or change it");
     }
-    // The address and port this client reached: the true answer even on a wildcard listener.
-    let reached = local.unwrap_or(shared.config.listen);
-    let id = shared.server_id.as_str();
+    let reached = facts.reached;
+    let id = facts.server_id;
     let version = env!("CARGO_PKG_VERSION");
     let info = json!({
         "Version": version,
-        "Uptime": shared.started.elapsed().as_secs(),
-        "Cores": shared.config.cores,
-        "Driver": shared.driver,
-        "Epoch": status.epoch,
-        "FirstSeq": status.first_seq(),
-        "LastSeq": status.last_seq(),
-        "Durability": match shared.config.durability {
-            crate::config::Durability::Sync => "sync",
-            crate::config::Durability::Batched => "batched",
-        },
-        "DefaultPassword": default_password,
+        "Uptime": facts.uptime.as_secs(),
+        "Cores": facts.cores,
+        "Driver": facts.driver,
+        "Epoch": facts.epoch,
+        "FirstSeq": facts.first_seq,
+        "LastSeq": facts.last_seq,
+        "Durability": facts.durability,
+        "DefaultPassword": facts.default_password,
         "Warnings": warnings,
     });
     // DRP's Info: herald serves the API and the event stream, and no DHCP, PXE, TFTP, BINL,
@@ -86,7 +108,7 @@ pub fn server_info(shared: &ServerState, local: Option<SocketAddr>) -> Map<Strin
         "id": id,
         "local_id": id,
         "uuid": id,
-        "server_hostname": crate::net::tls::host_name().unwrap_or_default(),
+        "server_hostname": facts.host_name,
         "features": FEATURES,
         "stats": [],
         "errors": [],
@@ -125,10 +147,15 @@ pub fn server_info(shared: &ServerState, local: Option<SocketAddr>) -> Map<Strin
     fields
 }
 
+/// `GET /api/v3/info`.
+pub fn response(facts: &ServerFacts) -> Response {
+    Response::json(200, &server_info(facts))
+}
+
 /// A token answer as DRP shapes it: `Token`, and an `Info` that is the server's Info with what
 /// the token grants (`Principal`, `Roles`, `Expires`, …) beside it.
-pub fn token_answer(shared: &ServerState, local: Option<SocketAddr>, token: &Token) -> Value {
-    let mut info = server_info(shared, local);
+pub fn token_answer(facts: &ServerFacts, token: &Token) -> Value {
+    let mut info = server_info(facts);
     if let Ok(Value::Object(granted)) = serde_json::to_value(&token.info) {
         info.extend(granted);
     }
@@ -167,6 +194,36 @@ mod tests {
         meta.insert(SERVER_ID_KEY, b"not a uuid".as_slice())
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(open_server_id(&db), Err(InfoError::Corrupt)));
+    }
+
+    #[test]
+    fn info_reports_the_values_it_is_handed_and_the_address_the_client_reached() {
+        let facts = ServerFacts {
+            server_id: "6e7a3b5c-0d1f-4c2a-9a8b-1f2e3d4c5b6a",
+            reached: SocketAddr::from(([10, 0, 0, 7], 8092)),
+            host_name: "hub".into(),
+            uptime: Duration::from_secs(42),
+            cores: 2,
+            driver: "epoll",
+            epoch: "e1",
+            first_seq: 3,
+            last_seq: 9,
+            durability: "sync",
+            default_password: true,
+        };
+        let info = server_info(&facts);
+        assert_eq!(info["Uptime"], 42);
+        assert_eq!(info["Epoch"], "e1");
+        assert_eq!(
+            (info["FirstSeq"].as_u64(), info["LastSeq"].as_u64()),
+            (Some(3), Some(9))
+        );
+        assert_eq!(info["Durability"], "sync");
+        assert_eq!(info["address"], "10.0.0.7");
+        assert_eq!(info["api_port"], 8092);
+        assert_eq!(info["uuid"], facts.server_id);
+        assert_eq!(info["server_hostname"], "hub");
+        assert_eq!(info["Warnings"].as_array().map(Vec::len), Some(1));
     }
 
     #[test]

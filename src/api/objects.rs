@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::api::Request;
+use crate::api::error::{About, ApiError};
+use crate::api::request::Request;
 use crate::auth::{Claim, Claims, Identity};
 use crate::core::Core;
 use crate::objects::{Kind, ObjectError, ObjectStore, Written, filter_and_page};
-use crate::wire::http::{ApiError, Method, Response};
+use crate::wire::http::{Method, Response};
 
 /// Lifetime of a runner token when the request names none (as for user tokens).
 const RUNNER_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(600);
@@ -91,12 +92,12 @@ pub async fn handle(
     route: Route,
     method: Method,
     identity: &Identity,
-) -> Result<Response, Response> {
+) -> Reply {
     let principal = identity.principal.clone();
     match (route, method) {
         (Route::List(kind), Method::Get) => list(core, request, kind, identity).await,
         (Route::List(kind), _) => {
-            let mut body = parse_body(&request.body, kind, "")?;
+            let mut body = parse_body(&request.body).about(kind.name(), "")?;
             // A new machine-like object's key is chosen here, so the claim check can name it.
             // drpcli sends `"Uuid":""` for a machine whose UUID the server is to choose.
             if let Some(fields) = body.as_object_mut().filter(|_| kind.is_machine_like())
@@ -120,14 +121,14 @@ pub async fn handle(
             Ok(Response::json(201, &created))
         }
         (Route::Object(kind, key), method) => {
-            let key = kind.lookup_key(&key).map_err(|e| e.response(kind, &key))?;
+            let key = kind.lookup_key(&key).about(kind.name(), &key)?;
             let answer = match method {
                 Method::Get => {
                     require(identity, kind, "get", &key)?;
                     read(core, kind, &key, move |store, key| store.get(kind, key)).await?
                 }
                 Method::Put => {
-                    let body = parse_body(&request.body, kind, &key)?;
+                    let body = parse_body(&request.body).about(kind.name(), &key)?;
                     require(identity, kind, "update", &key)?;
                     let at = key.clone();
                     write(core, kind, &key, move |store| {
@@ -136,13 +137,14 @@ pub async fn handle(
                     .await?
                 }
                 Method::Patch => {
-                    let body = parse_body(&request.body, kind, &key)?;
-                    let patch: json_patch::Patch = serde_json::from_value(body).map_err(|e| {
-                        ObjectError::BadRequest(format!(
-                            "the body is not a JSON Patch (RFC 6902: an array of operations like {{\"op\":\"replace\",\"path\":\"/Description\",\"value\":\"…\"}}): {e}"
-                        ))
-                        .response(kind, &key)
-                    })?;
+                    let body = parse_body(&request.body).about(kind.name(), &key)?;
+                    let patch: json_patch::Patch = serde_json::from_value(body)
+                        .map_err(|e| {
+                            ObjectError::BadRequest(format!(
+                                "the body is not a JSON Patch (RFC 6902: an array of operations like {{\"op\":\"replace\",\"path\":\"/Description\",\"value\":\"…\"}}): {e}"
+                            ))
+                        })
+                        .about(kind.name(), &key)?;
                     require(identity, kind, "update", &key)?;
                     let at = key.clone();
                     write(core, kind, &key, move |store| {
@@ -162,13 +164,13 @@ pub async fn handle(
             Ok(Response::json(200, &answer))
         }
         (Route::Params(kind, key), _) => {
-            let key = kind.lookup_key(&key).map_err(|e| e.response(kind, &key))?;
+            let key = kind.lookup_key(&key).about(kind.name(), &key)?;
             require(identity, kind, "get", &key)?;
             let params = read(core, kind, &key, move |store, key| store.params(kind, key)).await?;
             Ok(Response::json(200, &params))
         }
         (Route::Param(kind, key, param), method) => {
-            let key = kind.lookup_key(&key).map_err(|e| e.response(kind, &key))?;
+            let key = kind.lookup_key(&key).about(kind.name(), &key)?;
             let answer = match method {
                 Method::Get => {
                     require(identity, kind, "get", &key)?;
@@ -178,7 +180,7 @@ pub async fn handle(
                     .await?
                 }
                 Method::Post => {
-                    let value = parse_body(&request.body, kind, &key)?;
+                    let value = parse_body(&request.body).about(kind.name(), &key)?;
                     require(identity, kind, "update", &key)?;
                     let at = key.clone();
                     write(core, kind, &key, move |store| {
@@ -202,17 +204,16 @@ pub async fn handle(
 }
 
 /// `GET /api/v3/{type}`: the objects the caller may list or get, filtered and paged.
-async fn list(
-    core: &Rc<Core>,
-    request: &Request,
-    kind: Kind,
-    identity: &Identity,
-) -> Result<Response, Response> {
+async fn list(core: &Rc<Core>, request: &Request, kind: Kind, identity: &Identity) -> Reply {
     let claims = identity.claims.clone();
     if !may_list_some(&claims, kind) {
-        return Err(forbidden(identity, kind, "list", "*"));
+        return Err(identity.forbidden(kind.name(), "list", "*")).about(kind.name(), "*");
     }
-    let bad = |message: String| ObjectError::BadRequest(message).response(kind, "");
+    let bad = |message: String| {
+        ApiError::from(ObjectError::BadRequest(message))
+            .with_model(kind.name())
+            .with_key("")
+    };
     let mut filters = Vec::new();
     let mut offset = 0;
     let mut limit = None;
@@ -266,15 +267,18 @@ async fn runner_token(
     kind: Kind,
     key: &str,
     identity: &Identity,
-) -> Result<Response, Response> {
-    let key = kind.lookup_key(key).map_err(|e| e.response(kind, key))?;
+) -> Reply {
+    let key = kind.lookup_key(key).about(kind.name(), key)?;
     require(identity, kind, "token", &key)?;
     let ttl = match request.head.query("ttl") {
         None => RUNNER_TOKEN_TTL_DEFAULT,
-        Some(ttl) => Duration::from_secs(ttl.parse::<u64>().map_err(|_| {
-            ObjectError::BadRequest(format!("ttl {ttl:?} is not a number of seconds"))
-                .response(kind, &key)
-        })?),
+        Some(ttl) => Duration::from_secs(
+            ttl.parse::<u64>()
+                .map_err(|_| {
+                    ObjectError::BadRequest(format!("ttl {ttl:?} is not a number of seconds"))
+                })
+                .about(kind.name(), &key)?,
+        ),
     };
     let exists = read(core, kind, &key, move |store, key| {
         store.contains(kind, key)
@@ -284,21 +288,15 @@ async fn runner_token(
         return Err(ObjectError::NotFound {
             kind: kind.name(),
             key: key.clone(),
-        }
-        .response(kind, &key));
+        })
+        .about(kind.name(), &key);
     }
     let token = core
         .shared
         .auth
         .mint_principal_token(&format!("runner:{key}"), runner_claims(kind, &key), ttl)
-        .map_err(|e| {
-            Response::error(
-                ApiError::new(e.status(), e.to_string())
-                    .with_model(kind.name())
-                    .with_key(&key),
-            )
-        })?;
-    let answer = crate::api::info::token_answer(&core.shared, request.watch.local, &token);
+        .about(kind.name(), &key)?;
+    let answer = crate::api::info::token_answer(&request.server_facts(core), &token);
     Ok(Response::json(200, &answer))
 }
 
@@ -310,35 +308,20 @@ fn may_list_some(claims: &Claims, kind: Kind) -> bool {
     })
 }
 
-/// A 403 naming the claim the caller lacks, or nothing when it holds it.
-fn require(identity: &Identity, kind: Kind, action: &str, key: &str) -> Result<(), Response> {
-    if identity.claims.allows(kind.name(), action, key) {
-        Ok(())
-    } else {
-        Err(forbidden(identity, kind, action, key))
-    }
+/// Nothing when the caller holds the claim on object `key` of type `kind`, else the 403 about it.
+fn require(identity: &Identity, kind: Kind, action: &str, key: &str) -> Result<(), ApiError> {
+    identity
+        .require(kind.name(), action, key)
+        .about(kind.name(), key)
 }
 
-fn forbidden(identity: &Identity, kind: Kind, action: &str, key: &str) -> Response {
-    Response::error(
-        ApiError::new(
-            403,
-            format!(
-                "{} lacks the claim {}:{action}:{key}",
-                identity.principal,
-                kind.name()
-            ),
-        )
-        .with_model(kind.name())
-        .with_key(key),
-    )
+fn parse_body(body: &[u8]) -> Result<Value, ObjectError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ObjectError::BadRequest(format!("the body is not valid JSON: {e}")))
 }
 
-fn parse_body(body: &[u8], kind: Kind, key: &str) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        ObjectError::BadRequest(format!("the body is not valid JSON: {e}")).response(kind, key)
-    })
-}
+/// A route's answer, or the error it fails with.
+type Reply = Result<Response, ApiError>;
 
 /// Runs a read on a blocking thread, so sled never blocks a core.
 async fn read<T: Send + 'static>(
@@ -346,15 +329,15 @@ async fn read<T: Send + 'static>(
     kind: Kind,
     key: &str,
     read: impl FnOnce(&ObjectStore, &str) -> Result<T, ObjectError> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     let store = core.shared.objects.clone();
     let at = key.to_owned();
     match monoio::spawn_blocking(move || read(&store, &at)).await {
-        Ok(result) => result.map_err(|e| e.response(kind, key)),
-        Err(_) => Err(
-            ObjectError::Unavailable("the object store could not be read".into())
-                .response(kind, key),
-        ),
+        Ok(result) => result.about(kind.name(), key),
+        Err(_) => Err(ObjectError::Unavailable(
+            "the object store could not be read".into(),
+        ))
+        .about(kind.name(), key),
     }
 }
 
@@ -364,7 +347,7 @@ async fn write(
     kind: Kind,
     key: &str,
     change: impl FnOnce(&ObjectStore) -> Result<Written, ObjectError> + Send + 'static,
-) -> Result<Value, Response> {
+) -> Result<Value, ApiError> {
     let store = core.shared.objects.clone();
     let applied = core
         .shared
@@ -383,11 +366,8 @@ async fn write(
             }
         })
         .await;
-    match applied {
-        Ok((Ok(answer), _)) => Ok(answer),
-        Ok((Err(error), _)) => Err(error.response(kind, key)),
-        Err(error) => Err(ObjectError::Unavailable(error.to_string()).response(kind, key)),
-    }
+    let (answer, _) = applied.about(kind.name(), key)?;
+    answer.about(kind.name(), key)
 }
 
 #[cfg(test)]

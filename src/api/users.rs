@@ -1,23 +1,135 @@
-//! Creating, changing and deleting users and roles, which [`crate::auth::AuthStore`] keeps: what
-//! a user has to change is its `Roles` (its password has its own route), what a role has is its
-//! `Claims`. Each change runs on the log thread together with its event, like every object's, so
-//! an answered change always has its event; a password is hashed on a blocking thread first.
+//! Users, roles and their tokens (`docs/protocol.md` §2 and §5), which [`crate::auth::AuthStore`]
+//! keeps: reading them, creating, changing and deleting them, setting a password and minting a
+//! token. What a user has to change is its `Roles` (its password has its own route), what a role
+//! has is its `Claims`. Each change runs on the log thread together with its event, like every
+//! object's, so an answered change always has its event; a password is hashed on a blocking
+//! thread first.
 
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::api::Request;
-use crate::auth::{AuthError, AuthStore, HashedPassword, Identity, NewUser, Role};
+use crate::api::error::{About, ApiError};
+use crate::api::request::Request;
+use crate::auth::{AuthStore, HashedPassword, Identity, NewUser, Role};
 use crate::core::Core;
-use crate::objects::ObjectError;
 use crate::objects::store::apply_patch;
 use crate::wire::event::Event;
-use crate::wire::http::{ApiError, Method, Response};
+use crate::wire::http::{Method, Response};
 
-/// A failed account change: HTTP status and message.
-type Failure = (u16, String);
+/// Default lifetime of a minted token.
+const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(600);
+
+/// A user, role or token route; names are as they appear in the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/api/v3/users`: list (GET) and create (POST).
+    Users,
+    /// `/api/v3/users/{name}`: get, replace, patch, delete.
+    User(String),
+    /// `/api/v3/users/{name}/password`: set the password.
+    UserPassword(String),
+    /// `/api/v3/users/{name}/token`: mint a token.
+    UserToken(String),
+    /// `/api/v3/roles`: list (GET) and create (POST).
+    Roles,
+    /// `/api/v3/roles/{name}`: get, replace, patch, delete.
+    Role(String),
+}
+
+impl Route {
+    /// The user or role route of a path's segments, if it is one.
+    pub fn parse(segments: &[&str]) -> Option<Route> {
+        Some(match segments {
+            ["api", "v3", "users"] => Route::Users,
+            ["api", "v3", "users", name] => Route::User((*name).to_owned()),
+            ["api", "v3", "users", name, "password"] => Route::UserPassword((*name).to_owned()),
+            ["api", "v3", "users", name, "token"] => Route::UserToken((*name).to_owned()),
+            ["api", "v3", "roles"] => Route::Roles,
+            ["api", "v3", "roles", name] => Route::Role((*name).to_owned()),
+            _ => return None,
+        })
+    }
+
+    /// The methods the route allows (HEAD is answered as GET).
+    pub fn methods(&self) -> &'static [Method] {
+        match self {
+            Route::UserToken(_) => &[Method::Get],
+            Route::Users | Route::Roles => &[Method::Get, Method::Post],
+            Route::User(_) | Route::Role(_) => {
+                &[Method::Get, Method::Put, Method::Patch, Method::Delete]
+            }
+            Route::UserPassword(_) => &[Method::Put],
+        }
+    }
+
+    /// The route's template, for metrics labels (no client-controlled values).
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Users => "/api/v3/users",
+            Route::User(_) => "/api/v3/users/{name}",
+            Route::UserPassword(_) => "/api/v3/users/{name}/password",
+            Route::UserToken(_) => "/api/v3/users/{name}/token",
+            Route::Roles => "/api/v3/roles",
+            Route::Role(_) => "/api/v3/roles/{name}",
+        }
+    }
+}
+
+/// Answers one user or role request; `method` is already one of [`Route::methods`].
+pub async fn handle(
+    core: &Rc<Core>,
+    request: &Request,
+    route: Route,
+    method: Method,
+    identity: &Identity,
+) -> Reply {
+    let store = &core.shared.auth;
+    match (route, method) {
+        (Route::Users, Method::Get) => {
+            identity.require("users", "list", "*")?;
+            Ok(Response::json(200, &store.list_users()))
+        }
+        (Route::Users, _) => create_user(core, request, identity).await,
+        (Route::User(name), Method::Get) => {
+            identity.require("users", "get", &name)?;
+            Ok(Response::json(200, &store.get_user(&name)?))
+        }
+        (Route::User(name), Method::Delete) => delete_user(core, name, identity).await,
+        (Route::User(name), method) => user(core, request, name, method, identity).await,
+        (Route::UserPassword(name), _) => set_password(core, request, name, identity).await,
+        (Route::UserToken(name), _) => token(core, request, name, identity),
+        (Route::Roles, Method::Get) => {
+            identity.require("roles", "list", "*")?;
+            Ok(Response::json(200, &store.list_roles()))
+        }
+        (Route::Roles, _) => create_role(core, request, identity).await,
+        (Route::Role(name), Method::Get) => {
+            identity.require("roles", "get", &name)?;
+            Ok(Response::json(200, &store.get_role(&name)?))
+        }
+        (Route::Role(name), method) => role(core, request, name, method, identity).await,
+    }
+}
+
+/// `GET /api/v3/users/{name}/token?ttl=SECONDS`: a user may mint its own, others need the claim.
+fn token(core: &Core, request: &Request, name: String, identity: &Identity) -> Reply {
+    if identity.user.as_deref() != Some(name.as_str()) {
+        identity.require("users", "token", &name)?;
+    }
+    let ttl =
+        match request.head.query("ttl") {
+            None => TOKEN_TTL_DEFAULT,
+            Some(ttl) => Duration::from_secs(ttl.parse::<u64>().map_err(|_| {
+                ApiError::new(400, format!("ttl {ttl:?} is not a number of seconds"))
+            })?),
+        };
+    let token = core.shared.auth.mint_token(&name, ttl)?;
+    let answer = crate::api::info::token_answer(&request.server_facts(core), &token);
+    Ok(Response::json(200, &answer))
+}
 
 /// What a request asks to do to a user or role, decoded before it reaches the log thread.
 enum Change {
@@ -27,9 +139,11 @@ enum Change {
 }
 
 /// `POST /api/v3/users`: creates a user.
-pub async fn create_user(core: &Rc<Core>, request: &Request, identity: &Identity) -> Reply {
-    let new: NewUser = body(request, "users", "", "a user")?;
-    require(identity, "users", "create", &new.name)?;
+async fn create_user(core: &Rc<Core>, request: &Request, identity: &Identity) -> Reply {
+    let new: NewUser = body(request, "a user").about("users", "")?;
+    identity
+        .require("users", "create", &new.name)
+        .about("users", &new.name)?;
     let name = new.name.clone();
     let password = match new.password {
         Some(password) => Some(hash(&name, password).await?),
@@ -38,9 +152,7 @@ pub async fn create_user(core: &Rc<Core>, request: &Request, identity: &Identity
     let principal = identity.principal.clone();
     let roles = new.roles;
     apply(core, 201, "users", &name.clone(), move |store| {
-        let user = store
-            .create_user_hashed(name, roles, password)
-            .map_err(auth_failure)?;
+        let user = store.create_user_hashed(name, roles, password)?;
         let event = Event::new("users", "create", &user.name, &principal).with_object(&user);
         Ok((serde_json::to_value(&user).unwrap_or_default(), event))
     })
@@ -48,12 +160,14 @@ pub async fn create_user(core: &Rc<Core>, request: &Request, identity: &Identity
 }
 
 /// `DELETE /api/v3/users/{name}`.
-pub async fn delete_user(core: &Rc<Core>, name: String, identity: &Identity) -> Reply {
-    require(identity, "users", "delete", &name)?;
+async fn delete_user(core: &Rc<Core>, name: String, identity: &Identity) -> Reply {
+    identity
+        .require("users", "delete", &name)
+        .about("users", &name)?;
     let principal = identity.principal.clone();
     let at = name.clone();
     apply(core, 200, "users", &name, move |store| {
-        let user = store.delete_user(&at).map_err(auth_failure)?;
+        let user = store.delete_user(&at)?;
         let event = Event::new("users", "delete", &at, &principal).with_object(&user);
         Ok((serde_json::to_value(&user).unwrap_or_default(), event))
     })
@@ -61,14 +175,16 @@ pub async fn delete_user(core: &Rc<Core>, name: String, identity: &Identity) -> 
 }
 
 /// `PUT /api/v3/users/{name}/password`: a user may set its own, others need the claim.
-pub async fn set_password(
+async fn set_password(
     core: &Rc<Core>,
     request: &Request,
     name: String,
     identity: &Identity,
 ) -> Reply {
     if identity.user.as_deref() != Some(name.as_str()) {
-        require(identity, "users", "password", &name)?;
+        identity
+            .require("users", "password", &name)
+            .about("users", &name)?;
     }
     #[derive(serde::Deserialize)]
     struct Password {
@@ -79,14 +195,12 @@ pub async fn set_password(
         )]
         password: String,
     }
-    let body: Password = body(request, "users", &name, "{\"Password\":\"…\"}")?;
+    let body: Password = body(request, "{\"Password\":\"…\"}").about("users", &name)?;
     let password = hash(&name, body.password).await?;
     let principal = identity.principal.clone();
     let at = name.clone();
     apply(core, 200, "users", &name, move |store| {
-        let user = store
-            .set_password_hashed(&at, password)
-            .map_err(auth_failure)?;
+        let user = store.set_password_hashed(&at, password)?;
         let event = Event::new("users", "update", &at, &principal).with_object(&user);
         Ok((serde_json::to_value(&user).unwrap_or_default(), event))
     })
@@ -94,13 +208,15 @@ pub async fn set_password(
 }
 
 /// `POST /api/v3/roles`: creates a role.
-pub async fn create_role(core: &Rc<Core>, request: &Request, identity: &Identity) -> Reply {
-    let role: Role = body(request, "roles", "", "a role")?;
-    require(identity, "roles", "create", &role.name)?;
+async fn create_role(core: &Rc<Core>, request: &Request, identity: &Identity) -> Reply {
+    let role: Role = body(request, "a role").about("roles", "")?;
+    identity
+        .require("roles", "create", &role.name)
+        .about("roles", &role.name)?;
     let principal = identity.principal.clone();
     let name = role.name.clone();
     apply(core, 201, "roles", &name, move |store| {
-        let role = store.create_role(role).map_err(auth_failure)?;
+        let role = store.create_role(role)?;
         let event = Event::new("roles", "create", &role.name, &principal).with_object(&role);
         Ok((serde_json::to_value(&role).unwrap_or_default(), event))
     })
@@ -108,58 +224,52 @@ pub async fn create_role(core: &Rc<Core>, request: &Request, identity: &Identity
 }
 
 /// The request body as `T`, or a 400 that says it is not `what`.
-fn body<T: serde::de::DeserializeOwned>(
-    request: &Request,
-    model: &str,
-    key: &str,
-    what: &str,
-) -> Result<T, Response> {
-    serde_json::from_slice(&request.body).map_err(|e| {
-        failure(
-            model,
-            key,
-            (400, format!("the body is not valid JSON for {what}: {e}")),
-        )
-    })
+fn body<T: serde::de::DeserializeOwned>(request: &Request, what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(&request.body)
+        .map_err(|e| ApiError::new(400, format!("the body is not valid JSON for {what}: {e}")))
 }
 
 /// Checks and hashes a new password on a blocking thread (argon2id: tens of milliseconds).
-async fn hash(name: &str, password: String) -> Result<HashedPassword, Response> {
+async fn hash(name: &str, password: String) -> Result<HashedPassword, ApiError> {
     match monoio::spawn_blocking(move || AuthStore::hash_new_password(&password)).await {
-        Ok(Ok(hashed)) => Ok(hashed),
-        Ok(Err(error)) => Err(failure("users", name, auth_failure(error))),
-        Err(_) => Err(failure(
-            "users",
-            name,
-            (500, "the password could not be hashed".into()),
-        )),
+        Ok(hashed) => hashed.about("users", name),
+        Err(_) => Err(ApiError::new(500, "the password could not be hashed")
+            .with_model("users")
+            .with_key(name)),
     }
 }
 
-/// A route's answer: the response, or the error response.
-type Reply = Result<Response, Response>;
+/// A route's answer, or the error it fails with.
+type Reply = Result<Response, ApiError>;
 
 /// `PUT|PATCH /api/v3/users/{name}`: replaces the user's roles.
-pub async fn user(
+async fn user(
     core: &Rc<Core>,
     request: &Request,
     name: String,
     method: Method,
     identity: &Identity,
 ) -> Reply {
-    let change = decode(request, &method, "users", &name)?;
-    require(identity, "users", "update", &name)?;
+    let change = decode(request, &method).about("users", &name)?;
+    identity
+        .require("users", "update", &name)
+        .about("users", &name)?;
     let principal = identity.principal.clone();
     let at = name.clone();
     apply(core, 200, "users", &name, move |store| {
-        let current = store.get_user(&at).map_err(auth_failure)?;
+        let current = store.get_user(&at)?;
         let wanted = match change {
             Change::Replace(body) => body,
             Change::Patch(patch) => patched(&current, &patch)?,
-            Change::Delete => return Err((405, "users are deleted by DELETE on the user".into())),
+            Change::Delete => {
+                return Err(ApiError::new(
+                    405,
+                    "users are deleted by DELETE on the user",
+                ));
+            }
         };
         let roles = user_roles(&wanted, &at)?;
-        let (before, after) = store.set_roles(&at, roles).map_err(auth_failure)?;
+        let (before, after) = store.set_roles(&at, roles)?;
         let event = Event::new("users", "update", &at, &principal)
             .with_object(&after)
             .with_original(&before);
@@ -169,34 +279,36 @@ pub async fn user(
 }
 
 /// `PUT|PATCH|DELETE /api/v3/roles/{name}`: redefines or deletes a role.
-pub async fn role(
+async fn role(
     core: &Rc<Core>,
     request: &Request,
     name: String,
     method: Method,
     identity: &Identity,
 ) -> Reply {
-    let change = decode(request, &method, "roles", &name)?;
+    let change = decode(request, &method).about("roles", &name)?;
     let action = if matches!(change, Change::Delete) {
         "delete"
     } else {
         "update"
     };
-    require(identity, "roles", action, &name)?;
+    identity
+        .require("roles", action, &name)
+        .about("roles", &name)?;
     let principal = identity.principal.clone();
     let at = name.clone();
     apply(core, 200, "roles", &name, move |store| {
         let wanted = match change {
             Change::Delete => {
-                let removed = store.delete_role(&at).map_err(auth_failure)?;
+                let removed = store.delete_role(&at)?;
                 let event = Event::new("roles", "delete", &at, &principal).with_object(&removed);
                 return Ok((serde_json::to_value(&removed).unwrap_or_default(), event));
             }
             Change::Replace(body) => body,
-            Change::Patch(patch) => patched(&store.get_role(&at).map_err(auth_failure)?, &patch)?,
+            Change::Patch(patch) => patched(&store.get_role(&at)?, &patch)?,
         };
         let role = role_of(wanted, &at)?;
-        let (before, after) = store.replace_role(role).map_err(auth_failure)?;
+        let (before, after) = store.replace_role(role)?;
         let event = Event::new("roles", "update", &at, &principal)
             .with_object(&after)
             .with_original(&before);
@@ -205,40 +317,28 @@ pub async fn role(
     .await
 }
 
-fn decode(request: &Request, method: &Method, model: &str, key: &str) -> Result<Change, Response> {
+fn decode(request: &Request, method: &Method) -> Result<Change, ApiError> {
     if *method == Method::Delete {
         return Ok(Change::Delete);
     }
-    let body: Value = serde_json::from_slice(&request.body).map_err(|e| {
-        failure(
-            model,
-            key,
-            (400, format!("the body is not valid JSON: {e}")),
-        )
-    })?;
+    let body: Value = serde_json::from_slice(&request.body)?;
     if *method == Method::Put {
         return Ok(Change::Replace(body));
     }
     serde_json::from_value(body)
         .map(Change::Patch)
-        .map_err(|e| {
-            failure(
-                model,
-                key,
-                (400, format!("the body is not a JSON Patch (RFC 6902): {e}")),
-            )
-        })
+        .map_err(|e| ApiError::new(400, format!("the body is not a JSON Patch (RFC 6902): {e}")))
 }
 
 /// `current` as JSON with `patch` applied.
-fn patched<T: serde::Serialize>(current: &T, patch: &json_patch::Patch) -> Result<Value, Failure> {
+fn patched<T: serde::Serialize>(current: &T, patch: &json_patch::Patch) -> Result<Value, ApiError> {
     let document = serde_json::to_value(current).unwrap_or_default();
-    apply_patch(&document, &patch.0).map_err(|e| (e.status(), e.to_string()))
+    Ok(apply_patch(&document, &patch.0)?)
 }
 
 /// The roles a user body asks for; its `Name`, when given, must be the user's.
-fn user_roles(body: &Value, name: &str) -> Result<Vec<String>, Failure> {
-    let invalid = |message: String| (422, message);
+fn user_roles(body: &Value, name: &str) -> Result<Vec<String>, ApiError> {
+    let invalid = |message: String| ApiError::new(422, message);
     let Some(fields) = body.as_object() else {
         return Err(invalid("a user must be a JSON object".into()));
     };
@@ -260,14 +360,14 @@ fn user_roles(body: &Value, name: &str) -> Result<Vec<String>, Failure> {
 }
 
 /// The role a role body describes; its `Name`, when given, must be the role's.
-fn role_of(mut body: Value, name: &str) -> Result<Role, Failure> {
+fn role_of(mut body: Value, name: &str) -> Result<Role, ApiError> {
     let Some(fields) = body.as_object_mut() else {
-        return Err((422, "a role must be a JSON object".into()));
+        return Err(ApiError::new(422, "a role must be a JSON object"));
     };
     same_name(fields.get("Name"), name)?;
     fields.insert("Name".into(), Value::String(name.to_owned()));
     serde_json::from_value(body).map_err(|e| {
-        (
+        ApiError::new(
             422,
             format!(
                 "a role is {{\"Name\",\"Claims\":[{{\"Scope\",\"Action\",\"Specific\"}}]}}: {e}"
@@ -276,11 +376,11 @@ fn role_of(mut body: Value, name: &str) -> Result<Role, Failure> {
     })
 }
 
-fn same_name(given: Option<&Value>, name: &str) -> Result<(), Failure> {
+fn same_name(given: Option<&Value>, name: &str) -> Result<(), ApiError> {
     match given {
         None | Some(Value::Null) => Ok(()),
         Some(Value::String(given)) if given == name => Ok(()),
-        Some(other) => Err((
+        Some(other) => Err(ApiError::new(
             422,
             format!(
                 "the body's Name {other} differs from {name:?} in the path; a name cannot change"
@@ -289,36 +389,13 @@ fn same_name(given: Option<&Value>, name: &str) -> Result<(), Failure> {
     }
 }
 
-fn auth_failure(error: AuthError) -> Failure {
-    (error.status(), error.to_string())
-}
-
-fn failure(model: &str, key: &str, (status, message): Failure) -> Response {
-    Response::error(
-        ApiError::new(status, message)
-            .with_model(model)
-            .with_key(key),
-    )
-}
-
-fn require(identity: &Identity, scope: &str, action: &str, key: &str) -> Result<(), Response> {
-    if identity.claims.allows(scope, action, key) {
-        return Ok(());
-    }
-    let message = format!(
-        "{} lacks the claim {scope}:{action}:{key}",
-        identity.principal
-    );
-    Err(failure(scope, key, (403, message)))
-}
-
 /// Runs a change on the log thread and publishes its event; answers once the event is durable.
 async fn apply(
     core: &Core,
     status: u16,
     model: &'static str,
     key: &str,
-    change: impl FnOnce(&AuthStore) -> Result<(Value, Event), Failure> + Send + 'static,
+    change: impl FnOnce(&AuthStore) -> Result<(Value, Event), ApiError> + Send + 'static,
 ) -> Reply {
     let store = core.shared.auth.clone();
     let applied = core
@@ -331,26 +408,18 @@ async fn apply(
                 Ok(Err(failure)) => (Vec::new(), Err(failure)),
                 Err(_) => (
                     Vec::new(),
-                    Err((
+                    Err(ApiError::new(
                         500,
-                        "the change failed unexpectedly; see the server log".into(),
+                        "the change failed unexpectedly; see the server log",
                     )),
                 ),
             }
         })
         .await;
-    match applied {
-        Ok((Ok(answer), _)) => Ok(Response::json(status, &answer)),
-        Ok((Err(refused), _)) => Err(failure(model, key, refused)),
-        Err(error) => Err(failure(
-            model,
-            key,
-            (
-                ObjectError::Unavailable(String::new()).status(),
-                error.to_string(),
-            ),
-        )),
-    }
+    let (answer, _) = applied.about(model, key)?;
+    answer
+        .map(|answer| Response::json(status, &answer))
+        .about(model, key)
 }
 
 #[cfg(test)]
@@ -373,7 +442,7 @@ mod tests {
             json!([]),
         ] {
             assert_eq!(
-                user_roles(&bad, "bob").map_err(|(status, _)| status),
+                user_roles(&bad, "bob").map_err(|e| e.code),
                 Err(422),
                 "{bad}"
             );
@@ -397,7 +466,7 @@ mod tests {
         ] {
             assert_eq!(
                 role_of(bad.clone(), "viewer")
-                    .map_err(|(status, _)| status)
+                    .map_err(|e| e.code)
                     .map(|_| ()),
                 Err(422),
                 "{bad}"
