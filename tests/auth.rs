@@ -310,3 +310,86 @@ fn default_password_is_reported_in_info_and_logged_when_none_is_configured() {
         403,
     );
 }
+
+#[test]
+fn a_missing_claim_is_a_403_naming_the_principal_the_claim_and_the_object_where_routes_do() {
+    let server = Server::shared();
+    let name = unique("claimless");
+    server.create_user(&name, "claimless-pw", &[]);
+    let auth = Auth::basic(&name, "claimless-pw");
+    let event = json!({"Type": "t", "Action": "a", "Key": "k"}).to_string();
+    // (method, path, body, the claim named, Model, Key)
+    let cases = [
+        (
+            "GET",
+            "/api/v3/users".to_owned(),
+            None,
+            "users:list:*",
+            "",
+            "",
+        ),
+        (
+            "GET",
+            "/api/v3/roles/superuser".to_owned(),
+            None,
+            "roles:get:superuser",
+            "",
+            "",
+        ),
+        (
+            "GET",
+            "/api/v3/connections".to_owned(),
+            None,
+            "connections:list:*",
+            "",
+            "",
+        ),
+        (
+            "POST",
+            "/api/v3/events".to_owned(),
+            Some(event.as_str()),
+            "events:post:t.a.k",
+            "",
+            "",
+        ),
+        (
+            "DELETE",
+            "/api/v3/users/someone".to_owned(),
+            None,
+            "users:delete:someone",
+            "users",
+            "someone",
+        ),
+        (
+            "GET",
+            "/api/v3/profiles/global".to_owned(),
+            None,
+            "profiles:get:global",
+            "profiles",
+            "global",
+        ),
+        (
+            "GET",
+            "/api/v3/machines".to_owned(),
+            None,
+            "machines:list:*",
+            "machines",
+            "*",
+        ),
+    ];
+    for (method, path, body, claim, model, key) in cases {
+        let reply = server.request(method, &path, &auth, body);
+        assert_drp_error(&reply, 403);
+        let error = reply.json();
+        assert_eq!(
+            error["Messages"][0],
+            format!("user:{name} lacks the claim {claim}"),
+            "{method} {path}: {error}"
+        );
+        assert_eq!(
+            (error["Model"].as_str(), error["Key"].as_str()),
+            (Some(model), Some(key)),
+            "{method} {path}: {error}"
+        );
+    }
+}
