@@ -20,9 +20,17 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
-pub(crate) use file::parse_file;
-use file::read_file;
 pub use keys::{FILE_KEYS, RELOAD, Reload, ServeArgs};
+
+/// Reads a config file into the flags' shape.
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+    file::read_file(path, keys::read_key)
+}
+
+/// Parses a config file's text into the flags' shape.
+pub(crate) fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigError> {
+    file::parse_file(path, text, keys::read_key)
+}
 pub use units::{parse_duration, parse_size};
 
 pub use crate::logging::{EventsLevel, LogFormat};

@@ -6,7 +6,8 @@
 //!
 //! - [`accept`]: a core's startup and its accept loop, which hands each socket to the HTTP
 //!   handler startup gave it.
-//! - [`conns`]: the core's websocket and HTTP connections, their views and lifecycle events.
+//! - [`conns`]: the core's websocket and HTTP connections and their lifecycle events.
+//! - [`view`]: how the connections API shows one connection, live or closed.
 //! - [`connection`]: one websocket: outbound budget, reader and writer tasks.
 //! - [`fanout`]: each sequenced batch to the connections whose filters match.
 //! - [`replay`]: `replay` commands: stored events from the log, then the hand-over to the fan-out.
@@ -22,6 +23,7 @@ pub mod fanout;
 pub mod history;
 pub mod query;
 pub mod replay;
+pub mod view;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -5,9 +5,9 @@
 use crate::api::error::ApiError;
 use crate::auth::Identity;
 use crate::core::Core;
-use crate::core::conns::ConnectionView;
 use crate::core::conns::HttpWatch;
 use crate::core::query::CoreQuery;
+use crate::core::view::ConnectionView;
 use crate::objects::Kind;
 use crate::wire::event;
 use crate::wire::http::{RequestHead, Response};
@@ -134,7 +134,7 @@ pub async fn track(core: &Core, watch: &HttpWatch, identity: &Identity) {
         remote_addr: watch.remote.to_string(),
         principal: identity.principal.clone(),
         create_time: event::now_rfc3339(),
-        expires_at: crate::core::conns::expires_at(identity.expires),
+        expires_at: crate::core::view::expires_at(identity.expires),
         kind: "api".to_owned(),
         filters: Vec::new(),
         events_sent: 0,

@@ -11,16 +11,24 @@ use toml::de::{DeTable, DeValue};
 use super::units::{parse_duration, parse_size};
 use super::{ConfigError, ServeArgs};
 
+/// Sets the key an entry names in the flags' shape; false if herald has no such key. The key
+/// table provides it, so this file knows the format and not the keys.
+pub(super) type ReadKey = fn(&mut ServeArgs, &FileEntry<'_>) -> Result<bool, ConfigError>;
+
 /// Reads a config file into the same shape as the flags, so the two merge field by field.
-pub(super) fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+pub(super) fn read_file(path: &Path, read_key: ReadKey) -> Result<ServeArgs, ConfigError> {
     let text = fs::read_to_string(path).map_err(|cause| ConfigError::ReadFile {
         path: path.to_owned(),
         cause,
     })?;
-    parse_file(path, &text)
+    parse_file(path, &text, read_key)
 }
 
-pub(crate) fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigError> {
+pub(super) fn parse_file(
+    path: &Path,
+    text: &str,
+    read_key: ReadKey,
+) -> Result<ServeArgs, ConfigError> {
     // DeTable keeps the span of every key and value, so each error can name its key and line.
     let table = DeTable::parse(text).map_err(|error| ConfigError::Syntax {
         path: path.to_owned(),
@@ -35,7 +43,7 @@ pub(crate) fn parse_file(path: &Path, text: &str) -> Result<ServeArgs, ConfigErr
             line: line_of(text, value.span().start),
             value: value.get_ref(),
         };
-        if !super::keys::read_key(&mut out, &entry)? {
+        if !read_key(&mut out, &entry)? {
             return Err(ConfigError::UnknownKey {
                 path: path.to_owned(),
                 line: line_of(text, key.span().start),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::Core;
-use super::conns::{self, ConnectionView};
+use super::view::{self, ConnectionView};
 use crate::auth::Claims;
 use crate::metrics::CoreStats;
 use crate::net::notify::Notify;
@@ -117,7 +117,7 @@ impl WsConn {
             remote_addr: self.remote.to_string(),
             principal: self.principal.clone(),
             create_time: humantime::format_rfc3339_nanos(self.created).to_string(),
-            expires_at: conns::expires_at(self.expires),
+            expires_at: view::expires_at(self.expires),
             kind: "websocket".to_owned(),
             filters: self
                 .filters

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sled::Tree;
 use thiserror::Error;
 
-use super::conns::ConnectionView;
+use super::view::ConnectionView;
 
 /// Tree of connections that were open when last recorded.
 const OPEN_TREE: &str = "connections_open";
@@ -175,7 +175,7 @@ pub const TRIM_EVERY: Duration = Duration::from_secs(60);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::conns::NEVER_EXPIRES;
+    use crate::core::view::NEVER_EXPIRES;
 
     fn view(principal: &str) -> ConnectionView {
         ConnectionView {

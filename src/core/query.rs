@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use super::Core;
-use super::conns::ConnectionView;
+use super::view::ConnectionView;
 
 /// A question one core answers for a request served on another.
 pub enum CoreQuery {
