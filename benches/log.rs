@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use herald::log::EventLog;
+use herald::store::EventLog;
 
 /// A typical DRP event is a few hundred bytes; 600 bytes is a representative `Object` save.
 const EVENT_BYTES: usize = 600;

@@ -91,7 +91,7 @@ pub enum AuthError {
         name: String,
     },
     /// The sled database failed.
-    #[error("the user store failed: {}", crate::log::sled_reason(.0))]
+    #[error("the user store failed: {}", crate::store::sled_reason(.0))]
     Store(sled::Error),
     /// Stored auth data cannot be read (damaged, or written by a newer herald).
     #[error("the user store holds unreadable data: {0}")]

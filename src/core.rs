@@ -37,11 +37,11 @@ use slab::Slab;
 
 use crate::auth::AuthStore;
 use crate::config::Config;
-use crate::log::LogReader;
 use crate::metrics::activity::{self, Activity};
 use crate::metrics::{CoreStats, Scrape};
 use crate::net::transport::{self, Shutdown};
 use crate::sequencer::{LogStatus, Publisher};
+use crate::store::LogReader;
 use crate::wire::filter::FilterIndex;
 use connection::{CloseReason, WsConn};
 use conns::{Expiry, HttpWatch};

@@ -10,9 +10,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::config;
-use crate::log::Chunk;
 use crate::objects::Kind;
 use crate::objects::store::{apply_patch, decode, encode, prepare};
+use crate::store::log::Chunk;
 use crate::wire::command::{self, Command};
 use crate::wire::event::{self, EncodedEvent};
 use crate::wire::filter::{Filter, FilterIndex};

@@ -4,12 +4,12 @@
 //! - [`config`]: flags, environment and TOML file merged into a validated `Config`; each key
 //!   (flag, variable, file key, default, bound, reload) declared once.
 //! - [`logging`]: the log level grammar, stderr logging, client-record rate limits, log events.
-//! - [`data_dir`]: the data directory's lock and the marker naming the log it holds.
 //! - [`wire`]: codecs without I/O: HTTP/1.1 heads, bodies and responses (DRP's error shape);
 //!   websocket upgrade and frames; `type.action.key` filters and their per-core index; client
 //!   commands (`register`, `deregister`, `replay`); events and the frame encoded once.
 //! - [`auth`]: users, roles, claims, passwords and signed tokens.
-//! - [`log`]: the durable event log in sled behind a narrow storage interface.
+//! - [`store`]: the storage seam the sequencer writes through, and its sled backend: the
+//!   database and its trees, the durable event log, the data directory's lock and marker.
 //! - [`sequencer`]: the one thread that assigns `Seq`, makes batches durable and broadcasts them.
 //! - [`net`]: below the core: plain TCP or TLS under a connection, the server certificate and
 //!   rustls setup, a websocket's outbound queue, and single-task wake-ups.
@@ -28,18 +28,17 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod core;
-pub mod data_dir;
 
 pub mod cli;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod log;
 pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod objects;
 pub mod sequencer;
 pub mod server;
+pub mod store;
 pub mod wire;
 
 #[cfg(test)]

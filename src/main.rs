@@ -53,12 +53,18 @@ fn main() -> ExitCode {
     }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            // herald's errors carry their cause in their own message and expose no `source`,
-            // so `{:#}` prints the cause chain once.
-            eprintln!("herald: {error:#}");
-            ExitCode::FAILURE
-        }
+        Err(error) => match error.downcast_ref::<herald::server::ServerError>() {
+            // Logged where it happened, as the server's last words.
+            Some(failed @ herald::server::ServerError::StorageFailed(_)) => {
+                ExitCode::from(failed.exit_code())
+            }
+            _ => {
+                // herald's errors carry their cause in their own message and expose no
+                // `source`, so `{:#}` prints the cause chain once.
+                eprintln!("herald: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -54,7 +54,7 @@ pub enum ObjectError {
     #[error("{0}")]
     Invalid(String),
     /// The database failed (500).
-    #[error("the object store failed: {}", crate::log::sled_reason(.0))]
+    #[error("the object store failed: {}", crate::store::sled_reason(.0))]
     Store(sled::Error),
     /// Stored data cannot be read: damaged, or written by a newer herald (500).
     #[error("the object store holds unreadable data: {0}")]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 
 use crate::config::{Durability, Retention};
-use crate::log::EventLog;
+use crate::store::{EventStore, StateChange, StoreError};
 use crate::wire::event::{EncodedEvent, Event};
 
 /// Most events sequenced as one batch (one sled append, one flush, one broadcast).
@@ -24,10 +24,12 @@ const BATCHED_FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// `Seq`s reserved at a time under `batched` (one extra flush per block): after an unclean stop
 /// the log continues after the reserved mark, so at most this many `Seq`s are skipped.
 const RESERVE_BLOCK: u64 = 10_000;
-/// How often retention is checked.
-const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// How often the log's retention is checked.
+const LOG_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Most events removed per trim turn: about 10 ms of sled work on this class of machine.
-const TRIM_CHUNK: u64 = 2_000;
+const TRIM_EVENTS_PER_TURN: u64 = 2_000;
+/// The exit code of a stop forced by a storage failure: sysexits' `EX_IOERR`.
+pub const STORAGE_FAILED_EXIT_CODE: u8 = 74;
 
 /// Sequenced events, shared by every core: durable at `durable_at` with `sync`; with `batched`,
 /// sequenced then and stored right after.
@@ -53,15 +55,30 @@ pub enum PublishError {
     ShuttingDown,
 }
 
-/// A change run on the log thread, in order with every publish: it may read and write other
-/// sled trees and returns the events it causes. Its writes precede its events in the same
-/// flush, so once an event is durable, so is the write that caused it.
-type Change = Box<dyn FnOnce() -> Vec<Event> + Send>;
+/// The storage failed in a way that no longer lets herald keep its promises (a failed flush, or
+/// an append after delivery): the sequencer stopped, and the process must stop with
+/// [`STORAGE_FAILED_EXIT_CODE`].
+#[derive(Debug, Clone, Error)]
+#[error("{what}: {cause}")]
+pub struct StorageFailed {
+    what: &'static str,
+    cause: String,
+}
+
+impl StorageFailed {
+    /// The process exit code this failure calls for.
+    pub fn exit_code(&self) -> u8 {
+        STORAGE_FAILED_EXIT_CODE
+    }
+}
+
+/// Called once, from the log thread, when the storage fails (see [`StorageFailed`]).
+pub type OnStorageFailed = Box<dyn FnOnce() + Send>;
 
 /// Events waiting to be sequenced, with the channel that answers their publisher.
 struct Publish {
     events: Vec<(Event, Vec<u8>)>,
-    change: Option<Change>,
+    change: Option<Box<dyn StateChange>>,
     reply: flume::Sender<Result<u64, PublishError>>,
     source: Source,
 }
@@ -120,12 +137,12 @@ impl LogStatus {
             let _ = waiter.try_send(());
         }
     }
-    fn update(&self, log: &EventLog) {
-        self.update_to(log, log.last_seq());
+    fn update(&self, log: &impl EventStore) {
+        self.update_to(log, log.bounds().last);
     }
     /// Like `update`, with `LastSeq` at `last`: with `batched` it moves before the append.
-    fn update_to(&self, log: &EventLog, last: u64) {
-        self.first_seq.store(log.first_seq(), Ordering::Release);
+    fn update_to(&self, log: &impl EventStore, last: u64) {
+        self.first_seq.store(log.bounds().first, Ordering::Release);
         self.last_seq.store(last, Ordering::Release);
         self.bytes.store(log.bytes(), Ordering::Release);
     }
@@ -185,7 +202,7 @@ impl Publisher {
         change: impl FnOnce() -> (Vec<Event>, T) + Send + 'static,
     ) -> Result<(T, u64), PublishError> {
         let (value_tx, value_rx) = flume::bounded(1);
-        let change: Change = Box::new(move || {
+        let change: Box<dyn StateChange> = Box::new(move || {
             let (events, value) = change();
             let _ = value_tx.send(value);
             events
@@ -242,15 +259,18 @@ pub struct Sequencer {
     pub status: Arc<LogStatus>,
     thread: Option<thread::JoinHandle<()>>,
     stop: Arc<Mutex<bool>>,
+    failed: Arc<Mutex<Option<StorageFailed>>>,
 }
 
 impl Sequencer {
-    /// Starts the thread `herald-log`, which owns `log` from now on.
+    /// Starts the thread `herald-log`, which owns `log` from now on. Should the storage fail
+    /// for good, the thread stops answering and delivering, and calls `on_failure`.
     pub fn start(
-        log: EventLog,
+        log: impl EventStore,
         durability: Durability,
         retention: Retention,
         cores: Vec<flume::Sender<Batch>>,
+        on_failure: OnStorageFailed,
     ) -> std::io::Result<(Sequencer, Publisher)> {
         let status = Arc::new(LogStatus {
             epoch: log.epoch().to_owned(),
@@ -263,15 +283,17 @@ impl Sequencer {
         status.update(&log);
         let (tx, rx) = flume::bounded(QUEUE_DEPTH);
         let stop = Arc::new(Mutex::new(false));
+        let failed = Arc::new(Mutex::new(None));
         let retention = Arc::new(Mutex::new(retention));
         let thread = {
             let status = status.clone();
             let stop = stop.clone();
+            let failed = failed.clone();
             let retention = retention.clone();
             thread::Builder::new()
                 .name("herald-log".into())
                 .spawn(move || {
-                    Writer {
+                    (Writer {
                         log,
                         durability,
                         retention,
@@ -280,8 +302,10 @@ impl Sequencer {
                         dirty: false,
                         last_flush: Instant::now(),
                         last_trim: Instant::now(),
-                    }
-                    .run(rx, stop)
+                        failed,
+                        on_failure: Some(on_failure),
+                    })
+                    .run(rx, stop);
                 })?
         };
         Ok((
@@ -289,9 +313,15 @@ impl Sequencer {
                 status,
                 thread: Some(thread),
                 stop,
+                failed,
             },
             Publisher { tx, retention },
         ))
+    }
+
+    /// The storage failure that stopped the log thread, if one did.
+    pub fn failure(&self) -> Option<StorageFailed> {
+        self.failed.lock().ok().and_then(|failed| failed.clone())
     }
 
     /// Stops after the requests already queued, flushing the log.
@@ -305,8 +335,8 @@ impl Sequencer {
     }
 }
 
-struct Writer {
-    log: EventLog,
+struct Writer<S: EventStore> {
+    log: S,
     durability: Durability,
     retention: Arc<Mutex<Retention>>,
     cores: Vec<flume::Sender<Batch>>,
@@ -314,10 +344,53 @@ struct Writer {
     dirty: bool,
     last_flush: Instant,
     last_trim: Instant,
+    failed: Arc<Mutex<Option<StorageFailed>>>,
+    on_failure: Option<OnStorageFailed>,
 }
 
-impl Writer {
+impl<S: EventStore> Writer<S> {
+    /// Logs a storage failure, records it and reports it, before any waiting publisher learns
+    /// that it will get no answer.
+    fn fail(&mut self, what: &'static str, error: &StoreError) -> StorageFailed {
+        tracing::error!(%error, "{what}");
+        let failure = StorageFailed {
+            what,
+            cause: error.to_string(),
+        };
+        if let Ok(mut slot) = self.failed.lock() {
+            *slot = Some(failure.clone());
+        }
+        if let Some(report) = self.on_failure.take() {
+            report();
+        }
+        failure
+    }
+
+    /// Sequences until stopped. After a storage failure (recorded and reported by `fail`) it
+    /// sequences nothing more and refuses every publish until stopped.
     fn run(mut self, rx: flume::Receiver<Publish>, stop: Arc<Mutex<bool>>) {
+        if self.sequence_until_stopped(&rx, &stop).is_ok() {
+            return;
+        }
+        let stopped = || stop.lock().map(|s| *s).unwrap_or(true);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(publish) => {
+                    let _ = publish.reply.send(Err(PublishError::ShuttingDown));
+                }
+                Err(flume::RecvTimeoutError::Timeout) if !stopped() => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Sequences until stopped; a storage failure ends it at once, with nothing more answered,
+    /// delivered or released (a reservation kept means no handed-out `Seq` is reused).
+    fn sequence_until_stopped(
+        &mut self,
+        rx: &flume::Receiver<Publish>,
+        stop: &Mutex<bool>,
+    ) -> Result<(), StorageFailed> {
         loop {
             let first = match rx.recv_timeout(self.idle_wait()) {
                 Ok(first) => Some(first),
@@ -336,7 +409,7 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                self.sequence(pending);
+                self.sequence(pending)?;
             } else if stop.lock().map(|s| *s).unwrap_or(true) && rx.is_empty() {
                 break;
             }
@@ -344,19 +417,20 @@ impl Writer {
                 && self.durability == Durability::Batched
                 && (rx.is_empty() || self.last_flush.elapsed() >= BATCHED_FLUSH_EVERY)
             {
-                self.flush_or_die();
+                self.flush()?;
             }
-            if self.last_trim.elapsed() >= TRIM_EVERY {
+            if self.last_trim.elapsed() >= LOG_TRIM_EVERY {
                 self.trim();
             }
         }
         if self.dirty {
-            self.flush_or_die();
+            self.flush()?;
         }
         // A clean stop hands every reserved Seq back: the next start continues without a gap.
         if let Err(error) = self.log.release() {
             tracing::warn!(%error, "releasing the reserved Seqs failed; the next start skips them");
         }
+        Ok(())
     }
 
     fn idle_wait(&self) -> Duration {
@@ -367,14 +441,16 @@ impl Writer {
         }
     }
 
-    fn sequence(&mut self, pending: Vec<Publish>) {
-        let mut seq = self.log.last_seq();
+    fn sequence(&mut self, pending: Vec<Publish>) -> Result<(), StorageFailed> {
+        let mut seq = self.log.bounds().last;
         let mut encoded = Vec::new();
         let mut answers = Vec::with_capacity(pending.len());
         let holds_log_records = pending.iter().any(|p| p.source == Source::LogRecords);
         for mut publish in pending {
             if let Some(change) = publish.change.take() {
-                publish.events = change()
+                publish.events = self
+                    .log
+                    .write_state(change)
                     .into_iter()
                     .map(|e| {
                         let prefix = e.body_prefix();
@@ -392,12 +468,12 @@ impl Writer {
             // Only changes that published nothing; what they wrote is flushed like events.
             self.dirty = true;
             if self.durability == Durability::Sync {
-                self.flush_or_die();
+                self.flush()?;
             }
             for (reply, seq) in answers {
                 let _ = reply.send(Ok(seq));
             }
-            return;
+            return Ok(());
         };
         let batch: Batch = Arc::new(SequencedBatch {
             events: encoded,
@@ -419,7 +495,7 @@ impl Writer {
                 for (reply, _) in answers {
                     let _ = reply.send(Err(PublishError::Store(error.to_string())));
                 }
-                return;
+                return Ok(());
             }
         }
         if deliver_first {
@@ -430,8 +506,10 @@ impl Writer {
             if deliver_first {
                 // Subscribers have these Seqs: answering the publishers with an error would let
                 // the next append reuse them. Stop instead, as a failed flush does.
-                tracing::error!(%error, "appending to the event log failed after delivery; herald stops so no Seq is reused");
-                std::process::exit(74);
+                return Err(self.fail(
+                    "appending to the event log failed after delivery; herald stops so no Seq is reused",
+                    &error,
+                ));
             }
             if holds_log_records {
                 tracing::error!(target: crate::logging::LOG_EVENTS_TARGET, %error, "appending to the event log failed; publishers get an error");
@@ -441,18 +519,19 @@ impl Writer {
             for (reply, _) in answers {
                 let _ = reply.send(Err(PublishError::Store(error.to_string())));
             }
-            return;
+            return Ok(());
         }
         self.dirty = true;
         if deliver_first {
             self.status.update(&self.log);
         } else {
-            self.flush_or_die();
+            self.flush()?;
             self.announce(&batch, last);
         }
         for (reply, last) in answers {
             let _ = reply.send(Ok(last));
         }
+        Ok(())
     }
 
     /// Counts a sequenced batch, moves `LastSeq` to `last` and hands the batch to every core.
@@ -468,14 +547,17 @@ impl Writer {
 
     /// A failed flush means acknowledged durability can no longer be promised: stop at once
     /// rather than answer or deliver events that a crash could take back.
-    fn flush_or_die(&mut self) {
-        if let Err(error) = self.log.flush() {
-            tracing::error!(%error, "flushing the event log failed; herald stops to keep its durability promise");
-            std::process::exit(74);
+    fn flush(&mut self) -> Result<(), StorageFailed> {
+        if let Err(error) = self.log.sync() {
+            return Err(self.fail(
+                "flushing the event log failed; herald stops to keep its durability promise",
+                &error,
+            ));
         }
         self.dirty = false;
         self.last_flush = Instant::now();
         self.status.flushed();
+        Ok(())
     }
 
     fn trim(&mut self) {
@@ -487,11 +569,11 @@ impl Writer {
         // a full chunk brings the next turn forward.
         match self
             .log
-            .trim_at_most(&retention, SystemTime::now(), TRIM_CHUNK)
+            .trim(&retention, SystemTime::now(), TRIM_EVENTS_PER_TURN)
         {
             Ok(report) => {
-                if report.removed >= TRIM_CHUNK
-                    && let Some(sooner) = self.last_trim.checked_sub(TRIM_EVERY)
+                if report.removed >= TRIM_EVENTS_PER_TURN
+                    && let Some(sooner) = self.last_trim.checked_sub(LOG_TRIM_EVERY)
                 {
                     self.last_trim = sooner;
                 }

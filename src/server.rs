@@ -18,8 +18,8 @@ use crate::auth::{AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_USER};
 use crate::config::{Config, DEFAULT_LISTEN, DEFAULT_PASSWORD_LISTEN, TlsMode};
 use crate::core::accept::{self, CoreControl, CoreInputs};
 use crate::core::{Heartbeats, ServerState};
-use crate::log::EventLog;
 use crate::sequencer::{self, Sequencer};
+use crate::store::EventLog;
 
 /// Pending connections the kernel queues per core listener.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -35,11 +35,11 @@ pub enum ServerError {
     DataDir(#[from] crate::config::ConfigError),
     /// The data directory is in use, or its log is missing.
     #[error(transparent)]
-    Directory(#[from] crate::data_dir::DataDirError),
+    Directory(#[from] crate::store::data_dir::DataDirError),
     /// The sled database could not be opened.
     #[error(
         "cannot open the database in {path}: {}",
-        crate::log::sled_reason(cause)
+        crate::store::sled_reason(cause)
     )]
     Database {
         /// The database directory.
@@ -49,7 +49,7 @@ pub enum ServerError {
     },
     /// The event log could not be opened.
     #[error(transparent)]
-    Log(#[from] crate::log::StoreError),
+    Log(#[from] crate::store::StoreError),
     /// The connection history could not be opened.
     #[error(transparent)]
     History(#[from] crate::core::history::HistoryError),
@@ -81,6 +81,19 @@ pub enum ServerError {
         /// What the system said.
         cause: std::io::Error,
     },
+    /// The storage failed while serving; the log thread stopped (already logged there).
+    #[error(transparent)]
+    StorageFailed(#[from] sequencer::StorageFailed),
+}
+
+impl ServerError {
+    /// The process exit code for this error: the storage failure's own, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::StorageFailed(failure) => failure.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 impl From<crate::net::tls::TlsError> for ServerError {
@@ -104,20 +117,17 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     crate::config::prepare_data_dir(&config.data_dir)?;
     // Held until run returns, so a second herald on this directory is refused before it
     // touches anything.
-    let _lock = crate::data_dir::lock(&config.data_dir)?;
-    let marker = crate::data_dir::read_epoch_marker(&config.data_dir)?;
+    let _lock = crate::store::data_dir::lock(&config.data_dir)?;
+    let marker = crate::store::data_dir::read_epoch_marker(&config.data_dir)?;
     let db_path = config.data_dir.join("db");
-    let db = sled::Config::new()
-        .path(&db_path)
-        .open()
-        .map_err(|cause| ServerError::Database {
-            path: db_path.display().to_string(),
-            cause,
-        })?;
+    let db = crate::store::db::open(&db_path).map_err(|cause| ServerError::Database {
+        path: db_path.display().to_string(),
+        cause,
+    })?;
     check_log_present(&config, &db_path, marker.as_deref(), &db)?;
     let log = EventLog::open(&db)?;
     if marker.as_deref() != Some(log.epoch()) {
-        crate::data_dir::write_epoch_marker(&config.data_dir, log.epoch())?;
+        crate::store::data_dir::write_epoch_marker(&config.data_dir, log.epoch())?;
     }
     let log_reader = log.reader();
     let (auth, admin) = AuthStore::open(&db, config.admin_password.as_deref())?;
@@ -153,13 +163,19 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..config.cores)
         .map(|_| flume::bounded(sequencer::INBOX_DEPTH))
         .unzip();
-    let (sequencer, publisher) =
-        Sequencer::start(log, config.durability, config.retention.clone(), inboxes).map_err(
-            |cause| ServerError::Start {
-                what: "the log thread".into(),
-                cause,
-            },
-        )?;
+    // A storage failure ends the signal wait below, so it reaches `main` with its exit code.
+    let signals_handle = signals.handle();
+    let (sequencer, publisher) = Sequencer::start(
+        log,
+        config.durability,
+        config.retention.clone(),
+        inboxes,
+        Box::new(move || signals_handle.close()),
+    )
+    .map_err(|cause| ServerError::Start {
+        what: "the log thread".into(),
+        cause,
+    })?;
     let log_records = publisher.clone();
     crate::logging::publish_log_events(move |event| log_records.publish_log_record(event));
     let driver = if monoio::utils::detect_uring() {
@@ -292,6 +308,10 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         }
         break;
     }
+    if let Some(failure) = sequencer.failure() {
+        // Nothing more may be answered or delivered: stop now, without the graceful close.
+        return Err(failure.into());
+    }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let started = Instant::now();
     // Keep a slice of the timeout for the final flush.
@@ -367,14 +387,16 @@ fn check_log_present(
     marker: Option<&str>,
     db: &sled::Db,
 ) -> Result<(), ServerError> {
-    let stored = crate::log::stored_epoch(db)?;
+    let stored = crate::store::log::stored_epoch(db)?;
     match (marker, stored.as_deref()) {
-        (Some(epoch), None) if !config.reset => Err(crate::data_dir::DataDirError::LogMissing {
-            dir: config.data_dir.clone(),
-            db: db_path.to_owned(),
-            epoch: epoch.to_owned(),
+        (Some(epoch), None) if !config.reset => {
+            Err(crate::store::data_dir::DataDirError::LogMissing {
+                dir: config.data_dir.clone(),
+                db: db_path.to_owned(),
+                epoch: epoch.to_owned(),
+            }
+            .into())
         }
-        .into()),
         (Some(epoch), None) => {
             tracing::warn!(
                 lost_epoch = epoch,

@@ -5,9 +5,9 @@ pub use crate::wire::http::ApiError;
 
 use crate::auth::AuthError;
 use crate::core::history::HistoryError;
-use crate::log::StoreError;
 use crate::objects::ObjectError;
 use crate::sequencer::PublishError;
+use crate::store::StoreError;
 use crate::wire::event::EventError;
 use crate::wire::filter::FilterError;
 

@@ -14,8 +14,7 @@ use thiserror::Error;
 use crate::auth::Token;
 use crate::wire::http::Response;
 
-/// `meta` key of the server's id.
-pub const SERVER_ID_KEY: &str = "server_id";
+pub use crate::store::db::SERVER_ID_KEY;
 
 /// The DRP features herald implements, named as DRP names them (clients test for them).
 const FEATURES: [&str; 2] = ["api-v3", "roles"];
@@ -62,7 +61,7 @@ pub enum InfoError {
 
 /// The server's id from `meta`, made and stored on the first start.
 pub fn open_server_id(db: &sled::Db) -> Result<String, InfoError> {
-    let meta = db.open_tree("meta")?;
+    let meta = crate::store::db::meta(db)?;
     if let Some(stored) = meta.get(SERVER_ID_KEY)? {
         return std::str::from_utf8(&stored)
             .ok()

@@ -5,8 +5,10 @@
 //!   `PasswordHash` is an argon2id PHC string (absent for a user who cannot log in with a
 //!   password), `Secret` is 32 random bytes in base64url, replaced on every password change.
 //! - `roles`: key = role name (UTF-8), value = JSON `{"Name","Claims":[{"Scope","Action","Specific"}]}`.
-//! - `meta`: `auth_schema_version` = u32 big-endian ([`AUTH_SCHEMA_VERSION`]);
+//! - `meta`: `auth_schema_version` = u32 big-endian (`store::db::AUTH_SCHEMA`, checked there);
 //!   `token_secret` = the 32 raw bytes that sign tokens.
+//!
+//! The trees, their names and the schema check belong to [`crate::store::db`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,14 +34,11 @@ pub const DEFAULT_ADMIN_PASSWORD: &str = "r0cketsk8ts";
 /// The role that holds `*:*:*`; it always exists and cannot be redefined.
 pub const SUPERUSER_ROLE: &str = "superuser";
 
-const USERS_TREE: &str = "users";
-const ROLES_TREE: &str = "roles";
-const META_TREE: &str = "meta";
-const TOKEN_SECRET_KEY: &[u8] = b"token_secret";
+use crate::store::db::{
+    AUTH_SCHEMA, AuthTrees, OpenError, ROLES_TREE, TOKEN_SECRET_KEY, USERS_TREE,
+};
+
 const TOKEN_SECRET_BYTES: usize = 32;
-const AUTH_SCHEMA_KEY: &[u8] = b"auth_schema_version";
-/// Version of the layout above; bump it when the stored JSON changes incompatibly.
-const AUTH_SCHEMA_VERSION: u32 = 1;
 
 /// The longest user or role name, in bytes.
 const MAX_NAME_BYTES: usize = 255;
@@ -202,20 +201,19 @@ fn superuser_role() -> Role {
     }
 }
 
-/// The schema version check, then the token secret, created once and kept.
+/// The trees from the store, once their schema version is checked.
+fn open_trees(db: &sled::Db) -> Result<AuthTrees, AuthError> {
+    crate::store::db::auth_trees(db).map_err(|error| match error {
+        OpenError::Sled(error) => AuthError::from(error),
+        OpenError::Schema(stored) => AuthError::Corrupt(format!(
+            "auth data has schema version {stored:?}, this herald reads version {}; use the herald that wrote it",
+            AUTH_SCHEMA.version
+        )),
+    })
+}
+
+/// The token secret, created once and kept.
 fn open_meta(meta: &sled::Tree) -> Result<Vec<u8>, AuthError> {
-    match meta.get(AUTH_SCHEMA_KEY)? {
-        None => {
-            meta.insert(AUTH_SCHEMA_KEY, &AUTH_SCHEMA_VERSION.to_be_bytes())?;
-        }
-        Some(stored) if stored.as_ref() == AUTH_SCHEMA_VERSION.to_be_bytes() => {}
-        Some(stored) => {
-            return Err(AuthError::Corrupt(format!(
-                "auth data has schema version {:?}, this herald reads version {AUTH_SCHEMA_VERSION}; use the herald that wrote it",
-                stored.as_ref()
-            )));
-        }
-    }
     if meta.get(TOKEN_SECRET_KEY)?.is_none() {
         let fresh = random_bytes::<TOKEN_SECRET_BYTES>()?;
         // Whoever stores first wins; both then read the same secret back.
@@ -243,9 +241,11 @@ impl AuthStore {
         if let Some(password) = admin_password {
             validate_password(password)?;
         }
-        let users_tree = db.open_tree(USERS_TREE)?;
-        let roles_tree = db.open_tree(ROLES_TREE)?;
-        let meta = db.open_tree(META_TREE)?;
+        let AuthTrees {
+            users: users_tree,
+            roles: roles_tree,
+            meta,
+        } = open_trees(db)?;
         let signer = TokenSigner::new(&open_meta(&meta)?);
 
         let mut roles = BTreeMap::new();

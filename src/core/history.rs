@@ -1,7 +1,7 @@
 //! The persistent history of connections, so "when was this runner last online, and why did it
 //! drop?" has an answer after a restart.
 //!
-//! On-disk layout (sled, written once here):
+//! On-disk layout (sled; the trees come from [`crate::store::db`], which names them):
 //! - tree `connections_open`: key = connection id (u64 big-endian), value = the connection's JSON
 //!   at connect time. An entry left at startup belonged to a process that crashed.
 //! - tree `connections`: key = close time in unix nanoseconds (u64 big-endian) then the id (u64
@@ -15,10 +15,6 @@ use thiserror::Error;
 
 use super::view::ConnectionView;
 
-/// Tree of connections that were open when last recorded.
-const OPEN_TREE: &str = "connections_open";
-/// Tree of closed connections, keyed by close time then id.
-const CLOSED_TREE: &str = "connections";
 /// Close reason recorded for connections a crashed process left open.
 pub const CRASHED: &str = "server crashed";
 /// Removals per sled batch when trimming, so a large trim never holds the tree for long.
@@ -28,7 +24,7 @@ const TRIM_CHUNK: usize = 10_000;
 #[derive(Debug, Error)]
 pub enum HistoryError {
     /// sled failed.
-    #[error("connection history storage failed: {}", crate::log::sled_reason(.0))]
+    #[error("connection history storage failed: {}", crate::store::sled_reason(.0))]
     Store(sled::Error),
     /// A stored record is not a connection.
     #[error(
@@ -71,10 +67,8 @@ impl History {
     /// Opens the trees and closes, as `server crashed`, every connection a previous process
     /// left open. Returns the history and how many such connections it recorded.
     pub fn open(db: &sled::Db) -> Result<(History, usize), HistoryError> {
-        let history = History {
-            open: db.open_tree(OPEN_TREE)?,
-            closed: db.open_tree(CLOSED_TREE)?,
-        };
+        let (open, closed) = crate::store::db::history_trees(db)?;
+        let history = History { open, closed };
         let now = SystemTime::now();
         let mut recovered = 0;
         for entry in history.open.iter() {

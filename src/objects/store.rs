@@ -4,7 +4,9 @@
 //! - `objects/<type>` for each [`Kind`] (`objects/profiles`, `objects/resource_brokers`, …):
 //!   key = the object's key in canonical form (UTF-8 `Name`, or the hyphenated lowercase
 //!   `Uuid`), value = the object's JSON as served.
-//! - `meta`: `objects_schema_version` = u32 big-endian ([`OBJECTS_SCHEMA_VERSION`]).
+//! - `meta`: `objects_schema_version` = u32 big-endian (`store::db::OBJECTS_SCHEMA`).
+//!
+//! The trees, their names and the schema check belong to [`crate::store::db`].
 //!
 //! Writes are meant to run on the log thread (inside `Publisher::apply`), which serializes
 //! them; reads may run on any blocking thread.
@@ -18,11 +20,6 @@ use crate::wire::name::check_name;
 
 /// The profile that exists from first start and cannot be deleted (DRP).
 pub const GLOBAL_PROFILE: &str = "global";
-
-const META_TREE: &str = "meta";
-const SCHEMA_KEY: &[u8] = b"objects_schema_version";
-/// Version of the layout above; bump it when the stored JSON changes incompatibly.
-const OBJECTS_SCHEMA_VERSION: u32 = 1;
 
 /// Fields herald maintains on every object; what a client sends for them is replaced.
 const BOOKKEEPING: [&str; 4] = ["Validated", "Available", "Errors", "ReadOnly"];
@@ -59,23 +56,15 @@ pub(crate) fn decode(kind: Kind, key: &[u8], bytes: &[u8]) -> Result<Value, Obje
 impl ObjectStore {
     /// Opens the trees `objects/<type>` and creates the `global` profile if it is missing.
     pub fn open(db: &sled::Db) -> Result<ObjectStore, ObjectError> {
-        let meta = db.open_tree(META_TREE)?;
-        match meta.get(SCHEMA_KEY)? {
-            None => {
-                meta.insert(SCHEMA_KEY, &OBJECTS_SCHEMA_VERSION.to_be_bytes())?;
-            }
-            Some(stored) if stored.as_ref() == OBJECTS_SCHEMA_VERSION.to_be_bytes() => {}
-            Some(stored) => {
-                return Err(ObjectError::Corrupt(format!(
-                    "objects have schema version {:?}, this herald reads version {OBJECTS_SCHEMA_VERSION}; use the herald that wrote them",
-                    stored.as_ref()
-                )));
-            }
-        }
-        let trees = Kind::ALL
-            .iter()
-            .map(|kind| db.open_tree(format!("objects/{}", kind.name())))
-            .collect::<Result<Vec<_>, _>>()?;
+        use crate::store::db::{OBJECTS_SCHEMA, OpenError};
+        let names = Kind::ALL.iter().map(|kind| kind.name());
+        let trees = crate::store::db::object_trees(db, names).map_err(|error| match error {
+            OpenError::Sled(error) => ObjectError::from(error),
+            OpenError::Schema(stored) => ObjectError::Corrupt(format!(
+                "objects have schema version {stored:?}, this herald reads version {}; use the herald that wrote them",
+                OBJECTS_SCHEMA.version
+            )),
+        })?;
         let store = ObjectStore { trees };
         let profiles = store.tree(Kind::Profiles);
         if !profiles.contains_key(GLOBAL_PROFILE)? {

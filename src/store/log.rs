@@ -48,26 +48,13 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Batch, IVec, Tree};
 use thiserror::Error;
 
-/// Name of the sled tree that holds the event chunks.
-pub const EVENTS_TREE: &str = "event_chunks";
-/// Name of the schema version 1 tree (one event per key), migrated by [`EventLog::open`].
-pub const V1_EVENTS_TREE: &str = "events";
-/// Name of the sled tree that holds the log's metadata (shared with other modules).
-pub const META_TREE: &str = "meta";
-/// `meta` key of the epoch (uuid v4 text).
-pub const EPOCH_KEY: &str = "epoch";
-/// `meta` key of the schema version (big-endian u64).
-pub const SCHEMA_VERSION_KEY: &str = "schema_version";
-/// `meta` key of the high-water mark: the highest `Seq` ever appended (big-endian u64).
-pub const LAST_SEQ_KEY: &str = "log_last_seq";
-/// `meta` key of the oldest retained `Seq` after the latest trim (big-endian u64).
-pub const FIRST_SEQ_KEY: &str = "log_first_seq";
-/// `meta` key of the reserved mark: no `Seq` above it was handed out (big-endian u64).
-pub const RESERVED_SEQ_KEY: &str = "log_reserved_seq";
-/// Name of the sled tree of `Seq`s skipped after an unclean stop (first → last, big-endian u64).
-pub const GAPS_TREE: &str = "event_gaps";
+use super::db::{
+    EPOCH_KEY, EVENTS_TREE, FIRST_SEQ_KEY, GAPS_TREE, LAST_SEQ_KEY, LOG_SCHEMA, META_TREE,
+    RESERVED_SEQ_KEY, SCHEMA_VERSION_KEY, SchemaFound, V1_EVENTS_TREE, sled_reason,
+};
+
 /// The on-disk layout version this code reads and writes.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = LOG_SCHEMA.version;
 /// Length of an `event_chunks` key: a big-endian u64 `Seq`.
 pub const SEQ_KEY_LEN: usize = 8;
 /// Length of the stored-at prefix of a chunk: big-endian u64 unix nanoseconds.
@@ -78,9 +65,10 @@ pub const RECORD_LEN_LEN: usize = 4;
 /// event larger than this gets a chunk of its own). 17 chunks of 6 KiB (a leaf about to split)
 /// are 102 KiB, under sled's 128 KiB blob threshold.
 pub const CHUNK_BYTES: usize = 6 * 1024;
-/// Most events removed in one sled transaction by [`EventLog::trim`]; each chunk is short enough
-/// (a few ms) that the writer gets back to appending quickly even when a large backlog is trimmed.
-pub const TRIM_CHUNK: u64 = 10_000;
+/// Most events removed in one sled transaction by [`EventLog::trim`]; each transaction is short
+/// enough (a few ms) that the writer gets back to appending quickly even when a large backlog is
+/// trimmed.
+pub const TRIM_TRANSACTION_EVENTS: u64 = 10_000;
 
 /// Everything that can go wrong in the event log's storage.
 #[derive(Debug, Error)]
@@ -159,26 +147,6 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-/// sled's error in words: sled writes some of its errors with Rust debug text (the lock error
-/// holds an `Os { code: 11, kind: WouldBlock … }`), which is no message for a user.
-pub fn sled_reason(error: &sled::Error) -> String {
-    match error {
-        sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
-            "another process holds its lock (is another herald running on this data directory?)"
-                .to_owned()
-        }
-        sled::Error::Io(io) => io.to_string(),
-        sled::Error::Corruption { .. } => {
-            "the database is damaged; restore the data directory from a backup".to_owned()
-        }
-        sled::Error::CollectionNotFound(name) => {
-            format!("the database has no tree {}", String::from_utf8_lossy(name))
-        }
-        sled::Error::Unsupported(what) => what.clone(),
-        sled::Error::ReportableBug(what) => format!("sled failed unexpectedly: {what}"),
-    }
-}
-
 pub use crate::config::Retention;
 
 /// What one trim did.
@@ -236,14 +204,10 @@ struct Scan {
 /// The Epoch of the log `db` holds, or `None` when it holds none (a new or emptied database);
 /// reads only, so a start that is refused leaves the database as it found it.
 pub fn stored_epoch(db: &sled::Db) -> Result<Option<String>, StoreError> {
-    if !db
-        .tree_names()
-        .iter()
-        .any(|name| name.as_ref() == META_TREE.as_bytes())
-    {
+    if !super::db::has_tree(db, META_TREE) {
         return Ok(None);
     }
-    let Some(stored) = db.open_tree(META_TREE)?.get(EPOCH_KEY)? else {
+    let Some(stored) = super::db::meta(db)?.get(EPOCH_KEY)? else {
         return Ok(None);
     };
     String::from_utf8(stored.to_vec())
@@ -260,31 +224,25 @@ impl EventLog {
     /// Open scans every chunk once to prove there is no hole and to count the events; it reads
     /// each record's length, never its JSON (`benches/log.rs` measures it).
     pub fn open(db: &sled::Db) -> Result<EventLog, StoreError> {
-        let events = db.open_tree(EVENTS_TREE)?;
-        let meta = db.open_tree(META_TREE)?;
-        let gaps = db.open_tree(GAPS_TREE)?;
+        let super::db::LogTrees { events, meta, gaps } = super::db::log_trees(db)?;
 
-        match read_meta_u64(&meta, SCHEMA_VERSION_KEY)? {
-            Some(SCHEMA_VERSION) => {
+        match super::db::check_schema(&meta, &LOG_SCHEMA)? {
+            SchemaFound::Current => {
                 // A migration that stopped after recording the new version leaves the old tree.
-                if db
-                    .tree_names()
-                    .iter()
-                    .any(|name| name.as_ref() == V1_EVENTS_TREE.as_bytes())
-                {
+                if super::db::has_tree(db, V1_EVENTS_TREE) {
                     db.drop_tree(V1_EVENTS_TREE)?;
                 }
             }
-            Some(1) => migrate_v1(db, &events, &meta)?,
-            Some(found) => {
-                return Err(StoreError::UnsupportedSchema {
-                    found,
-                    supported: SCHEMA_VERSION,
-                });
-            }
-            None => {
-                meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-            }
+            SchemaFound::Recorded => {}
+            SchemaFound::Other(_) => match read_meta_u64(&meta, SCHEMA_VERSION_KEY)? {
+                Some(1) => migrate_v1(db, &events, &meta)?,
+                found => {
+                    return Err(StoreError::UnsupportedSchema {
+                        found: found.unwrap_or_default(),
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            },
         }
 
         let recorded_last = read_meta_u64(&meta, LAST_SEQ_KEY)?.unwrap_or(0);
@@ -544,7 +502,7 @@ impl EventLog {
     }
 
     /// Removes the oldest events until every limit holds (count, age by stored-at, bytes), in
-    /// sled transactions of at most [`TRIM_CHUNK`] removals. The newest event always stays, so
+    /// sled transactions of at most [`TRIM_TRANSACTION_EVENTS`] removals. The newest event always stays, so
     /// a limit smaller than one event keeps just that one.
     pub fn trim(
         &mut self,
@@ -553,9 +511,9 @@ impl EventLog {
     ) -> Result<TrimReport, StoreError> {
         let mut removed = 0;
         loop {
-            let step = self.trim_at_most(retention, now, TRIM_CHUNK)?;
+            let step = self.trim_at_most(retention, now, TRIM_TRANSACTION_EVENTS)?;
             removed += step.removed;
-            if step.removed < TRIM_CHUNK {
+            if step.removed < TRIM_TRANSACTION_EVENTS {
                 return Ok(TrimReport {
                     removed,
                     first_seq: step.first_seq,
