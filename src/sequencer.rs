@@ -591,3 +591,282 @@ impl<S: EventStore> Writer<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::store::{Bounds, EventLog, StoreError, TrimReport};
+
+    /// The sled log, with switches that make its appends or its syncs fail, as a full or
+    /// broken disk does.
+    struct FailingStore {
+        log: EventLog,
+        fail_append: Arc<AtomicBool>,
+        fail_sync: Arc<AtomicBool>,
+    }
+
+    fn disk_error() -> StoreError {
+        StoreError::Sled(sled::Error::Io(std::io::Error::other(
+            "no space left on device",
+        )))
+    }
+
+    impl EventStore for FailingStore {
+        fn epoch(&self) -> &str {
+            self.log.epoch()
+        }
+        fn resumed_after(&self) -> u64 {
+            self.log.resumed_after()
+        }
+        fn bounds(&self) -> Bounds {
+            EventStore::bounds(&self.log)
+        }
+        fn bytes(&self) -> u64 {
+            self.log.bytes()
+        }
+        fn append(
+            &mut self,
+            events: &[(u64, &[u8])],
+            stored_at: SystemTime,
+        ) -> Result<(), StoreError> {
+            if self.fail_append.load(Ordering::SeqCst) {
+                return Err(disk_error());
+            }
+            self.log.append(events, stored_at)
+        }
+        fn sync(&mut self) -> Result<(), StoreError> {
+            if self.fail_sync.load(Ordering::SeqCst) {
+                return Err(disk_error());
+            }
+            self.log.flush()
+        }
+        fn read_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+            self.log.read_after(after, limit)
+        }
+        fn trim(
+            &mut self,
+            retention: &crate::store::Retention,
+            now: SystemTime,
+            at_most: u64,
+        ) -> Result<TrimReport, StoreError> {
+            self.log.trim_at_most(retention, now, at_most)
+        }
+        fn reserved(&self) -> u64 {
+            self.log.reserved()
+        }
+        fn reserve(&mut self, through: u64) -> Result<(), StoreError> {
+            self.log.reserve(through)
+        }
+        fn release(&mut self) -> Result<(), StoreError> {
+            self.log.release()
+        }
+        fn write_state(&mut self, change: Box<dyn StateChange>) -> Vec<Event> {
+            EventStore::write_state(&mut self.log, change)
+        }
+    }
+
+    /// A sequencer over a [`FailingStore`], with one subscribing core.
+    struct Rig {
+        db: sled::Db,
+        sequencer: Option<Sequencer>,
+        publisher: Publisher,
+        core: flume::Receiver<Batch>,
+        fail_append: Arc<AtomicBool>,
+        fail_sync: Arc<AtomicBool>,
+        failures_reported: flume::Receiver<()>,
+    }
+
+    impl Rig {
+        fn start(durability: Durability) -> Rig {
+            let db = sled::Config::new()
+                .temporary(true)
+                .open()
+                .unwrap_or_else(|e| panic!("sled: {e}"));
+            let log = EventLog::open(&db).unwrap_or_else(|e| panic!("log: {e}"));
+            let fail_append = Arc::new(AtomicBool::new(false));
+            let fail_sync = Arc::new(AtomicBool::new(false));
+            let store = FailingStore {
+                log,
+                fail_append: fail_append.clone(),
+                fail_sync: fail_sync.clone(),
+            };
+            let (reported, failures_reported) = flume::unbounded();
+            let (core_tx, core) = flume::unbounded();
+            let (sequencer, publisher) = Sequencer::start(
+                store,
+                durability,
+                Retention::UNLIMITED,
+                vec![core_tx],
+                Box::new(move || {
+                    let _ = reported.send(());
+                }),
+            )
+            .unwrap_or_else(|e| panic!("start: {e}"));
+            Rig {
+                db,
+                sequencer: Some(sequencer),
+                publisher,
+                core,
+                fail_append,
+                fail_sync,
+                failures_reported,
+            }
+        }
+
+        fn publish(&self, key: &str) -> Result<u64, PublishError> {
+            let event = Event::new("machines", "update", key, "user:test");
+            block_on(self.publisher.publish(vec![event]))
+        }
+
+        fn delivered(&self) -> Vec<u64> {
+            self.core
+                .try_iter()
+                .flat_map(|batch| batch.events.iter().map(|e| e.seq).collect::<Vec<_>>())
+                .collect()
+        }
+
+        fn failure(&self) -> Option<StorageFailed> {
+            self.sequencer.as_ref().and_then(Sequencer::failure)
+        }
+
+        /// Stops the sequencer and opens the log again, as the next start would.
+        fn reopen(mut self) -> EventLog {
+            if let Some(sequencer) = self.sequencer.take() {
+                sequencer.stop();
+            }
+            EventLog::open(&self.db).unwrap_or_else(|e| panic!("reopen: {e}"))
+        }
+    }
+
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"))
+            .block_on(future)
+    }
+
+    /// The failure was reported once, and carries the storage exit code.
+    fn assert_storage_failed(rig: &Rig) {
+        let reported = rig.failures_reported.recv_timeout(Duration::from_secs(10));
+        assert!(reported.is_ok(), "no storage failure was reported");
+        assert!(rig.failures_reported.try_recv().is_err(), "reported twice");
+        let failure = rig.failure();
+        assert_eq!(
+            failure.as_ref().map(StorageFailed::exit_code),
+            Some(74),
+            "{failure:?}"
+        );
+    }
+
+    #[test]
+    fn a_publish_whose_append_fails_gets_a_store_error_reaches_no_subscriber_and_reuses_no_seq() {
+        let rig = Rig::start(Durability::Sync);
+        assert_eq!(rig.publish("a").ok(), Some(1));
+        rig.fail_append.store(true, Ordering::SeqCst);
+        let refused = rig.publish("b");
+        assert!(
+            matches!(refused, Err(PublishError::Store(_))),
+            "{refused:?}"
+        );
+        rig.fail_append.store(false, Ordering::SeqCst);
+        assert_eq!(rig.publish("c").ok(), Some(2));
+        // The refused event never had a Seq anyone saw, so the next one takes it up.
+        assert_eq!(rig.delivered(), vec![1, 2]);
+        assert!(rig.failure().is_none());
+        assert!(rig.failures_reported.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_failed_sync_stops_the_sequencer_with_exit_code_74_before_anything_is_delivered() {
+        let rig = Rig::start(Durability::Sync);
+        assert_eq!(rig.publish("a").ok(), Some(1));
+        rig.fail_sync.store(true, Ordering::SeqCst);
+        let unanswered = rig.publish("b");
+        assert!(
+            matches!(unanswered, Err(PublishError::ShuttingDown)),
+            "{unanswered:?}"
+        );
+        assert_eq!(rig.delivered(), vec![1]);
+        assert_storage_failed(&rig);
+        let later = rig.publish("c");
+        assert!(
+            matches!(later, Err(PublishError::ShuttingDown)),
+            "{later:?}"
+        );
+        assert!(rig.delivered().is_empty());
+        let reopened = rig.reopen();
+        assert!(reopened.last_seq() >= 1, "{}", reopened.last_seq());
+    }
+
+    #[test]
+    fn a_failed_append_after_batched_delivery_stops_the_sequencer_and_the_next_start_reuses_no_seq()
+    {
+        let rig = Rig::start(Durability::Batched);
+        assert_eq!(rig.publish("a").ok(), Some(1));
+        rig.fail_append.store(true, Ordering::SeqCst);
+        let unanswered = rig.publish("b");
+        assert!(
+            matches!(unanswered, Err(PublishError::ShuttingDown)),
+            "{unanswered:?}"
+        );
+        // `batched` hands a Seq out before its append: subscribers have Seq 2.
+        let delivered = rig.delivered();
+        assert_eq!(delivered, vec![1, 2]);
+        assert_storage_failed(&rig);
+        let later = rig.publish("c");
+        assert!(
+            matches!(later, Err(PublishError::ShuttingDown)),
+            "{later:?}"
+        );
+        assert!(rig.delivered().is_empty());
+        // The reservation was kept, so the next start continues above every delivered Seq.
+        let reopened = rig.reopen();
+        assert!(reopened.last_seq() >= 2, "{}", reopened.last_seq());
+        assert!(
+            reopened.resumed_after() >= 2,
+            "{}",
+            reopened.resumed_after()
+        );
+    }
+
+    #[test]
+    fn a_failed_batched_sync_stops_the_sequencer_with_exit_code_74() {
+        let rig = Rig::start(Durability::Batched);
+        rig.fail_sync.store(true, Ordering::SeqCst);
+        // Delivered and answered before its sync (what `batched` promises), then the sync fails.
+        assert_eq!(rig.publish("a").ok(), Some(1));
+        assert_storage_failed(&rig);
+        let later = rig.publish("b");
+        assert!(
+            matches!(later, Err(PublishError::ShuttingDown)),
+            "{later:?}"
+        );
+        assert_eq!(rig.delivered(), vec![1]);
+    }
+
+    #[test]
+    fn a_state_change_writes_before_its_events_and_they_take_the_next_seqs() {
+        let rig = Rig::start(Durability::Sync);
+        assert_eq!(rig.publish("a").ok(), Some(1));
+        let written = Arc::new(AtomicBool::new(false));
+        let seen = written.clone();
+        let applied = block_on(rig.publisher.apply(move || {
+            seen.store(true, Ordering::SeqCst);
+            let events = vec![
+                Event::new("profiles", "create", "p1", "user:test"),
+                Event::new("profiles", "create", "p2", "user:test"),
+            ];
+            (events, "answer")
+        }));
+        assert_eq!(applied.ok(), Some(("answer", 3)));
+        assert!(written.load(Ordering::SeqCst));
+        assert_eq!(rig.delivered(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_storage_exit_code_is_sysexits_ioerr() {
+        assert_eq!(STORAGE_FAILED_EXIT_CODE, 74);
+    }
+}
