@@ -10,15 +10,15 @@
 //!
 //! Every route authorizes with [`Identity::require`]; a refusal is `AuthError::Forbidden`.
 
-pub mod connections;
-pub mod error;
-pub mod events;
-pub mod info;
-pub mod metrics;
-pub mod objects;
-pub mod request;
-pub mod ui;
-pub mod users;
+pub(crate) mod connections;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod info;
+pub(crate) mod metrics;
+pub(crate) mod objects;
+pub(crate) mod request;
+pub(crate) mod ui;
+pub(crate) mod users;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -36,7 +36,7 @@ use crate::net::transport::Transport;
 use crate::wire::http::{self, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response};
 
 /// Serves one accepted TCP connection until it closes or becomes a websocket.
-pub async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
+pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
     let local = stream.local_addr().ok();
     let Ok(mut transport) = Transport::new(stream, core.shared.tls.as_ref()) else {
         return;

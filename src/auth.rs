@@ -15,14 +15,12 @@ mod token;
 
 use std::sync::Arc;
 
-pub use claims::{Claim, Claims, Role};
-pub use credentials::{Credentials, credentials};
-pub use password::{BASIC_CACHE_CAPACITY, BASIC_CACHE_TTL};
-pub use store::{
-    AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_PASSWORD, DEFAULT_ADMIN_USER, FastAuth,
-    HashedPassword, NewUser, SUPERUSER_ROLE, UserView,
+pub(crate) use claims::{Claim, Claims, Role};
+pub(crate) use credentials::{Credentials, credentials};
+pub(crate) use store::{
+    AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_USER, FastAuth, HashedPassword, NewUser,
 };
-pub use token::{MAX_TOKEN_TTL, MIN_TOKEN_TTL, Token, TokenInfo};
+pub(crate) use token::Token;
 
 /// Reads a field that may be JSON `null` as its empty value, as Go does: drpcli sends every
 /// field of its model, an unset list as `null` (`"Roles":null`). Use with `#[serde(default)]`.
@@ -160,13 +158,11 @@ impl AuthError {
 
 /// Who a request or connection is, and what it may do; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// `user:<name>` or `runner:<uuid>` (`docs/protocol.md` §2).
     pub principal: String,
     /// The user, when the principal is one.
     pub user: Option<String>,
-    /// The roles the identity holds (empty for machine tokens, whose claims are explicit).
-    pub roles: Vec<String>,
     /// The union of the identity's claims, fixed when it authenticated.
     pub claims: Arc<Claims>,
     /// When the credentials stop working, in Unix seconds: a token's expiry; `None` for a
@@ -177,7 +173,12 @@ pub struct Identity {
 impl Identity {
     /// Nothing when the identity holds the claim `scope:action:specific`, else the 403 naming it:
     /// the one authorization check every route makes.
-    pub fn require(&self, scope: &str, action: &str, specific: &str) -> Result<(), AuthError> {
+    pub(crate) fn require(
+        &self,
+        scope: &str,
+        action: &str,
+        specific: &str,
+    ) -> Result<(), AuthError> {
         if self.claims.allows(scope, action, specific) {
             Ok(())
         } else {
@@ -187,7 +188,7 @@ impl Identity {
 
     /// The 403 for lacking the claim `scope:action:specific`, for a route whose check is wider
     /// than one claim (listing needs some claim on the type, whatever its key).
-    pub fn forbidden(&self, scope: &str, action: &str, specific: &str) -> AuthError {
+    pub(crate) fn forbidden(&self, scope: &str, action: &str, specific: &str) -> AuthError {
         AuthError::Forbidden {
             principal: self.principal.clone(),
             needed: format!("{scope}:{action}:{specific}"),
@@ -240,7 +241,6 @@ mod tests {
         let identity = Identity {
             principal: "user:alice".into(),
             user: Some("alice".into()),
-            roles: Vec::new(),
             claims: Arc::new(Claims::new([Claim::new("users", "get", "alice")])),
             expires: None,
         };

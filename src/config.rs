@@ -153,7 +153,7 @@ pub struct Config {
     /// The least severe of herald's log records published as `log.<level>.herald` events.
     pub log_events_level: EventsLevel,
     /// How much connection history is kept.
-    pub history: History,
+    pub history: HistoryRetention,
     /// Time a graceful stop may take.
     pub shutdown_timeout: Duration,
     /// Whether `/metrics` requires credentials.
@@ -164,7 +164,7 @@ pub struct Config {
 
 /// How much of the closed-connection history is kept; the oldest entries go first.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct History {
+pub struct HistoryRetention {
     /// Most closed connections kept.
     pub max_connections: u64,
     /// Oldest closed connection kept, by its close time.
@@ -373,7 +373,7 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         log_level: s.log_level,
         log_format: s.log_format,
         log_events_level: s.log_events_level,
-        history: History {
+        history: HistoryRetention {
             max_connections: s.history_events,
             max_age: s.history_age,
         },

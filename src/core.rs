@@ -15,15 +15,15 @@
 //! - [`query`]: questions one core answers for a request served on another.
 //! - [`history`]: the persistent record of open and closed connections.
 
-pub mod accept;
-pub mod connection;
-pub mod conns;
-pub mod deadlines;
-pub mod fanout;
-pub mod history;
-pub mod query;
-pub mod replay;
-pub mod view;
+pub(crate) mod accept;
+pub(crate) mod connection;
+pub(crate) mod conns;
+pub(crate) mod deadlines;
+pub(crate) mod fanout;
+pub(crate) mod history;
+pub(crate) mod query;
+pub(crate) mod replay;
+pub(crate) mod view;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -51,7 +51,7 @@ use replay::Replaying;
 
 /// The server's state that every core shares: configuration, stores, the sequencer's handle,
 /// the counters the cores write, and the other cores' query inboxes.
-pub struct ServerState {
+pub(crate) struct ServerState {
     /// The validated configuration.
     pub config: Config,
     /// Users, roles and tokens.
@@ -90,7 +90,7 @@ pub struct ServerState {
 
 impl ServerState {
     /// The figures `/metrics` renders, read now.
-    pub fn scrape(&self) -> Scrape {
+    pub(crate) fn scrape(&self) -> Scrape {
         let log = &self.log_status;
         Scrape {
             cores: CoreStats::total(&self.core_stats),
@@ -102,7 +102,7 @@ impl ServerState {
     }
 
     /// The totals the console's activity samples are differences of, read now.
-    pub fn activity_totals(&self) -> activity::Totals {
+    pub(crate) fn activity_totals(&self) -> activity::Totals {
         activity::Totals::new(
             &CoreStats::total(&self.core_stats),
             self.log_status.last_seq(),
@@ -111,7 +111,7 @@ impl ServerState {
 }
 
 /// When each core's sweeper last ran: a core whose sweeper stops is stuck.
-pub struct Heartbeats {
+pub(crate) struct Heartbeats {
     started: Instant,
     /// Milliseconds since `started` at each core's last sweep.
     beats: Box<[AtomicU64]>,
@@ -119,7 +119,7 @@ pub struct Heartbeats {
 
 impl Heartbeats {
     /// Heartbeats of `cores` cores, all counted as beating now.
-    pub fn new(cores: usize) -> Heartbeats {
+    pub(crate) fn new(cores: usize) -> Heartbeats {
         Heartbeats {
             started: Instant::now(),
             beats: (0..cores).map(|_| AtomicU64::new(0)).collect(),
@@ -127,14 +127,14 @@ impl Heartbeats {
     }
 
     /// Records that core `id` is still turning.
-    pub fn beat(&self, id: usize) {
+    pub(crate) fn beat(&self, id: usize) {
         if let Some(beat) = self.beats.get(id) {
             beat.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
     }
 
     /// Whether every core swept within `period`.
-    pub fn all_within(&self, period: Duration) -> bool {
+    pub(crate) fn all_within(&self, period: Duration) -> bool {
         let now = self.started.elapsed().as_millis() as u64;
         self.beats.iter().all(|beat| {
             now.saturating_sub(beat.load(Ordering::Relaxed)) < period.as_millis() as u64
@@ -143,7 +143,7 @@ impl Heartbeats {
 }
 
 /// One core's state.
-pub struct Core {
+pub(crate) struct Core {
     /// Core number.
     pub id: usize,
     /// What all cores share.
@@ -162,7 +162,7 @@ pub struct Core {
 
 impl Core {
     /// A core with no connections yet.
-    pub fn new(id: usize, shared: Arc<ServerState>) -> Rc<Core> {
+    pub(crate) fn new(id: usize, shared: Arc<ServerState>) -> Rc<Core> {
         let last = shared.log_status.last_seq();
         Rc::new(Core {
             id,
@@ -179,13 +179,13 @@ impl Core {
     }
 
     /// This core's counters.
-    pub fn stats(&self) -> &CoreStats {
+    pub(crate) fn stats(&self) -> &CoreStats {
         &self.shared.core_stats[self.id]
     }
 
     /// Graceful stop: no new connections, every websocket closed with 1001 `server shutdown`,
     /// every idle HTTP connection ended; returns when all are gone or at the deadline.
-    pub async fn shut_down(&self, listener_fd: RawFd, deadline: Instant) {
+    pub(crate) async fn shut_down(&self, listener_fd: RawFd, deadline: Instant) {
         self.stopping.set(true);
         tracing::debug!(
             core = self.id,
@@ -215,7 +215,7 @@ impl Core {
     }
 
     /// Whether the core is stopping.
-    pub fn is_stopping(&self) -> bool {
+    pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.get()
     }
 }

@@ -24,19 +24,19 @@
 //!   values; its [`metrics::activity`] keeps per-second samples for the console's charts.
 //! - [`server`]: startup, signals and graceful shutdown.
 
-pub mod api;
-pub mod auth;
+mod api;
+mod auth;
 pub mod config;
-pub mod core;
+mod core;
 
 pub mod cli;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
-pub mod metrics;
-pub mod net;
-pub mod objects;
-pub mod sequencer;
+mod metrics;
+mod net;
+mod objects;
+mod sequencer;
 pub mod server;
 pub mod store;
 pub mod wire;

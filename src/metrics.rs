@@ -7,7 +7,7 @@
 //!
 //! A leaf: everything rendered is handed in as plain values by the caller.
 
-pub mod activity;
+pub(crate) mod activity;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -16,41 +16,41 @@ use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogra
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Open connections, by `type` (`websocket`, `api`).
-pub const CONNECTIONS: &str = "herald_connections";
+pub(crate) const CONNECTIONS: &str = "herald_connections";
 /// Accepted connections, by `type`.
-pub const CONNECTIONS_ACCEPTED: &str = "herald_connections_accepted_total";
+pub(crate) const CONNECTIONS_ACCEPTED: &str = "herald_connections_accepted_total";
 /// Closed websockets, by `reason`.
-pub const DISCONNECTS: &str = "herald_disconnects_total";
+pub(crate) const DISCONNECTS: &str = "herald_disconnects_total";
 /// Registered filters.
-pub const FILTERS: &str = "herald_filters";
+pub(crate) const FILTERS: &str = "herald_filters";
 /// Events sequenced into the log.
-pub const EVENTS_PUBLISHED: &str = "herald_events_published_total";
+pub(crate) const EVENTS_PUBLISHED: &str = "herald_events_published_total";
 /// Events written to websockets.
-pub const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
+pub(crate) const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
 /// Bytes written to websockets.
-pub const DELIVERED_BYTES: &str = "herald_delivered_bytes_total";
+pub(crate) const DELIVERED_BYTES: &str = "herald_delivered_bytes_total";
 /// Connections closed as slow consumers.
-pub const SLOW_CONSUMER_CLOSES: &str = "herald_slow_consumer_closes_total";
+pub(crate) const SLOW_CONSUMER_CLOSES: &str = "herald_slow_consumer_closes_total";
 /// `replay` commands, by `result` (`recovered`, `gap`).
-pub const REPLAY_REQUESTS: &str = "herald_replay_requests_total";
+pub(crate) const REPLAY_REQUESTS: &str = "herald_replay_requests_total";
 /// Events sent by replays.
-pub const EVENTS_REPLAYED: &str = "herald_events_replayed_total";
+pub(crate) const EVENTS_REPLAYED: &str = "herald_events_replayed_total";
 /// Oldest retained Seq.
-pub const LOG_FIRST_SEQ: &str = "herald_log_first_seq";
+pub(crate) const LOG_FIRST_SEQ: &str = "herald_log_first_seq";
 /// Newest stored Seq.
-pub const LOG_LAST_SEQ: &str = "herald_log_last_seq";
+pub(crate) const LOG_LAST_SEQ: &str = "herald_log_last_seq";
 /// Bytes of retained events.
-pub const LOG_BYTES: &str = "herald_log_bytes";
+pub(crate) const LOG_BYTES: &str = "herald_log_bytes";
 /// Time from a publish request's arrival until its events are durable.
-pub const PUBLISH_DURATION: &str = "herald_publish_duration_seconds";
+pub(crate) const PUBLISH_DURATION: &str = "herald_publish_duration_seconds";
 /// Time from an event being durable until it is written to a socket (measured per write).
-pub const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
+pub(crate) const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
 /// Failed authentications, by `reason`.
-pub const AUTH_FAILURES: &str = "herald_auth_failures_total";
+pub(crate) const AUTH_FAILURES: &str = "herald_auth_failures_total";
 /// HTTP requests, by `route` template and status `class`.
-pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
+pub(crate) const HTTP_REQUESTS: &str = "herald_http_requests_total";
 /// Always 1, labelled with `version` and `driver`.
-pub const BUILD_INFO: &str = "herald_build_info";
+pub(crate) const BUILD_INFO: &str = "herald_build_info";
 
 /// Latency buckets from 50 µs to 10 s: a loopback delivery takes tens of microseconds, a
 /// synced publish a few milliseconds, and anything in seconds is an incident.
@@ -60,12 +60,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// How often the exporter's histograms are maintained.
-pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Counters one core writes and the scrape reads; aligned so cores never share a cache line.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub struct CoreStats {
+pub(crate) struct CoreStats {
     /// Open websockets on this core.
     pub websockets: AtomicU64,
     /// Open HTTP (API) connections on this core.
@@ -86,7 +86,7 @@ pub struct CoreStats {
 
 /// The per-core counters summed over every core, read at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CoreTotals {
+pub(crate) struct CoreTotals {
     /// Open websockets.
     pub websockets: u64,
     /// Open HTTP (API) connections.
@@ -107,7 +107,7 @@ pub struct CoreTotals {
 
 /// What a scrape renders besides the exporter's own series, gathered by the caller.
 #[derive(Debug, Clone, Copy)]
-pub struct Scrape {
+pub(crate) struct Scrape {
     /// The per-core counters, summed.
     pub cores: CoreTotals,
     /// Oldest retained Seq.
@@ -122,7 +122,7 @@ pub struct Scrape {
 
 impl CoreStats {
     /// Sums the counters of every core.
-    pub fn total(stats: &[CoreStats]) -> CoreTotals {
+    pub(crate) fn total(stats: &[CoreStats]) -> CoreTotals {
         let sum = |field: fn(&CoreStats) -> &AtomicU64| -> u64 {
             stats.iter().map(|s| field(s).load(Ordering::Relaxed)).sum()
         };
@@ -139,7 +139,7 @@ impl CoreStats {
     }
 
     /// Adds `n` (the owning core is the only writer, so no read-modify-write is needed).
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.store(
             counter.load(Ordering::Relaxed).wrapping_add(n),
             Ordering::Relaxed,
@@ -147,7 +147,7 @@ impl CoreStats {
     }
 
     /// Subtracts `n`, for gauges.
-    pub fn sub(counter: &AtomicU64, n: u64) {
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
         counter.store(
             counter.load(Ordering::Relaxed).saturating_sub(n),
             Ordering::Relaxed,
@@ -156,7 +156,7 @@ impl CoreStats {
 }
 
 /// Installs the process-wide recorder with herald's help texts and buckets.
-pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+pub(crate) fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(PUBLISH_DURATION.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(DELIVERY_LAG.into()), LATENCY_BUCKETS)?
@@ -261,10 +261,10 @@ fn describe() {
 }
 
 /// The `reason` label of a websocket closed as a slow consumer.
-pub const SLOW_CONSUMER: &str = "slow consumer";
+pub(crate) const SLOW_CONSUMER: &str = "slow consumer";
 
 /// Counts a closed websocket under its `reason` label (one of those `register_zeroes` names).
-pub fn count_disconnect(reason: &'static str) {
+pub(crate) fn count_disconnect(reason: &'static str) {
     counter!(DISCONNECTS, "reason" => reason).increment(1);
     if reason == SLOW_CONSUMER {
         counter!(SLOW_CONSUMER_CLOSES).increment(1);
@@ -272,7 +272,7 @@ pub fn count_disconnect(reason: &'static str) {
 }
 
 /// Counts an answered HTTP request.
-pub fn count_request(route: &'static str, status: u16) {
+pub(crate) fn count_request(route: &'static str, status: u16) {
     let class = match status {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -284,7 +284,7 @@ pub fn count_request(route: &'static str, status: u16) {
 }
 
 /// Merges the gathered figures into the exporter and renders the exposition.
-pub fn render(scrape: &Scrape, handle: &PrometheusHandle) -> String {
+pub(crate) fn render(scrape: &Scrape, handle: &PrometheusHandle) -> String {
     let cores = &scrape.cores;
     gauge!(CONNECTIONS, "type" => "websocket").set(cores.websockets as f64);
     gauge!(CONNECTIONS, "type" => "api").set(cores.api_connections as f64);
@@ -321,7 +321,7 @@ fn process_metrics() {
 static START_TIME: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
 /// Records the process start time (call once at startup).
-pub fn mark_start() {
+pub(crate) fn mark_start() {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

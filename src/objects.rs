@@ -12,8 +12,8 @@ pub(crate) mod store;
 
 use thiserror::Error;
 
-pub use kind::Kind;
-pub use store::{GLOBAL_PROFILE, ObjectStore, Written, filter_and_page};
+pub(crate) use kind::Kind;
+pub(crate) use store::{ObjectStore, Written, filter_and_page};
 
 /// Why an object request or change failed; each variant maps to one HTTP status.
 #[derive(Debug, Error)]

@@ -17,7 +17,7 @@ const MAX_BATCH_EVENTS: usize = 4096;
 /// Publish requests waiting for the sequencer before publishers are held back.
 const QUEUE_DEPTH: usize = 8192;
 /// Batches waiting in one core's inbox before the sequencer is held back.
-pub const INBOX_DEPTH: usize = 1024;
+pub(crate) const INBOX_DEPTH: usize = 1024;
 /// Longest `batched` durability leaves appended events unflushed: it flushes as soon as no
 /// publish is waiting, and under a steady stream at least this often.
 const BATCHED_FLUSH_EVERY: Duration = Duration::from_millis(10);
@@ -29,12 +29,12 @@ const LOG_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Most events removed per trim turn: about 10 ms of sled work on this class of machine.
 const TRIM_EVENTS_PER_TURN: u64 = 2_000;
 /// The exit code of a stop forced by a storage failure: sysexits' `EX_IOERR`.
-pub const STORAGE_FAILED_EXIT_CODE: u8 = 74;
+pub(crate) const STORAGE_FAILED_EXIT_CODE: u8 = 74;
 
 /// Sequenced events, shared by every core: durable at `durable_at` with `sync`; with `batched`,
 /// sequenced then and stored right after.
 #[derive(Debug)]
-pub struct SequencedBatch {
+pub(crate) struct SequencedBatch {
     /// The events in Seq order.
     pub events: Vec<EncodedEvent>,
     /// When the batch became visible, for the delivery-lag metric.
@@ -42,7 +42,7 @@ pub struct SequencedBatch {
 }
 
 /// A batch as the cores receive it.
-pub type Batch = Arc<SequencedBatch>;
+pub(crate) type Batch = Arc<SequencedBatch>;
 
 /// Why a publish failed.
 #[derive(Debug, Error)]
@@ -73,7 +73,7 @@ impl StorageFailed {
 }
 
 /// Called once, from the log thread, when the storage fails (see [`StorageFailed`]).
-pub type OnStorageFailed = Box<dyn FnOnce() + Send>;
+pub(crate) type OnStorageFailed = Box<dyn FnOnce() + Send>;
 
 /// Events waiting to be sequenced, with the channel that answers their publisher.
 struct Publish {
@@ -95,7 +95,7 @@ enum Source {
 
 /// What every thread may read about the log without asking the sequencer.
 #[derive(Debug)]
-pub struct LogStatus {
+pub(crate) struct LogStatus {
     /// The log's epoch.
     pub epoch: String,
     /// The end of the newest gap of `Seq`s skipped after an unclean stop (0 when none): a
@@ -110,20 +110,20 @@ pub struct LogStatus {
 
 impl LogStatus {
     /// Oldest retained Seq (last + 1 when nothing is retained).
-    pub fn first_seq(&self) -> u64 {
+    pub(crate) fn first_seq(&self) -> u64 {
         self.first_seq.load(Ordering::Acquire)
     }
     /// Newest Seq stored.
-    pub fn last_seq(&self) -> u64 {
+    pub(crate) fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)
     }
     /// Bytes of events retained.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Acquire)
     }
     /// Receives once the next flush has made more events readable; a flush that runs after
     /// this call and before the caller checks the log's readable bound wakes it too.
-    pub fn next_flush(&self) -> flume::Receiver<()> {
+    pub(crate) fn next_flush(&self) -> flume::Receiver<()> {
         let (tx, rx) = flume::bounded(1);
         self.flush_waiters
             .lock()
@@ -150,21 +150,21 @@ impl LogStatus {
 
 /// The cores' handle to the sequencer.
 #[derive(Clone)]
-pub struct Publisher {
+pub(crate) struct Publisher {
     tx: flume::Sender<Publish>,
     retention: Arc<Mutex<Retention>>,
 }
 
 impl Publisher {
     /// Replaces the retention limits (on SIGHUP); the next trim applies them.
-    pub fn set_retention(&self, retention: Retention) {
+    pub(crate) fn set_retention(&self, retention: Retention) {
         if let Ok(mut current) = self.retention.lock() {
             *current = retention;
         }
     }
 
     /// Sequences `events` and returns the last Seq once they are stored (durably with `sync`).
-    pub async fn publish(&self, events: Vec<Event>) -> Result<u64, PublishError> {
+    pub(crate) async fn publish(&self, events: Vec<Event>) -> Result<u64, PublishError> {
         let events = events
             .into_iter()
             .map(|e| {
@@ -183,7 +183,7 @@ impl Publisher {
 
     /// Queues one of herald's log records as an event without waiting for it to be stored, so a
     /// thread that logs is never held up; false when the queue is full or the sequencer stopped.
-    pub fn publish_log_record(&self, event: Event) -> bool {
+    pub(crate) fn publish_log_record(&self, event: Event) -> bool {
         let prefix = event.body_prefix();
         self.tx
             .try_send(Publish {
@@ -197,7 +197,7 @@ impl Publisher {
 
     /// Runs `change` on the log thread, serialized with every other publish and change, and
     /// publishes the events it returns. Answers its value and the last Seq once durable.
-    pub async fn apply<T: Send + 'static>(
+    pub(crate) async fn apply<T: Send + 'static>(
         &self,
         change: impl FnOnce() -> (Vec<Event>, T) + Send + 'static,
     ) -> Result<(T, u64), PublishError> {
@@ -224,7 +224,7 @@ impl Publisher {
     /// Queues `change` to run on the log thread and returns once it has its place in the queue,
     /// without waiting for its events to be stored: whatever the caller publishes afterwards
     /// gets a higher `Seq` than they do. A failure to store them is logged by the log thread.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         change: impl FnOnce() -> Vec<Event> + Send + 'static,
     ) -> Result<(), PublishError> {
@@ -254,7 +254,7 @@ impl Publisher {
 }
 
 /// The running sequencer thread.
-pub struct Sequencer {
+pub(crate) struct Sequencer {
     /// Shared view of the log's bounds.
     pub status: Arc<LogStatus>,
     thread: Option<thread::JoinHandle<()>>,
@@ -265,7 +265,7 @@ pub struct Sequencer {
 impl Sequencer {
     /// Starts the thread `herald-log`, which owns `log` from now on. Should the storage fail
     /// for good, the thread stops answering and delivering, and calls `on_failure`.
-    pub fn start(
+    pub(crate) fn start(
         log: impl EventStore,
         durability: Durability,
         retention: Retention,
@@ -320,12 +320,12 @@ impl Sequencer {
     }
 
     /// The storage failure that stopped the log thread, if one did.
-    pub fn failure(&self) -> Option<StorageFailed> {
+    pub(crate) fn failure(&self) -> Option<StorageFailed> {
         self.failed.lock().ok().and_then(|failed| failed.clone())
     }
 
     /// Stops after the requests already queued, flushing the log.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         if let Ok(mut stop) = self.stop.lock() {
             *stop = true;
         }

@@ -470,7 +470,10 @@ fn listen_address(config: &Config, default_password: bool) -> SocketAddr {
 }
 
 /// Trims the connection history by count and age in the background.
-fn start_history_trim(history: crate::core::history::History, retention: crate::config::History) {
+fn start_history_trim(
+    history: crate::core::history::History,
+    retention: crate::config::HistoryRetention,
+) {
     let _ = thread::Builder::new()
         .name("herald-history".into())
         .spawn(move || {
@@ -478,7 +481,7 @@ fn start_history_trim(history: crate::core::history::History, retention: crate::
                 if let Err(error) = history.trim(&retention, std::time::SystemTime::now()) {
                     tracing::warn!(%error, "trimming the connection history failed; will retry");
                 }
-                thread::sleep(crate::core::history::TRIM_EVERY);
+                thread::sleep(crate::core::history::HISTORY_TRIM_EVERY);
             }
         });
 }

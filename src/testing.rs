@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 /// Opens a sled db at `path`, waiting (bounded) while the background flusher of a handle the
 /// test just dropped still holds the directory's lock.
-pub fn open_sled(path: &Path) -> sled::Db {
+pub(crate) fn open_sled(path: &Path) -> sled::Db {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match sled::open(path) {

@@ -24,7 +24,7 @@ use crate::nats;
 use crate::ws::{self, OpCode};
 
 /// Measurement phases an event can be tagged with (see `publish::mode`).
-pub const PHASES: usize = 3;
+pub(crate) const PHASES: usize = 3;
 /// Bytes each thread reads per `read` call.
 const SCRATCH_BYTES: usize = 256 * 1024;
 /// How often a thread recomputes its slowest full-stream subscriber for the publishers' window.
@@ -34,7 +34,7 @@ const ERRORS_KEPT: usize = 5;
 
 /// Which server's protocol to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// herald (and DRP): `register FILTER`, one JSON event per text frame.
     Herald,
     /// NATS over websocket: `CONNECT`, `SUB`, `MSG`.
@@ -42,7 +42,7 @@ pub enum Protocol {
 }
 
 /// Where and how to connect.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The server's address.
     pub addr: SocketAddr,
     /// Its protocol.
@@ -55,7 +55,7 @@ pub struct Endpoint {
 
 /// What a subscriber is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// Receives every event: paces the publishers' window.
     Stream,
     /// Receives the events of its own key.
@@ -71,7 +71,7 @@ pub enum Role {
 
 /// One subscriber to open.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// A herald filter or a NATS subject.
     pub subscription: String,
     /// What it is for.
@@ -80,7 +80,7 @@ pub struct Plan {
 
 /// A thread's live counters, read by the controller and the publishers.
 #[derive(Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// Subscribers whose subscription is acknowledged.
     pub ready: AtomicU64,
     /// Subscribers that failed before being ready.
@@ -98,7 +98,7 @@ pub struct Progress {
 }
 
 /// What a thread measured, handed back when it stops.
-pub struct Report {
+pub(crate) struct Report {
     /// Publish-to-receive latency per phase, in nanoseconds.
     pub latency: Vec<Histogram<u64>>,
     /// Time from a replaying subscriber's connect to its last expected event, in nanoseconds.
@@ -112,7 +112,7 @@ pub struct Report {
 }
 
 /// The controller's handle on a thread.
-pub struct Subscribers {
+pub(crate) struct Subscribers {
     /// Per-thread counters.
     pub progress: Vec<Arc<Progress>>,
     stop: Arc<AtomicBool>,
@@ -121,7 +121,7 @@ pub struct Subscribers {
 
 impl Subscribers {
     /// Opens `plans` spread over `threads` threads, at most `concurrency` handshakes at once in total.
-    pub fn start(
+    pub(crate) fn start(
         endpoint: &Arc<Endpoint>,
         plans: Vec<Plan>,
         threads: usize,
@@ -157,7 +157,7 @@ impl Subscribers {
     }
 
     /// Sum of one counter over all threads.
-    pub fn sum(&self, counter: impl Fn(&Progress) -> &AtomicU64) -> u64 {
+    pub(crate) fn sum(&self, counter: impl Fn(&Progress) -> &AtomicU64) -> u64 {
         self.progress
             .iter()
             .map(|p| counter(p).load(Ordering::Acquire))
@@ -165,7 +165,7 @@ impl Subscribers {
     }
 
     /// Latest arrival of an event of `phase` over all threads.
-    pub fn last_ns(&self, phase: usize) -> u64 {
+    pub(crate) fn last_ns(&self, phase: usize) -> u64 {
         self.progress
             .iter()
             .map(|p| p.last_ns[phase].load(Ordering::Acquire))
@@ -174,7 +174,7 @@ impl Subscribers {
     }
 
     /// Closes every connection and merges what the threads measured.
-    pub fn stop(mut self) -> Report {
+    pub(crate) fn stop(mut self) -> Report {
         self.stop.store(true, Ordering::Release);
         let mut merged = Report {
             latency: (0..PHASES).map(|_| crate::stats::histogram()).collect(),

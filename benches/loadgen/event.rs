@@ -13,12 +13,12 @@ const TIME_OFFSET_NS: u64 = 1_000_000_000_000_000;
 /// Digits of a send time.
 const TIME_DIGITS: usize = 16;
 /// The mark's opening, searched for in every received payload.
-pub const MARK: &[u8] = b"\"Mark\":\"P";
+pub(crate) const MARK: &[u8] = b"\"Mark\":\"P";
 /// Key length: every key is a hyphenated UUID.
-pub const KEY_BYTES: usize = 36;
+pub(crate) const KEY_BYTES: usize = 36;
 
 /// Nanoseconds on the process's monotonic clock, offset to a fixed width.
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = START.get_or_init(Instant::now);
     TIME_OFFSET_NS + start.elapsed().as_nanos() as u64
@@ -26,7 +26,7 @@ pub fn now_ns() -> u64 {
 
 /// What a receiver reads from an event's mark.
 #[derive(Debug, Clone, Copy)]
-pub struct Mark {
+pub(crate) struct Mark {
     /// The measurement phase the event was sent in.
     pub phase: usize,
     /// When it was sent, as [`now_ns`] gave it.
@@ -34,20 +34,20 @@ pub struct Mark {
 }
 
 /// Finds marks in received payloads; one per client thread, the searcher is precompiled.
-pub struct MarkReader {
+pub(crate) struct MarkReader {
     finder: Finder<'static>,
 }
 
 impl MarkReader {
     /// A reader for [`MARK`].
-    pub fn new() -> MarkReader {
+    pub(crate) fn new() -> MarkReader {
         MarkReader {
             finder: Finder::new(MARK),
         }
     }
 
     /// The mark in `payload`, if it is one of the benchmark's events.
-    pub fn read(&self, payload: &[u8]) -> Option<Mark> {
+    pub(crate) fn read(&self, payload: &[u8]) -> Option<Mark> {
         let at = self.finder.find(payload)? + MARK.len();
         let phase_digit = *payload.get(at)?;
         let digits = payload.get(at + 2..at + 2 + TIME_DIGITS)?;
@@ -67,7 +67,7 @@ impl MarkReader {
 
 /// One event's JSON with the offsets of the fields patched per send.
 #[derive(Clone)]
-pub struct EventTemplate {
+pub(crate) struct EventTemplate {
     /// `{"Type":"machines","Action":"update","Key":"…","Object":{"Mark":"…","Pad":"…"}}`
     pub json: Vec<u8>,
     key_at: usize,
@@ -76,13 +76,13 @@ pub struct EventTemplate {
 }
 
 /// The type of every benchmark event; subjects and filters are `machines.<action>.<uuid>`.
-pub const TYPE: &str = "machines";
+pub(crate) const TYPE: &str = "machines";
 /// The action of every benchmark event.
-pub const ACTION: &str = "update";
+pub(crate) const ACTION: &str = "update";
 
 impl EventTemplate {
     /// An event whose JSON is `bytes` long (or as short as the fixed fields allow).
-    pub fn new(bytes: usize) -> EventTemplate {
+    pub(crate) fn new(bytes: usize) -> EventTemplate {
         let key = "00000000-0000-0000-0000-000000000000";
         let head = format!(r#"{{"Type":"{TYPE}","Action":"{ACTION}","Key":""#);
         let key_at = head.len();
@@ -108,7 +108,7 @@ impl EventTemplate {
 
     /// Writes the key, phase and send time into a copy of this template inside `out`, where the
     /// copy starts at `at`.
-    pub fn patch(
+    pub(crate) fn patch(
         &self,
         out: &mut [u8],
         at: usize,
@@ -130,14 +130,14 @@ impl EventTemplate {
 }
 
 /// A key as the fixed-width bytes the template takes.
-pub fn key_bytes(uuid: &uuid::Uuid) -> [u8; KEY_BYTES] {
+pub(crate) fn key_bytes(uuid: &uuid::Uuid) -> [u8; KEY_BYTES] {
     let mut out = [0u8; KEY_BYTES];
     uuid.hyphenated().encode_lower(&mut out);
     out
 }
 
 /// The `Seq` at the end of a herald event (`…,"Seq":123}`).
-pub fn herald_seq(payload: &[u8]) -> Option<u64> {
+pub(crate) fn herald_seq(payload: &[u8]) -> Option<u64> {
     let tail = &payload[payload.len().saturating_sub(32)..];
     let at = memchr::memmem::rfind(tail, b"\"Seq\":")? + 6;
     let mut seq = 0u64;

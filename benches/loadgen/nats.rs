@@ -3,12 +3,12 @@
 //! how much of it each operation used.
 
 /// Sent first on every connection: no `+OK` per command, and no echo of our own publishes.
-pub const CONNECT: &[u8] =
+pub(crate) const CONNECT: &[u8] =
     b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"echo\":false,\"lang\":\"rust\",\"version\":\"0\",\"name\":\"loadgen\"}\r\n";
 
 /// One server operation.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Op<'a> {
+pub(crate) enum Op<'a> {
     /// A delivered message and its payload.
     Msg(&'a [u8]),
     /// The server's keep-alive; answer `PONG`.
@@ -23,7 +23,7 @@ pub enum Op<'a> {
 
 /// Parses the operation at the start of `buf`: `Ok(None)` until it is complete, else the
 /// operation and the bytes it used.
-pub fn next_op(buf: &[u8]) -> Result<Option<(Op<'_>, usize)>, String> {
+pub(crate) fn next_op(buf: &[u8]) -> Result<Option<(Op<'_>, usize)>, String> {
     let Some(eol) = memchr::memmem::find(buf, b"\r\n") else {
         if buf.len() > 64 * 1024 {
             return Err("a NATS control line longer than 64 KiB".into());
@@ -71,10 +71,10 @@ fn last_number(args: &[u8]) -> Option<usize> {
 }
 
 /// The JetStream stream that holds the replay workload's events.
-pub const STREAM: &str = "LOADGEN";
+pub(crate) const STREAM: &str = "LOADGEN";
 
 /// The request that creates [`STREAM`] over every benchmark subject.
-pub fn stream_create() -> (String, Vec<u8>) {
+pub(crate) fn stream_create() -> (String, Vec<u8>) {
     (
         format!("$JS.API.STREAM.CREATE.{STREAM}"),
         format!(r#"{{"name":"{STREAM}","subjects":["machines.>"],"storage":"file"}}"#).into_bytes(),
@@ -82,7 +82,7 @@ pub fn stream_create() -> (String, Vec<u8>) {
 }
 
 /// The request that asks for [`STREAM`]'s state (its `"messages"` count).
-pub fn stream_info() -> String {
+pub(crate) fn stream_info() -> String {
     format!("$JS.API.STREAM.INFO.{STREAM}")
 }
 
@@ -90,7 +90,7 @@ pub fn stream_info() -> String {
 /// `inbox.d` as fast as it can (no acks), answering on `inbox.r`: JetStream's replay. The
 /// deliver subject needs a literal subscription: nats-server 2.9 does not count a wildcard one
 /// as interest and then never delivers.
-pub fn replay_commands(inbox: &str) -> Vec<u8> {
+pub(crate) fn replay_commands(inbox: &str) -> Vec<u8> {
     let config = format!(
         r#"{{"stream_name":"{STREAM}","config":{{"deliver_subject":"{inbox}.d","deliver_policy":"all","ack_policy":"none","replay_policy":"instant","filter_subject":"machines.>"}}}}"#
     );

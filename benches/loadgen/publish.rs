@@ -19,21 +19,21 @@ use crate::nats;
 use crate::ws::{self, OpCode};
 
 /// What the publishers are doing; a phase number (below [`PHASES`]) means publishing in it.
-pub mod mode {
+pub(crate) mod mode {
     /// Publish into the log before anyone listens, up to [`super::Control::limit`] events.
-    pub const PREFILL: usize = 0;
+    pub(crate) const PREFILL: usize = 0;
     /// As fast as the slowest full-stream subscriber keeps up, within the window.
-    pub const MAX: usize = 1;
+    pub(crate) const MAX: usize = 1;
     /// At the configured rate.
-    pub const PACED: usize = 2;
+    pub(crate) const PACED: usize = 2;
     /// Not publishing.
-    pub const PAUSE: usize = 8;
+    pub(crate) const PAUSE: usize = 8;
     /// Stop the threads.
-    pub const EXIT: usize = 9;
+    pub(crate) const EXIT: usize = 9;
 }
 
 /// Shared between the controller and the publisher threads.
-pub struct Control {
+pub(crate) struct Control {
     /// One of [`mode`].
     pub mode: AtomicUsize,
     /// Events per second across all publishers in [`mode::PACED`].
@@ -62,7 +62,7 @@ pub struct Control {
 
 impl Control {
     /// Paused publishers with the given window, watching `flow` for it.
-    pub fn new(publishers: usize, window: u64, flow: Vec<Arc<Progress>>) -> Arc<Control> {
+    pub(crate) fn new(publishers: usize, window: u64, flow: Vec<Arc<Progress>>) -> Arc<Control> {
         Arc::new(Control {
             mode: AtomicUsize::new(mode::PAUSE),
             rate: AtomicU64::new(0),
@@ -81,7 +81,7 @@ impl Control {
 
     /// Switches every publisher to `next` and waits (up to `timeout`) until no batch of the
     /// previous mode is still in flight.
-    pub fn switch(&self, next: usize, timeout: Duration) {
+    pub(crate) fn switch(&self, next: usize, timeout: Duration) {
         self.mode.store(next, Ordering::SeqCst);
         let deadline = Instant::now() + timeout;
         while self.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -90,7 +90,7 @@ impl Control {
     }
 
     /// Events acknowledged in all phases, plus those that failed.
-    pub fn settled(&self) -> u64 {
+    pub(crate) fn settled(&self) -> u64 {
         self.acked
             .iter()
             .map(|a| a.load(Ordering::Acquire))
@@ -117,14 +117,14 @@ impl Control {
 }
 
 /// What one publisher thread measured.
-pub struct PublisherReport {
+pub(crate) struct PublisherReport {
     /// Batch round trips (send to acknowledgement), in nanoseconds, per phase.
     pub ack: Vec<Histogram<u64>>,
 }
 
 /// The shape of every batch.
 #[derive(Clone)]
-pub struct BatchShape {
+pub(crate) struct BatchShape {
     /// Events per batch.
     pub batch: usize,
     /// Events per batch in the paced phase.
@@ -136,7 +136,7 @@ pub struct BatchShape {
 }
 
 /// Starts the publisher threads; each connects first, and reports a connect failure.
-pub fn spawn(
+pub(crate) fn spawn(
     endpoint: &Arc<Endpoint>,
     shape: &BatchShape,
     control: &Arc<Control>,
@@ -514,7 +514,7 @@ impl Connection {
 
 /// Sends one NATS request over a fresh websocket and answers the reply's payload: how the load
 /// generator talks to the JetStream API (`$JS.API.…`).
-pub fn nats_request(endpoint: &Endpoint, subject: &str, body: &[u8]) -> io::Result<Vec<u8>> {
+pub(crate) fn nats_request(endpoint: &Endpoint, subject: &str, body: &[u8]) -> io::Result<Vec<u8>> {
     let shape = BatchShape {
         batch: 1,
         paced_batch: 1,
@@ -561,7 +561,7 @@ fn read_upgrade(stream: &mut Box<dyn Stream>, buf: &mut Vec<u8>) -> io::Result<(
 
 /// Sends one authenticated `GET /api/v3/info` and answers its status line: checks the
 /// credentials, and lets herald cache them before thousands of sockets present them at once.
-pub fn probe(endpoint: &Endpoint) -> io::Result<String> {
+pub(crate) fn probe(endpoint: &Endpoint) -> io::Result<String> {
     let mut stream = connect(endpoint)?;
     let request = format!(
         "GET /api/v3/info HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",

@@ -17,7 +17,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const ECHOED_LINES: usize = 20;
 
 /// A running server.
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
     /// Where it listens (herald's only listener; NATS's websocket listener).
     pub addr: SocketAddr,
@@ -25,7 +25,7 @@ pub struct Server {
 }
 
 /// How to start herald.
-pub struct HeraldOptions<'a> {
+pub(crate) struct HeraldOptions<'a> {
     /// The binary.
     pub bin: &'a Path,
     /// `sync` or `batched`.
@@ -40,7 +40,7 @@ pub struct HeraldOptions<'a> {
 
 impl Server {
     /// Starts herald on a free loopback port and waits for its `listening on` line.
-    pub fn herald(options: &HeraldOptions) -> Result<Server, String> {
+    pub(crate) fn herald(options: &HeraldOptions) -> Result<Server, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         let mut command = Command::new(options.bin);
         command
@@ -79,7 +79,7 @@ impl Server {
     }
 
     /// Starts `nats-server` with a websocket listener on a free loopback port.
-    pub fn nats(bin: &Path, jetstream: bool) -> Result<Server, String> {
+    pub(crate) fn nats(bin: &Path, jetstream: bool) -> Result<Server, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         let port = free_port()?;
         let mut config = format!(
@@ -117,17 +117,17 @@ impl Server {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Resident memory in KiB (`VmRSS`).
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         self.status_kib("VmRSS:")
     }
 
     /// The most resident memory so far, in KiB (`VmHWM`).
-    pub fn peak_rss_kib(&self) -> u64 {
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
         self.status_kib("VmHWM:")
     }
 
@@ -143,12 +143,12 @@ impl Server {
     }
 
     /// User plus system CPU time so far, in seconds.
-    pub fn cpu_seconds(&self) -> f64 {
+    pub(crate) fn cpu_seconds(&self) -> f64 {
         cpu_seconds(&self.pid().to_string())
     }
 
     /// Stops the server: SIGTERM, then SIGKILL (by [`Drop`]) if it lingers.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let pid = self.pid().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + STOP_TIMEOUT;
@@ -172,7 +172,7 @@ impl Drop for Server {
 }
 
 /// User plus system CPU time of a process (`self` for this one), in seconds.
-pub fn cpu_seconds(pid: &str) -> f64 {
+pub(crate) fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 
 /// A histogram of nanoseconds from 1 µs to 10 minutes at three significant digits.
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     match Histogram::new_with_bounds(1_000, 600_000_000_000, 3) {
         Ok(h) => h,
         Err(error) => panic!("fixed histogram bounds are valid: {error}"),
@@ -14,14 +14,14 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 /// Merges `from` into `into`; both come from [`histogram`], so the bounds always agree.
-pub fn merge(into: &mut Histogram<u64>, from: &Histogram<u64>) {
+pub(crate) fn merge(into: &mut Histogram<u64>, from: &Histogram<u64>) {
     if let Err(error) = into.add(from) {
         panic!("histograms with the same bounds always merge: {error}");
     }
 }
 
 /// Milliseconds at quantile `q`, or NaN when nothing was recorded.
-pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+pub(crate) fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
     if h.is_empty() {
         f64::NAN
     } else {
@@ -32,7 +32,7 @@ pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
 /// Every number, by workload, then metric name, then target name; kept in insertion order of
 /// metrics so the table reads like the runs.
 #[derive(Default)]
-pub struct Results {
+pub(crate) struct Results {
     rows: Vec<(String, String)>,
     values: BTreeMap<(String, String, String), f64>,
     targets: Vec<String>,
@@ -41,7 +41,7 @@ pub struct Results {
 impl Results {
     /// Records `metric` of `target` in `workload`; a repeated measurement keeps the better value
     /// (see [`best`]).
-    pub fn put(&mut self, workload: &str, metric: &str, target: &str, value: f64) {
+    pub(crate) fn put(&mut self, workload: &str, metric: &str, target: &str, value: f64) {
         let row = (workload.to_owned(), metric.to_owned());
         if !self.rows.contains(&row) {
             self.rows.push(row);
@@ -58,7 +58,7 @@ impl Results {
     }
 
     /// The comparison table: every target's value, then each herald target's ratio to NATS.
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let herald: Vec<&String> = self
             .targets
             .iter()
@@ -156,7 +156,7 @@ fn best(metric: &str, old: f64, new: f64) -> f64 {
 }
 
 /// A number in a table cell: integers for big values, three significant digits for small ones.
-pub fn number(v: f64) -> String {
+pub(crate) fn number(v: f64) -> String {
     if !v.is_finite() {
         "-".to_owned()
     } else if v.abs() >= 1000.0 {

@@ -4,11 +4,11 @@
 use std::ops::Range;
 
 /// Websocket opcodes: the server's own definition.
-pub use herald::wire::websocket::OpCode;
+pub(crate) use herald::wire::websocket::OpCode;
 
 /// One complete server frame inside a buffer.
 #[derive(Debug, Clone)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// The frame's opcode.
     pub opcode: OpCode,
     /// Where the payload lies in the buffer.
@@ -18,7 +18,7 @@ pub struct Frame {
 }
 
 /// The GET that asks for an upgrade; `authorization` is a complete header value or empty.
-pub fn upgrade_request(host: &str, path: &str, authorization: &str) -> Vec<u8> {
+pub(crate) fn upgrade_request(host: &str, path: &str, authorization: &str) -> Vec<u8> {
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -33,7 +33,7 @@ pub fn upgrade_request(host: &str, path: &str, authorization: &str) -> Vec<u8> {
 }
 
 /// Checks the upgrade answer: `Ok(None)` until the head is complete, then the head's length.
-pub fn upgrade_response(buf: &[u8]) -> Result<Option<usize>, String> {
+pub(crate) fn upgrade_response(buf: &[u8]) -> Result<Option<usize>, String> {
     let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
         if buf.len() > 16 * 1024 {
             return Err("the upgrade answer has no end of head in 16 KiB".into());
@@ -56,7 +56,7 @@ pub fn upgrade_response(buf: &[u8]) -> Result<Option<usize>, String> {
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// Appends one masked client frame with FIN set.
-pub fn encode_masked(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+pub(crate) fn encode_masked(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.push(0x80 | opcode.bits());
     let len = payload.len();
     if len < 126 {
@@ -77,7 +77,7 @@ pub fn encode_masked(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
 }
 
 /// Parses the server frame at the start of `buf`: `Ok(None)` when it is not complete yet.
-pub fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, String> {
+pub(crate) fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, String> {
     let [first, second, ..] = *buf else {
         return Ok(None);
     };

@@ -17,7 +17,7 @@ const HISTORY_PAGE_DEFAULT: usize = 100;
 const HISTORY_PAGE_MAX: usize = 10_000;
 
 /// `GET /api/v3/connections?Principal=&Type=`: the live connections, filtered.
-pub async fn list(
+pub(crate) async fn list(
     core: &Core,
     head: &RequestHead,
     identity: &Identity,
@@ -35,7 +35,11 @@ pub async fn list(
 }
 
 /// `GET /api/v3/connections/{RemoteAddr}`: one live connection.
-pub async fn one(core: &Core, addr: String, identity: &Identity) -> Result<Response, ApiError> {
+pub(crate) async fn one(
+    core: &Core,
+    addr: String,
+    identity: &Identity,
+) -> Result<Response, ApiError> {
     identity.require("connections", "get", &addr)?;
     match gather(core)
         .await
@@ -53,7 +57,7 @@ pub async fn one(core: &Core, addr: String, identity: &Identity) -> Result<Respo
 
 /// `GET /api/v3/{machines|clusters|resource_brokers}/{uuid}/connections`: the connections of
 /// the object's agent (principal `runner:<uuid>`), once the object is known to exist.
-pub async fn of_agent(
+pub(crate) async fn of_agent(
     core: &Core,
     kind: &'static str,
     uuid: String,
@@ -83,7 +87,7 @@ pub async fn of_agent(
 }
 
 /// `GET /api/v3/connections/history?principal=&since=&limit=`: closed connections, newest first.
-pub async fn history(
+pub(crate) async fn history(
     core: &Core,
     head: &RequestHead,
     identity: &Identity,
@@ -126,7 +130,7 @@ pub async fn history(
 
 /// Starts tracking a keep-alive REST connection the first time a request on it authenticates;
 /// its `connections.create` is queued for the log before the request can publish anything.
-pub async fn track(core: &Core, watch: &HttpWatch, identity: &Identity) {
+pub(crate) async fn track(core: &Core, watch: &HttpWatch, identity: &Identity) {
     if watch.tracked.borrow().is_some() {
         return;
     }

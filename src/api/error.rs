@@ -1,7 +1,7 @@
 //! The one error of the REST handlers: DRP's error shape, [`ApiError`], with a conversion from
 //! each area's error so a handler can use `?`, and [`About`] to name the object it concerns.
 
-pub use crate::wire::http::ApiError;
+pub(crate) use crate::wire::http::ApiError;
 
 use crate::auth::AuthError;
 use crate::core::history::HistoryError;
@@ -69,7 +69,7 @@ impl From<FilterError> for ApiError {
 
 /// Names the object an error concerns (DRP's `Model` and `Key`), as the user, role and object
 /// routes answer.
-pub trait About<T> {
+pub(crate) trait About<T> {
     /// The error, converted, with `model` and `key` set.
     fn about(self, model: &str, key: &str) -> Result<T, ApiError>;
 }

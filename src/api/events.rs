@@ -16,7 +16,7 @@ const EVENTS_PAGE_DEFAULT: usize = 1000;
 const EVENTS_PAGE_MAX: usize = 10_000;
 
 /// `POST /api/v3/events`: one event or a list, each needing `events:post:type.action.key`.
-pub async fn publish(
+pub(crate) async fn publish(
     core: &Core,
     request: &Request,
     identity: &Identity,
@@ -34,7 +34,7 @@ pub async fn publish(
 }
 
 /// `GET /api/v3/events?since=&limit=&filter=`: the events after `since` the caller may see.
-pub async fn read(
+pub(crate) async fn read(
     core: &Core,
     head: &RequestHead,
     claims: &Arc<Claims>,

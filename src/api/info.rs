@@ -14,14 +14,14 @@ use thiserror::Error;
 use crate::auth::Token;
 use crate::wire::http::Response;
 
-pub use crate::store::db::SERVER_ID_KEY;
+pub(crate) use crate::store::db::SERVER_ID_KEY;
 
 /// The DRP features herald implements, named as DRP names them (clients test for them).
 const FEATURES: [&str; 2] = ["api-v3", "roles"];
 
 /// What Info reports, as plain values read from the running server for one client.
 #[derive(Debug, Clone)]
-pub struct ServerFacts<'a> {
+pub(crate) struct ServerFacts<'a> {
     /// This server's id (DRP's `id` and `uuid`).
     pub server_id: &'a str,
     /// The address and port the client reached.
@@ -60,7 +60,7 @@ pub enum InfoError {
 }
 
 /// The server's id from `meta`, made and stored on the first start.
-pub fn open_server_id(db: &sled::Db) -> Result<String, InfoError> {
+pub(crate) fn open_server_id(db: &sled::Db) -> Result<String, InfoError> {
     let meta = crate::store::db::meta(db)?;
     if let Some(stored) = meta.get(SERVER_ID_KEY)? {
         return std::str::from_utf8(&stored)
@@ -76,7 +76,7 @@ pub fn open_server_id(db: &sled::Db) -> Result<String, InfoError> {
 }
 
 /// The answer of `GET /api/v3/info`.
-pub fn server_info(facts: &ServerFacts) -> Map<String, Value> {
+pub(crate) fn server_info(facts: &ServerFacts) -> Map<String, Value> {
     let mut warnings = Vec::new();
     if facts.default_password {
         warnings.push("the admin user rocketskates still has the default password r0cketsk8ts; set --admin-password or change it");
@@ -147,13 +147,13 @@ pub fn server_info(facts: &ServerFacts) -> Map<String, Value> {
 }
 
 /// `GET /api/v3/info`.
-pub fn response(facts: &ServerFacts) -> Response {
+pub(crate) fn response(facts: &ServerFacts) -> Response {
     Response::json(200, &server_info(facts))
 }
 
 /// A token answer as DRP shapes it: `Token`, and an `Info` that is the server's Info with what
 /// the token grants (`Principal`, `Roles`, `Expires`, …) beside it.
-pub fn token_answer(facts: &ServerFacts, token: &Token) -> Value {
+pub(crate) fn token_answer(facts: &ServerFacts, token: &Token) -> Value {
     let mut info = server_info(facts);
     if let Ok(Value::Object(granted)) = serde_json::to_value(&token.info) {
         info.extend(granted);

@@ -5,7 +5,7 @@ use crate::core::Core;
 use crate::wire::http::Response;
 
 /// The exposition, or 503 when this process did not install the recorder.
-pub fn response(core: &Core) -> Response {
+pub(crate) fn response(core: &Core) -> Response {
     match &core.shared.metrics {
         Some(handle) => Response::empty(200).with_body(
             "text/plain; version=0.0.4; charset=utf-8",

@@ -22,7 +22,7 @@ const RUNNER_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(600);
 
 /// An object route; keys are as they appear in the path (checked when handled).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// `/api/v3/{type}`: list (GET) and create (POST).
     List(Kind),
     /// `/api/v3/{type}/{key}`: get, replace, patch, delete.
@@ -37,7 +37,7 @@ pub enum Route {
 
 impl Route {
     /// The object route of a path's segments, if it is one.
-    pub fn parse(segments: &[&str]) -> Option<Route> {
+    pub(crate) fn parse(segments: &[&str]) -> Option<Route> {
         let ["api", "v3", ty, rest @ ..] = segments else {
             return None;
         };
@@ -55,7 +55,7 @@ impl Route {
     }
 
     /// The methods the route allows (HEAD is answered as GET).
-    pub fn methods(&self) -> &'static [Method] {
+    pub(crate) fn methods(&self) -> &'static [Method] {
         match self {
             Route::List(_) => &[Method::Get, Method::Post],
             Route::Object(..) => &[Method::Get, Method::Put, Method::Patch, Method::Delete],
@@ -65,7 +65,7 @@ impl Route {
     }
 
     /// The route's template, for metrics labels (no client-controlled values).
-    pub fn template(&self) -> &'static str {
+    pub(crate) fn template(&self) -> &'static str {
         match self {
             Route::List(_) => "/api/v3/{type}",
             Route::Object(..) => "/api/v3/{type}/{key}",
@@ -78,7 +78,7 @@ impl Route {
 
 /// The claims of a runner token for object `key` of machine-like type `kind`: get and update
 /// its own object and params (which also lets it see its own object's events), and post events.
-pub fn runner_claims(kind: Kind, key: &str) -> Vec<Claim> {
+pub(crate) fn runner_claims(kind: Kind, key: &str) -> Vec<Claim> {
     vec![
         Claim::new(kind.name(), "get,update", key),
         Claim::new("events", "post", "*"),
@@ -86,7 +86,7 @@ pub fn runner_claims(kind: Kind, key: &str) -> Vec<Claim> {
 }
 
 /// Answers one object request; `method` is already one of [`Route::methods`].
-pub async fn handle(
+pub(crate) async fn handle(
     core: &Rc<Core>,
     request: &Request,
     route: Route,

@@ -10,7 +10,7 @@ use crate::core::conns::HttpWatch;
 use crate::wire::http::RequestHead;
 
 /// A request as the routes see it.
-pub struct Request {
+pub(crate) struct Request {
     /// The parsed head.
     pub head: RequestHead,
     /// The whole body (already within the size limit).
@@ -23,7 +23,7 @@ pub struct Request {
 
 impl Request {
     /// The server as this request's client reached it, for `/api/v3/info` and token answers.
-    pub fn server_facts<'a>(&self, core: &'a Core) -> ServerFacts<'a> {
+    pub(crate) fn server_facts<'a>(&self, core: &'a Core) -> ServerFacts<'a> {
         let shared = &core.shared;
         let status = &shared.log_status;
         // The address and port this client reached: the true answer even on a wildcard listener.

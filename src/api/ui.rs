@@ -61,7 +61,7 @@ const ASSETS: &[Asset] = &[
 ];
 
 /// Where `/` and `/ui` send a browser.
-pub const CONSOLE_PATH: &str = "/ui/";
+pub(crate) const CONSOLE_PATH: &str = "/ui/";
 
 /// The route templates console requests are counted under.
 const ROOT_TEMPLATE: &str = "/";
@@ -72,7 +72,7 @@ const MAX_HOST_BYTES: usize = 255;
 
 /// The answer to a console path (`/`, `/ui`, `/ui/…`) with its metrics template, or `None`
 /// for any other path.
-pub fn answer(
+pub(crate) fn answer(
     head: &RequestHead,
     segments: &[String],
     tls: bool,

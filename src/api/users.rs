@@ -24,7 +24,7 @@ const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(600);
 
 /// A user, role or token route; names are as they appear in the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// `/api/v3/users`: list (GET) and create (POST).
     Users,
     /// `/api/v3/users/{name}`: get, replace, patch, delete.
@@ -41,7 +41,7 @@ pub enum Route {
 
 impl Route {
     /// The user or role route of a path's segments, if it is one.
-    pub fn parse(segments: &[&str]) -> Option<Route> {
+    pub(crate) fn parse(segments: &[&str]) -> Option<Route> {
         Some(match segments {
             ["api", "v3", "users"] => Route::Users,
             ["api", "v3", "users", name] => Route::User((*name).to_owned()),
@@ -54,7 +54,7 @@ impl Route {
     }
 
     /// The methods the route allows (HEAD is answered as GET).
-    pub fn methods(&self) -> &'static [Method] {
+    pub(crate) fn methods(&self) -> &'static [Method] {
         match self {
             Route::UserToken(_) => &[Method::Get],
             Route::Users | Route::Roles => &[Method::Get, Method::Post],
@@ -66,7 +66,7 @@ impl Route {
     }
 
     /// The route's template, for metrics labels (no client-controlled values).
-    pub fn template(&self) -> &'static str {
+    pub(crate) fn template(&self) -> &'static str {
         match self {
             Route::Users => "/api/v3/users",
             Route::User(_) => "/api/v3/users/{name}",
@@ -79,7 +79,7 @@ impl Route {
 }
 
 /// Answers one user or role request; `method` is already one of [`Route::methods`].
-pub async fn handle(
+pub(crate) async fn handle(
     core: &Rc<Core>,
     request: &Request,
     route: Route,

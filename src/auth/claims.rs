@@ -7,7 +7,7 @@ const ANY: &str = "*";
 
 /// One claim of a role: each field is `*` or a comma list of exact, case-sensitive values.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Claim {
+pub(crate) struct Claim {
     /// Object types the claim covers (`machines`, `profiles,params`, `*`).
     #[serde(
         rename = "Scope",
@@ -33,7 +33,7 @@ pub struct Claim {
 
 impl Claim {
     /// A claim from its three fields.
-    pub fn new(scope: &str, action: &str, specific: &str) -> Claim {
+    pub(crate) fn new(scope: &str, action: &str, specific: &str) -> Claim {
         Claim {
             scope: scope.to_owned(),
             action: action.to_owned(),
@@ -42,7 +42,7 @@ impl Claim {
     }
 
     /// The claim that allows everything: `*:*:*`.
-    pub fn superuser() -> Claim {
+    pub(crate) fn superuser() -> Claim {
         Claim::new(ANY, ANY, ANY)
     }
 
@@ -65,7 +65,7 @@ impl Claim {
 
 /// A role: a named set of claims (DRP). The role `superuser` is `*:*:*` and always exists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Role {
+pub(crate) struct Role {
     /// The role's unique name.
     #[serde(
         rename = "Name",
@@ -121,14 +121,14 @@ struct ParsedClaim {
 
 /// The union of an identity's claims, parsed once when it authenticates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claims {
+pub(crate) struct Claims {
     claims: Vec<Claim>,
     parsed: Vec<ParsedClaim>,
 }
 
 impl Claims {
     /// The union of the given claims; duplicates are kept once.
-    pub fn new(claims: impl IntoIterator<Item = Claim>) -> Claims {
+    pub(crate) fn new(claims: impl IntoIterator<Item = Claim>) -> Claims {
         let mut union = Claims::default();
         for claim in claims {
             if union.claims.contains(&claim) {
@@ -145,12 +145,12 @@ impl Claims {
     }
 
     /// The claims as given, for display and for carrying in tokens.
-    pub fn claims(&self) -> &[Claim] {
+    pub(crate) fn claims(&self) -> &[Claim] {
         &self.claims
     }
 
     /// Whether these claims hold `*:*:*`.
-    pub fn is_superuser(&self) -> bool {
+    pub(crate) fn is_superuser(&self) -> bool {
         self.parsed.iter().any(|claim| {
             claim.scope == Field::Any && claim.action == Field::Any && claim.specific == Field::Any
         })
@@ -158,7 +158,7 @@ impl Claims {
 
     /// Whether event `(ty, action, key)` is visible (`docs/protocol.md` §5): a claim covering
     /// the type and key whose actions are `*`, or include `get`, or include the event's action.
-    pub fn may_see(&self, ty: &str, action: &str, key: &str) -> bool {
+    pub(crate) fn may_see(&self, ty: &str, action: &str, key: &str) -> bool {
         self.parsed.iter().any(|claim| {
             claim.scope.matches(ty)
                 && claim.specific.matches(key)
@@ -168,7 +168,7 @@ impl Claims {
 
     /// Whether a REST request doing `action` (`list`, `get`, `create`, `update`, `delete`,
     /// `token`, `password`, …) on object `specific` of type `scope` is allowed.
-    pub fn allows(&self, scope: &str, action: &str, specific: &str) -> bool {
+    pub(crate) fn allows(&self, scope: &str, action: &str, specific: &str) -> bool {
         self.parsed.iter().any(|claim| {
             claim.scope.matches(scope)
                 && claim.action.matches(action)

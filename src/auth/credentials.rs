@@ -7,7 +7,7 @@ use super::AuthError;
 
 /// What a request presented to prove who it is.
 #[derive(Clone, PartialEq, Eq)]
-pub enum Credentials {
+pub(crate) enum Credentials {
     /// A user name and password (`Basic`, or a `token` parameter containing `:`).
     Basic {
         /// The user name.
@@ -38,7 +38,7 @@ impl std::fmt::Debug for Credentials {
 ///
 /// An empty header counts as absent, as in DRP. No credentials → [`AuthError::Missing`]; an
 /// unknown scheme, or Basic that is not base64 or has no `:` → [`AuthError::Malformed`] (both 401).
-pub fn credentials(
+pub(crate) fn credentials(
     authorization: Option<&[u8]>,
     token_param: Option<&str>,
 ) -> Result<Credentials, AuthError> {

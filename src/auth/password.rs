@@ -12,10 +12,10 @@ use ring::rand::{SecureRandom as _, SystemRandom};
 use super::{AuthError, Identity};
 
 /// How long a verified password is trusted without hashing it again.
-pub const BASIC_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
+pub(super) const BASIC_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// Most cached logins kept; bounds memory when many users (or guesses) come by.
-pub const BASIC_CACHE_CAPACITY: usize = 10_000;
+pub(super) const BASIC_CACHE_CAPACITY: usize = 10_000;
 
 /// Bytes of random salt per password, as argon2 recommends.
 const SALT_BYTES: usize = 16;
@@ -84,7 +84,7 @@ pub(super) struct BasicCache {
 
 impl BasicCache {
     /// An empty cache with a fresh random key.
-    pub fn new() -> Result<BasicCache, AuthError> {
+    pub(super) fn new() -> Result<BasicCache, AuthError> {
         Ok(BasicCache {
             key: hmac::Key::new(hmac::HMAC_SHA256, &random_bytes::<32>()?),
             entries: Mutex::new(HashMap::new()),
@@ -102,7 +102,7 @@ impl BasicCache {
 
     /// The cached identity for these credentials, if verified less than [`BASIC_CACHE_TTL`] ago
     /// while the user's Secret was `current_secret`.
-    pub fn get(&self, user: &str, password: &str, current_secret: &str) -> Option<Identity> {
+    pub(super) fn get(&self, user: &str, password: &str, current_secret: &str) -> Option<Identity> {
         let slot = self.slot(user, password);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = entries.get(&slot)?;
@@ -114,7 +114,7 @@ impl BasicCache {
     }
 
     /// Remembers credentials verified while the user's Secret was `secret`.
-    pub fn insert(&self, user: &str, password: &str, secret: &str, identity: Identity) {
+    pub(super) fn insert(&self, user: &str, password: &str, secret: &str, identity: Identity) {
         let slot = self.slot(user, password);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= BASIC_CACHE_CAPACITY && !entries.contains_key(&slot) {
@@ -137,7 +137,7 @@ impl BasicCache {
     }
 
     /// Forgets every cached login, so a change of roles or claims applies to the next request.
-    pub fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -145,7 +145,7 @@ impl BasicCache {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -164,7 +164,6 @@ mod tests {
         Identity {
             principal: format!("user:{name}"),
             user: Some(name.into()),
-            roles: Vec::new(),
             claims: Arc::new(Claims::default()),
             expires: None,
         }

@@ -26,22 +26,20 @@ use super::token::{Payload, Token, TokenSigner, fingerprint, unix_now, validate_
 use super::{AuthError, Identity};
 
 /// The user created on first start (DRP).
-pub const DEFAULT_ADMIN_USER: &str = "rocketskates";
+pub(crate) const DEFAULT_ADMIN_USER: &str = "rocketskates";
 
 /// DRP's well-known default password, used when no admin password is configured.
-pub const DEFAULT_ADMIN_PASSWORD: &str = "r0cketsk8ts";
+pub(super) const DEFAULT_ADMIN_PASSWORD: &str = "r0cketsk8ts";
 
 /// The role that holds `*:*:*`; it always exists and cannot be redefined.
-pub const SUPERUSER_ROLE: &str = "superuser";
+pub(super) const SUPERUSER_ROLE: &str = "superuser";
 
 use crate::store::db::{
     AUTH_SCHEMA, AuthTrees, OpenError, ROLES_TREE, TOKEN_SECRET_KEY, USERS_TREE,
 };
+use crate::wire::name::MAX_NAME_BYTES;
 
 const TOKEN_SECRET_BYTES: usize = 32;
-
-/// The longest user or role name, in bytes.
-const MAX_NAME_BYTES: usize = 255;
 
 /// A user as stored; never leaves this module except as a [`UserView`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,7 +66,7 @@ impl StoredUser {
 /// A user as shown in REST answers and events: never its password hash or secret
 /// (`docs/protocol.md` §5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserView {
+pub(crate) struct UserView {
     /// The user's unique name.
     #[serde(rename = "Name")]
     pub name: String,
@@ -79,7 +77,7 @@ pub struct UserView {
 
 /// A request to create a user (`POST /api/v3/users`); other fields in the body are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct NewUser {
+pub(crate) struct NewUser {
     /// The new user's name.
     #[serde(rename = "Name", default, deserialize_with = "super::null_as_empty")]
     pub name: String,
@@ -92,7 +90,7 @@ pub struct NewUser {
 }
 
 /// A password checked and hashed by [`AuthStore::hash_new_password`].
-pub struct HashedPassword {
+pub(crate) struct HashedPassword {
     /// The argon2id hash in PHC string format.
     phc: String,
     /// Whether it is the well-known default admin password.
@@ -101,7 +99,7 @@ pub struct HashedPassword {
 
 /// The outcome of the fast authentication path.
 #[derive(Debug)]
-pub enum FastAuth {
+pub(crate) enum FastAuth {
     /// Decided without hashing a password.
     Done(Result<Identity, AuthError>),
     /// A password must be verified: call [`AuthStore::authenticate_slow`] on a blocking thread.
@@ -110,7 +108,7 @@ pub enum FastAuth {
 
 /// What [`AuthStore::open`] did with the admin user `rocketskates` and its password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminPassword {
+pub(crate) enum AdminPassword {
     /// The admin did not exist (a first start, or it was deleted) and was created with the
     /// configured password, or DRP's default on a first start without one.
     Created,
@@ -126,7 +124,7 @@ pub enum AdminPassword {
 
 /// The admin's state after [`AuthStore::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AdminStart {
+pub(crate) struct AdminStart {
     /// What happened to the admin's password.
     pub password: AdminPassword,
     /// Whether `rocketskates` now has DRP's default password.
@@ -134,7 +132,7 @@ pub struct AdminStart {
 }
 
 /// Users, roles and token signing, shared by all core threads (`Send + Sync`, behind an `Arc`).
-pub struct AuthStore {
+pub(crate) struct AuthStore {
     users_tree: sled::Tree,
     roles_tree: sled::Tree,
     users: RwLock<HashMap<String, StoredUser>>,
@@ -234,7 +232,7 @@ impl AuthStore {
     /// `rocketskates` (role `superuser`) with DRP's default `r0cketsk8ts`, and a later start
     /// leaves the admin as it is. Answers what it did and whether the default password is in
     /// use, so the caller can say so in the log and in `/api/v3/info`.
-    pub fn open(
+    pub(crate) fn open(
         db: &sled::Db,
         admin_password: Option<&str>,
     ) -> Result<(AuthStore, AdminStart), AuthError> {
@@ -334,13 +332,13 @@ impl AuthStore {
     }
 
     /// Whether `rocketskates` currently has DRP's default password (tracked across changes).
-    pub fn default_password_in_use(&self) -> bool {
+    pub(crate) fn default_password_in_use(&self) -> bool {
         self.default_password_in_use.load(Ordering::Relaxed)
     }
 
     /// Authentication that never hashes a password, safe on a core thread: tokens (one HMAC)
     /// and Basic credentials verified in the last five minutes with the user's current Secret.
-    pub fn authenticate_fast(&self, creds: &Credentials) -> FastAuth {
+    pub(crate) fn authenticate_fast(&self, creds: &Credentials) -> FastAuth {
         match creds {
             Credentials::Bearer(token) => FastAuth::Done(self.verify_token(token)),
             Credentials::Basic { user, password } => match self.cached_login(user, password) {
@@ -353,7 +351,7 @@ impl AuthStore {
 
     /// Full authentication, verifying passwords with argon2id (tens of milliseconds): run it on
     /// a blocking thread. A verified password is cached for the fast path.
-    pub fn authenticate_slow(&self, creds: &Credentials) -> Result<Identity, AuthError> {
+    pub(crate) fn authenticate_slow(&self, creds: &Credentials) -> Result<Identity, AuthError> {
         let (user, password) = match creds {
             Credentials::Bearer(token) => return self.verify_token(token),
             Credentials::Basic { user, password } => (user, password),
@@ -381,7 +379,7 @@ impl AuthStore {
 
     /// A token for `user` carrying the user's roles, valid for `ttl` (1 s to 3 years) or until
     /// the user's password changes or the user is deleted.
-    pub fn mint_token(&self, user: &str, ttl: Duration) -> Result<Token, AuthError> {
+    pub(crate) fn mint_token(&self, user: &str, ttl: Duration) -> Result<Token, AuthError> {
         let ttl_secs = validate_ttl(ttl)?;
         let mut payload = {
             let users = read(&self.users);
@@ -403,7 +401,7 @@ impl AuthStore {
 
     /// A signed, expiring token for a principal that is not a user (`runner:<uuid>`), granting
     /// exactly `claims`.
-    pub fn mint_principal_token(
+    pub(crate) fn mint_principal_token(
         &self,
         principal: &str,
         claims: Vec<Claim>,
@@ -437,7 +435,7 @@ impl AuthStore {
     /// Hashes a new password with argon2id after checking it: tens of milliseconds, so run it on
     /// a blocking thread, then store it with [`AuthStore::create_user_hashed`] or
     /// [`AuthStore::set_password_hashed`].
-    pub fn hash_new_password(password: &str) -> Result<HashedPassword, AuthError> {
+    pub(crate) fn hash_new_password(password: &str) -> Result<HashedPassword, AuthError> {
         validate_password(password)?;
         Ok(HashedPassword {
             phc: hash_password(password)?,
@@ -446,7 +444,8 @@ impl AuthStore {
     }
 
     /// Creates a user. Hashes the password (tens of milliseconds): run it on a blocking thread.
-    pub fn create_user(&self, req: NewUser) -> Result<UserView, AuthError> {
+    #[cfg(test)]
+    pub(crate) fn create_user(&self, req: NewUser) -> Result<UserView, AuthError> {
         validate_name("user", &req.name)?;
         let password = req
             .password
@@ -457,7 +456,7 @@ impl AuthStore {
     }
 
     /// Creates a user whose password was hashed already (quick: fit for the log thread).
-    pub fn create_user_hashed(
+    pub(crate) fn create_user_hashed(
         &self,
         name: String,
         requested_roles: Vec<String>,
@@ -497,13 +496,14 @@ impl AuthStore {
 
     /// Sets a user's password and replaces its Secret, so its tokens and cached logins stop
     /// working at once. Hashes the password: run it on a blocking thread.
-    pub fn set_password(&self, name: &str, password: &str) -> Result<UserView, AuthError> {
+    #[cfg(test)]
+    pub(crate) fn set_password(&self, name: &str, password: &str) -> Result<UserView, AuthError> {
         self.set_password_hashed(name, AuthStore::hash_new_password(password)?)
     }
 
     /// [`AuthStore::set_password`] with a password hashed already (quick: fit for the log
     /// thread).
-    pub fn set_password_hashed(
+    pub(crate) fn set_password_hashed(
         &self,
         name: &str,
         password: HashedPassword,
@@ -530,7 +530,7 @@ impl AuthStore {
     }
 
     /// Deletes a user; its tokens and cached logins stop working at once.
-    pub fn delete_user(&self, name: &str) -> Result<UserView, AuthError> {
+    pub(crate) fn delete_user(&self, name: &str) -> Result<UserView, AuthError> {
         let mut users = write(&self.users);
         if !users.contains_key(name) {
             return Err(AuthError::NotFound {
@@ -553,7 +553,7 @@ impl AuthStore {
     }
 
     /// One user.
-    pub fn get_user(&self, name: &str) -> Result<UserView, AuthError> {
+    pub(crate) fn get_user(&self, name: &str) -> Result<UserView, AuthError> {
         read(&self.users)
             .get(name)
             .map(StoredUser::view)
@@ -564,14 +564,14 @@ impl AuthStore {
     }
 
     /// All users, by name.
-    pub fn list_users(&self) -> Vec<UserView> {
+    pub(crate) fn list_users(&self) -> Vec<UserView> {
         let mut views: Vec<UserView> = read(&self.users).values().map(StoredUser::view).collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
         views
     }
 
     /// Creates a role; [`AuthStore::replace_role`] changes an existing one.
-    pub fn create_role(&self, role: Role) -> Result<Role, AuthError> {
+    pub(crate) fn create_role(&self, role: Role) -> Result<Role, AuthError> {
         validate_name("role", &role.name)?;
         if let Some(problem) = role.claims.iter().find_map(Claim::problem) {
             return Err(AuthError::Invalid(format!(
@@ -594,7 +594,7 @@ impl AuthStore {
     }
 
     /// One role.
-    pub fn get_role(&self, name: &str) -> Result<Role, AuthError> {
+    pub(crate) fn get_role(&self, name: &str) -> Result<Role, AuthError> {
         read(&self.roles)
             .get(name)
             .cloned()
@@ -605,14 +605,14 @@ impl AuthStore {
     }
 
     /// All roles, by name.
-    pub fn list_roles(&self) -> Vec<Role> {
+    pub(crate) fn list_roles(&self) -> Vec<Role> {
         read(&self.roles).values().cloned().collect()
     }
 
     /// Replaces a user's roles (each must exist); answers the user before and after. Applies to
     /// the next request: cached logins are forgotten, and a token never grants more than its
     /// user holds now (open websockets keep the claims they connected with).
-    pub fn set_roles(
+    pub(crate) fn set_roles(
         &self,
         name: &str,
         roles: Vec<String>,
@@ -642,7 +642,7 @@ impl AuthStore {
     /// Redefines an existing role's claims; answers the role before and after. Applies to the
     /// next request of every holder (open websockets keep the claims they connected with).
     /// `superuser` cannot be changed.
-    pub fn replace_role(&self, role: Role) -> Result<(Role, Role), AuthError> {
+    pub(crate) fn replace_role(&self, role: Role) -> Result<(Role, Role), AuthError> {
         if role.name == SUPERUSER_ROLE {
             return Err(AuthError::Invalid(
                 "the superuser role cannot be changed".into(),
@@ -671,7 +671,7 @@ impl AuthStore {
     }
 
     /// Deletes a role that no user holds; `superuser` cannot be deleted.
-    pub fn delete_role(&self, name: &str) -> Result<Role, AuthError> {
+    pub(crate) fn delete_role(&self, name: &str) -> Result<Role, AuthError> {
         if name == SUPERUSER_ROLE {
             return Err(AuthError::Invalid(
                 "the superuser role cannot be deleted".into(),
@@ -746,7 +746,6 @@ impl AuthStore {
         Identity {
             principal: format!("user:{name}"),
             user: Some(name.to_owned()),
-            roles,
             claims: Arc::new(claims),
             expires: None,
         }
@@ -758,7 +757,6 @@ impl AuthStore {
             return Ok(Identity {
                 principal: payload.principal,
                 user: None,
-                roles: Vec::new(),
                 claims: Arc::new(Claims::new(payload.claims)),
                 expires: Some(payload.expires),
             });
@@ -844,7 +842,10 @@ mod tests {
         assert!(store.default_password_in_use());
         let identity = ok(store.authenticate_slow(&basic("rocketskates", "r0cketsk8ts")));
         assert_eq!(identity.principal, "user:rocketskates");
-        assert_eq!(identity.roles, vec!["superuser".to_owned()]);
+        assert_eq!(
+            ok(store.get_user("rocketskates")).roles,
+            vec!["superuser".to_owned()]
+        );
         assert!(identity.claims.is_superuser());
     }
 

@@ -18,17 +18,17 @@ use super::claims::Claim;
 const PAYLOAD_VERSION: u8 = 1;
 
 /// Shortest token lifetime accepted.
-pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(1);
+pub(super) const MIN_TOKEN_TTL: Duration = Duration::from_secs(1);
 
 /// Longest token lifetime accepted: three years, beyond which a leaked token is a liability.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3 * 365 * 24 * 3600);
+pub(super) const MAX_TOKEN_TTL: Duration = Duration::from_secs(3 * 365 * 24 * 3600);
 
 /// Bytes of SHA-256(user Secret) kept in a token: enough to tell secrets apart, nothing more.
 const FINGERPRINT_BYTES: usize = 12;
 
 /// A minted token and what it grants, answered by `GET /api/v3/users/{name}/token` (DRP shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Token {
+pub(crate) struct Token {
     /// The opaque token to send as `Authorization: Bearer …` or `?token=…`.
     #[serde(rename = "Token")]
     pub token: String,
@@ -39,7 +39,7 @@ pub struct Token {
 
 /// The readable description of a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenInfo {
+pub(crate) struct TokenInfo {
     /// Who the token speaks for (`user:<name>`, `runner:<uuid>`).
     #[serde(rename = "Principal")]
     pub principal: String,
@@ -83,7 +83,7 @@ pub(super) struct Payload {
 
 impl Payload {
     /// A payload of the current version expiring `ttl` from now; the TTL must be validated.
-    pub fn new(principal: String, ttl_secs: u64) -> Payload {
+    pub(super) fn new(principal: String, ttl_secs: u64) -> Payload {
         Payload {
             version: PAYLOAD_VERSION,
             principal,
@@ -96,7 +96,7 @@ impl Payload {
     }
 
     /// The readable description of a token with this payload.
-    pub fn info(&self, ttl_secs: u64) -> TokenInfo {
+    pub(super) fn info(&self, ttl_secs: u64) -> TokenInfo {
         TokenInfo {
             principal: self.principal.clone(),
             user: self.user.clone(),
@@ -118,14 +118,14 @@ pub(super) struct TokenSigner {
 
 impl TokenSigner {
     /// A signer keyed by the 32-byte secret from the `meta` tree.
-    pub fn new(secret: &[u8]) -> TokenSigner {
+    pub(super) fn new(secret: &[u8]) -> TokenSigner {
         TokenSigner {
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
         }
     }
 
     /// The token for a payload.
-    pub fn seal(&self, payload: &Payload) -> Result<String, AuthError> {
+    pub(super) fn seal(&self, payload: &Payload) -> Result<String, AuthError> {
         let json = serde_json::to_vec(payload)
             .map_err(|e| AuthError::Crypto(format!("cannot encode the token: {e}")))?;
         let body = URL_SAFE_NO_PAD.encode(json);
@@ -134,7 +134,7 @@ impl TokenSigner {
     }
 
     /// The payload of a token whose signature is ours and that has not expired at `now`.
-    pub fn open(&self, token: &str, now: u64) -> Result<Payload, AuthError> {
+    pub(super) fn open(&self, token: &str, now: u64) -> Result<Payload, AuthError> {
         let (body, tag) = token.split_once('.').ok_or(AuthError::BadToken)?;
         let tag = URL_SAFE_NO_PAD
             .decode(tag)

@@ -40,7 +40,7 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b']');
 
 /// `/api/v3/{ty}/{key}/{rest…}` with the key and each further segment escaped.
-pub fn object_path(ty: &str, key: &str, rest: &[&str]) -> String {
+pub(super) fn object_path(ty: &str, key: &str, rest: &[&str]) -> String {
     let mut path = format!("/api/v3/{ty}/{}", utf8_percent_encode(key, SEGMENT));
     for segment in rest {
         path.push('/');

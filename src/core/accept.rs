@@ -17,7 +17,7 @@ use crate::sequencer::Batch;
 
 /// A message from the main thread to a core.
 #[derive(Debug, Clone, Copy)]
-pub enum CoreControl {
+pub(crate) enum CoreControl {
     /// Stop accepting, close every client, and finish by the deadline.
     Shutdown {
         /// When the core must be done.
@@ -26,7 +26,7 @@ pub enum CoreControl {
 }
 
 /// What one core receives from startup: its listener and the ends of its channels.
-pub struct CoreInputs {
+pub(crate) struct CoreInputs {
     /// The core's own `SO_REUSEPORT` listener.
     pub listener: std::net::TcpListener,
     /// Sequenced batches to fan out.
@@ -39,7 +39,7 @@ pub struct CoreInputs {
 
 /// Runs core `id` on the calling thread until it is told to shut down: its runtime, its tasks,
 /// and `serve` for every accepted connection. Reports on `ready` once it accepts.
-pub fn run<S, F>(
+pub(crate) fn run<S, F>(
     id: usize,
     shared: Arc<ServerState>,
     inputs: CoreInputs,

@@ -24,7 +24,7 @@ use crate::wire::websocket::{self, FrameReader, Message, OpCode};
 
 /// Why a connection closed, as recorded in its history and counted in metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The client closed, or its socket ended.
     ClientClosed,
     /// The connection fell a whole outbound budget behind.
@@ -39,7 +39,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// The reason as `docs/protocol.md` §6 spells it.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         match self {
             CloseReason::ClientClosed => "client closed".into(),
             CloseReason::SlowConsumer => "slow consumer".into(),
@@ -50,7 +50,7 @@ impl CloseReason {
     }
 
     /// The label the close is counted under in metrics (protocol errors without their detail).
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             CloseReason::ClientClosed => "client closed",
             CloseReason::SlowConsumer => crate::metrics::SLOW_CONSUMER,
@@ -70,7 +70,7 @@ struct Closing {
 }
 
 /// The state of one websocket connection, shared by its tasks and its core's fan-out.
-pub struct WsConn {
+pub(crate) struct WsConn {
     /// Slot in the core's connection table (also its id in the filter index).
     pub slot: u32,
     /// Who authenticated, e.g. `user:rocketskates`.
@@ -112,7 +112,7 @@ pub struct WsConn {
 
 impl WsConn {
     /// The connection as the connections API shows it.
-    pub fn view(&self) -> ConnectionView {
+    pub(crate) fn view(&self) -> ConnectionView {
         ConnectionView {
             remote_addr: self.remote.to_string(),
             principal: self.principal.clone(),
@@ -138,7 +138,7 @@ impl WsConn {
     /// Queues live event `index` of `batch` by reference to its shared frame; returns false
     /// when that would exceed the budget, in which case the connection is now closing as a slow
     /// consumer.
-    pub fn queue_live(&self, batch: &Rc<Batch>, index: usize) -> bool {
+    pub(crate) fn queue_live(&self, batch: &Rc<Batch>, index: usize) -> bool {
         let Some(event) = batch.events.get(index) else {
             return true;
         };
@@ -151,7 +151,7 @@ impl WsConn {
 
     /// Queues a copy of an event's frame (a replayed event, which no other connection shares);
     /// returns false as [`WsConn::queue_live`] does.
-    pub fn queue_event(&self, event: &EncodedEvent) -> bool {
+    pub(crate) fn queue_event(&self, event: &EncodedEvent) -> bool {
         self.enqueue(event, |out| out.push_own(event.frame()))
     }
 
@@ -181,7 +181,7 @@ impl WsConn {
     }
 
     /// Queues a frame the server itself sends (replies, pings, pongs), outside the budget.
-    pub fn queue_control(&self, frame: &[u8]) {
+    pub(crate) fn queue_control(&self, frame: &[u8]) {
         if self.closing.borrow().is_some() {
             return;
         }
@@ -201,7 +201,7 @@ impl WsConn {
 
     /// Starts closing: queued events are dropped (the client resumes by replay) and the writer
     /// sends the close frame. The first reason wins.
-    pub fn begin_close(&self, reason: CloseReason, code: u16, text: String) {
+    pub(crate) fn begin_close(&self, reason: CloseReason, code: u16, text: String) {
         let mut closing = self.closing.borrow_mut();
         if closing.is_some() {
             return;
@@ -219,39 +219,39 @@ impl WsConn {
     }
 
     /// Bytes queued or being written.
-    pub fn queued_bytes(&self) -> usize {
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.out.borrow().len() + self.inflight.get()
     }
 
     /// The outbound budget in bytes.
-    pub fn budget(&self) -> usize {
+    pub(crate) fn budget(&self) -> usize {
         self.budget
     }
 
     /// Notified each time the writer finishes a write.
-    pub fn drained(&self) -> &Notify {
+    pub(crate) fn drained(&self) -> &Notify {
         &self.drained
     }
 
     /// After a `replay` reply: what the client is owed now starts at `cursor`, so a close
     /// before the replayed events are written says to resume from there.
-    pub fn restart_resume_point(&self, cursor: u64) {
+    pub(crate) fn restart_resume_point(&self, cursor: u64) {
         self.out_last_seq.set(cursor);
     }
 
     /// Whether the connection is closing.
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.closing.borrow().is_some()
     }
 
     /// The close reason, once closing.
-    pub fn close_reason(&self) -> Option<CloseReason> {
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
         self.closing.borrow().as_ref().map(|c| c.reason.clone())
     }
 
     /// For the core's sweeper: pings when idle, closes when silent too long, and ends a close
     /// that the client does not complete within the grace period.
-    pub fn sweep(&self, now: Instant, limits: &crate::config::Limits) {
+    pub(crate) fn sweep(&self, now: Instant, limits: &crate::config::Limits) {
         if let Some(closing) = self.closing.borrow().as_ref() {
             if now.duration_since(closing.since) > CLOSE_GRACE {
                 transport::shutdown(self.fd, Shutdown::Both);
@@ -274,7 +274,7 @@ const SPARE_KEEP_PIECES: usize = 64;
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs an upgraded connection until it closes; the caller has already sent the 101.
-pub async fn run(
+pub(crate) async fn run(
     core: Rc<Core>,
     read: ReadSide,
     write: WriteSide,

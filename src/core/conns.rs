@@ -16,7 +16,7 @@ use crate::metrics::CoreStats;
 use crate::wire::event::Event;
 
 /// Deadlines of one HTTP connection, checked by the sweeper (reads are never timed out).
-pub struct HttpWatch {
+pub(crate) struct HttpWatch {
     pub(super) fd: RawFd,
     /// The peer's address.
     pub remote: SocketAddr,
@@ -38,7 +38,7 @@ pub struct HttpWatch {
 
 /// Which deadline ended an HTTP connection's read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expiry {
+pub(crate) enum Expiry {
     /// The request head was not complete in time: answer 408.
     Header,
     /// Idle too long between requests: close quietly.
@@ -49,7 +49,7 @@ impl Core {
     /// Records a connection as open and emits `connections.create.<principal>`; returns its id.
     /// Returns once the event has its place in the log's queue, so anything published over the
     /// connection afterwards comes after it.
-    pub async fn open_connection(&self, view: ConnectionView) -> u64 {
+    pub(crate) async fn open_connection(&self, view: ConnectionView) -> u64 {
         let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let history = self.shared.history.clone();
         let event = Event::new("connections", "create", &view.principal, &view.principal)
@@ -66,7 +66,7 @@ impl Core {
 
     /// Moves a connection to the history and emits `connections.delete.<principal>`, after
     /// everything published over it (those publishes were answered before it closed).
-    pub async fn close_connection(&self, id: u64, mut view: ConnectionView, reason: String) {
+    pub(crate) async fn close_connection(&self, id: u64, mut view: ConnectionView, reason: String) {
         let now = SystemTime::now();
         view.close_time = Some(humantime::format_rfc3339_nanos(now).to_string());
         view.close_reason = Some(reason);
@@ -90,7 +90,7 @@ impl Core {
     }
 
     /// This core's live connections, as the connections API shows them.
-    pub fn connection_views(&self) -> Vec<ConnectionView> {
+    pub(crate) fn connection_views(&self) -> Vec<ConnectionView> {
         let mut views: Vec<ConnectionView> =
             self.conns.borrow().iter().map(|(_, c)| c.view()).collect();
         views.extend(self.http.borrow().iter().filter_map(|(_, watch)| {
@@ -104,7 +104,7 @@ impl Core {
     }
 
     /// Registers a new websocket connection, built with its slot number.
-    pub fn add_conn(&self, build: impl FnOnce(u32) -> WsConn) -> Rc<WsConn> {
+    pub(crate) fn add_conn(&self, build: impl FnOnce(u32) -> WsConn) -> Rc<WsConn> {
         CoreStats::add(&self.stats().websockets, 1);
         metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED, "type" => "websocket").increment(1);
         let mut conns = self.conns.borrow_mut();
@@ -115,7 +115,7 @@ impl Core {
     }
 
     /// Removes every filter of a connection from the index.
-    pub fn remove_filters(&self, conn: &WsConn) {
+    pub(crate) fn remove_filters(&self, conn: &WsConn) {
         let mut index = self.index.borrow_mut();
         let mut filters = conn.filters.borrow_mut();
         CoreStats::sub(&self.stats().filters, filters.len() as u64);
@@ -127,7 +127,7 @@ impl Core {
     }
 
     /// Forgets a connection whose tasks have ended.
-    pub fn remove_conn(&self, conn: &WsConn) {
+    pub(crate) fn remove_conn(&self, conn: &WsConn) {
         let mut conns = self.conns.borrow_mut();
         if conns
             .get(conn.slot as usize)
@@ -145,7 +145,7 @@ impl Core {
     }
 
     /// Starts watching an HTTP connection's deadlines.
-    pub fn watch_http(
+    pub(crate) fn watch_http(
         &self,
         fd: RawFd,
         remote: SocketAddr,
@@ -167,7 +167,7 @@ impl Core {
     }
 
     /// Stops watching an HTTP connection (before its socket closes).
-    pub fn unwatch_http(&self, key: usize) {
+    pub(crate) fn unwatch_http(&self, key: usize) {
         if self.http.borrow_mut().try_remove(key).is_some() {
             CoreStats::sub(&self.stats().api_connections, 1);
         }

@@ -20,7 +20,7 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 impl Core {
     /// The sweeper: header and idle deadlines of HTTP connections, pings and close grace of
     /// websockets, and bookmarks for replaying clients.
-    pub async fn sweep_forever(self: Rc<Self>) {
+    pub(crate) async fn sweep_forever(self: Rc<Self>) {
         loop {
             monoio::time::sleep(SWEEP_EVERY).await;
             self.shared.heartbeats.beat(self.id);

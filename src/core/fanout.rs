@@ -15,7 +15,7 @@ impl SharedFrames for SequencedBatch {
 
 impl Core {
     /// Fans one batch out to every matching connection of this core.
-    pub fn deliver(&self, batch: Batch) {
+    pub(crate) fn deliver(&self, batch: Batch) {
         // One reference count per core for the batch; connections share it without atomics.
         let batch = Rc::new(batch);
         let mut slow = Vec::new();
@@ -55,7 +55,7 @@ impl Core {
     }
 
     /// Receives batches from the sequencer until it stops.
-    pub async fn receive_batches(self: Rc<Self>, inbox: flume::Receiver<Batch>) {
+    pub(crate) async fn receive_batches(self: Rc<Self>, inbox: flume::Receiver<Batch>) {
         while let Ok(batch) = inbox.recv_async().await {
             self.deliver(batch);
         }

@@ -16,9 +16,9 @@ use thiserror::Error;
 use super::view::ConnectionView;
 
 /// Close reason recorded for connections a crashed process left open.
-pub const CRASHED: &str = "server crashed";
+pub(crate) const CRASHED: &str = "server crashed";
 /// Removals per sled batch when trimming, so a large trim never holds the tree for long.
-const TRIM_CHUNK: usize = 10_000;
+const HISTORY_TRIM_BATCH: usize = 10_000;
 
 /// Why the connection history could not be read or written.
 #[derive(Debug, Error)]
@@ -40,12 +40,12 @@ impl From<sled::Error> for HistoryError {
 }
 
 /// How much history to keep.
-pub use crate::config::History as HistoryRetention;
+pub(crate) use crate::config::HistoryRetention;
 
 /// The persistent record of open and closed connections. Cheap to clone; used from the log
 /// thread (writes, inside the same step as the connection event) and blocking threads (reads).
 #[derive(Clone)]
-pub struct History {
+pub(crate) struct History {
     open: Tree,
     closed: Tree,
 }
@@ -66,7 +66,7 @@ fn closed_key(close: SystemTime, id: u64) -> [u8; 16] {
 impl History {
     /// Opens the trees and closes, as `server crashed`, every connection a previous process
     /// left open. Returns the history and how many such connections it recorded.
-    pub fn open(db: &sled::Db) -> Result<(History, usize), HistoryError> {
+    pub(crate) fn open(db: &sled::Db) -> Result<(History, usize), HistoryError> {
         let (open, closed) = crate::store::db::history_trees(db)?;
         let history = History { open, closed };
         let now = SystemTime::now();
@@ -92,14 +92,14 @@ impl History {
     }
 
     /// Records a connection as open (so a crash leaves a trace to close on the next start).
-    pub fn record_open(&self, id: u64, view: &ConnectionView) -> Result<(), HistoryError> {
+    pub(crate) fn record_open(&self, id: u64, view: &ConnectionView) -> Result<(), HistoryError> {
         let value = serde_json::to_vec(view).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
         self.open.insert(id.to_be_bytes(), value)?;
         Ok(())
     }
 
     /// Moves a connection from open to closed; `view` carries CloseTime and CloseReason.
-    pub fn record_closed(
+    pub(crate) fn record_closed(
         &self,
         id: u64,
         view: &ConnectionView,
@@ -112,7 +112,7 @@ impl History {
     }
 
     /// Closed connections, newest first, optionally of one principal and closed at or after `since`.
-    pub fn list(
+    pub(crate) fn list(
         &self,
         principal: Option<&str>,
         since: Option<SystemTime>,
@@ -135,7 +135,11 @@ impl History {
     }
 
     /// Removes the oldest closed connections beyond the count and age limits.
-    pub fn trim(&self, retention: &HistoryRetention, now: SystemTime) -> Result<u64, HistoryError> {
+    pub(crate) fn trim(
+        &self,
+        retention: &HistoryRetention,
+        now: SystemTime,
+    ) -> Result<u64, HistoryError> {
         let oldest_kept = closed_key(now.checked_sub(retention.max_age).unwrap_or(UNIX_EPOCH), 0);
         let mut excess = (self.closed.len() as u64).saturating_sub(retention.max_connections);
         let mut removed = 0;
@@ -150,7 +154,7 @@ impl History {
                 batch.remove(key);
                 excess = excess.saturating_sub(1);
                 in_batch += 1;
-                if in_batch == TRIM_CHUNK {
+                if in_batch == HISTORY_TRIM_BATCH {
                     break;
                 }
             }
@@ -164,7 +168,7 @@ impl History {
 }
 
 /// How often the history is trimmed.
-pub const TRIM_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const HISTORY_TRIM_EVERY: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -7,14 +7,14 @@ use super::Core;
 use super::view::ConnectionView;
 
 /// A question one core answers for a request served on another.
-pub enum CoreQuery {
+pub(crate) enum CoreQuery {
     /// The live connections of the core.
     Connections(flume::Sender<Vec<ConnectionView>>),
 }
 
 impl Core {
     /// Answers other cores' questions until the server stops.
-    pub async fn answer_queries(self: Rc<Self>, queries: flume::Receiver<CoreQuery>) {
+    pub(crate) async fn answer_queries(self: Rc<Self>, queries: flume::Receiver<CoreQuery>) {
         while let Ok(query) = queries.recv_async().await {
             match query {
                 CoreQuery::Connections(reply) => {

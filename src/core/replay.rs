@@ -33,7 +33,7 @@ fn replay_high_water(conn: &WsConn) -> usize {
 impl Core {
     /// Applies `replay SEQ [EPOCH]`: replies with the log's bounds, then streams the stored
     /// events after the resume point until the connection has caught up with the live stream.
-    pub fn start_replay(
+    pub(crate) fn start_replay(
         self: &Rc<Self>,
         conn: &Rc<WsConn>,
         argument: &str,

@@ -5,10 +5,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// `ExpiresAt` of credentials that never expire (a password): Go's zero time, as DRP sends it.
-pub const NEVER_EXPIRES: &str = "0001-01-01T00:00:00Z";
+pub(crate) const NEVER_EXPIRES: &str = "0001-01-01T00:00:00Z";
 
 /// `ExpiresAt` for credentials expiring at `expires` (Unix seconds), or never.
-pub fn expires_at(expires: Option<u64>) -> String {
+pub(crate) fn expires_at(expires: Option<u64>) -> String {
     match expires {
         Some(seconds) => {
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
@@ -23,7 +23,7 @@ fn never_expires() -> String {
 
 /// One connection, live or closed (`docs/protocol.md` §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnectionView {
+pub(crate) struct ConnectionView {
     /// `ip:port` of the peer; unique among live connections.
     #[serde(rename = "RemoteAddr")]
     pub remote_addr: String,

@@ -17,13 +17,13 @@ use crate::metrics::CoreTotals;
 use crate::wire::http::{ApiError, RequestHead, Response};
 
 /// Time between two samples.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Samples kept: ten minutes at one a second, about 100 KB of JSON when served whole.
-pub const SAMPLES_KEPT: usize = 600;
+pub(crate) const SAMPLES_KEPT: usize = 600;
 
 /// What happened during one interval, and what was open at its end.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Number of this sample since the server started (1, 2, …); `?after=` takes it.
     #[serde(rename = "Tick")]
     pub tick: u64,
@@ -52,13 +52,13 @@ pub struct Sample {
 
 /// The ring of recent samples, shared by the sampler thread and the cores.
 #[derive(Debug, Default)]
-pub struct Activity {
+pub(crate) struct Activity {
     samples: Mutex<VecDeque<Sample>>,
 }
 
 impl Activity {
     /// The samples with a tick after `after`, oldest first.
-    pub fn samples_after(&self, after: u64) -> Vec<Sample> {
+    pub(crate) fn samples_after(&self, after: u64) -> Vec<Sample> {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.iter().filter(|s| s.tick > after).cloned().collect()
     }
@@ -74,7 +74,7 @@ impl Activity {
 
 /// The counters a sample is the difference of, read at one moment.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Totals {
+pub(crate) struct Totals {
     last_seq: u64,
     delivered: u64,
     websockets: u64,
@@ -86,7 +86,7 @@ pub struct Totals {
 
 impl Totals {
     /// The totals of the summed per-core counters and the log's newest Seq.
-    pub fn new(cores: &CoreTotals, last_seq: u64) -> Totals {
+    pub(crate) fn new(cores: &CoreTotals, last_seq: u64) -> Totals {
         Totals {
             last_seq,
             delivered: cores.events_delivered,
@@ -123,7 +123,7 @@ impl Totals {
 
 /// Starts the sampler thread, which reads the totals with `read` and keeps the samples in
 /// `activity`; it runs for the life of the process, as the metrics upkeep does.
-pub fn start(
+pub(crate) fn start(
     activity: Arc<Activity>,
     read: impl Fn() -> Totals + Send + 'static,
 ) -> std::io::Result<()> {
@@ -146,7 +146,7 @@ pub fn start(
 
 /// The answer of `GET /api/v3/info/activity?after=TICK`: the samples after that tick, and the
 /// totals since the server started (`totals`, read now).
-pub fn response(activity: &Activity, totals: Totals, head: &RequestHead) -> Response {
+pub(crate) fn response(activity: &Activity, totals: Totals, head: &RequestHead) -> Response {
     let after = match head.query("after") {
         None => 0,
         Some(text) => match text.parse::<u64>() {

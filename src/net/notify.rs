@@ -6,14 +6,14 @@ use std::task::{Poll, Waker};
 
 /// A single-task wake-up flag: `notify` sets it and wakes the waiter, `notified` waits for it.
 #[derive(Default)]
-pub struct Notify {
+pub(crate) struct Notify {
     flag: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
 impl Notify {
     /// Sets the flag and wakes the waiting task, if any.
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.flag.set(true);
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
@@ -21,7 +21,7 @@ impl Notify {
     }
 
     /// Waits until the flag is set, and clears it.
-    pub async fn notified(&self) {
+    pub(crate) async fn notified(&self) {
         poll_fn(|cx| {
             if self.flag.replace(false) {
                 Poll::Ready(())

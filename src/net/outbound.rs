@@ -10,7 +10,7 @@ use std::rc::Rc;
 use monoio::buf::IoVecBuf;
 
 /// Most pieces handed to one `writev`: Linux's `IOV_MAX`.
-pub const MAX_IOVECS: usize = 1024;
+pub(crate) const MAX_IOVECS: usize = 1024;
 
 /// Own bytes are appended to the last own piece up to this size, so a run of small replies or
 /// replayed events is one piece.
@@ -20,7 +20,7 @@ const OWN_PIECE_BYTES: usize = 16 * 1024;
 /// generic over them so it knows frames, not who sequenced them.
 ///
 /// The bytes of a frame must not change while the value is alive: queued chunks point into them.
-pub trait SharedFrames {
+pub(crate) trait SharedFrames {
     /// The bytes of frame `index`, or `None` past the end.
     fn frame(&self, index: usize) -> Option<&[u8]>;
 }
@@ -49,7 +49,7 @@ impl<B: SharedFrames> Piece<B> {
 }
 
 /// What a connection has queued and not yet handed to its writer.
-pub struct OutQueue<B> {
+pub(crate) struct OutQueue<B> {
     pieces: VecDeque<Piece<B>>,
     bytes: usize,
 }
@@ -65,7 +65,7 @@ impl<B> Default for OutQueue<B> {
 
 impl<B: SharedFrames> OutQueue<B> {
     /// Queues event `index` of `batch` by reference.
-    pub fn push_shared(&mut self, batch: &Rc<B>, index: usize) {
+    pub(crate) fn push_shared(&mut self, batch: &Rc<B>, index: usize) {
         let Ok(index) = u32::try_from(index) else {
             return;
         };
@@ -78,7 +78,7 @@ impl<B: SharedFrames> OutQueue<B> {
     }
 
     /// Queues a copy of `bytes`.
-    pub fn push_own(&mut self, bytes: &[u8]) {
+    pub(crate) fn push_own(&mut self, bytes: &[u8]) {
         self.bytes += bytes.len();
         if let Some(Piece::Own(last)) = self.pieces.back_mut()
             && last.len() + bytes.len() <= OWN_PIECE_BYTES
@@ -90,23 +90,23 @@ impl<B: SharedFrames> OutQueue<B> {
     }
 
     /// Bytes queued.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.bytes
     }
 
     /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pieces.is_empty()
     }
 
     /// Drops everything queued.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.pieces.clear();
         self.bytes = 0;
     }
 
     /// Moves everything queued into `chunk` (emptied first).
-    pub fn take_into(&mut self, chunk: &mut OutChunk<B>) {
+    pub(crate) fn take_into(&mut self, chunk: &mut OutChunk<B>) {
         chunk.clear();
         chunk.pieces.extend(self.pieces.drain(..));
         for piece in &chunk.pieces {
@@ -122,7 +122,7 @@ impl<B: SharedFrames> OutQueue<B> {
 }
 
 /// Pieces on their way to the socket, with the `iovec`s that point into them.
-pub struct OutChunk<B> {
+pub(crate) struct OutChunk<B> {
     pieces: Vec<Piece<B>>,
     iovecs: Vec<libc::iovec>,
     len: usize,
@@ -144,7 +144,7 @@ impl<B> Default for OutChunk<B> {
 
 impl<B: SharedFrames> OutChunk<B> {
     /// A chunk of one own piece.
-    pub fn from_bytes(bytes: Vec<u8>) -> OutChunk<B> {
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> OutChunk<B> {
         let mut queue = OutQueue {
             bytes: bytes.len(),
             pieces: VecDeque::new(),
@@ -156,22 +156,17 @@ impl<B: SharedFrames> OutChunk<B> {
     }
 
     /// Bytes in the chunk.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether the chunk is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Whether every byte has been written (see [`OutChunk::advance`]).
-    pub fn is_written(&self) -> bool {
+    pub(crate) fn is_written(&self) -> bool {
         self.cursor >= self.iovecs.len()
     }
 
     /// Records that a `writev` wrote `written` bytes: the next one starts right after them.
-    pub fn advance(&mut self, mut written: usize) {
+    pub(crate) fn advance(&mut self, mut written: usize) {
         while let Some(iovec) = self.iovecs.get_mut(self.cursor) {
             if iovec.iov_len <= written {
                 written -= iovec.iov_len;
@@ -186,12 +181,12 @@ impl<B: SharedFrames> OutChunk<B> {
     }
 
     /// The chunk's bytes, piece by piece.
-    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+    pub(crate) fn slices(&self) -> impl Iterator<Item = &[u8]> {
         self.pieces.iter().map(Piece::bytes)
     }
 
     /// Drops the pieces (releasing their batches), keeping the allocations.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.iovecs.clear();
         self.pieces.clear();
         self.len = 0;
@@ -199,7 +194,7 @@ impl<B: SharedFrames> OutChunk<B> {
     }
 
     /// Allocated piece slots, to decide whether a burst grew the chunk too large to keep.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.pieces.capacity()
     }
 }

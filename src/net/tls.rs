@@ -22,11 +22,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::TlsMode;
 
 /// Directory under the data directory that holds the self-signed pair.
-pub const TLS_DIR: &str = "tls";
+pub(crate) const TLS_DIR: &str = "tls";
 /// File name of the self-signed certificate.
-pub const CERT_FILE: &str = "cert.pem";
+pub(crate) const CERT_FILE: &str = "cert.pem";
 /// File name of the self-signed private key.
-pub const KEY_FILE: &str = "key.pem";
+pub(crate) const KEY_FILE: &str = "key.pem";
 /// Common name of the self-signed certificate, so a user who inspects it knows where it came from.
 const SELF_SIGNED_NAME: &str = "herald self-signed";
 
@@ -110,7 +110,7 @@ pub enum TlsError {
 /// versions, ALPN http/1.1) from the configured PEM files, or from a self-signed certificate kept
 /// in `<data_dir>/tls/{cert.pem,key.pem}`: generated with rcgen when missing or lacking one of
 /// [`self_signed_names`] (`extra_names` included), reused otherwise.
-pub fn server_config(
+pub(crate) fn server_config(
     mode: &TlsMode,
     data_dir: &Path,
     extra_names: &[String],
@@ -138,7 +138,7 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Whether the first bytes a client sent to the TLS port are a plain HTTP request (they start
 /// with a method's capital letter) rather than a TLS handshake.
-pub fn is_plain_http(first_bytes: &[u8]) -> bool {
+pub(crate) fn is_plain_http(first_bytes: &[u8]) -> bool {
     first_bytes
         .first()
         .is_some_and(|&b| b != TLS_HANDSHAKE_RECORD && b.is_ascii_uppercase())
@@ -146,7 +146,7 @@ pub fn is_plain_http(first_bytes: &[u8]) -> bool {
 
 /// A complete plain HTTP `400` answer for a plain HTTP request sent to the TLS port, with the
 /// https:// (or wss://) URL to use instead when the request names its host.
-pub fn plain_http_refusal(request: &[u8]) -> Vec<u8> {
+pub(crate) fn plain_http_refusal(request: &[u8]) -> Vec<u8> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut headers);
     // A head cut short by the first read still names its path and usually its host.
@@ -318,7 +318,7 @@ fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf)
 
 /// The names a self-signed certificate must hold: localhost, the loopback addresses, the host
 /// name, every local interface address (link-local ones aside) and `extra`, without repeats.
-pub fn self_signed_names(extra: &[String]) -> Vec<String> {
+pub(crate) fn self_signed_names(extra: &[String]) -> Vec<String> {
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -344,7 +344,7 @@ pub fn self_signed_names(extra: &[String]) -> Vec<String> {
 }
 
 /// The DNS names and IP addresses a certificate (DER) is valid for, from its subjectAltName.
-pub fn certificate_names(der: &[u8]) -> Result<Vec<String>, String> {
+pub(crate) fn certificate_names(der: &[u8]) -> Result<Vec<String>, String> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
     let Some(san) = cert.subject_alternative_name().map_err(|e| e.to_string())? else {
@@ -395,7 +395,7 @@ fn generate_self_signed(names: &[String]) -> Result<(String, String), TlsError> 
 }
 
 /// This machine's host name, when the kernel reports one that is a valid DNS name.
-pub fn host_name() -> Option<String> {
+pub(crate) fn host_name() -> Option<String> {
     // Read from procfs because std has no stable host name call and libc's needs `unsafe`.
     let raw = fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| fs::read_to_string("/etc/hostname"))

@@ -35,7 +35,7 @@ const TLS_WRITE_CHUNK: usize = 16 * 1024;
 const PLAIN_HTTP_LINGER: Duration = Duration::from_secs(1);
 
 /// One accepted connection's byte stream.
-pub struct Transport {
+pub(crate) struct Transport {
     stream: TcpStream,
     tls: Option<ServerConnection>,
     scratch: ReadBuf,
@@ -80,7 +80,7 @@ impl ReadBuf {
 
 impl Transport {
     /// Wraps an accepted stream; with a TLS config the handshake happens on the first reads.
-    pub fn new(stream: TcpStream, tls: Option<&Arc<ServerConfig>>) -> io::Result<Transport> {
+    pub(crate) fn new(stream: TcpStream, tls: Option<&Arc<ServerConfig>>) -> io::Result<Transport> {
         let tls = match tls {
             Some(config) => {
                 Some(ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?)
@@ -98,24 +98,24 @@ impl Transport {
     }
 
     /// Whether this is TLS with its handshake not yet complete.
-    pub fn is_handshaking(&self) -> bool {
+    pub(crate) fn is_handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
     }
 
     /// Whether the peer's first byte was an ASCII letter: an HTTP method, where a TLS client
     /// would have sent a handshake record (byte 0x16).
-    pub fn began_with_plain_http(&self) -> bool {
+    pub(crate) fn began_with_plain_http(&self) -> bool {
         self.first_byte
             .is_some_and(|b| crate::net::tls::is_plain_http(&[b]))
     }
 
     /// The socket's file descriptor, for `shutdown` from a watchdog.
-    pub fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         self.fd
     }
 
     /// Appends plaintext to `out`; `Ok(0)` means the peer closed.
-    pub async fn read_into(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+    pub(crate) async fn read_into(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
         loop {
             if let Some(tls) = self.tls.as_mut() {
                 flush_tls(tls, &mut self.stream).await?;
@@ -180,7 +180,7 @@ impl Transport {
     }
 
     /// Writes all of `data`.
-    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+    pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self.tls.as_mut() {
             None => {
                 let (res, _) = self.stream.write_all(data.to_vec()).await;
@@ -197,7 +197,7 @@ impl Transport {
     }
 
     /// Splits into the reader and writer halves of an upgraded connection.
-    pub fn into_split(self) -> (ReadSide, WriteSide) {
+    pub(crate) fn into_split(self) -> (ReadSide, WriteSide) {
         let (read, write) = self.stream.into_split();
         let tls = self.tls.map(|t| Rc::new(RefCell::new(t)));
         let wake_writer = Rc::new(Notify::default());
@@ -206,13 +206,12 @@ impl Transport {
                 read,
                 tls: tls.clone(),
                 scratch: self.scratch,
-                wake_writer: wake_writer.clone(),
+                wake_writer,
             },
             WriteSide {
                 write,
                 tls,
                 cipher: Vec::new(),
-                tls_pending: wake_writer,
             },
         )
     }
@@ -252,7 +251,7 @@ async fn flush_tls(tls: &mut ServerConnection, stream: &mut TcpStream) -> io::Re
 }
 
 /// The reading half of an upgraded connection.
-pub struct ReadSide {
+pub(crate) struct ReadSide {
     read: OwnedReadHalf<TcpStream>,
     tls: Option<Rc<RefCell<ServerConnection>>>,
     scratch: ReadBuf,
@@ -261,7 +260,7 @@ pub struct ReadSide {
 
 impl ReadSide {
     /// Appends plaintext to `out`; `Ok(0)` means the peer closed.
-    pub async fn read_into(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+    pub(crate) async fn read_into(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
         loop {
             let (res, buf) = self.read.read(self.scratch.take()).await;
             let n = res.as_ref().map_or(0, |n| *n);
@@ -290,23 +289,22 @@ impl ReadSide {
     }
 
     /// Set when the reader produced TLS records that only the writer may send.
-    pub fn tls_wakeup(&self) -> Rc<Notify> {
+    pub(crate) fn tls_wakeup(&self) -> Rc<Notify> {
         self.wake_writer.clone()
     }
 }
 
 /// The writing half of an upgraded connection.
-pub struct WriteSide {
+pub(crate) struct WriteSide {
     write: OwnedWriteHalf<TcpStream>,
     tls: Option<Rc<RefCell<ServerConnection>>>,
     cipher: Vec<u8>,
-    tls_pending: Rc<Notify>,
 }
 
 impl WriteSide {
     /// Writes all of `chunk` (plaintext): with `writev` on plain TCP, through the TLS session
     /// otherwise. Returns the chunk for reuse.
-    pub async fn write_chunk<B: SharedFrames + 'static>(
+    pub(crate) async fn write_chunk<B: SharedFrames + 'static>(
         &mut self,
         mut chunk: OutChunk<B>,
     ) -> (io::Result<()>, OutChunk<B>) {
@@ -350,17 +348,12 @@ impl WriteSide {
     }
 
     /// Sends TLS records the reader produced (alerts, key updates), if any.
-    pub async fn flush_tls_records(&mut self) -> io::Result<()> {
+    pub(crate) async fn flush_tls_records(&mut self) -> io::Result<()> {
         let Some(tls) = self.tls.clone() else {
             return Ok(());
         };
         self.drain_tls(&mut tls.borrow_mut())?;
         self.send_cipher().await
-    }
-
-    /// Notified when the reader left TLS records to send.
-    pub fn tls_pending(&self) -> &Rc<Notify> {
-        &self.tls_pending
     }
 
     fn drain_tls(&mut self, tls: &mut ServerConnection) -> io::Result<()> {
@@ -382,7 +375,7 @@ impl WriteSide {
     }
 
     /// Sends a TLS close_notify where TLS is in use.
-    pub async fn close_tls(&mut self) {
+    pub(crate) async fn close_tls(&mut self) {
         if let Some(tls) = self.tls.clone() {
             tls.borrow_mut().send_close_notify();
             let _ = self.flush_tls_records().await;
@@ -391,7 +384,7 @@ impl WriteSide {
 }
 
 /// Shuts a socket down, ending a read (and with [`Shutdown::Both`] a write) in flight on it.
-pub fn shutdown(fd: RawFd, how: Shutdown) {
+pub(crate) fn shutdown(fd: RawFd, how: Shutdown) {
     let how = match how {
         Shutdown::Read => libc::SHUT_RD,
         Shutdown::Write => libc::SHUT_WR,
@@ -404,7 +397,7 @@ pub fn shutdown(fd: RawFd, how: Shutdown) {
 
 /// Which direction [`shutdown`] ends.
 #[derive(Debug, Clone, Copy)]
-pub enum Shutdown {
+pub(crate) enum Shutdown {
     /// End reads only: a pending read returns end-of-stream, writes still work.
     Read,
     /// End writes only: the peer reads end-of-stream, reads still work.

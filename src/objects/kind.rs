@@ -5,7 +5,7 @@ use crate::wire::name::{MAX_NAME_BYTES, check_name};
 
 /// An object type kept by [`super::ObjectStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// `profiles`, keyed by `Name`.
     Profiles,
     /// `params` (param definitions), keyed by `Name`.
@@ -20,7 +20,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every type, in a fixed order (the order of the store's trees).
-    pub const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 5] = [
         Kind::Profiles,
         Kind::Params,
         Kind::Machines,
@@ -29,12 +29,12 @@ impl Kind {
     ];
 
     /// The type from its route segment and event `Type` (`profiles`, `resource_brokers`).
-    pub fn from_name(name: &str) -> Option<Kind> {
+    pub(crate) fn from_name(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|kind| kind.name() == name)
     }
 
     /// The type's name in routes, events, claims and sled trees.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Profiles => "profiles",
             Kind::Params => "params",
@@ -45,7 +45,7 @@ impl Kind {
     }
 
     /// One object of the type, for messages (`profile`, `resource broker`).
-    pub fn singular(self) -> &'static str {
+    pub(crate) fn singular(self) -> &'static str {
         match self {
             Kind::Profiles => "profile",
             Kind::Params => "param",
@@ -67,7 +67,7 @@ impl Kind {
     }
 
     /// Whether the type is keyed by a UUID and has an agent (a runner) of its own.
-    pub fn is_machine_like(self) -> bool {
+    pub(crate) fn is_machine_like(self) -> bool {
         matches!(
             self,
             Kind::Machines | Kind::Clusters | Kind::ResourceBrokers
@@ -75,12 +75,12 @@ impl Kind {
     }
 
     /// Whether objects of this type carry `Params` and the `…/params` routes.
-    pub fn has_params(self) -> bool {
+    pub(crate) fn has_params(self) -> bool {
         self != Kind::Params
     }
 
     /// The field that holds the key: `Uuid` for machine-like types, else `Name`.
-    pub fn key_field(self) -> &'static str {
+    pub(crate) fn key_field(self) -> &'static str {
         if self.is_machine_like() {
             "Uuid"
         } else {
@@ -90,7 +90,7 @@ impl Kind {
 
     /// Checks a key and returns it in canonical form (UUIDs hyphenated and lowercase), or why
     /// it is not a valid key of this type.
-    pub fn canonical_key(self, key: &str) -> Result<String, String> {
+    pub(crate) fn canonical_key(self, key: &str) -> Result<String, String> {
         if self.is_machine_like() {
             uuid::Uuid::try_parse(key)
                 .map(|uuid| uuid.hyphenated().to_string())
@@ -102,7 +102,7 @@ impl Kind {
     }
 
     /// The key of a URL path segment, or 404: a key that is not valid cannot name an object.
-    pub fn lookup_key(self, key: &str) -> Result<String, ObjectError> {
+    pub(crate) fn lookup_key(self, key: &str) -> Result<String, ObjectError> {
         self.canonical_key(key).map_err(|_| ObjectError::NotFound {
             kind: self.name(),
             key: key.to_owned(),
@@ -111,7 +111,7 @@ impl Kind {
 }
 
 /// Checks a param name: like a name, but `/` is allowed (DRP's params are often `area/name`).
-pub fn check_param_name(name: &str) -> Result<(), String> {
+pub(super) fn check_param_name(name: &str) -> Result<(), String> {
     let problem = if name.is_empty() {
         "must not be empty"
     } else if name.len() > MAX_NAME_BYTES {

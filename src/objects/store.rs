@@ -19,14 +19,14 @@ use crate::wire::event::{self, Event, SYSTEM_PRINCIPAL};
 use crate::wire::name::check_name;
 
 /// The profile that exists from first start and cannot be deleted (DRP).
-pub const GLOBAL_PROFILE: &str = "global";
+pub(crate) const GLOBAL_PROFILE: &str = "global";
 
 /// Fields herald maintains on every object; what a client sends for them is replaced.
 const BOOKKEEPING: [&str; 4] = ["Validated", "Available", "Errors", "ReadOnly"];
 
 /// A completed write: the event it causes and the answer for the client.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Written {
+pub(crate) struct Written {
     /// The event to publish (`create`, `update`, `save` or `delete`).
     pub event: Event,
     /// The REST answer: the object, or for param routes the param's value.
@@ -34,7 +34,7 @@ pub struct Written {
 }
 
 /// The object store: one sled tree per [`Kind`]; cheap to share behind an `Arc`.
-pub struct ObjectStore {
+pub(crate) struct ObjectStore {
     trees: Vec<sled::Tree>,
 }
 
@@ -55,7 +55,7 @@ pub(crate) fn decode(kind: Kind, key: &[u8], bytes: &[u8]) -> Result<Value, Obje
 
 impl ObjectStore {
     /// Opens the trees `objects/<type>` and creates the `global` profile if it is missing.
-    pub fn open(db: &sled::Db) -> Result<ObjectStore, ObjectError> {
+    pub(crate) fn open(db: &sled::Db) -> Result<ObjectStore, ObjectError> {
         use crate::store::db::{OBJECTS_SCHEMA, OpenError};
         let names = Kind::ALL.iter().map(|kind| kind.name());
         let trees = crate::store::db::object_trees(db, names).map_err(|error| match error {
@@ -85,7 +85,7 @@ impl ObjectStore {
     }
 
     /// One object by canonical key.
-    pub fn get(&self, kind: Kind, key: &str) -> Result<Value, ObjectError> {
+    pub(crate) fn get(&self, kind: Kind, key: &str) -> Result<Value, ObjectError> {
         match self.tree(kind).get(key)? {
             Some(bytes) => decode(kind, key.as_bytes(), &bytes),
             None => Err(ObjectError::NotFound {
@@ -96,12 +96,12 @@ impl ObjectStore {
     }
 
     /// Whether an object exists.
-    pub fn contains(&self, kind: Kind, key: &str) -> Result<bool, ObjectError> {
+    pub(crate) fn contains(&self, kind: Kind, key: &str) -> Result<bool, ObjectError> {
         Ok(self.tree(kind).contains_key(key)?)
     }
 
     /// Every object of a type with its key, in key order.
-    pub fn list(&self, kind: Kind) -> Result<Vec<(String, Value)>, ObjectError> {
+    pub(crate) fn list(&self, kind: Kind) -> Result<Vec<(String, Value)>, ObjectError> {
         self.tree(kind)
             .iter()
             .map(|entry| {
@@ -114,7 +114,12 @@ impl ObjectStore {
 
     /// Stores a new object; a machine-like object without a `Uuid` gets a fresh one, and starts
     /// `Runnable` whatever the body says, as in DRP (drpcli always sends `"Runnable":false`).
-    pub fn create(&self, kind: Kind, body: Value, principal: &str) -> Result<Written, ObjectError> {
+    pub(crate) fn create(
+        &self,
+        kind: Kind,
+        body: Value,
+        principal: &str,
+    ) -> Result<Written, ObjectError> {
         let (key, mut object) = prepare(kind, None, body, None, principal)?;
         if let Some(fields) = object.as_object_mut().filter(|_| kind.is_machine_like()) {
             fields.insert("Runnable".into(), Value::Bool(true));
@@ -134,7 +139,7 @@ impl ObjectStore {
     }
 
     /// Replaces an existing object (PUT); its key cannot change.
-    pub fn replace(
+    pub(crate) fn replace(
         &self,
         kind: Kind,
         key: &str,
@@ -147,7 +152,7 @@ impl ObjectStore {
     }
 
     /// Applies an RFC 6902 JSON Patch to an existing object; all or nothing.
-    pub fn patch(
+    pub(crate) fn patch(
         &self,
         kind: Kind,
         key: &str,
@@ -161,7 +166,12 @@ impl ObjectStore {
     }
 
     /// Removes an object; the `global` profile cannot be removed.
-    pub fn delete(&self, kind: Kind, key: &str, principal: &str) -> Result<Written, ObjectError> {
+    pub(crate) fn delete(
+        &self,
+        kind: Kind,
+        key: &str,
+        principal: &str,
+    ) -> Result<Written, ObjectError> {
         if kind == Kind::Profiles && key == GLOBAL_PROFILE {
             return Err(ObjectError::Invalid(
                 "the global profile cannot be deleted; change its params instead".into(),
@@ -181,7 +191,7 @@ impl ObjectStore {
     }
 
     /// The object's `Params` (an empty map when it has none).
-    pub fn params(&self, kind: Kind, key: &str) -> Result<Value, ObjectError> {
+    pub(crate) fn params(&self, kind: Kind, key: &str) -> Result<Value, ObjectError> {
         let object = self.get(kind, key)?;
         Ok(object
             .get("Params")
@@ -190,7 +200,7 @@ impl ObjectStore {
     }
 
     /// One param's value.
-    pub fn param(&self, kind: Kind, key: &str, param: &str) -> Result<Value, ObjectError> {
+    pub(crate) fn param(&self, kind: Kind, key: &str, param: &str) -> Result<Value, ObjectError> {
         self.params(kind, key)?
             .get(param)
             .cloned()
@@ -202,7 +212,7 @@ impl ObjectStore {
     }
 
     /// Sets one param; the event is `save` with the whole object. Answers the value.
-    pub fn set_param(
+    pub(crate) fn set_param(
         &self,
         kind: Kind,
         key: &str,
@@ -220,7 +230,7 @@ impl ObjectStore {
     }
 
     /// Removes one param; the event is `save` with the whole object. Answers the removed value.
-    pub fn remove_param(
+    pub(crate) fn remove_param(
         &self,
         kind: Kind,
         key: &str,
@@ -455,7 +465,7 @@ fn check_field(
 
 /// Applies a list request's equality filters (`Name=global`: a string field equal to the value,
 /// any other field whose JSON text equals it) and then `offset` and `limit`.
-pub fn filter_and_page(
+pub(crate) fn filter_and_page(
     objects: Vec<Value>,
     filters: &[(String, String)],
     offset: usize,

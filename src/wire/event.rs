@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::wire::websocket::{self, OpCode};
 
 /// Longest `Type` or `Action` a publisher may use, in bytes.
-pub const MAX_NAME_BYTES: usize = 64;
+pub const MAX_TYPE_ACTION_BYTES: usize = 64;
 /// Longest `Key` a publisher may use, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 /// The principal of what herald does by itself: objects it creates, its log events.
@@ -87,12 +87,14 @@ pub fn utc_time(text: &str) -> Result<Option<String>, String> {
 }
 
 /// Checks a `Type` or `Action` name.
-pub fn check_name(field: &str, value: &str) -> Result<(), String> {
+pub fn check_type_action(field: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{field} is empty"));
     }
-    if value.len() > MAX_NAME_BYTES {
-        return Err(format!("{field} is longer than {MAX_NAME_BYTES} bytes"));
+    if value.len() > MAX_TYPE_ACTION_BYTES {
+        return Err(format!(
+            "{field} is longer than {MAX_TYPE_ACTION_BYTES} bytes"
+        ));
     }
     if let Some(c) = value
         .chars()
@@ -208,9 +210,9 @@ fn event_from_value(value: &BorrowedValue, principal: &str, now: &str) -> Result
         }
     };
     let ty = string_field("Type")?.ok_or("Type is missing")?;
-    check_name("Type", ty)?;
+    check_type_action("Type", ty)?;
     let action = string_field("Action")?.ok_or("Action is missing")?;
-    check_name("Action", action)?;
+    check_type_action("Action", action)?;
     let key = string_field("Key")?.unwrap_or("");
     if key.len() > MAX_KEY_BYTES {
         return Err(format!("Key is longer than {MAX_KEY_BYTES} bytes"));
