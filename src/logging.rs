@@ -2,7 +2,7 @@
 //! can cause, and herald's own log records published as events `log.<level>.herald`.
 //!
 //! One `tracing` registry carries two layers, each with its own filter that SIGHUP can swap:
-//! the stderr writer (text or JSON) and [`LogEvents`], which hands records at
+//! the stderr writer (text or JSON) and `LogEvents`, which hands records at
 //! `--log-events-level` and above to the sequencer like any published event.
 
 use std::io::{self, IsTerminal};
@@ -120,7 +120,7 @@ pub enum LoggingError {
     /// A logger is already installed in this process, or installing failed.
     #[error("cannot start logging: {0}")]
     Install(String),
-    /// [`reload`] was called before [`init`].
+    /// [`reload()`] was called before [`init`].
     #[error("logging was not started, so its levels cannot be changed")]
     NotStarted,
 }

@@ -1,5 +1,5 @@
 //! The one rule for the names users, roles, profiles and params are stored under, shared by
-//! [`crate::auth`] and [`crate::objects`] so neither has to import the other for it.
+//! `auth` and `objects` so neither has to import the other for it.
 
 /// The longest name (a user, role, profile or param key), in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
