@@ -8,12 +8,12 @@ use common::{Options, Server};
 
 #[test]
 fn a_client_that_sends_commands_but_never_reads_the_replies_is_closed_as_a_slow_consumer() {
-    let server = Server::start_with(Options {
-        args: ["--max-body-bytes", "32KiB", "--outbound-budget", "64KiB"]
-            .map(String::from)
-            .to_vec(),
-        ..Options::default()
-    });
+    let server = Server::start_with(Options::with_args(&[
+        "--max-body-bytes",
+        "32KiB",
+        "--outbound-budget",
+        "64KiB",
+    ]));
     let mut ws = server.raw_ws();
     // Each reply is ~150 bytes; 100,000 of them overflow any kernel buffer plus the budget.
     let deadline = Instant::now() + Duration::from_secs(30);

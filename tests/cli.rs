@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Auth, Options, QUIET_PERIOD, REPLY_TIMEOUT, Server, unique};
+use common::{Auth, Options, REPLY_TIMEOUT, Server, eventually, output_within, unique};
 use relay::Relay;
 use serde_json::{Value, json};
 
@@ -50,24 +50,13 @@ fn bare_herald() -> Command {
 
 /// Runs a command to completion within [`COMMAND_DEADLINE`].
 fn run(command: &mut Command, args: &[&str]) -> Output {
-    let mut child = command
+    let child = command
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn herald");
-    let deadline = Instant::now() + COMMAND_DEADLINE;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                panic!("herald {args:?} did not finish within {COMMAND_DEADLINE:?}");
-            }
-        }
-    }
-    child.wait_with_output().expect("collect herald's output")
+    output_within(child, &format!("herald {args:?}"), COMMAND_DEADLINE)
 }
 
 /// Runs a command that must succeed; answers its standard output as JSON (`null` if empty).
@@ -155,10 +144,16 @@ impl Watcher {
             .unwrap_or_else(|e| panic!("the watcher printed a line that is not JSON ({e}): {line}"))
     }
 
-    fn expect_silence(&mut self) {
-        if let Ok(line) = self.stdout.recv_timeout(QUIET_PERIOD) {
-            panic!("the watcher printed more than expected: {line}");
-        }
+    /// Asserts that the watcher printed nothing more: publishes `sentinel` (an event its filter
+    /// matches) and asserts that the sentinel is the next event it prints.
+    fn expect_sentinel_next(&mut self, server: &Server, sentinel: Value) {
+        let seq = server.publish(sentinel);
+        let next = self.next_event();
+        assert_eq!(
+            next["Seq"].as_u64(),
+            Some(seq),
+            "the watcher printed more than expected: {next}"
+        );
     }
 }
 
@@ -220,7 +215,10 @@ fn the_drp_walkthrough_prints_a_save_event_for_setting_and_for_removing_a_param(
     );
     assert!(second["Object"]["Params"].get("bar").is_none(), "{second}");
     assert_eq!(second["Original"]["Params"]["bar"], "blatz");
-    watcher.expect_silence();
+    watcher.expect_sentinel_next(
+        &server,
+        json!({"Type": "profiles", "Action": "sentinel", "Key": unique("sentinel-")}),
+    );
 }
 
 #[test]
@@ -635,7 +633,10 @@ fn the_watcher_resumes_after_a_drop_without_missing_or_repeating_events() {
         .map(|_| watcher.next_event()["Seq"].as_u64().unwrap_or(0))
         .collect();
     assert_eq!(printed, published);
-    watcher.expect_silence();
+    watcher.expect_sentinel_next(
+        server,
+        json!({"Type": "resume", "Action": "sentinel", "Key": key}),
+    );
 }
 
 #[test]
@@ -671,19 +672,14 @@ fn after_a_drop_the_watcher_names_the_seq_it_resumes_after_and_the_last_it_print
     assert_eq!(watcher.next_event()["Seq"].as_u64(), Some(printed));
     let unmatched = server.publish(json!({"Type": "mark", "Action": "other", "Key": "other"}));
     // A bookmark tells a replaying client that nothing up to its Seq is for it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let bookmark = loop {
-        if let Some(&seq) = relay.bookmarks().iter().max()
-            && seq >= unmatched
-        {
-            break seq;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no bookmark past Seq {unmatched}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    };
+    let bookmark = eventually(
+        &format!("a bookmark past Seq {unmatched}"),
+        Duration::from_secs(20),
+        || match relay.bookmarks().iter().max() {
+            Some(&seq) if seq >= unmatched => Ok(seq),
+            last => Err(format!("bookmark {last:?}")),
+        },
+    );
 
     relay.cut();
     let skipped = if bookmark == printed + 1 {
@@ -697,7 +693,10 @@ fn after_a_drop_the_watcher_names_the_seq_it_resumes_after_and_the_last_it_print
     watcher.await_stderr(&format!("watching mark.*.{key} after Seq {bookmark}"));
     let next = server.publish(json!({"Type": "mark", "Action": "next", "Key": key}));
     assert_eq!(watcher.next_event()["Seq"].as_u64(), Some(next));
-    watcher.expect_silence();
+    watcher.expect_sentinel_next(
+        &server,
+        json!({"Type": "mark", "Action": "sentinel", "Key": key}),
+    );
 }
 
 #[test]
@@ -887,25 +886,28 @@ fn the_cli_lists_live_connections_and_the_history_of_closed_ones() {
     assert_eq!(of_machine.as_array().map(Vec::len), Some(1), "{of_machine}");
 
     runner.close();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let history = loop {
-        let history = run_ok(
-            &mut herald(&server),
-            &[
-                "connections",
-                "history",
-                "--principal",
-                &principal,
-                "--limit",
-                "5",
-            ],
-        );
-        if history.as_array().is_some_and(|h| !h.is_empty()) {
-            break history;
-        }
-        assert!(Instant::now() < deadline, "no history for {principal}");
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    let history = eventually(
+        &format!("history for {principal}"),
+        Duration::from_secs(10),
+        || {
+            let history = run_ok(
+                &mut herald(&server),
+                &[
+                    "connections",
+                    "history",
+                    "--principal",
+                    &principal,
+                    "--limit",
+                    "5",
+                ],
+            );
+            if history.as_array().is_some_and(|h| !h.is_empty()) {
+                Ok(history)
+            } else {
+                Err(history)
+            }
+        },
+    );
     assert_eq!(history[0]["CloseReason"], "client closed");
     let message = run_failing(&mut herald(&server), &["connections", "show", &addr], 1);
     assert!(message.contains("404"), "{message}");

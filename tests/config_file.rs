@@ -1,23 +1,14 @@
 //! `herald check-config FILE`: a configuration file is validated without starting, and its
 //! errors name the key and the line.
 
-use std::process::Command;
+mod common;
+
+use common::{ConfigFile, run_to_exit};
 
 fn check(text: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let path = dir.path().join("herald.toml");
-    std::fs::write(&path, text).expect("write the file");
-    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .expect("run herald check-config");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), said)
+    let config = ConfigFile::new(text);
+    let exit = run_to_exit(&["check-config", &config.arg()]);
+    (exit.success, format!("{}{}", exit.stdout, exit.stderr))
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Auth, Options, Server, unique};
+use common::{Auth, Options, Server, eventually, unique};
 use serde_json::{Value, json};
 
 fn create_machine(server: &Server) -> String {
@@ -25,31 +25,24 @@ fn runner_token(server: &Server, uuid: &str) -> String {
         .to_string()
 }
 
-/// Polls `path` until `done` holds for its JSON answer (bounded), returning that answer.
+/// Reads `path` until `done` holds for its JSON answer (bounded), returning that answer.
 fn wait_for_json(server: &Server, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = server.get(path);
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        let value = reply.json();
-        if done(&value) {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never satisfied the condition: {value}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    eventually(
+        &format!("{path} satisfying the condition"),
+        Duration::from_secs(10),
+        || {
+            let reply = server.get(path);
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            let value = reply.json();
+            if done(&value) { Ok(value) } else { Err(value) }
+        },
+    )
 }
 
 #[test]
 fn drps_runner_monitoring_recipe_sees_the_runner_come_and_go_and_remembers_it_after_a_restart() {
     let data = tempfile::tempdir().unwrap();
-    let options = || Options {
-        data_dir: Some(data.path().to_path_buf()),
-        ..Options::default()
-    };
+    let options = || Options::in_dir(data.path());
     let server = Server::start_with(options());
     let uuid = create_machine(&server);
     let token = runner_token(&server, &uuid);
@@ -177,12 +170,12 @@ fn the_connections_api_needs_the_connections_claims() {
 
 #[test]
 fn a_slow_consumer_is_recorded_with_its_close_reason() {
-    let server = Server::start_with(Options {
-        args: ["--max-body-bytes", "32KiB", "--outbound-budget", "64KiB"]
-            .map(String::from)
-            .to_vec(),
-        ..Options::default()
-    });
+    let server = Server::start_with(Options::with_args(&[
+        "--max-body-bytes",
+        "32KiB",
+        "--outbound-budget",
+        "64KiB",
+    ]));
     let mut watcher = server.ws(&server.admin());
     watcher.register("connections.delete.*");
 
@@ -220,12 +213,12 @@ fn a_slow_consumer_is_recorded_with_its_close_reason() {
 
 #[test]
 fn a_silent_client_is_closed_for_ping_timeout_and_one_that_answers_pings_stays() {
-    let server = Server::start_with(Options {
-        args: ["--ping-interval", "1s", "--ping-timeout", "2s"]
-            .map(String::from)
-            .to_vec(),
-        ..Options::default()
-    });
+    let server = Server::start_with(Options::with_args(&[
+        "--ping-interval",
+        "1s",
+        "--ping-timeout",
+        "2s",
+    ]));
     let mut watcher = server.ws(&server.admin());
     watcher.register("connections.delete.*");
     // tungstenite answers pings while it reads, so this client stays alive.

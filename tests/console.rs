@@ -6,10 +6,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::thread;
-use std::time::{Duration, Instant};
 
-use common::{Auth, LOG_TIMEOUT, REPLY_TIMEOUT, Server, assert_drp_error, event, unique};
+use common::{
+    Auth, LOG_TIMEOUT, REPLY_TIMEOUT, Server, assert_drp_error, event, eventually, unique,
+};
 use serde_json::Value;
 
 /// One raw request on a fresh connection, read whole.
@@ -266,38 +266,34 @@ fn activity_samples_count_published_and_delivered_events_and_open_websockets() {
     client.events_through(last);
 
     // Samples come once a second; wait for the ones that cover the publish.
-    let deadline = Instant::now() + LOG_TIMEOUT;
-    loop {
+    let newer = eventually("samples that count the publish", LOG_TIMEOUT, || {
         let newer = samples(&activity(&server, start));
         let sum = |field: &str| newer.iter().filter_map(|s| s[field].as_u64()).sum::<u64>();
         let websockets = newer.iter().filter_map(|s| s["Websockets"].as_u64()).max();
         if sum("Published") >= 3 && sum("Delivered") >= 3 && websockets >= Some(1) {
-            let ticks: Vec<u64> = newer.iter().filter_map(|s| s["Tick"].as_u64()).collect();
-            assert!(
-                ticks.iter().all(|&t| t > start),
-                "after= returns newer samples only: {ticks:?}"
-            );
-            assert!(
-                ticks.windows(2).all(|w| w[1] == w[0] + 1),
-                "oldest first: {ticks:?}"
-            );
-            for sample in &newer {
-                for field in [
-                    "Time",
-                    "ApiConnections",
-                    "SlowConsumerCloses",
-                    "DeliveryLagSeconds",
-                ] {
-                    assert!(sample.get(field).is_some(), "{field} missing from {sample}");
-                }
-            }
-            break;
+            Ok(newer)
+        } else {
+            Err(format!("{newer:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "no samples counted the publish within {LOG_TIMEOUT:?}: {newer:?}"
-        );
-        thread::sleep(Duration::from_millis(100));
+    });
+    let ticks: Vec<u64> = newer.iter().filter_map(|s| s["Tick"].as_u64()).collect();
+    assert!(
+        ticks.iter().all(|&t| t > start),
+        "after= returns newer samples only: {ticks:?}"
+    );
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "oldest first: {ticks:?}"
+    );
+    for sample in &newer {
+        for field in [
+            "Time",
+            "ApiConnections",
+            "SlowConsumerCloses",
+            "DeliveryLagSeconds",
+        ] {
+            assert!(sample.get(field).is_some(), "{field} missing from {sample}");
+        }
     }
     let totals = activity(&server, u64::MAX);
     assert!(

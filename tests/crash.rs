@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Options, Server, assert_contiguous, unique};
+use common::{Client, Options, Server, assert_contiguous, eventually, unique};
 use serde_json::json;
 
 /// How long publishers run before the kill, unless `HERALD_CRASH_LOAD_MS` says otherwise.
@@ -42,11 +42,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 fn start_on(dir: &tempfile::TempDir, durability: &str) -> Server {
-    Server::start_with(Options {
-        data_dir: Some(dir.path().to_path_buf()),
-        args: vec!["--durability".into(), durability.into()],
-        ..Options::default()
-    })
+    Server::start_with(Options::in_dir(dir.path()).and_args(&["--durability", durability]))
 }
 
 fn load_settings() -> (Duration, usize) {
@@ -82,18 +78,18 @@ fn publish_then_kill(
         // The kill comes after `load`, once enough events were acknowledged; probe the log's
         // progress through /api/v3/info meanwhile.
         let started = Instant::now();
-        let deadline = started + load + Duration::from_secs(20);
-        loop {
-            let last = server.info()["LastSeq"].as_u64().unwrap_or(0);
-            if started.elapsed() >= load && last >= MIN_ACKNOWLEDGED as u64 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {last} events were stored in time"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        eventually(
+            &format!("{MIN_ACKNOWLEDGED} events stored after {load:?}"),
+            load + Duration::from_secs(20),
+            || {
+                let last = server.info()["LastSeq"].as_u64().unwrap_or(0);
+                if started.elapsed() >= load && last >= MIN_ACKNOWLEDGED as u64 {
+                    Ok(())
+                } else {
+                    Err(format!("{last} stored"))
+                }
+            },
+        );
         server.kill();
         stop.store(true, Ordering::Release);
         for handle in handles {

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use common::{Auth, HttpReply, Options, RawHttp, Server, unique};
+use common::{Auth, HttpReply, Options, RawHttp, Server, eventually, unique};
 use serde_json::{Value, json};
 
 /// Go's zero `time.Time`, as drpcli marshals a time the user never set.
@@ -441,10 +441,7 @@ fn info_answers_drps_info_fields_beside_heralds_own() {
 #[test]
 fn the_server_id_survives_a_restart() {
     let data = tempfile::tempdir().expect("a data directory");
-    let options = || Options {
-        data_dir: Some(data.path().to_path_buf()),
-        ..Options::default()
-    };
+    let options = || Options::in_dir(data.path());
     let first = Server::start_with(options()).info()["id"].clone();
     let again = Server::start_with(options()).info()["id"].clone();
     assert!(first.is_string());
@@ -454,22 +451,22 @@ fn the_server_id_survives_a_restart() {
 /// Every `connections.*` event about `remote` in the log after `since`, once there is one with
 /// `action` (the log serves only events already on disk).
 fn connection_events(server: &Server, since: u64, remote: &str, action: &str) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let events: Vec<Value> = server
-            .read_log(&server.admin(), since, Some("connections.*.*"))
-            .into_iter()
-            .filter(|e| e["Object"]["RemoteAddr"] == remote)
-            .collect();
-        if events.iter().any(|e| e["Action"] == action) {
-            return events;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no connections.{action} for {remote}: {events:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        &format!("connections.{action} for {remote}"),
+        Duration::from_secs(10),
+        || {
+            let events: Vec<Value> = server
+                .read_log(&server.admin(), since, Some("connections.*.*"))
+                .into_iter()
+                .filter(|e| e["Object"]["RemoteAddr"] == remote)
+                .collect();
+            if events.iter().any(|e| e["Action"] == action) {
+                Ok(events)
+            } else {
+                Err(format!("{events:?}"))
+            }
+        },
+    )
 }
 
 #[test]
@@ -601,10 +598,7 @@ fn connections_carry_expires_at_for_tokens_and_gos_zero_time_for_passwords() {
 #[test]
 fn small_byte_retention_values_are_accepted_and_keep_the_newest_event() {
     for limit in ["65536", "64KiB"] {
-        let server = Server::start_with(Options {
-            args: vec!["--retain-bytes".into(), limit.into()],
-            ..Options::default()
-        });
+        let server = Server::start_with(Options::with_args(&["--retain-bytes", limit]));
         // One connection for everything, so no connection event follows the large one.
         let mut drpcli = Drpcli::connect(&server);
         let authorization = basic(&server);
@@ -625,20 +619,20 @@ fn small_byte_retention_values_are_accepted_and_keep_the_newest_event() {
         );
         assert_eq!(reply.status, 204, "{limit}: {reply:?}");
         let newest = common::herald_seq(&reply);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let info = loop {
-            let info = drpcli
-                .send("GET", "/api/v3/info", &authorization, None)
-                .json();
-            if info["FirstSeq"] == newest {
-                break info;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{limit}: never trimmed down to {newest}: {info}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let info = eventually(
+            &format!("{limit}: trimmed down to {newest}"),
+            Duration::from_secs(15),
+            || {
+                let info = drpcli
+                    .send("GET", "/api/v3/info", &authorization, None)
+                    .json();
+                if info["FirstSeq"] == newest {
+                    Ok(info)
+                } else {
+                    Err(info)
+                }
+            },
+        );
         assert_eq!(info["LastSeq"], newest, "{limit}: {info}");
         let kept = drpcli
             .send("GET", "/api/v3/events?since=0", &authorization, None)

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Exit, Server, run_to_exit};
+use common::{ConfigFile, Exit, Server, run_to_exit, serve_to_exit};
 
 /// Asserts that herald failed with one `herald: …` line holding `cause` exactly once.
 fn assert_reported_once(exit: &Exit, what: &str, cause: &str) {
@@ -35,15 +35,13 @@ fn a_missing_config_file_is_reported_once() {
 
 #[test]
 fn a_bad_value_is_reported_once_with_its_key_and_line() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let path = dir.path().join("herald.toml");
-    std::fs::write(&path, "cores = 2\nretain_events = 0\n").expect("write the file");
-    let exit = run_to_exit(&["check-config", &path.display().to_string()]);
+    let config = ConfigFile::new("cores = 2\nretain_events = 0\n");
+    let exit = run_to_exit(&["check-config", &config.arg()]);
     assert_reported_once(&exit, "retain_events = 0", "too small");
     assert!(exit.stderr.contains("retain_events"), "{exit:?}");
 
-    std::fs::write(&path, "cores = \"two\"\n").expect("write the file");
-    let exit = run_to_exit(&["check-config", &path.display().to_string()]);
+    config.write("cores = \"two\"\n");
+    let exit = run_to_exit(&["check-config", &config.arg()]);
     assert_reported_once(&exit, "cores = \"two\"", "expected a whole number");
     assert!(exit.stderr.contains("herald.toml:1:"), "{exit:?}");
 }
@@ -54,14 +52,7 @@ fn an_unusable_data_dir_is_reported_once() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "not a directory").expect("write the file");
     let data_dir = file.join("herald-data");
-    let exit = run_to_exit(&[
-        "serve",
-        "--plain",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data_dir.display().to_string(),
-    ]);
+    let exit = serve_to_exit(&data_dir, &[]);
     assert_reported_once(&exit, "a data dir under a file", "Not a directory");
     assert_eq!(
         exit.stderr.matches(&data_dir.display().to_string()).count(),
@@ -73,14 +64,7 @@ fn an_unusable_data_dir_is_reported_once() {
 #[test]
 fn a_data_dir_in_use_is_reported_once_without_debug_text() {
     let running = Server::start();
-    let exit = run_to_exit(&[
-        "serve",
-        "--plain",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &running.data_dir().display().to_string(),
-    ]);
+    let exit = serve_to_exit(running.data_dir(), &[]);
     assert_reported_once(&exit, "a second herald on one data dir", "another herald");
     running.assert_serving();
 }

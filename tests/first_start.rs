@@ -11,17 +11,10 @@ use std::time::Duration;
 
 use common::{ADMIN, Auth, DRP_DEFAULT_PASSWORD, Options, Server, event, unique};
 
-fn on(dir: &Path) -> Options {
-    Options {
-        data_dir: Some(dir.to_path_buf()),
-        ..Options::default()
-    }
-}
-
 fn with_password(dir: &Path, password: Option<&str>) -> Options {
     Options {
         admin_password: password.map(str::to_string),
-        ..on(dir)
+        ..Options::in_dir(dir)
     }
 }
 
@@ -144,8 +137,8 @@ fn the_cores_of_one_herald_share_its_port_and_each_accepts() {
 #[test]
 fn a_second_herald_on_the_same_data_dir_is_refused_naming_the_directory() {
     let dir = tempfile::tempdir().expect("a data directory");
-    let first = Server::start_with(on(dir.path()));
-    let failed = Server::start_failing(on(dir.path()));
+    let first = Server::start_with(Options::in_dir(dir.path()));
+    let failed = Server::start_failing(Options::in_dir(dir.path()));
     assert_eq!(failed.code, Some(1), "{}", failed.stderr);
     assert!(
         failed.stderr.contains(&dir.path().display().to_string())
@@ -192,13 +185,10 @@ fn the_admin_password_is_applied_on_every_start_and_the_log_says_what_happened()
 
     let file = dir.path().join("admin-password-file");
     std::fs::write(&file, "from-a-file\n").expect("write the password file");
-    let server = Server::start_with(Options {
-        args: vec![
-            "--admin-password-file".to_string(),
-            file.display().to_string(),
-        ],
-        ..with_password(dir.path(), None)
-    });
+    let server = Server::start_with(
+        with_password(dir.path(), None)
+            .and_args(&["--admin-password-file", &file.display().to_string()]),
+    );
     assert!(
         server
             .stderr()
@@ -226,7 +216,7 @@ fn the_admin_password_is_applied_on_every_start_and_the_log_says_what_happened()
 
 /// Starts on `dir`, publishes one event and stops; answers the log's Epoch.
 fn a_log_with_one_event(dir: &Path) -> String {
-    let server = Server::start_with(on(dir));
+    let server = Server::start_with(Options::in_dir(dir));
     server.publish(event(&unique("kept"), "save", "k"));
     let epoch = server.info()["Epoch"]
         .as_str()
@@ -237,7 +227,7 @@ fn a_log_with_one_event(dir: &Path) -> String {
 }
 
 fn refused_as_log_missing(dir: &Path, epoch: &str) {
-    let failed = Server::start_failing(on(dir));
+    let failed = Server::start_failing(Options::in_dir(dir));
     assert_eq!(failed.code, Some(1), "{}", failed.stderr);
     let stderr = &failed.stderr;
     assert!(
@@ -270,10 +260,7 @@ fn an_emptied_or_missing_database_refuses_to_start_until_reset_is_given() {
     std::fs::remove_dir_all(&db).expect("remove the database");
     refused_as_log_missing(dir.path(), &epoch);
 
-    let server = Server::start_with(Options {
-        args: vec!["--reset".to_string()],
-        ..on(dir.path())
-    });
+    let server = Server::start_with(Options::in_dir(dir.path()).and_args(&["--reset"]));
     let new_epoch = server.info()["Epoch"]
         .as_str()
         .expect("an Epoch")
@@ -283,7 +270,7 @@ fn an_emptied_or_missing_database_refuses_to_start_until_reset_is_given() {
     server.terminate();
 
     // The new log is now the one the directory holds: no --reset is needed any more.
-    let server = Server::start_with(on(dir.path()));
+    let server = Server::start_with(Options::in_dir(dir.path()));
     assert_eq!(server.info()["Epoch"], new_epoch.as_str());
 }
 
@@ -302,7 +289,7 @@ fn a_corrupted_database_is_reported_as_damaged_not_as_another_herald_running() {
         *byte ^= 0xFF;
     }
     std::fs::write(&file, bytes).expect("overwrite the database file");
-    let failed = Server::start_failing(on(dir.path()));
+    let failed = Server::start_failing(Options::in_dir(dir.path()));
     assert_eq!(failed.code, Some(1), "{}", failed.stderr);
     assert!(
         failed.stderr.contains("damaged") && failed.stderr.contains("backup"),
@@ -395,7 +382,7 @@ fn tls_on(dir: &Path, names: &[&str]) -> Options {
             .iter()
             .flat_map(|name| ["--tls-san".to_string(), name.to_string()])
             .collect(),
-        ..on(dir)
+        ..Options::in_dir(dir)
     }
 }
 

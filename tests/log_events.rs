@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    ADMIN, Auth, Client, DRP_DEFAULT_PASSWORD, LOG_TIMEOUT, Options, QUIET_PERIOD, Server, event,
-    unique,
+    ADMIN, Auth, Client, ConfigFile, DRP_DEFAULT_PASSWORD, LOG_TIMEOUT, Options, Server, event,
+    eventually, unique,
 };
 use serde_json::{Value, json};
 
@@ -17,10 +17,7 @@ const BURST: u64 = 20;
 const PER_SECOND: u64 = 1;
 
 fn server_publishing(level: &str) -> Server {
-    Server::start_with(Options {
-        args: vec!["--log-events-level".into(), level.into()],
-        ..Options::default()
-    })
+    Server::start_with(Options::with_args(&["--log-events-level", level]))
 }
 
 /// A request that is refused with 404, which herald logs at info.
@@ -29,15 +26,16 @@ fn refused_request(server: &Server) {
     assert_eq!(reply.status, 404, "{reply:?}");
 }
 
-/// Every log event that arrives until the stream has been quiet for [`QUIET_PERIOD`].
-fn log_events_until_quiet(client: &mut Client) -> Vec<Value> {
-    let mut events = Vec::new();
-    while let Some(event) = client.next_event(QUIET_PERIOD) {
+/// Every log event recorded before now: publishes a sentinel of `kind`, which `client` has
+/// registered besides `log.*.*`, and returns what arrived before it. A record is queued for the
+/// sequencer as it is logged, before the answer that logged it is sent, so it comes first.
+fn log_events_before_sentinel(server: &Server, client: &mut Client, kind: &str) -> Vec<Value> {
+    let events = client.events_before_sentinel(server, event(kind, "sentinel", "end"));
+    for event in &events {
         assert_eq!(
             event["Type"], "log",
             "only log events were asked for: {event}"
         );
-        events.push(event);
     }
     events
 }
@@ -109,15 +107,17 @@ fn a_records_key_value_fields_are_in_the_events_object() {
 #[test]
 fn log_events_are_rate_limited_and_the_next_one_counts_the_records_left_out() {
     let server = server_publishing("info");
+    let kind = unique("sentinel");
     let mut watcher = server.ws(&server.admin());
     watcher.register("log.*.*");
+    watcher.register(&format!("{kind}.*.*"));
     let storm = 3 * BURST;
     let started = Instant::now();
     for _ in 0..storm {
         refused_request(&server);
     }
     let elapsed = started.elapsed();
-    let mut received = log_events_until_quiet(&mut watcher);
+    let mut received = log_events_before_sentinel(&server, &mut watcher, &kind);
     let allowed = BURST + PER_SECOND * (elapsed.as_secs() + 1);
     assert!(
         (received.len() as u64) <= allowed.min(storm - 1),
@@ -126,17 +126,15 @@ fn log_events_are_rate_limited_and_the_next_one_counts_the_records_left_out() {
     );
     // Once a token is back, the next record is published with the count of those left out.
     let mut sent = storm;
-    let deadline = Instant::now() + LOG_TIMEOUT;
-    let last = loop {
-        assert!(Instant::now() < deadline, "no log event after the storm");
+    let last = eventually("a log event after the storm", LOG_TIMEOUT, || {
         refused_request(&server);
         sent += 1;
-        if let Some(event) = watcher.next_event(Duration::from_millis(200)) {
-            break event;
-        }
-    };
+        watcher
+            .next_event(Duration::from_millis(200))
+            .ok_or("none yet")
+    });
     received.push(last.clone());
-    received.extend(log_events_until_quiet(&mut watcher));
+    received.extend(log_events_before_sentinel(&server, &mut watcher, &kind));
     assert!(
         last["Object"]["Suppressed"].as_u64().is_some_and(|n| n > 0),
         "{last}"
@@ -186,13 +184,8 @@ fn log_events_are_seen_only_by_principals_that_may_see_type_log() {
 
 #[test]
 fn the_log_events_level_comes_from_the_config_file_and_is_reloaded_on_sighup() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let config = dir.path().join("herald.toml");
-    std::fs::write(&config, "log_events_level = \"off\"\n").unwrap();
-    let server = Server::start_with(Options {
-        args: vec!["--config".into(), config.display().to_string()],
-        ..Options::default()
-    });
+    let config = ConfigFile::new("log_events_level = \"off\"\n");
+    let server = Server::start_with(Options::with_args(&["--config", &config.arg()]));
     let kind = unique("sentinel");
     let mut watcher = server.ws(&server.admin());
     watcher.register("log.*.*");
@@ -207,12 +200,12 @@ fn the_log_events_level_comes_from_the_config_file_and_is_reloaded_on_sighup() {
         "no log event: {first}"
     );
 
-    std::fs::write(&config, "log_events_level = \"info\"\n").unwrap();
+    config.write("log_events_level = \"info\"\n");
     server.hangup();
     server.wait_for_log_line(&["reloaded the log level", "log_events_level=\"info\""]);
     refused_request(&server);
     // The reload's own info record may come first: it is logged at the new level.
-    let logged = log_events_until_quiet(&mut watcher);
+    let logged = log_events_before_sentinel(&server, &mut watcher, &kind);
     assert!(
         logged
             .iter()

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{ADMIN, Auth, Options, Server, run_to_exit, unique};
+use common::{ADMIN, Auth, Options, Server, serve_to_exit, unique};
 
 /// The valid levels, as every refusal lists them.
 const LEVELS: &str = "off, error, warn, info, debug, trace";
@@ -13,18 +13,8 @@ const LEVELS: &str = "off, error, warn, info, debug, trace";
 #[test]
 fn a_misspelled_log_level_is_refused_at_start_with_the_valid_levels() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let data_dir = dir.path().display().to_string();
     for misspelled in ["warning", "verbose"] {
-        let exit = run_to_exit(&[
-            "serve",
-            "--plain",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data_dir,
-            "--log-level",
-            misspelled,
-        ]);
+        let exit = serve_to_exit(dir.path(), &["--log-level", misspelled]);
         assert!(!exit.success, "{misspelled} was accepted: {exit:?}");
         assert!(exit.stderr.contains(misspelled), "{exit:?}");
         assert!(exit.stderr.contains("--log-level"), "{exit:?}");
@@ -34,10 +24,7 @@ fn a_misspelled_log_level_is_refused_at_start_with_the_valid_levels() {
 
 #[test]
 fn directives_with_a_level_are_a_valid_log_level() {
-    let server = Server::start_with(Options {
-        args: vec!["--log-level".into(), "herald=debug,info".into()],
-        ..Options::default()
-    });
+    let server = Server::start_with(Options::with_args(&["--log-level", "herald=debug,info"]));
     server.assert_serving();
 }
 
@@ -104,8 +91,7 @@ fn third_party_crates_stay_at_warn_unless_a_directive_names_them() {
     // At debug, herald's own lines are there but rustls' debug lines are not.
     let quiet = Server::start_with(Options {
         tls: true,
-        args: vec!["--log-level".into(), "debug".into()],
-        ..Options::default()
+        ..Options::with_args(&["--log-level", "debug"])
     });
     assert_eq!(quiet.get("/api/v3/no-such-route").status, 404);
     // Same connection, same core: the handshake's lines would precede this one.
@@ -119,8 +105,7 @@ fn third_party_crates_stay_at_warn_unless_a_directive_names_them() {
 
     let asked = Server::start_with(Options {
         tls: true,
-        args: vec!["--log-level".into(), "info,rustls=debug".into()],
-        ..Options::default()
+        ..Options::with_args(&["--log-level", "info,rustls=debug"])
     });
     assert_eq!(asked.get("/api/v3/no-such-route").status, 404);
     asked.wait_for_log_line(&["DEBUG", "rustls"]);

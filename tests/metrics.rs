@@ -6,9 +6,9 @@ mod common;
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Auth, Options, Server, event, unique};
+use common::{Auth, Options, Server, event, eventually, unique};
 use serde_json::json;
 
 /// The exposition as `series → value` (series include their labels as written).
@@ -35,19 +35,17 @@ fn value(values: &HashMap<String, f64>, series: &str) -> f64 {
 
 /// Waits until `series` reaches at least `target`, or fails with what it last saw.
 fn wait_for(server: &Server, series: &str, target: f64) -> HashMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, values) = scrape(server);
-        if values.get(series).copied().unwrap_or(0.0) >= target {
-            return values;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} stayed at {:?}, expected {target}",
-            values.get(series)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        &format!("{series} reaching {target}"),
+        Duration::from_secs(20),
+        || {
+            let (_, values) = scrape(server);
+            match values.get(series).copied() {
+                Some(value) if value >= target => Ok(values),
+                value => Err(format!("{series} at {value:?}")),
+            }
+        },
+    )
 }
 
 fn promtool_check(exposition: &str) {
@@ -87,12 +85,12 @@ fn promtool_check(exposition: &str) {
 
 #[test]
 fn traffic_moves_every_counter_by_the_expected_amount_and_promtool_accepts_the_exposition() {
-    let server = Server::start_with(Options {
-        args: ["--max-body-bytes", "32KiB", "--outbound-budget", "64KiB"]
-            .map(String::from)
-            .to_vec(),
-        ..Options::default()
-    });
+    let server = Server::start_with(Options::with_args(&[
+        "--max-body-bytes",
+        "32KiB",
+        "--outbound-budget",
+        "64KiB",
+    ]));
     let (_, before) = scrape(&server);
     assert_eq!(
         value(&before, r#"herald_connections{type="websocket"}"#),
@@ -222,10 +220,7 @@ fn traffic_moves_every_counter_by_the_expected_amount_and_promtool_accepts_the_e
 
 #[test]
 fn metrics_auth_puts_the_exposition_behind_the_api_credentials() {
-    let server = Server::start_with(Options {
-        args: vec!["--metrics-auth".to_string()],
-        ..Options::default()
-    });
+    let server = Server::start_with(Options::with_args(&["--metrics-auth"]));
     assert_eq!(
         server.request("GET", "/metrics", &Auth::None, None).status,
         401

@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Options, Server, event, unique};
+use common::{ConfigFile, Options, Server, event, eventually, unique};
 
 fn first_seq(server: &Server) -> u64 {
     server.get("/api/v3/info").json()["FirstSeq"]
@@ -15,11 +15,9 @@ fn first_seq(server: &Server) -> u64 {
 
 #[test]
 fn sighup_applies_new_retention_and_log_level_and_names_settings_that_need_a_restart() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let config = dir.path().join("herald.toml");
-    std::fs::write(&config, "retain_events = 1000\nlog_level = \"info\"\n").unwrap();
+    let config = ConfigFile::new("retain_events = 1000\nlog_level = \"info\"\n");
     let server = Server::start_with(Options {
-        args: vec!["--config".into(), config.display().to_string()],
+        args: config.flag(),
         ..Options::default()
     });
     let mut watcher = server.ws(&server.admin());
@@ -36,21 +34,16 @@ fn sighup_applies_new_retention_and_log_level_and_names_settings_that_need_a_res
         "nothing trimmed under the first limit"
     );
 
-    std::fs::write(
-        &config,
-        "retain_events = 5\nlog_level = \"debug\"\nmax_filters = 7\n",
-    )
-    .unwrap();
+    config.write("retain_events = 5\nlog_level = \"debug\"\nmax_filters = 7\n");
     server.hangup();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while first_seq(&server) + 4 < last {
-        assert!(
-            Instant::now() < deadline,
-            "retention was not reloaded: {}",
-            server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the new retention applied", Duration::from_secs(10), || {
+        let first = first_seq(&server);
+        if first + 4 >= last {
+            Ok(())
+        } else {
+            Err(format!("FirstSeq {first}; stderr:\n{}", server.stderr()))
+        }
+    });
     let log = server.stderr();
     assert!(log.contains("reloaded retention"), "{log}");
     assert!(log.contains("reloaded the log level"), "{log}");

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Auth, Client, LOG_TIMEOUT, Options, QUIET_PERIOD, REPLY_TIMEOUT, Received, Server, event, seqs,
+    Auth, Client, LOG_TIMEOUT, Options, REPLY_TIMEOUT, Received, Server, event, eventually, seqs,
     unique,
 };
 use serde_json::{Value, json};
@@ -86,12 +86,13 @@ fn replay_delivers_each_later_visible_matching_event_once_in_order_after_its_rep
     for e in &received {
         assert_eq!(e["Type"], seen_kind.as_str(), "only visible events: {e}");
     }
-    client.expect_no_event(QUIET_PERIOD);
     assert_eq!(
         seqs(&server.read_log(&auth, before, Some(&filter))),
         expected,
         "the REST read agrees with the replay"
     );
+    // Nothing more, such as an event sent twice: the next frame is an event published now.
+    client.expect_sentinel_first(server, event(&seen_kind, "save", "sentinel"));
 }
 
 /// Stores events, then replays from before them while `PUBLISHERS` threads publish, and checks
@@ -127,11 +128,14 @@ fn replay_while_publishing(server: &Server) {
             });
         }
         // Replay once the live stream is flowing, so the stored part and the live part overlap.
-        let deadline = Instant::now() + LOG_TIMEOUT;
-        while acknowledged.lock().expect("lock").len() < 10 {
-            assert!(Instant::now() < deadline, "the publishers did not start");
-            thread::sleep(Duration::from_millis(5));
-        }
+        eventually(
+            "the publishers' first 10 events",
+            LOG_TIMEOUT,
+            || match acknowledged.lock().expect("lock").len() {
+                10.. => Ok(()),
+                published => Err(format!("{published} published")),
+            },
+        );
         let reply = client.replay(&start.to_string());
         assert_eq!(reply["Recovered"], true, "{reply}");
         let mut received = Vec::new();
@@ -184,10 +188,7 @@ fn replay_while_publishers_run_delivers_every_seq_once_in_order_without_a_gap() 
 
 #[test]
 fn replay_works_with_batched_durability_and_info_says_so() {
-    let server = Server::start_with(Options {
-        args: vec!["--durability".into(), "batched".into()],
-        ..Options::default()
-    });
+    let server = Server::start_with(Options::with_args(&["--durability", "batched"]));
     assert_eq!(server.info()["Durability"], "batched");
     replay_while_publishing(&server);
 }
@@ -196,10 +197,7 @@ fn replay_works_with_batched_durability_and_info_says_so() {
 fn with_batched_durability_a_replay_from_an_event_just_received_live_is_recovered() {
     // batched delivers before the append and the flush: LastSeq must already cover what a
     // client has seen, or a replay from it would be reported as a gap.
-    let server = Server::start_with(Options {
-        args: vec!["--durability".into(), "batched".into()],
-        ..Options::default()
-    });
+    let server = Server::start_with(Options::with_args(&["--durability", "batched"]));
     let epoch = server.info()["Epoch"].as_str().expect("Epoch").to_owned();
     let kind = unique("just-seen");
     let mut client = server.ws(&server.admin());
@@ -215,7 +213,8 @@ fn with_batched_durability_a_replay_from_an_event_just_received_live_is_recovere
             "replay {seq} right after receiving it: {reply}"
         );
     }
-    client.expect_no_event(QUIET_PERIOD);
+    // No event came twice: the next frame is an event published now.
+    client.expect_sentinel_first(&server, event(&kind, "save", "sentinel"));
 }
 
 #[test]
@@ -225,10 +224,7 @@ fn info_says_sync_durability_by_default() {
 
 #[test]
 fn replay_after_trimming_is_not_recovered_and_starts_at_the_oldest_retained_event() {
-    let server = Server::start_with(Options {
-        args: vec!["--retain-events".into(), "10".into()],
-        ..Options::default()
-    });
+    let server = Server::start_with(Options::with_args(&["--retain-events", "10"]));
     let kind = unique("trimmed");
     // Connected first: herald logs each new connection as an event, which would trim one more.
     let mut client = server.ws(&server.admin());
@@ -458,7 +454,8 @@ fn bookmarks_reach_replaying_clients_while_filtered_out_events_pass_and_no_one_e
             .collect();
     assert_eq!(sparse_events, owed, "events up to bookmark {sparse_mark}");
 
-    never_replayed.expect_no_event(QUIET_PERIOD);
+    // No bookmark for a client that never replayed: the next frame is an event published now.
+    never_replayed.expect_sentinel_first(server, event(&quiet, "save", "sentinel"));
 }
 
 #[test]

@@ -7,11 +7,7 @@ use common::{Options, REPLY_TIMEOUT, Server, assert_contiguous, event, seqs, uni
 use serde_json::Value;
 
 fn start_on(dir: &tempfile::TempDir, args: &[&str]) -> Server {
-    Server::start_with(Options {
-        data_dir: Some(dir.path().to_path_buf()),
-        args: args.iter().map(|a| a.to_string()).collect(),
-        ..Options::default()
-    })
+    Server::start_with(Options::in_dir(dir.path()).and_args(args))
 }
 
 /// Publishes, stops with SIGTERM, starts again on the same directory and checks that the

@@ -2,11 +2,12 @@
 
 mod common;
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
-use common::{Client, QUIET_PERIOD, RawFrame, RawWs, Server, event, top_level_keys, unique};
+use common::{Client, RawFrame, RawWs, Server, event, top_level_keys, unique};
 use serde_json::Value;
 
 /// The seven DRP fields, in order, that every reply carries (and no `Seq`).
@@ -138,7 +139,8 @@ fn pipelined_commands_get_one_reply_each_in_order() {
         assert_eq!(reply["Action"], action, "reply to {text:?}: {reply}");
         assert_eq!(reply["Key"], key, "reply to {text:?}: {reply}");
     }
-    client.expect_no_event(common::QUIET_PERIOD);
+    // No ninth reply: an event for `pipe.c.d` published now is the next frame.
+    client.expect_sentinel_first(Server::shared(), event("pipe", "c", "d"));
 }
 
 #[test]
@@ -196,21 +198,37 @@ fn deregister_is_acknowledged_even_when_nothing_was_registered() {
 }
 
 #[test]
+fn a_sentinel_check_fails_when_an_event_arrives_before_the_sentinel() {
+    // The quiet checks above rely on this: an unwanted frame, however late, precedes the sentinel.
+    let server = Server::shared();
+    let kind = unique("unwanted");
+    let mut client = admin_client();
+    client.register(&format!("{kind}.*.*"));
+    server.publish(event(&kind, "save", "unwanted"));
+    let check = panic::catch_unwind(AssertUnwindSafe(|| {
+        client.expect_sentinel_first(server, event(&kind, "save", "sentinel"));
+    }));
+    assert!(
+        check.is_err(),
+        "the check passed with an event before the sentinel"
+    );
+}
+
+#[test]
 fn nothing_is_delivered_before_the_first_register() {
     let server = Server::shared();
     let kind = unique("early");
     let mut client = admin_client();
     server.publish(event(&kind, "save", "before"));
-    client.expect_no_event(QUIET_PERIOD);
+    // The publish is answered once the event was handed to every core: had it been delivered
+    // to this connection, it would come before the register's reply, or before the sentinel.
     client.send_text(&format!("register {kind}.*.*"));
     let reply = client.expect_event();
     assert_eq!(
         reply["Action"], "register",
         "the reply comes first: {reply}"
     );
-    let sentinel = server.publish(event(&kind, "save", "after"));
-    let seen = client.events_through(sentinel);
-    assert_eq!(seen.len(), 1, "{seen:?}");
+    client.expect_sentinel_first(server, event(&kind, "save", "after"));
 }
 
 #[test]

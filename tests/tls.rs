@@ -49,10 +49,7 @@ fn second_start_on_the_same_data_dir_reuses_the_certificate_and_users() {
 fn sigterm_does_not_wait_for_a_connection_that_finished_its_handshake_and_sent_nothing() {
     // Browsers open such connections ahead of need; shutdown closes them like idle ones.
     let shutdown_timeout = std::time::Duration::from_secs(30);
-    let server = Server::start_with(Options {
-        args: vec!["--shutdown-timeout".into(), "30s".into()],
-        ..tls_options(None)
-    });
+    let server = Server::start_with(tls_options(None).and_args(&["--shutdown-timeout", "30s"]));
     let _preconnected = server
         .tls_session_as("127.0.0.1")
         .expect("a completed TLS handshake");
