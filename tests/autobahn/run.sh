@@ -10,6 +10,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+. "$root/tests/lib/herald.sh"
 python2=${PYTHON2:-}
 if [ -z "$python2" ]; then
     for candidate in /root/.pyenv/versions/2.7.18/bin/python "$(command -v python2.7 || true)"; do
@@ -52,26 +53,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$HERALD" serve --plain --listen 127.0.0.1:0 --data-dir "$work/data" \
-    --admin-password "$password" --cores 1 2>"$work/server.log" &
-server_pid=$!
-port=
-for _ in $(seq 1 300); do
-    port=$(grep -o 'listening on http://127\.0\.0\.1:[0-9]*' "$work/server.log" | head -n 1 |
-        sed 's/.*://') || true
-    [ -n "$port" ] && break
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-        echo "herald exited before listening:" >&2
-        cat "$work/server.log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [ -z "$port" ]; then
-    echo "herald did not log 'listening on' within 30 s:" >&2
-    cat "$work/server.log" >&2
-    exit 1
-fi
+start_herald "$work/server.log" --plain --listen 127.0.0.1:0 --data-dir "$work/data" \
+    --admin-password "$password" --cores 1
+port=${endpoint##*:}
 
 reports=$here/reports
 rm -rf "$reports"

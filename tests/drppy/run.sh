@@ -10,6 +10,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/tests/lib/herald.sh"
 drppy_version=${DRPPY_VERSION:-4.17.0}
 password=drppy-check-pw
 work=$(mktemp -d)
@@ -31,26 +32,8 @@ fi
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check "drppy-client==$drppy_version"
 
-"$HERALD" serve --listen 127.0.0.1:0 --data-dir "$work/data" --admin-password "$password" \
-    --cores 1 2>"$work/server.log" &
-server_pid=$!
-
-endpoint=
-for _ in $(seq 1 300); do
-    endpoint=$(grep -o 'listening on https://127\.0\.0\.1:[0-9]*' "$work/server.log" | head -n 1 | sed 's/listening on //') || true
-    [ -n "$endpoint" ] && break
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-        echo "herald exited before listening:" >&2
-        cat "$work/server.log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [ -z "$endpoint" ]; then
-    echo "herald did not log 'listening on' within 30 s:" >&2
-    cat "$work/server.log" >&2
-    exit 1
-fi
+start_herald "$work/server.log" --listen 127.0.0.1:0 --data-dir "$work/data" \
+    --admin-password "$password" --cores 1
 
 python="$work/venv/bin/python -W ignore::Warning"
 $python "$root/tests/drppy/check.py" "$endpoint" rocketskates "$password" "$work/data/tls/cert.pem"
