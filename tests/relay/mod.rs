@@ -1,6 +1,7 @@
 //! A TCP relay between a client and a herald server whose connections a test can cut, to make
 //! the network drop a connection without stopping the server.
-#![allow(dead_code)]
+// A test binary exports nothing: `pub` says what the relay offers to the tests that use it.
+#![allow(dead_code, unreachable_pub)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
