@@ -125,7 +125,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         cause,
     })?;
     check_log_present(&config, &db_path, marker.as_deref(), &db)?;
-    let log = EventLog::open(&db)?;
+    let mut log = EventLog::open(&db)?;
+    log.sync_files_in(&db_path)?;
     if marker.as_deref() != Some(log.epoch()) {
         crate::store::data_dir::write_epoch_marker(&config.data_dir, log.epoch())?;
     }

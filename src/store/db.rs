@@ -3,10 +3,16 @@
 //!
 //! Every tree lives in the one database `<data_dir>/db`, so one flush makes the writes of every
 //! tree durable together: that is what lets a state change and the event it causes share a sync.
+//! A flush is durable across a power cut only with [`DbFiles`] synced after it.
 //! The areas (event log, users and roles, objects, connection history, server id) get their
 //! trees here and keep their own value formats.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use sled::{Db, Tree};
 use thiserror::Error;
@@ -152,6 +158,83 @@ impl From<sled::Error> for OpenError {
 /// Opens (or creates) the database at `path`.
 pub fn open(path: &Path) -> Result<Db, sled::Error> {
     sled::Config::new().path(path).open()
+}
+
+/// sled's flush writes its log with `sync_file_range`, which syncs neither the file's size nor
+/// the disk's write cache, so a power cut could take back what it called stable. After each
+/// flush these files of the database are synced with `fdatasync`, blobs before the log that
+/// points at them, and the directories whenever their entries changed (sled syncs its snapshots
+/// itself but not their rename, and writes `conf` and blobs without syncing them).
+#[derive(Debug)]
+pub struct DbFiles {
+    dir: PathBuf,
+    /// The database's log file (`db`), opened once.
+    log: File,
+    /// The entries of the directory and of `blobs/` when they were last synced.
+    synced: Mutex<(HashSet<OsString>, HashSet<OsString>)>,
+}
+
+impl DbFiles {
+    /// Opens the files of the database at `dir` and syncs them once.
+    pub fn open(dir: &Path) -> io::Result<DbFiles> {
+        File::open(dir.join("conf"))?.sync_all()?;
+        let files = DbFiles {
+            dir: dir.to_path_buf(),
+            log: File::open(dir.join("db"))?,
+            synced: Mutex::new(Default::default()),
+        };
+        files.sync()?;
+        Ok(files)
+    }
+
+    /// Syncs what the last sled flush wrote: new blobs, the log file's data and size, and the
+    /// directories when their entries changed.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut synced = self
+            .synced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (entries, blobs) = &mut *synced;
+        let blob_dir = self.dir.join("blobs");
+        let present = names(&blob_dir)?;
+        for name in present.difference(blobs) {
+            match File::open(blob_dir.join(name)) {
+                Ok(blob) => blob.sync_data()?,
+                // Removed since it was listed: nothing points at it any more.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if present != *blobs {
+            sync_dir(&blob_dir)?;
+            *blobs = present;
+        }
+        self.log.sync_data()?;
+        let present = names(&self.dir)?;
+        if present != *entries {
+            sync_dir(&self.dir)?;
+            *entries = present;
+        }
+        Ok(())
+    }
+}
+
+/// Syncs directory `dir`'s entries, if it exists.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    match File::open(dir) {
+        Ok(dir) => dir.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The names in directory `dir` (none when it does not exist).
+fn names(dir: &Path) -> io::Result<HashSet<OsString>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.file_name())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether the database has the tree `name`, without creating it.

@@ -40,6 +40,7 @@
 //! Schema version 1 kept one event per key in a tree `events` (value: stored-at, then the JSON);
 //! [`EventLog::open`] rewrites such a log into chunks once, and only then records version 2.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -49,7 +50,7 @@ use sled::{Batch, IVec, Tree};
 use thiserror::Error;
 
 use super::db::{
-    EPOCH_KEY, EVENTS_TREE, FIRST_SEQ_KEY, GAPS_TREE, LAST_SEQ_KEY, LOG_SCHEMA, META_TREE,
+    DbFiles, EPOCH_KEY, EVENTS_TREE, FIRST_SEQ_KEY, GAPS_TREE, LAST_SEQ_KEY, LOG_SCHEMA, META_TREE,
     RESERVED_SEQ_KEY, SCHEMA_VERSION_KEY, SchemaFound, V1_EVENTS_TREE, sled_reason,
 };
 
@@ -184,6 +185,8 @@ pub struct EventLog {
     reserved: u64,
     count: u64,
     bytes: u64,
+    /// The database's files, synced after every flush ([`EventLog::sync_files_in`]).
+    files: Option<DbFiles>,
 }
 
 /// A cheap, cloneable, `Send + Sync` read handle on the event log for replay reads.
@@ -356,6 +359,7 @@ impl EventLog {
             reserved: 0,
             count,
             bytes,
+            files: None,
         })
     }
 
@@ -393,6 +397,7 @@ impl EventLog {
     pub fn reserve(&mut self, through: u64) -> Result<(), StoreError> {
         self.meta.insert(RESERVED_SEQ_KEY, &through.to_be_bytes())?;
         self.meta.flush()?;
+        self.sync_files()?;
         self.reserved = through;
         Ok(())
     }
@@ -406,6 +411,7 @@ impl EventLog {
         self.flush()?;
         self.meta.remove(RESERVED_SEQ_KEY)?;
         self.meta.flush()?;
+        self.sync_files()?;
         self.reserved = 0;
         Ok(())
     }
@@ -486,10 +492,27 @@ impl EventLog {
         Ok(())
     }
 
-    /// Makes everything appended so far durable (one sled flush, i.e. group commit) and visible
-    /// to readers.
+    /// From now on every flush also syncs the files of the database at `dir` (the path it was
+    /// opened at), so that what it makes stable survives a power cut; syncs them once now.
+    pub fn sync_files_in(&mut self, dir: &Path) -> Result<(), StoreError> {
+        self.files = Some(DbFiles::open(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?);
+        Ok(())
+    }
+
+    fn sync_files(&self) -> Result<(), StoreError> {
+        match &self.files {
+            Some(files) => files
+                .sync()
+                .map_err(|e| StoreError::Sled(sled::Error::Io(e))),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes everything appended so far durable (one sled flush, i.e. group commit, then the
+    /// database's files synced with `fdatasync`) and visible to readers.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.events.flush()?;
+        self.sync_files()?;
         self.shared
             .durable_seq
             .store(self.last_seq, Ordering::Release);
