@@ -30,13 +30,19 @@ use crate::api::error::ApiError;
 use crate::api::request::Request;
 use crate::auth::{self, AuthError, FastAuth, Identity};
 use crate::core::Core;
+use crate::core::accept::ConnectionSlot;
 use crate::core::connection;
 use crate::core::conns::{Expiry, HttpWatch};
 use crate::net::transport::Transport;
 use crate::wire::http::{self, BodyKind, ChunkedDecoder, Head, Method, RequestHead, Response};
 
 /// Serves one accepted TCP connection until it closes or becomes a websocket.
-pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr) {
+pub(crate) async fn serve(
+    core: Rc<Core>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    slot: ConnectionSlot,
+) {
     let local = stream.local_addr().ok();
     let Ok(mut transport) = Transport::new(stream, core.shared.tls.as_ref()) else {
         return;
@@ -63,9 +69,11 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, remote: SocketAddr)
         let fd = transport.fd();
         let (read, write) = transport.into_split();
         // A task of its own, so this HTTP session's state is freed for the websocket's life.
-        monoio::spawn(connection::run(
-            core, read, write, fd, remote, identity, leftover,
-        ));
+        monoio::spawn(async move {
+            // The websocket keeps its place under max_connections for its whole life.
+            let _slot = slot;
+            connection::run(core, read, write, fd, remote, identity, leftover).await;
+        });
     }
 }
 
@@ -200,6 +208,18 @@ async fn session(
 /// Logs, at info and rate-limited, a request that was refused (4xx) or whose login failed.
 fn log_refusal(remote: SocketAddr, head: &RequestHead, route: &str, answer: &Answer) {
     match answer {
+        Answer::LoginFailed(response, failure) if response.status == 429 => {
+            if let Some(suppressed) = crate::logging::THROTTLED_LOGINS.admit() {
+                tracing::info!(
+                    remote = %remote,
+                    user = failure.user.as_deref(),
+                    reason = response.error_message().unwrap_or_default(),
+                    route,
+                    suppressed = crate::logging::suppressed_field(suppressed),
+                    "login throttled"
+                );
+            }
+        }
         Answer::LoginFailed(response, failure) => {
             if let Some(suppressed) = crate::logging::FAILED_LOGINS.admit() {
                 tracing::info!(
@@ -391,21 +411,33 @@ fn error(code: u16, message: impl Into<String>) -> Response {
     Response::error(ApiError::new(code, message))
 }
 
-/// A failed authentication; a 401 names the scheme to use.
+/// A failed authentication; a 401 names the scheme to use, a 429 or 503 when to retry.
 fn auth_error(error: AuthError) -> Response {
+    let retry_after = match &error {
+        AuthError::Throttled { retry_after, .. } => Some(*retry_after),
+        AuthError::Busy => Some(1),
+        _ => None,
+    };
     let response = Response::error(ApiError::from(error));
     if response.status == 401 {
         response.with_header("WWW-Authenticate", "dr-provision")
+    } else if let Some(seconds) = retry_after {
+        response.with_header("Retry-After", seconds.to_string())
     } else {
         response
     }
 }
 
-/// Authenticates a request: the fast path inline, argon2 on a blocking thread.
-async fn authenticate(core: &Core, head: &RequestHead) -> Result<Identity, AuthError> {
+/// Authenticates a request: the fast path inline, argon2 on the hash pool once the client's
+/// address and the user name have failed-login budget left.
+async fn authenticate(
+    core: &Core,
+    head: &RequestHead,
+    remote: SocketAddr,
+) -> Result<Identity, AuthError> {
     let token = head.query("token").or_else(|| head.query("Token"));
     let result = match auth::credentials(head.header("authorization"), token.as_deref()) {
-        Ok(credentials) => check_credentials(core, credentials).await,
+        Ok(credentials) => check_credentials(core, credentials, remote).await,
         Err(error) => Err(error),
     };
     if let Err(error) = &result
@@ -420,17 +452,37 @@ async fn authenticate(core: &Core, head: &RequestHead) -> Result<Identity, AuthE
 async fn check_credentials(
     core: &Core,
     credentials: auth::Credentials,
+    remote: SocketAddr,
 ) -> Result<Identity, AuthError> {
-    match core.shared.auth.authenticate_fast(&credentials) {
-        FastAuth::Done(result) => result,
-        FastAuth::NeedsHash => {
-            let store = core.shared.auth.clone();
-            match monoio::spawn_blocking(move || store.authenticate_slow(&credentials)).await {
-                Ok(result) => result,
-                Err(_) => Err(AuthError::Malformed("credential check failed".into())),
-            }
+    let user = match (
+        core.shared.auth.authenticate_fast(&credentials),
+        &credentials,
+    ) {
+        (FastAuth::Done(result), _) => return result,
+        (FastAuth::NeedsHash, auth::Credentials::Basic { user, .. }) => user.clone(),
+        (FastAuth::NeedsHash, auth::Credentials::Bearer(_)) => String::new(),
+    };
+    // Checked before hashing, so a throttled guess costs no argon2 run.
+    let throttle = &core.shared.login_throttle;
+    let reservation = match throttle.reserve(remote.ip(), &user) {
+        Ok(reservation) => reservation,
+        Err((by, retry_after)) => {
+            ::metrics::counter!(crate::metrics::AUTH_THROTTLED, "by" => by.as_str()).increment(1);
+            return Err(AuthError::Throttled { by, retry_after });
         }
+    };
+    let store = core.shared.auth.clone();
+    let verified = core
+        .shared
+        .hash_pool
+        .run(move || store.authenticate_slow(&credentials))
+        .await;
+    let result = verified.unwrap_or(Err(AuthError::Busy));
+    // Only a wrong guess spends the budget; a good login or a full queue gives it back.
+    if matches!(result, Err(AuthError::UnknownUser | AuthError::BadPassword)) {
+        reservation.failed();
     }
+    result
 }
 
 /// The user name a request's Basic credentials claim, for the log of a failed login.
@@ -515,9 +567,12 @@ async fn route_to(core: &Rc<Core>, request: &Request, route: Route) -> Answer {
         )
         .into();
     }
-    let identity = match authenticate(core, head).await {
+    let identity = match authenticate(core, head, request.watch.remote).await {
         Ok(identity) => identity,
-        Err(e) if e.is_authentication_failure() && !matches!(e, AuthError::Missing) => {
+        Err(e)
+            if (e.is_authentication_failure() && !matches!(e, AuthError::Missing))
+                || matches!(e, AuthError::Throttled { .. }) =>
+        {
             let failure = LoginFailure {
                 user: claimed_user(head),
                 reason: e.metric_reason(),

@@ -9,17 +9,21 @@
 
 mod claims;
 mod credentials;
+mod hash_pool;
 mod password;
 mod store;
+mod throttle;
 mod token;
 
 use std::sync::Arc;
 
 pub(crate) use claims::{Claim, Claims, Role};
 pub(crate) use credentials::{Credentials, credentials};
+pub(crate) use hash_pool::{HASH_QUEUE, HASH_THREADS, HashPool};
 pub(crate) use store::{
     AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_USER, FastAuth, HashedPassword, NewUser,
 };
+pub(crate) use throttle::{Budget, LoginThrottle, ThrottledBy};
 pub(crate) use token::Token;
 
 /// Reads a field that may be JSON `null` as its empty value, as Go does: drpcli sends every
@@ -58,6 +62,18 @@ pub enum AuthError {
     /// The token's lifetime is over.
     #[error("the token has expired; get a new token")]
     ExpiredToken,
+    /// Too many failed logins from the client's address or for the user name: no password is
+    /// verified until the budget refills (429 with `Retry-After`).
+    #[error("too many logins {}; retry in {retry_after} s", by.describe())]
+    Throttled {
+        /// Which budget is spent.
+        by: ThrottledBy,
+        /// Whole seconds until one more attempt is allowed.
+        retry_after: u64,
+    },
+    /// Every password-verification thread is busy and the queue is full (503; retry shortly).
+    #[error("too many logins are being checked at once; retry in a second")]
+    Busy,
     /// The identity lacks the claim the request needs; made by [`Identity::require`].
     #[error("{principal} lacks the claim {needed}")]
     Forbidden {
@@ -119,6 +135,8 @@ impl AuthError {
             AuthError::NotFound { .. } => 404,
             AuthError::Exists { .. } | AuthError::Conflict(_) => 409,
             AuthError::Invalid(_) => 422,
+            AuthError::Throttled { .. } => 429,
+            AuthError::Busy => 503,
             AuthError::Store(_) | AuthError::Corrupt(_) | AuthError::Crypto(_) => 500,
         }
     }
@@ -135,6 +153,8 @@ impl AuthError {
             AuthError::ExpiredToken => "expired_token",
             AuthError::Forbidden { .. } => "forbidden",
             AuthError::Invalid(_) => "invalid",
+            AuthError::Throttled { .. } => "throttled",
+            AuthError::Busy => "busy",
             AuthError::Exists { .. } => "exists",
             AuthError::Conflict(_) => "conflict",
             AuthError::NotFound { .. } => "not_found",

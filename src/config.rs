@@ -98,6 +98,12 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// Silence after which a websocket is closed.
     pub ping_timeout: Duration,
+    /// Open client connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Failed password logins one address or user name may cause at once.
+    pub auth_failure_burst: u32,
+    /// Failed password logins one address or user name may cause per minute after the burst.
+    pub auth_failures_per_minute: u32,
 }
 
 /// How much of the event log is kept; the oldest events are trimmed once any limit is passed.
@@ -302,6 +308,9 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         outbound_budget_bytes: to_usize("outbound_budget", s.outbound_budget)?,
         ping_interval: s.ping_interval,
         ping_timeout: s.ping_timeout,
+        max_connections: to_usize("max_connections", s.max_connections)?,
+        auth_failure_burst: to_u32("auth_failure_burst", s.auth_failure_burst)?,
+        auth_failures_per_minute: to_u32("auth_failures_per_minute", s.auth_failures_per_minute)?,
     };
 
     let tls = match (s.plain, s.tls_cert, s.tls_key) {
@@ -390,6 +399,15 @@ fn invalid(key: &'static str, reason: String) -> ConfigError {
 fn to_usize(key: &'static str, value: u64) -> Result<usize, ConfigError> {
     usize::try_from(value)
         .map_err(|_| invalid(key, format!("{value} is too large for this machine")))
+}
+
+fn to_u32(key: &'static str, value: u64) -> Result<u32, ConfigError> {
+    u32::try_from(value).map_err(|_| {
+        invalid(
+            key,
+            format!("{value} is too large: use at most {}", u32::MAX),
+        )
+    })
 }
 
 /// Creates the data directory (and its parents) with mode 0700 if missing, or checks that the
@@ -612,6 +630,9 @@ mod tests {
                 outbound_budget_bytes: 8 * 1024 * 1024,
                 ping_interval: Duration::from_secs(30),
                 ping_timeout: Duration::from_secs(60),
+                max_connections: keys::default_max_connections() as usize,
+                auth_failure_burst: 20,
+                auth_failures_per_minute: 30,
             }
         );
         assert_eq!(config.durability, Durability::Sync);
@@ -663,6 +684,9 @@ mod tests {
             "--retain-events=500",
             "--retain-age=12h",
             "--retain-bytes=1GB",
+            "--max-connections=100",
+            "--auth-failure-burst=5",
+            "--auth-failures-per-minute=6",
         ]);
         let config = Config::from_args(args).unwrap();
         assert_eq!(config.listen, "127.0.0.1:0".parse().unwrap());
@@ -696,6 +720,9 @@ mod tests {
                 outbound_budget_bytes: 16 << 20,
                 ping_interval: Duration::from_secs(10),
                 ping_timeout: Duration::from_secs(25),
+                max_connections: 100,
+                auth_failure_burst: 5,
+                auth_failures_per_minute: 6,
             }
         );
         assert_eq!(

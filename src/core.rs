@@ -86,6 +86,12 @@ pub(crate) struct ServerState {
     pub heartbeats: Heartbeats,
     /// Recent per-second samples of the server's activity, for the console.
     pub activity: Arc<Activity>,
+    /// The threads that verify passwords, apart from the blocking pool of replay reads.
+    pub hash_pool: crate::auth::HashPool,
+    /// Failed-login budgets per client address and per user name.
+    pub login_throttle: crate::auth::LoginThrottle,
+    /// Client connections open on every core, against `limits.max_connections`.
+    pub open_connections: std::sync::atomic::AtomicUsize,
 }
 
 impl ServerState {

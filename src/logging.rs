@@ -48,6 +48,15 @@ const CLIENT_RECORDS_BURST: u32 = 100;
 /// Failed logins (wrong password, unknown user, bad or expired token).
 pub static FAILED_LOGINS: RateLimit =
     RateLimit::new(CLIENT_RECORDS_PER_SECOND, CLIENT_RECORDS_BURST);
+/// Password logins refused with 429 because a failed-login budget was spent.
+pub static THROTTLED_LOGINS: RateLimit =
+    RateLimit::new(CLIENT_RECORDS_PER_SECOND, CLIENT_RECORDS_BURST);
+/// Connections refused because `max_connections` were open.
+pub static REFUSED_CONNECTIONS: RateLimit =
+    RateLimit::new(CLIENT_RECORDS_PER_SECOND, CLIENT_RECORDS_BURST);
+/// Failed accepts (out of descriptors or memory); each is followed by a short back-off.
+pub static ACCEPT_FAILURES: RateLimit =
+    RateLimit::new(CLIENT_RECORDS_PER_SECOND, CLIENT_RECORDS_BURST);
 /// Requests answered with a 4xx status.
 pub static REFUSED_REQUESTS: RateLimit =
     RateLimit::new(CLIENT_RECORDS_PER_SECOND, CLIENT_RECORDS_BURST);

@@ -47,6 +47,10 @@ pub(crate) const PUBLISH_DURATION: &str = "herald_publish_duration_seconds";
 pub(crate) const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
 /// Failed authentications, by `reason`.
 pub(crate) const AUTH_FAILURES: &str = "herald_auth_failures_total";
+/// argon2 password verifications run (unknown users' included).
+pub(crate) const PASSWORD_VERIFICATIONS: &str = "herald_password_verifications_total";
+/// Logins refused before their password was checked, by the budget that was spent.
+pub(crate) const AUTH_THROTTLED: &str = "herald_auth_throttled_total";
 /// HTTP requests, by `route` template and status `class`.
 pub(crate) const HTTP_REQUESTS: &str = "herald_http_requests_total";
 /// Always 1, labelled with `version` and `driver`.
@@ -193,6 +197,10 @@ fn register_zeroes() {
     ] {
         counter!(AUTH_FAILURES, "reason" => reason).increment(0);
     }
+    for by in ["address", "user"] {
+        counter!(AUTH_THROTTLED, "by" => by).increment(0);
+    }
+    counter!(PASSWORD_VERIFICATIONS).increment(0);
     counter!(SLOW_CONSUMER_CLOSES).increment(0);
     counter!(EVENTS_PUBLISHED).increment(0);
     counter!(EVENTS_REPLAYED).increment(0);
@@ -236,6 +244,14 @@ fn describe() {
         "Time from an event being durable until it is written to a socket, once per write."
     );
     describe_counter!(AUTH_FAILURES, "Failed authentications, by reason.");
+    describe_counter!(
+        AUTH_THROTTLED,
+        "Password logins refused with 429 before any hash ran, by the spent budget (address or user)."
+    );
+    describe_counter!(
+        PASSWORD_VERIFICATIONS,
+        "argon2 password verifications run, including those for unknown users."
+    );
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests answered, by route template and status class (an upgrade is 1xx)."

@@ -65,6 +65,9 @@ pub enum ServerError {
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(crate::net::tls::TlsError),
+    /// The password-verification threads could not be started.
+    #[error("cannot start the password-verification threads: {0}")]
+    Threads(std::io::Error),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {cause}")]
     Listen {
@@ -132,6 +135,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     }
     let log_reader = log.reader();
     let (auth, admin) = AuthStore::open(&db, config.admin_password.as_deref())?;
+    let auth = Arc::new(auth);
     log_admin_start(admin);
     let (history, crashed) = crate::core::history::History::open(&db)?;
     if crashed > 0 {
@@ -203,9 +207,14 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
             None
         }
     };
+    let hash_pool = crate::auth::HashPool::new(crate::auth::HASH_THREADS, crate::auth::HASH_QUEUE)
+        .map_err(ServerError::Threads)?;
+    // The first job, so the decoy exists before any login is verified.
+    let decoy_store = auth.clone();
+    hash_pool.submit(move || decoy_store.prepare_decoy());
     let shared = Arc::new(ServerState {
         config: config.clone(),
-        auth: Arc::new(auth),
+        auth,
         objects,
         publisher,
         log_status: sequencer.status.clone(),
@@ -223,6 +232,12 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         server_id,
         heartbeats: Heartbeats::new(config.cores),
         activity: Arc::default(),
+        hash_pool,
+        login_throttle: crate::auth::LoginThrottle::new(crate::auth::Budget {
+            burst: config.limits.auth_failure_burst,
+            per_second: f64::from(config.limits.auth_failures_per_minute) / 60.0,
+        }),
+        open_connections: std::sync::atomic::AtomicUsize::new(0),
     });
     let sampled = shared.clone();
     let sample = move || sampled.activity_totals();

@@ -56,6 +56,7 @@ pub(super) fn hash_password(password: &str) -> Result<String, AuthError> {
 pub(super) fn verify_password(phc: &str, password: &str) -> Result<bool, AuthError> {
     let parsed = PasswordHash::new(phc)
         .map_err(|e| AuthError::Corrupt(format!("a stored password hash is unreadable: {e}")))?;
+    ::metrics::counter!(crate::metrics::PASSWORD_VERIFICATIONS).increment(1);
     // The parameters come from the PHC string, so hashes made with other settings still verify.
     match hasher().verify_password(password.as_bytes(), &parsed) {
         Ok(()) => Ok(true),

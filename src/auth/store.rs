@@ -718,6 +718,14 @@ impl AuthStore {
         }
     }
 
+    /// Makes the hash unknown users are verified against, with the same parameters as real
+    /// ones; run it once at start, as the hash pool's first job, so no login pays for it.
+    pub(crate) fn prepare_decoy(&self) {
+        if let Err(error) = self.decoy_hash() {
+            tracing::warn!("cannot prepare the password hash for unknown users: {error}");
+        }
+    }
+
     fn decoy_hash(&self) -> Result<&str, AuthError> {
         if let Some(hash) = self.decoy_hash.get() {
             return Ok(hash);

@@ -326,6 +326,32 @@ keys! {
         file: duration(),
         reload: restart("limits", limits.ping_timeout),
     }
+    /// Most open client connections; more are answered 503 and closed [default: the open-files limit (RLIMIT_NOFILE) minus 64, kept for the database, log and listeners]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: u64 {
+        default: default_max_connections(),
+        file: integer(),
+        check: at_least(1),
+        reload: restart("limits", limits.max_connections),
+    }
+    /// Failed password logins one client address, or one user name, may cause at once before it gets 429 [default: 20]
+    #[arg(long, env = "HERALD_AUTH_FAILURE_BURST", value_name = "N")]
+    auth_failure_burst: u64 {
+        // Twenty wrong passwords in a row is no typing mistake, and a NAT of many users fits.
+        default: 20,
+        file: integer(),
+        check: at_least(1),
+        reload: restart("limits", limits.auth_failure_burst),
+    }
+    /// Failed password logins per minute one client address, or one user name, may cause once its burst is spent [default: 30]
+    #[arg(long, env = "HERALD_AUTH_FAILURES_PER_MINUTE", value_name = "N")]
+    auth_failures_per_minute: u64 {
+        // One every two seconds: a person retrying by hand never waits, a guessing script crawls.
+        default: 30,
+        file: integer(),
+        check: at_least(1),
+        reload: restart("limits", limits.auth_failures_per_minute),
+    }
     /// Most events kept in the log [default: 1000000]
     #[arg(long, env = "HERALD_RETAIN_EVENTS", value_name = "N")]
     retain_events: u64 {
@@ -389,6 +415,24 @@ keys! {
         file: boolean(),
         reload: restart("metrics_auth", metrics_auth),
     }
+}
+
+/// Descriptors kept back from the open-files limit for the database, the log files, the
+/// listeners and the process's own.
+const RESERVED_FDS: u64 = 64;
+
+/// The default `max_connections`: the soft open-files limit minus [`RESERVED_FDS`], so accept
+/// never runs out of descriptors while the database still has room.
+pub(super) fn default_max_connections() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives for the call.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let soft = if read { limit.rlim_cur } else { 1024 };
+    // RLIM_INFINITY is u64::MAX: bound it to something a table can hold.
+    soft.min(1 << 20).saturating_sub(RESERVED_FDS).max(1)
 }
 
 /// All available cores, within [`MAX_CORES`].

@@ -179,6 +179,20 @@ impl Server {
         );
     }
 
+    /// One series' value from `/metrics` (0 when absent), e.g. `herald_auth_throttled_total{by="user"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let reply = self.get("/metrics");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply
+            .body
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.rsplit_once(' '))
+            .find(|(name, _)| *name == series)
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Creates a user with these roles and password as the admin; asserts success.
     pub fn create_user(&self, name: &str, password: &str, roles: &[&str]) {
         let body = json!({"Name": name, "Roles": roles, "Password": password});

@@ -28,6 +28,28 @@ impl Server {
         }
     }
 
+    /// A raw HTTP connection from another loopback address (127.0.0.2 and so on), so a test
+    /// can be several clients (plain servers only).
+    pub fn raw_from(&self, source: std::net::IpAddr) -> RawHttp {
+        assert!(self.tls.is_none(), "raw connections need a plain server");
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&std::net::SocketAddr::new(source, 0).into())
+            .expect("bind the source address");
+        socket
+            .connect_timeout(&self.addr.into(), REPLY_TIMEOUT)
+            .expect("connect");
+        let tcp: TcpStream = socket.into();
+        tcp.set_read_timeout(Some(REPLY_TIMEOUT))
+            .expect("set read timeout");
+        tcp.set_nodelay(true).expect("set nodelay");
+        RawHttp {
+            stream: tcp,
+            buf: Vec::new(),
+        }
+    }
+
     /// A raw HTTP connection (plain servers only).
     pub fn raw(&self) -> RawHttp {
         assert!(self.tls.is_none(), "raw connections need a plain server");
@@ -67,6 +89,25 @@ impl RawHttp {
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)?;
         self.stream.flush()
+    }
+
+    /// Sends a GET with these credentials on this connection, kept alive, and reads the answer
+    /// within `timeout`.
+    pub fn get(
+        &mut self,
+        path: &str,
+        auth: &super::Auth,
+        timeout: Duration,
+    ) -> io::Result<HttpReply> {
+        let authorization = auth
+            .header_value()
+            .map(|value| format!("Authorization: {value}\r\n"))
+            .unwrap_or_default();
+        let path = auth.apply_to_path(path);
+        self.send(
+            format!("GET {path} HTTP/1.1\r\nHost: herald\r\n{authorization}\r\n").as_bytes(),
+        )?;
+        self.read_response(timeout)
     }
 
     /// The underlying socket.
