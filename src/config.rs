@@ -532,6 +532,13 @@ mod tests {
             ("outbound_budget", "", "outbound_budget = \"16MiB\""),
             ("ping_interval", "", "ping_interval = \"40s\""),
             ("ping_timeout", "", "ping_timeout = \"90s\""),
+            ("max_connections", "", "max_connections = 10"),
+            ("auth_failure_burst", "", "auth_failure_burst = 3"),
+            (
+                "auth_failures_per_minute",
+                "",
+                "auth_failures_per_minute = 3",
+            ),
             ("retain_events", "", "retain_events = 5"),
             ("retain_age", "", "retain_age = \"1d\""),
             ("retain_bytes", "", "retain_bytes = \"1MiB\""),
@@ -605,7 +612,7 @@ mod tests {
             assert_eq!(format!("{config:?}"), defaults, "{flag}");
             checked += 1;
         }
-        assert_eq!(checked, 20, "the help texts with a one-word default");
+        assert_eq!(checked, 22, "the help texts with a one-word default");
     }
 
     #[test]
@@ -787,6 +794,9 @@ mod tests {
             outbound_budget = "4MiB"
             ping_interval = "15s"
             ping_timeout = "45s"
+            max_connections = 500
+            auth_failure_burst = 5
+            auth_failures_per_minute = 12
             retain_events = 2000
             retain_age = "1d"
             retain_bytes = "10MB"
@@ -826,6 +836,9 @@ mod tests {
         assert_eq!(config.limits.outbound_budget_bytes, 4 << 20);
         assert_eq!(config.limits.ping_interval, Duration::from_secs(15));
         assert_eq!(config.limits.ping_timeout, Duration::from_secs(45));
+        assert_eq!(config.limits.max_connections, 500);
+        assert_eq!(config.limits.auth_failure_burst, 5);
+        assert_eq!(config.limits.auth_failures_per_minute, 12);
         assert_eq!(config.retention.max_events, 2000);
         assert_eq!(config.retention.max_age, Duration::from_secs(86400));
         assert_eq!(config.retention.max_bytes, 10_000_000);
