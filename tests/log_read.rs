@@ -140,9 +140,14 @@ fn a_restricted_user_reads_only_the_events_it_may_see() {
     );
     assert_eq!(next, b, "Herald-Next-Since is the last event in the answer");
     assert!(next < last);
-    let (events, _) = page(&server.events_page(&server.admin(), &format!("since={before}")));
+    // Filtered to this test's hidden type: the shared server's other tests publish meanwhile,
+    // and an unfiltered page could end before `last`.
+    let (events, _) = page(&server.events_page(
+        &server.admin(),
+        &format!("since={before}&filter={hidden}.*.*"),
+    ));
     assert!(
         seqs(&events).contains(&last),
-        "the admin sees everything: {events:?}"
+        "the admin sees the events the user may not: {events:?}"
     );
 }
