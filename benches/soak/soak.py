@@ -77,6 +77,7 @@ class Soak:
         self.replays = 0
         self.slow_closes = 0
         self.epoch = ""
+        self.registered = threading.Semaphore(0)
 
     def fail(self, why: str) -> None:
         with self.lock:
@@ -152,9 +153,13 @@ class Soak:
     def firehose(self, k: int) -> None:
         """Every Seq once and in order, across reconnects (slow-consumer closes resume)."""
         last = 0
+        first = True
         while not self.stop.is_set() or last < self.last_acked:
             try:
                 ws = self.connect(["*.*.*"])
+                if first:
+                    self.registered.release()
+                    first = False
                 if last:
                     ws.send(f"replay {last} {self.epoch}")
                 replied = not last
@@ -186,6 +191,7 @@ class Soak:
 
     def selective(self, k: int) -> None:
         ws = self.connect([f"machines.*.m{k}"])
+        self.registered.release()
         ws.settimeout(1.0)
         while True:
             try:
@@ -233,7 +239,12 @@ class Soak:
             ws.send("replay 0")
             target, count, replied = self.last_acked, 0, False
             while True:
-                frame = json.loads(ws.recv())
+                raw = ws.recv()
+                if not raw:  # closed: a reader this slow is a slow consumer (4008), by design
+                    with self.lock:
+                        self.slow_closes += 1
+                    break
+                frame = json.loads(raw)
                 if frame.get("Type") == "websocket":
                     replied = replied or frame.get("Action") == "replay"
                     continue
@@ -324,6 +335,10 @@ def main() -> int:
                                   timeout=TIMEOUT).json()["Epoch"]
         subscribers = [spawn(soak.firehose, k) for k in range(FIREHOSE)]
         subscribers += [spawn(soak.selective, k) for k in range(SELECTIVE)]
+        # Every subscriber is registered before the first publish, so each must see all of it.
+        for _ in subscribers:
+            if not soak.registered.acquire(timeout=120):
+                raise SystemExit("the subscribers did not all register within 120 s")
         others = [spawn(soak.reconnecting, k) for k in range(RECONNECTING)] + [spawn(soak.catch_up)]
         writers = [spawn(soak.single_publisher), spawn(soak.batch_publisher), spawn(soak.object_writer)]
 
