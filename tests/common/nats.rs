@@ -303,10 +303,6 @@ impl NatsCluster {
                 Some((i, leader))
             })
             .collect();
-        // A single server reports its streams without a cluster section: it leads them all.
-        if self.len() == 1 {
-            return views.first().map(|(i, _)| *i);
-        }
         self.agreed_leader(&views)
     }
 
