@@ -236,10 +236,24 @@ impl NatsCluster {
     }
 
     /// SIGSTOP to server `index`: it holds its sockets but answers nothing, like a hung machine.
+    /// Returns once every thread of it has stopped: `kill` returns before they all have.
     pub fn pause(&mut self, index: usize) {
         let process = self.running(index);
         signal(process.pid, "STOP");
         process.paused = true;
+        let pid = process.pid;
+        eventually(
+            &format!("every thread of nats-server n{index} to stop"),
+            REPLY_TIMEOUT,
+            || {
+                let states = thread_states(pid);
+                if !states.is_empty() && states.iter().all(|&s| s == 'T') {
+                    Ok(())
+                } else {
+                    Err(format!("thread states {states:?}"))
+                }
+            },
+        );
     }
 
     /// SIGCONT to a paused server `index`.
@@ -650,6 +664,21 @@ fn signal_quietly(pid: u32, name: &str) {
         .args([format!("-{name}"), pid.to_string()])
         .stderr(Stdio::null())
         .status();
+}
+
+/// The state letter of each thread of process `pid` (`T` when stopped by a signal).
+fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.trim_start().chars().next()
+        })
+        .collect()
 }
 
 /// Whether process `pid` has exited (gone, or a zombie its watchdog has yet to reap).
