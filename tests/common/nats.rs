@@ -538,7 +538,7 @@ impl NatsCluster {
     }
 
     /// Server `index` is ready: `/jsz` shows JetStream enabled and, in a cluster, names the meta
-    /// leader; then `/healthz` says ok, which in 2.9 also means every stream it holds is current.
+    /// leader of a group holding every server; then `/healthz` says ok, which in 2.9 also means every stream it holds is current.
     /// (`/healthz` is asked last: each refusal is a warning in the server's log.)
     fn readiness(&self, index: usize) -> Result<(), String> {
         let name = self.name(index);
@@ -550,6 +550,17 @@ impl NatsCluster {
             let leader = jsz.pointer("/meta_cluster/leader").and_then(Value::as_str);
             if leader.is_none_or(str::is_empty) {
                 return Err(format!("{name}: no JetStream meta leader yet"));
+            }
+            // Two servers can elect a leader before the third has joined; until it has, a
+            // stream with three replicas cannot be placed.
+            let size = jsz
+                .pointer("/meta_cluster/cluster_size")
+                .and_then(Value::as_u64);
+            if size != Some(self.len() as u64) {
+                return Err(format!(
+                    "{name}: the meta group has {size:?} of {} servers",
+                    self.len()
+                ));
             }
         }
         let health = self.monitor_json(index, "/healthz")?;
