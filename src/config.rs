@@ -166,6 +166,25 @@ pub struct Config {
     pub metrics_auth: bool,
     /// Start a new, empty log where the data directory's log is missing (`serve --reset`).
     pub reset: bool,
+    /// The cluster this node belongs to (`--nats`); `None` runs a single node on sled.
+    pub cluster: Option<Cluster>,
+}
+
+/// A node's place in a cluster on NATS JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// The NATS servers' URLs.
+    pub nats: Vec<String>,
+    /// NATS credentials file.
+    pub creds: Option<PathBuf>,
+    /// CA certificate for TLS to NATS.
+    pub tls_ca: Option<PathBuf>,
+    /// Prefix of the cluster's stream and buckets.
+    pub name: String,
+    /// This node's name.
+    pub node: String,
+    /// Replicas of a stream this node creates; `None` for 3, or fewer JetStream servers.
+    pub replicas: Option<usize>,
 }
 
 /// How much of the closed-connection history is kept; the oldest entries go first.
@@ -389,7 +408,74 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         shutdown_timeout: s.shutdown_timeout,
         metrics_auth: s.metrics_auth,
         reset: s.reset,
+        cluster: cluster(
+            s.nats,
+            s.nats_creds,
+            s.nats_tls_ca,
+            s.cluster_name,
+            s.node_name,
+            s.stream_replicas,
+        )?,
     })
+}
+
+/// The cluster settings, when `nats` names servers; the others need it.
+fn cluster(
+    nats: Vec<String>,
+    creds: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    name: String,
+    node: Option<String>,
+    replicas: Option<u64>,
+) -> Result<Option<Cluster>, ConfigError> {
+    if nats.is_empty() {
+        let orphan = [
+            ("nats_creds", creds.is_some()),
+            ("nats_tls_ca", tls_ca.is_some()),
+            ("node_name", node.is_some()),
+            ("stream_replicas", replicas.is_some()),
+        ];
+        if let Some((key, _)) = orphan.into_iter().find(|(_, given)| *given) {
+            return Err(invalid(
+                key,
+                "applies only to a cluster node: give nats too, or drop it".to_owned(),
+            ));
+        }
+        return Ok(None);
+    }
+    let node = match node {
+        Some(node) => node,
+        None => host_name().ok_or_else(|| {
+            invalid(
+                "node_name",
+                "the host name cannot be read; name this node with node_name".to_owned(),
+            )
+        })?,
+    };
+    Ok(Some(Cluster {
+        nats,
+        creds,
+        tls_ca,
+        name,
+        node,
+        replicas: replicas.and_then(|n| usize::try_from(n).ok()),
+    }))
+}
+
+/// This machine's host name, when the kernel reports one that is a valid DNS name.
+pub(crate) fn host_name() -> Option<String> {
+    // Read from procfs because std has no stable host name call and libc's needs `unsafe`.
+    let raw = fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| fs::read_to_string("/etc/hostname"))
+        .ok()?;
+    let name = raw.trim();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name != "localhost"
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    valid.then(|| name.to_owned())
 }
 
 fn invalid(key: &'static str, reason: String) -> ConfigError {

@@ -64,6 +64,8 @@ pub(crate) struct ServerState {
     pub log_status: Arc<LogStatus>,
     /// Read access to the log for replays and REST reads (used from blocking threads).
     pub log_reader: LogReader,
+    /// A cluster node's place in its cluster; `None` on a single node.
+    pub cluster: Option<Arc<crate::cluster::ClusterView>>,
     /// The TLS setup, or `None` for plain.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// When the server started.

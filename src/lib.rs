@@ -8,6 +8,8 @@
 //! - `net`: plain TCP or TLS under a connection, the certificate, the outbound queue, wake-ups.
 //! - [`store`]: the storage seam and its sled backend: the database, its trees, the event log.
 //! - `sequencer`: the one thread that assigns `Seq`, makes batches durable and broadcasts them.
+//! - `cluster`: instead of the sequencer on a cluster node: the stream on NATS JetStream, the
+//!   node's copy of it, and the same broadcast to the cores.
 //! - `auth`: users, roles, claims, passwords and signed tokens.
 //! - `objects`: the DRP-shaped object store (profiles, params, machines, …), without HTTP.
 //! - `metrics`: metric names and the `/metrics` exposition from plain values; activity samples.
@@ -21,6 +23,7 @@
 mod api;
 mod auth;
 pub mod cli;
+mod cluster;
 pub mod config;
 mod core;
 #[doc(hidden)]

@@ -53,6 +53,14 @@ pub(crate) const PASSWORD_VERIFICATIONS: &str = "herald_password_verifications_t
 pub(crate) const AUTH_THROTTLED: &str = "herald_auth_throttled_total";
 /// HTTP requests, by `route` template and status `class`.
 pub(crate) const HTTP_REQUESTS: &str = "herald_http_requests_total";
+/// Cluster nodes: 1 while this node's NATS connection is up.
+pub(crate) const CLUSTER_NATS_CONNECTED: &str = "herald_cluster_nats_connected";
+/// Cluster nodes: events in the stream that this node has yet to deliver.
+pub(crate) const CLUSTER_STREAM_LAG: &str = "herald_cluster_stream_lag_events";
+/// Cluster nodes: publishes sent to the stream again after no answer.
+pub(crate) const CLUSTER_PUBLISH_RETRIES: &str = "herald_cluster_publish_retries_total";
+/// Cluster nodes: nodes of the cluster seen alive.
+pub(crate) const CLUSTER_NODES: &str = "herald_cluster_nodes";
 /// Always 1, labelled with `version` and `driver`.
 pub(crate) const BUILD_INFO: &str = "herald_build_info";
 
@@ -177,6 +185,7 @@ fn register_zeroes() {
         SLOW_CONSUMER,
         "ping timeout",
         "server shutdown",
+        "stream gap",
         "protocol error",
     ] {
         counter!(DISCONNECTS, "reason" => reason).increment(0);
@@ -207,6 +216,22 @@ fn register_zeroes() {
 }
 
 fn describe() {
+    describe_gauge!(
+        CLUSTER_NATS_CONNECTED,
+        "Cluster nodes only: 1 while this node is connected to NATS, else 0."
+    );
+    describe_gauge!(
+        CLUSTER_STREAM_LAG,
+        "Cluster nodes only: events in the cluster's stream this node has yet to deliver."
+    );
+    describe_counter!(
+        CLUSTER_PUBLISH_RETRIES,
+        "Cluster nodes only: events sent to the stream again after no acknowledgement."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Cluster nodes only: nodes of the cluster that announced themselves in the last 15 s."
+    );
     describe_gauge!(CONNECTIONS, "Open connections, by type (websocket or api).");
     describe_counter!(
         CONNECTIONS_ACCEPTED,

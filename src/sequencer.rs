@@ -39,6 +39,9 @@ pub(crate) struct SequencedBatch {
     pub events: Vec<EncodedEvent>,
     /// When the batch became visible, for the delivery-lag metric.
     pub durable_at: Instant,
+    /// Events before this batch were lost to this node (a cluster's stream dropped them
+    /// before it read them): every websocket closes with its resume point.
+    pub gap_before: bool,
 }
 
 /// A batch as the cores receive it.
@@ -53,6 +56,10 @@ pub enum PublishError {
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The cluster's log cannot store events now (no quorum, or NATS unreachable); nothing was
+    /// acknowledged, and the publisher may retry.
+    #[error("the cluster's event log is unavailable: {0}; retry shortly")]
+    Unavailable(String),
 }
 
 /// The storage failed in a way that no longer lets herald keep its promises (a failed flush, or
@@ -66,6 +73,11 @@ pub struct StorageFailed {
 }
 
 impl StorageFailed {
+    /// A failure of `what`, caused by `cause`.
+    pub(crate) fn new(what: &'static str, cause: String) -> StorageFailed {
+        StorageFailed { what, cause }
+    }
+
     /// The process exit code this failure calls for.
     pub fn exit_code(&self) -> u8 {
         STORAGE_FAILED_EXIT_CODE
@@ -76,17 +88,21 @@ impl StorageFailed {
 pub(crate) type OnStorageFailed = Box<dyn FnOnce() + Send>;
 
 /// Events waiting to be sequenced, with the channel that answers their publisher.
-struct Publish {
-    events: Vec<(Event, Vec<u8>)>,
-    change: Option<Box<dyn StateChange>>,
-    reply: flume::Sender<Result<u64, PublishError>>,
-    source: Source,
+pub(crate) struct Publish {
+    /// Each event with its JSON up to `"Seq":`.
+    pub(crate) events: Vec<(Event, Vec<u8>)>,
+    /// A state change to run first, whose events replace `events`.
+    pub(crate) change: Option<Box<dyn StateChange>>,
+    /// Answers the last `Seq`, once stored.
+    pub(crate) reply: flume::Sender<Result<u64, PublishError>>,
+    /// Who asked.
+    pub(crate) source: Source,
 }
 
 /// Who asked for a publish, so that a failure to store herald's own log records is not itself
 /// published as a log record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub(crate) enum Source {
     /// A client, or a change herald made on a client's behalf.
     Requests,
     /// herald's log records (`log.<level>.herald`).
@@ -98,9 +114,10 @@ enum Source {
 pub(crate) struct LogStatus {
     /// The log's epoch.
     pub epoch: String,
-    /// The end of the newest gap of `Seq`s skipped after an unclean stop (0 when none): a
-    /// `replay` from before it answers `Recovered: false`.
-    pub resumed_after: u64,
+    /// The end of the newest gap of `Seq`s never stored here (skipped after an unclean stop,
+    /// or trimmed from a cluster's stream before this node read them; 0 when none): a `replay`
+    /// from before it answers `Recovered: false`.
+    resumed_after: AtomicU64,
     first_seq: AtomicU64,
     last_seq: AtomicU64,
     bytes: AtomicU64,
@@ -109,6 +126,23 @@ pub(crate) struct LogStatus {
 }
 
 impl LogStatus {
+    /// The status of `log`, as it is now.
+    pub(crate) fn of(log: &impl EventStore) -> LogStatus {
+        let status = LogStatus {
+            epoch: log.epoch().to_owned(),
+            resumed_after: AtomicU64::new(log.resumed_after()),
+            first_seq: AtomicU64::new(0),
+            last_seq: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            flush_waiters: Mutex::default(),
+        };
+        status.update(log);
+        status
+    }
+    /// The end of the newest gap of `Seq`s never stored here (0 when none).
+    pub(crate) fn resumed_after(&self) -> u64 {
+        self.resumed_after.load(Ordering::Acquire)
+    }
     /// Oldest retained Seq (last + 1 when nothing is retained).
     pub(crate) fn first_seq(&self) -> u64 {
         self.first_seq.load(Ordering::Acquire)
@@ -131,17 +165,19 @@ impl LogStatus {
             .push(tx);
         rx
     }
-    fn flushed(&self) {
+    pub(crate) fn flushed(&self) {
         let mut waiters = self.flush_waiters.lock().unwrap_or_else(|e| e.into_inner());
         for waiter in waiters.drain(..) {
             let _ = waiter.try_send(());
         }
     }
-    fn update(&self, log: &impl EventStore) {
+    pub(crate) fn update(&self, log: &impl EventStore) {
         self.update_to(log, log.bounds().last);
     }
     /// Like `update`, with `LastSeq` at `last`: with `batched` it moves before the append.
     fn update_to(&self, log: &impl EventStore, last: u64) {
+        self.resumed_after
+            .store(log.resumed_after(), Ordering::Release);
         self.first_seq.store(log.bounds().first, Ordering::Release);
         self.last_seq.store(last, Ordering::Release);
         self.bytes.store(log.bytes(), Ordering::Release);
@@ -153,6 +189,15 @@ impl LogStatus {
 pub(crate) struct Publisher {
     tx: flume::Sender<Publish>,
     retention: Arc<Mutex<Retention>>,
+}
+
+/// A publisher and the queue it feeds, for a log thread other than [`Sequencer`]'s; the
+/// retention it is given is the one [`Publisher::set_retention`] replaces.
+pub(crate) fn publish_queue(
+    retention: Arc<Mutex<Retention>>,
+) -> (Publisher, flume::Receiver<Publish>) {
+    let (tx, rx) = flume::bounded(QUEUE_DEPTH);
+    (Publisher { tx, retention }, rx)
 }
 
 impl Publisher {
@@ -272,19 +317,11 @@ impl Sequencer {
         cores: Vec<flume::Sender<Batch>>,
         on_failure: OnStorageFailed,
     ) -> std::io::Result<(Sequencer, Publisher)> {
-        let status = Arc::new(LogStatus {
-            epoch: log.epoch().to_owned(),
-            resumed_after: log.resumed_after(),
-            first_seq: AtomicU64::new(0),
-            last_seq: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            flush_waiters: Mutex::default(),
-        });
-        status.update(&log);
-        let (tx, rx) = flume::bounded(QUEUE_DEPTH);
+        let status = Arc::new(LogStatus::of(&log));
+        let retention = Arc::new(Mutex::new(retention));
+        let (publisher, rx) = publish_queue(retention.clone());
         let stop = Arc::new(Mutex::new(false));
         let failed = Arc::new(Mutex::new(None));
-        let retention = Arc::new(Mutex::new(retention));
         let thread = {
             let status = status.clone();
             let stop = stop.clone();
@@ -315,7 +352,7 @@ impl Sequencer {
                 stop,
                 failed,
             },
-            Publisher { tx, retention },
+            publisher,
         ))
     }
 
@@ -478,6 +515,7 @@ impl<S: EventStore> Writer<S> {
         let batch: Batch = Arc::new(SequencedBatch {
             events: encoded,
             durable_at: Instant::now(),
+            gap_before: false,
         });
         // `batched` delivers as soon as events have their Seq: the append, tens of µs on a thread
         // that just woke, stays off the delivery path. `sync` delivers only once durable.

@@ -15,6 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 
 use crate::auth::{AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_USER};
+use crate::cluster::Node;
 use crate::config::{Config, DEFAULT_LISTEN, DEFAULT_PASSWORD_LISTEN, TlsMode};
 use crate::core::accept::{self, CoreControl, CoreInputs};
 use crate::core::{Heartbeats, ServerState};
@@ -84,6 +85,9 @@ pub enum ServerError {
         /// What the system said.
         cause: std::io::Error,
     },
+    /// The node could not join its cluster.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The storage failed while serving; the log thread stopped (already logged there).
     #[error(transparent)]
     StorageFailed(#[from] sequencer::StorageFailed),
@@ -121,19 +125,16 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     // Held until run returns, so a second herald on this directory is refused before it
     // touches anything.
     let _lock = crate::store::data_dir::lock(&config.data_dir)?;
-    let marker = crate::store::data_dir::read_epoch_marker(&config.data_dir)?;
     let db_path = config.data_dir.join("db");
     let db = crate::store::db::open(&db_path).map_err(|cause| ServerError::Database {
         path: db_path.display().to_string(),
         cause,
     })?;
-    check_log_present(&config, &db_path, marker.as_deref(), &db)?;
-    let mut log = EventLog::open(&db)?;
-    log.sync_files_in(&db_path)?;
-    if marker.as_deref() != Some(log.epoch()) {
-        crate::store::data_dir::write_epoch_marker(&config.data_dir, log.epoch())?;
-    }
-    let log_reader = log.reader();
+    // A cluster node's event log is the cluster's stream; the local one stays as it was.
+    let log_source = match &config.cluster {
+        Some(cluster) => LogSource::Cluster(cluster),
+        None => LogSource::Local(Box::new(open_local_log(&config, &db_path, &db)?)),
+    };
     let (auth, admin) = AuthStore::open(&db, config.admin_password.as_deref())?;
     let auth = Arc::new(auth);
     log_admin_start(admin);
@@ -170,17 +171,35 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         .unzip();
     // A storage failure ends the signal wait below, so it reaches `main` with its exit code.
     let signals_handle = signals.handle();
-    let (sequencer, publisher) = Sequencer::start(
-        log,
-        config.durability,
-        config.retention.clone(),
-        inboxes,
-        Box::new(move || signals_handle.close()),
-    )
-    .map_err(|cause| ServerError::Start {
-        what: "the log thread".into(),
-        cause,
-    })?;
+    let on_failure = Box::new(move || signals_handle.close());
+    let (sequencer, publisher, log_reader) = match log_source {
+        LogSource::Cluster(cluster) => {
+            let (node, publisher) = Node::start(
+                cluster,
+                &config.data_dir,
+                config.retention.clone(),
+                inboxes,
+                on_failure,
+            )?;
+            let reader = node.reader.clone();
+            (LogThread::Cluster(node), publisher, reader)
+        }
+        LogSource::Local(log) => {
+            let reader = log.reader();
+            let (sequencer, publisher) = Sequencer::start(
+                *log,
+                config.durability,
+                config.retention.clone(),
+                inboxes,
+                on_failure,
+            )
+            .map_err(|cause| ServerError::Start {
+                what: "the log thread".into(),
+                cause,
+            })?;
+            (LogThread::Local(sequencer), publisher, reader)
+        }
+    };
     let log_records = publisher.clone();
     crate::logging::publish_log_events(move |event| log_records.publish_log_record(event));
     let driver = if monoio::utils::detect_uring() {
@@ -217,7 +236,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         auth,
         objects,
         publisher,
-        log_status: sequencer.status.clone(),
+        log_status: sequencer.status(),
+        cluster: sequencer.cluster_view(),
         log_reader,
         tls,
         started: Instant::now(),
@@ -395,6 +415,64 @@ fn apply_reload(shared: &ServerState, reload: &Reload) {
     }
 }
 
+/// Where the event log comes from.
+enum LogSource<'a> {
+    /// The single node's log in its data directory.
+    Local(Box<EventLog>),
+    /// The stream of the cluster this node joins.
+    Cluster(&'a crate::config::Cluster),
+}
+
+/// The thread that owns the event log: the sequencer of a single node, or a cluster node's
+/// copy of the cluster's stream.
+enum LogThread {
+    Local(Sequencer),
+    Cluster(Node),
+}
+
+impl LogThread {
+    fn status(&self) -> Arc<crate::sequencer::LogStatus> {
+        match self {
+            LogThread::Local(sequencer) => sequencer.status.clone(),
+            LogThread::Cluster(node) => node.status.clone(),
+        }
+    }
+
+    fn cluster_view(&self) -> Option<Arc<crate::cluster::ClusterView>> {
+        match self {
+            LogThread::Local(_) => None,
+            LogThread::Cluster(node) => Some(node.view.clone()),
+        }
+    }
+
+    fn failure(&self) -> Option<sequencer::StorageFailed> {
+        match self {
+            LogThread::Local(sequencer) => sequencer.failure(),
+            LogThread::Cluster(node) => node.failure(),
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            LogThread::Local(sequencer) => sequencer.stop(),
+            LogThread::Cluster(node) => node.stop(),
+        }
+    }
+}
+
+/// Opens the single node's event log, after checking that the data directory still holds the
+/// log it last held.
+fn open_local_log(config: &Config, db_path: &Path, db: &sled::Db) -> Result<EventLog, ServerError> {
+    let marker = crate::store::data_dir::read_epoch_marker(&config.data_dir)?;
+    check_log_present(config, db_path, marker.as_deref(), db)?;
+    let mut log = EventLog::open(db)?;
+    log.sync_files_in(db_path)?;
+    if marker.as_deref() != Some(log.epoch()) {
+        crate::store::data_dir::write_epoch_marker(&config.data_dir, log.epoch())?;
+    }
+    Ok(log)
+}
+
 /// Refuses to replace a lost log with a new one unless `--reset` says so: the marker names the
 /// log this data directory held, and an empty or missing database no longer holds it.
 fn check_log_present(
@@ -543,8 +621,9 @@ fn paste_urls(scheme: &str, addr: SocketAddr) -> Vec<String> {
                 .filter(|i| ip.is_ipv6() || i.ip().is_ipv4())
                 .map(|i| url(i.ip())),
         ),
-        Err(_) => urls
-            .extend(crate::net::tls::host_name().map(|host| format!("{scheme}://{host}:{port}"))),
+        Err(_) => {
+            urls.extend(crate::config::host_name().map(|host| format!("{scheme}://{host}:{port}")))
+        }
     }
     urls.dedup();
     urls

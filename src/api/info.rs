@@ -44,6 +44,8 @@ pub(crate) struct ServerFacts<'a> {
     pub durability: &'static str,
     /// Whether the admin user still has the default password.
     pub default_password: bool,
+    /// A cluster node's `Cluster` object; `None` on a single node.
+    pub cluster: Option<Value>,
 }
 
 /// Why the server's id could not be read or made.
@@ -96,6 +98,10 @@ pub(crate) fn server_info(facts: &ServerFacts) -> Map<String, Value> {
         "DefaultPassword": facts.default_password,
         "Warnings": warnings,
     });
+    let mut info = info;
+    if let (Some(cluster), Some(object)) = (&facts.cluster, info.as_object_mut()) {
+        object.insert("Cluster".into(), cluster.clone());
+    }
     // DRP's Info: herald serves the API and the event stream, and no DHCP, PXE, TFTP, BINL,
     // DNS or file server, so those are off with port 0.
     let drp = json!({
@@ -209,6 +215,7 @@ mod tests {
             last_seq: 9,
             durability: "sync",
             default_password: true,
+            cluster: None,
         };
         let info = server_info(&facts);
         assert_eq!(info["Uptime"], 42);

@@ -31,17 +31,20 @@ impl Request {
         ServerFacts {
             server_id: &shared.server_id,
             reached,
-            host_name: crate::net::tls::host_name().unwrap_or_default(),
+            host_name: crate::config::host_name().unwrap_or_default(),
             uptime: shared.started.elapsed(),
             cores: shared.config.cores,
             driver: shared.driver,
             epoch: &status.epoch,
             first_seq: status.first_seq(),
             last_seq: status.last_seq(),
-            durability: match shared.config.durability {
-                crate::config::Durability::Sync => "sync",
-                crate::config::Durability::Batched => "batched",
+            durability: match (&shared.cluster, shared.config.durability) {
+                // Answered once stored on a quorum of the stream's replicas.
+                (Some(_), _) => "replicated",
+                (None, crate::config::Durability::Sync) => "sync",
+                (None, crate::config::Durability::Batched) => "batched",
             },
+            cluster: shared.cluster.as_ref().map(|view| view.describe()),
             default_password: shared.auth.default_password_in_use(),
         }
     }

@@ -400,6 +400,48 @@ keys! {
         check: not_shorter(MIN_INTERVAL),
         reload: restart("shutdown_timeout", shutdown_timeout),
     }
+    /// Run as a node of a cluster on these NATS JetStream servers (comma-separated URLs) instead of the local event log [default: none, a single node]
+    #[arg(long, env = "HERALD_NATS", value_delimiter = ',', value_name = "URL")]
+    nats: Vec<String> {
+        default: Vec::new(),
+        file: strings(),
+        check: each_nats_url(),
+        reload: restart("nats", cluster),
+    }
+    /// NATS credentials file (JWT and NKey seed) for --nats
+    #[arg(long, env = "HERALD_NATS_CREDS", value_name = "FILE")]
+    nats_creds: PathBuf {
+        file: path(),
+        reload: restart("nats", cluster),
+    }
+    /// CA certificate (PEM) to verify the NATS servers' TLS with; needs tls:// URLs or servers that require TLS
+    #[arg(long, env = "HERALD_NATS_TLS_CA", value_name = "FILE")]
+    nats_tls_ca: PathBuf {
+        file: path(),
+        reload: restart("nats", cluster),
+    }
+    /// Name of the cluster: prefixes its stream and buckets, so several clusters can share one NATS system [default: herald]
+    #[arg(long, env = "HERALD_CLUSTER_NAME", value_name = "NAME")]
+    cluster_name: String {
+        default: "herald".to_owned(),
+        file: text(),
+        check: valid_cluster_name(),
+        reload: restart("nats", cluster),
+    }
+    /// This node's name, unique in the cluster [default: the host name]
+    #[arg(long, env = "HERALD_NODE_NAME", value_name = "NAME")]
+    node_name: String {
+        file: text(),
+        check: valid_node_name(),
+        reload: restart("nats", cluster),
+    }
+    /// Replicas of the cluster's stream when a node creates it [default: 3, or the number of JetStream servers when fewer]
+    #[arg(long, env = "HERALD_STREAM_REPLICAS", value_name = "N")]
+    stream_replicas: u64 {
+        file: integer(),
+        check: replicas(),
+        reload: restart("nats", cluster),
+    }
     /// Require the API's credentials on GET /metrics [default: false]
     #[arg(
         long,
@@ -414,6 +456,77 @@ keys! {
         default: false,
         file: boolean(),
         reload: restart("metrics_auth", metrics_auth),
+    }
+}
+
+/// Longest cluster name: it prefixes stream and bucket names, which NATS limits.
+pub(super) const MAX_CLUSTER_NAME_BYTES: usize = 32;
+/// Most replicas a JetStream stream may have.
+const MAX_STREAM_REPLICAS: u64 = 5;
+
+fn each_nats_url(key: &'static str, urls: &[String]) -> Result<(), ConfigError> {
+    for url in urls {
+        let rest = ["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme))
+            .unwrap_or(url);
+        if rest.is_empty() || rest.contains(char::is_whitespace) || rest.contains('/') {
+            return Err(invalid(
+                key,
+                format!(
+                    "{url:?} is not a NATS server URL; write e.g. nats://nats1.example.org:4222"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_cluster_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_CLUSTER_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "{name:?} is not a cluster name: use 1 to {MAX_CLUSTER_NAME_BYTES} letters, \
+                 digits, '-' or '_'"
+            ),
+        ))
+    }
+}
+
+fn valid_node_name(key: &'static str, name: &Option<String>) -> Result<(), ConfigError> {
+    let Some(name) = name else {
+        return Ok(());
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{name:?} is not a node name: use letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+fn replicas(key: &'static str, replicas: &Option<u64>) -> Result<(), ConfigError> {
+    match replicas {
+        Some(n) if !(1..=MAX_STREAM_REPLICAS).contains(n) => Err(invalid(
+            key,
+            format!("{n} is out of range: use 1 to {MAX_STREAM_REPLICAS}"),
+        )),
+        _ => Ok(()),
     }
 }
 

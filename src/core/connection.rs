@@ -33,6 +33,8 @@ pub(crate) enum CloseReason {
     PingTimeout,
     /// The server is stopping.
     ServerShutdown,
+    /// A cluster node found events gone from the stream before it could deliver them.
+    StreamGap,
     /// The client broke the websocket protocol.
     Protocol(String),
 }
@@ -45,6 +47,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer".into(),
             CloseReason::PingTimeout => "ping timeout".into(),
             CloseReason::ServerShutdown => "server shutdown".into(),
+            CloseReason::StreamGap => "stream gap".into(),
             CloseReason::Protocol(what) => format!("protocol error: {what}"),
         }
     }
@@ -56,6 +59,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => crate::metrics::SLOW_CONSUMER,
             CloseReason::PingTimeout => "ping timeout",
             CloseReason::ServerShutdown => "server shutdown",
+            CloseReason::StreamGap => "stream gap",
             CloseReason::Protocol(_) => "protocol error",
         }
     }
@@ -492,6 +496,10 @@ async fn write_until_closed(conn: &Rc<WsConn>, mut write: WriteSide) {
                             );
                         }
                         format!("slow consumer; resume after {resume_after}")
+                    } else if matches!(reason, CloseReason::ServerShutdown | CloseReason::StreamGap)
+                    {
+                        // The client reconnects (to another node, in a cluster) and replays from here.
+                        format!("{text}; resume after {}", conn.last_sent_seq.get())
                     } else {
                         text
                     };

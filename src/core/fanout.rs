@@ -4,6 +4,7 @@
 use std::rc::Rc;
 
 use super::Core;
+use super::connection::CloseReason;
 use crate::net::outbound::SharedFrames;
 use crate::sequencer::{Batch, SequencedBatch};
 
@@ -18,12 +19,20 @@ impl Core {
     pub(crate) fn deliver(&self, batch: Batch) {
         // One reference count per core for the batch; connections share it without atomics.
         let batch = Rc::new(batch);
+        if batch.gap_before {
+            self.close_all_after_gap();
+        }
         let mut slow = Vec::new();
         {
             let index = self.index.borrow();
             let conns = self.conns.borrow();
             let replaying = self.replaying.borrow();
             for (position, event) in batch.events.iter().enumerate() {
+                // A batch sent while this core was starting may hold events from before its
+                // start, which its connections never asked for.
+                if event.seq <= self.last_delivered.get() {
+                    continue;
+                }
                 let stamp = self.stamp.get() + 1;
                 self.stamp.set(stamp);
                 index.for_each_candidate(&event.ty, &event.action, &event.key, |ids| {
@@ -51,6 +60,17 @@ impl Core {
         }
         for conn in slow {
             self.remove_filters(&conn);
+        }
+    }
+
+    /// Closes every websocket with 4008 and its resume point: the events after it are gone
+    /// from the cluster's stream, and a `replay` from there tells the client so.
+    fn close_all_after_gap(&self) {
+        let conns: Vec<_> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for conn in conns {
+            self.stop_replay(conn.slot);
+            self.remove_filters(&conn);
+            conn.begin_close(CloseReason::StreamGap, 4008, "stream gap".into());
         }
     }
 

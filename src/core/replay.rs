@@ -44,12 +44,12 @@ impl Core {
         let epoch_matches = replay.epoch.as_deref().is_none_or(|e| e == status.epoch);
         // A replay that does not recover starts after the newest gap: Seqs skipped after an
         // unclean stop are never stored, and streaming across them would look like a trim.
-        let oldest_held = first.saturating_sub(1).max(status.resumed_after);
+        let oldest_held = first.saturating_sub(1).max(status.resumed_after());
         let (recovered, cursor) = if !epoch_matches {
             (false, oldest_held)
         } else if replay.seq > last {
             (false, self.last_delivered.get())
-        } else if replay.seq < status.resumed_after || replay.seq + 1 < first {
+        } else if replay.seq < status.resumed_after() || replay.seq + 1 < first {
             // Events after SEQ are trimmed, or may have been seen before an unclean stop and lost.
             (false, oldest_held)
         } else {

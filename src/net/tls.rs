@@ -324,7 +324,7 @@ pub(crate) fn self_signed_names(extra: &[String]) -> Vec<String> {
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    names.extend(host_name());
+    names.extend(crate::config::host_name());
     match if_addrs::get_if_addrs() {
         Ok(interfaces) => names.extend(interfaces.iter().map(|i| i.ip().to_string())),
         Err(error) => tracing::warn!(
@@ -392,22 +392,6 @@ fn generate_self_signed(names: &[String]) -> Result<(String, String), TlsError> 
     let key_pair = rcgen::KeyPair::generate().map_err(generate)?;
     let cert = params.self_signed(&key_pair).map_err(generate)?;
     Ok((cert.pem(), key_pair.serialize_pem()))
-}
-
-/// This machine's host name, when the kernel reports one that is a valid DNS name.
-pub(crate) fn host_name() -> Option<String> {
-    // Read from procfs because std has no stable host name call and libc's needs `unsafe`.
-    let raw = fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| fs::read_to_string("/etc/hostname"))
-        .ok()?;
-    let name = raw.trim();
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name != "localhost"
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    valid.then(|| name.to_owned())
 }
 
 /// Writes `bytes` to `path` through a temporary file created with `mode`, so the file never

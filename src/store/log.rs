@@ -363,6 +363,66 @@ impl EventLog {
         })
     }
 
+    /// Starts a log with `epoch` in an empty database, its first event to have `Seq`
+    /// `after + 1`: a node's copy of a cluster's stream, which begins where the stream begins.
+    pub fn create(db: &sled::Db, epoch: &str, after: u64) -> Result<EventLog, StoreError> {
+        let trees = super::db::log_trees(db)?;
+        trees.meta.insert(EPOCH_KEY, epoch.as_bytes())?;
+        trees.meta.insert(LAST_SEQ_KEY, &after.to_be_bytes())?;
+        trees
+            .meta
+            .insert(FIRST_SEQ_KEY, &after.saturating_add(1).to_be_bytes())?;
+        EventLog::open(db)
+    }
+
+    /// Records that the `Seq`s after the last one, up to `through`, will never be stored here
+    /// (a cluster's stream dropped them before this node read them): the log goes on after
+    /// `through`, and a replay from before it answers `Recovered: false`.
+    pub fn skip_to(&mut self, through: u64) -> Result<(), StoreError> {
+        if through <= self.last_seq {
+            return Ok(());
+        }
+        let through_bytes = through.to_be_bytes();
+        if self.count == 0 {
+            let first = through.saturating_add(1);
+            self.meta.insert(FIRST_SEQ_KEY, &first.to_be_bytes())?;
+            self.meta.insert(LAST_SEQ_KEY, &through_bytes)?;
+            self.first_seq = first;
+            self.shared.first_seq.store(first, Ordering::Release);
+        } else {
+            // One gap per run of skipped Seqs: a gap that ends the log grows.
+            let start = match self.gaps.iter().next_back() {
+                Some(entry) => {
+                    let (key, value) = entry?;
+                    if decode_gap_end(&value)? == self.last_seq {
+                        decode_key(&key)?
+                    } else {
+                        self.last_seq.saturating_add(1)
+                    }
+                }
+                None => self.last_seq.saturating_add(1),
+            };
+            (&self.meta, &self.gaps)
+                .transaction(|(meta_tx, gaps_tx)| {
+                    gaps_tx.insert(&start.to_be_bytes(), &through_bytes)?;
+                    meta_tx.insert(LAST_SEQ_KEY, &through_bytes)?;
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(transaction_error)?;
+        }
+        self.last_seq = through;
+        self.resumed_after = through;
+        Ok(())
+    }
+
+    /// Makes everything appended so far visible to readers without making it durable: for a
+    /// log that copies one kept elsewhere, which a crash costs only a second read.
+    pub fn expose(&self) {
+        self.shared
+            .durable_seq
+            .store(self.last_seq, Ordering::Release);
+    }
+
     /// The log's epoch: a random id that changes only when its history is lost or reset.
     pub fn epoch(&self) -> &str {
         &self.shared.epoch

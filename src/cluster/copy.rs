@@ -1,0 +1,375 @@
+//! The node's copy of the cluster's stream: an ordered consumer reads the stream from the last
+//! `Seq` the copy holds, and the thread `herald-copy` appends each batch to a sled event log
+//! (replays and `GET /api/v3/events` read it) and hands it to every core, as the local
+//! sequencer does. The copy is a cache: it is never synced, and a node that finds it missing,
+//! broken or of another Epoch starts a new one from the stream's first retained event.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::stream::Stream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use super::stream::{Facts, Link};
+use super::{ClusterError, subject};
+use crate::config::Retention;
+use crate::sequencer::{Batch, LogStatus, OnStorageFailed, SequencedBatch, StorageFailed};
+use crate::store::{EventLog, LogReader, StoreError};
+use crate::wire::event::EncodedEvent;
+
+/// The copy's directory inside the data directory.
+pub(super) const COPY_DIR: &str = "stream-copy";
+/// Batches waiting for the copy thread before the consumer waits.
+const INPUT_DEPTH: usize = 64;
+/// Most messages the consumer hands over as one batch.
+const MAX_BATCH: usize = 1024;
+/// How often the copy is flushed (for a faster restart, not for safety) and trimmed.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+/// Pause before a consumer that ended is made again.
+const RECONSUME_PAUSE: Duration = Duration::from_millis(250);
+
+/// What the consumer hands the copy thread.
+pub(super) enum Input {
+    /// Consecutive messages: `(Seq, payload)`, and the consumer's pending count after them.
+    Events(Vec<(u64, Bytes)>, u64),
+    /// The stream no longer holds the `Seq`s from the copy's end up to this one.
+    Gap(u64),
+}
+
+/// A started copy.
+pub(super) struct Copy {
+    pub status: Arc<LogStatus>,
+    pub reader: LogReader,
+    pub thread: thread::JoinHandle<()>,
+    pub input: flume::Sender<Input>,
+    /// The last `Seq` copied and handed to the cores.
+    pub delivered: watch::Receiver<u64>,
+    /// Receives once the copy reached the stream's end as it was at start.
+    pub caught_up: mpsc::Receiver<()>,
+    /// The first `Seq` the consumer is to read.
+    pub next_seq: u64,
+    /// The stream's first retained `Seq`, which the copy trims to.
+    pub stream_first: Arc<AtomicU64>,
+}
+
+/// Opens the copy under `dir` and starts its thread.
+pub(super) fn start(
+    dir: &Path,
+    facts: &Facts,
+    cores: Vec<flume::Sender<Batch>>,
+    failed: Arc<Mutex<Option<StorageFailed>>>,
+    on_failure: OnStorageFailed,
+) -> Result<Copy, ClusterError> {
+    let log = open(dir, facts)?;
+    let status = Arc::new(LogStatus::of(&log));
+    let reader = log.reader();
+    let last = log.last_seq();
+    let (input, inputs) = flume::bounded(INPUT_DEPTH);
+    let (delivered_tx, delivered) = watch::channel(last);
+    let (caught_tx, caught_up) = mpsc::channel();
+    let caught = if last >= facts.last {
+        let _ = caught_tx.send(());
+        None
+    } else {
+        Some(caught_tx)
+    };
+    let stream_first = Arc::new(AtomicU64::new(facts.first));
+    let copier = Copier {
+        log,
+        status: status.clone(),
+        cores,
+        delivered: delivered_tx,
+        target: facts.last,
+        caught,
+        stream_first: stream_first.clone(),
+        failed,
+        on_failure: Some(on_failure),
+        last_upkeep: Instant::now(),
+    };
+    let thread = thread::Builder::new()
+        .name("herald-copy".into())
+        .spawn(move || copier.run(inputs))
+        .map_err(|cause| ClusterError::Start {
+            what: "the copy thread",
+            cause,
+        })?;
+    Ok(Copy {
+        status,
+        reader,
+        thread,
+        input,
+        delivered,
+        caught_up,
+        next_seq: last.saturating_add(1),
+        stream_first,
+    })
+}
+
+/// The copy in `dir` when it continues the stream described by `facts`, else a new one that
+/// starts at the stream's first retained event.
+fn open(dir: &Path, facts: &Facts) -> Result<EventLog, ClusterError> {
+    let failed = |cause: String| ClusterError::Copy {
+        path: dir.to_path_buf(),
+        cause,
+    };
+    let db = crate::store::db::open(dir).map_err(|e| failed(crate::store::sled_reason(&e)))?;
+    let usable = match crate::store::log::stored_epoch(&db) {
+        Ok(Some(epoch)) if epoch == facts.epoch => match EventLog::open(&db) {
+            // A copy behind the stream's first event would only ever skip to it.
+            Ok(log)
+                if log.last_seq().saturating_add(1) >= facts.first
+                    && log.last_seq() <= facts.last =>
+            {
+                Some(log)
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(%error, "the node's copy of the stream is unusable; starting a new one");
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some(log) = usable {
+        return Ok(log);
+    }
+    drop(db);
+    std::fs::remove_dir_all(dir).map_err(|e| failed(e.to_string()))?;
+    let db = crate::store::db::open(dir).map_err(|e| failed(crate::store::sled_reason(&e)))?;
+    EventLog::create(&db, &facts.epoch, facts.first.saturating_sub(1))
+        .map_err(|e: StoreError| failed(e.to_string()))
+}
+
+/// The copy thread's state.
+struct Copier {
+    log: EventLog,
+    status: Arc<LogStatus>,
+    cores: Vec<flume::Sender<Batch>>,
+    delivered: watch::Sender<u64>,
+    /// The stream's end when the node started: batches up to it are copied, not handed to the
+    /// cores, which start once it is reached.
+    target: u64,
+    caught: Option<mpsc::Sender<()>>,
+    stream_first: Arc<AtomicU64>,
+    failed: Arc<Mutex<Option<StorageFailed>>>,
+    on_failure: Option<OnStorageFailed>,
+    last_upkeep: Instant,
+}
+
+impl Copier {
+    fn run(mut self, inputs: flume::Receiver<Input>) {
+        loop {
+            let done = match inputs.recv_timeout(UPKEEP_EVERY) {
+                Ok(Input::Events(events, pending)) => {
+                    metrics::gauge!(crate::metrics::CLUSTER_STREAM_LAG).set(pending as f64);
+                    self.copy(events)
+                }
+                Ok(Input::Gap(through)) => self.gap(through),
+                Err(flume::RecvTimeoutError::Timeout) => Ok(()),
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            };
+            if let Err(error) = done {
+                self.fail(&error);
+                return;
+            }
+            if self.last_upkeep.elapsed() >= UPKEEP_EVERY {
+                self.upkeep();
+            }
+        }
+        if let Err(error) = self.log.flush() {
+            tracing::debug!(%error, "flushing the node's copy of the stream at stop failed");
+        }
+    }
+
+    fn live(&self) -> bool {
+        self.caught.is_none()
+    }
+
+    /// Copies consecutive messages; a payload herald did not write (another client published
+    /// under the cluster's subjects) keeps its `Seq` unused, as a gap no client is closed for.
+    fn copy(&mut self, events: Vec<(u64, Bytes)>) -> Result<(), StoreError> {
+        let mut encoded = Vec::with_capacity(events.len());
+        for (seq, payload) in events {
+            let event = subject::with_seq(&payload, seq)
+                .and_then(|json| EncodedEvent::from_stored(seq, &json));
+            match event {
+                Some(event) => encoded.push(event),
+                None => {
+                    tracing::warn!(
+                        seq,
+                        "a message in the cluster's stream is not a herald event; skipping it"
+                    );
+                    self.deliver(std::mem::take(&mut encoded), false)?;
+                    self.log.skip_to(seq)?;
+                }
+            }
+        }
+        self.deliver(encoded, false)
+    }
+
+    /// The stream dropped events before this node read them: every client of this node closes
+    /// with its resume point, and a replay from there says `Recovered: false`.
+    fn gap(&mut self, through: u64) -> Result<(), StoreError> {
+        tracing::warn!(
+            from = self.log.last_seq().saturating_add(1),
+            through,
+            "the cluster's stream dropped events before this node read them; its clients reconnect and replay"
+        );
+        self.log.skip_to(through)?;
+        self.status.update(&self.log);
+        self.deliver(Vec::new(), true)
+    }
+
+    fn deliver(&mut self, events: Vec<EncodedEvent>, gap_before: bool) -> Result<(), StoreError> {
+        if let Some(newest) = events.last().map(|e| e.seq) {
+            let rows: Vec<(u64, &[u8])> = events.iter().map(|e| (e.seq, e.json())).collect();
+            self.log.append(&rows, SystemTime::now())?;
+            self.log.expose();
+            metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(events.len() as u64);
+            self.status.update(&self.log);
+            self.status.flushed();
+            let _ = newest;
+        }
+        if self.live() && (gap_before || !events.is_empty()) {
+            let batch: Batch = Arc::new(SequencedBatch {
+                events,
+                durable_at: Instant::now(),
+                gap_before,
+            });
+            for core in &self.cores {
+                // A core that has stopped no longer needs events.
+                let _ = core.send(batch.clone());
+            }
+        }
+        let last = self.log.last_seq();
+        self.delivered.send_replace(last);
+        if last >= self.target
+            && let Some(caught) = self.caught.take()
+        {
+            let _ = caught.send(());
+        }
+        Ok(())
+    }
+
+    /// Flushes the copy, and trims it to the stream's first retained event.
+    fn upkeep(&mut self) {
+        self.last_upkeep = Instant::now();
+        if let Err(error) = self.log.flush() {
+            tracing::debug!(%error, "flushing the node's copy of the stream failed");
+        }
+        let first = self.stream_first.load(Ordering::Acquire);
+        if first > self.log.first_seq() {
+            let keep = Retention {
+                max_events: self.log.last_seq().saturating_add(1).saturating_sub(first),
+                ..Retention::UNLIMITED
+            };
+            match self.log.trim(&keep, SystemTime::now()) {
+                Ok(_) => self.status.update(&self.log),
+                Err(error) => {
+                    tracing::warn!(%error, "trimming the node's copy of the stream failed; will retry")
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, error: &StoreError) {
+        tracing::error!(%error, "writing the node's copy of the cluster's stream failed; herald stops");
+        let failure = StorageFailed::new(
+            "writing the node's copy of the cluster's stream failed",
+            error.to_string(),
+        );
+        if let Ok(mut slot) = self.failed.lock() {
+            *slot = Some(failure);
+        }
+        if let Some(report) = self.on_failure.take() {
+            report();
+        }
+    }
+}
+
+/// Reads the stream in order from `next`, forever: an ordered consumer (one replica, no acks)
+/// that JetStream and the client recreate after a failover; one that ends is made again from
+/// after the last event handed over. A jump in `Seq` means the stream dropped events first.
+pub(super) async fn consume(
+    stream: Stream,
+    mut next: u64,
+    input: flume::Sender<Input>,
+    stream_first: Arc<AtomicU64>,
+    _link: Arc<Link>,
+) {
+    loop {
+        let config = OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            },
+            ..Default::default()
+        };
+        let messages = match stream.create_consumer(config).await {
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        let messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::debug!(%error, "reading the cluster's stream failed; will retry");
+                tokio::time::sleep(RECONSUME_PAUSE).await;
+                continue;
+            }
+        };
+        let mut chunks = messages.ready_chunks(MAX_BATCH);
+        while let Some(chunk) = chunks.next().await {
+            let mut events = Vec::with_capacity(chunk.len());
+            let mut pending = 0;
+            for item in chunk {
+                let message = match item {
+                    Ok(message) => message,
+                    Err(error) => {
+                        // The ordered consumer recreates itself after the events it delivered.
+                        tracing::debug!(%error, "the stream's consumer reported an error");
+                        continue;
+                    }
+                };
+                let Ok(info) = message.info() else {
+                    continue;
+                };
+                let seq = info.stream_sequence;
+                pending = info.pending;
+                if seq < next {
+                    continue;
+                }
+                if seq > next {
+                    if !events.is_empty()
+                        && input
+                            .send_async(Input::Events(std::mem::take(&mut events), pending))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                    stream_first.fetch_max(seq, Ordering::AcqRel);
+                    if input.send_async(Input::Gap(seq - 1)).await.is_err() {
+                        return;
+                    }
+                }
+                events.push((seq, message.payload.clone()));
+                next = seq.saturating_add(1);
+            }
+            if !events.is_empty()
+                && input
+                    .send_async(Input::Events(events, pending))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(RECONSUME_PAUSE).await;
+    }
+}

@@ -1,0 +1,97 @@
+//! Which nodes are alive: each node puts its name in the key-value bucket `<cluster>-nodes`
+//! every few seconds, and an entry not renewed expires; the live ones are the cluster's nodes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use super::ClusterView;
+use super::stream::Link;
+use crate::config::Cluster;
+
+/// How often a node renews its entry.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+/// How long an entry lives without renewal: three announcements.
+const NODE_TTL: Duration = Duration::from_secs(15);
+
+/// The bucket of cluster `name`'s nodes.
+fn bucket(name: &str) -> String {
+    format!("{name}-nodes")
+}
+
+/// Announces this node and counts the others until stopped; a graceful stop removes its entry.
+pub(super) async fn run(
+    js: jetstream::Context,
+    settings: Cluster,
+    replicas: usize,
+    view: Arc<ClusterView>,
+    link: Arc<Link>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut store = None;
+    loop {
+        view.connected.store(link.connected(), Ordering::Release);
+        if store.is_none() {
+            store = open(&js, &settings, replicas).await;
+        }
+        if let Some(store) = &store {
+            announce(store, &settings, &view).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    if let Some(store) = store {
+        let leave = store.delete(&settings.node);
+        let _ = tokio::time::timeout(Duration::from_secs(1), leave).await;
+    }
+}
+
+async fn open(js: &jetstream::Context, settings: &Cluster, replicas: usize) -> Option<kv::Store> {
+    let name = bucket(&settings.name);
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Some(store);
+    }
+    let config = kv::Config {
+        bucket: name,
+        description: format!("herald cluster {}: its live nodes", settings.name),
+        history: 1,
+        max_age: NODE_TTL,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    match js.create_key_value(config).await {
+        Ok(store) => Some(store),
+        Err(error) => {
+            tracing::debug!(%error, "opening the cluster's nodes bucket failed; will retry");
+            None
+        }
+    }
+}
+
+async fn announce(store: &kv::Store, settings: &Cluster, view: &ClusterView) {
+    let entry = serde_json::json!({ "Node": settings.node }).to_string();
+    if let Err(error) = store.put(&settings.node, entry.into()).await {
+        tracing::debug!(%error, "announcing this node failed; will retry");
+        return;
+    }
+    let Ok(mut keys) = store.keys().await else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    while let Some(key) = keys.next().await {
+        if let Ok(key) = key {
+            nodes.push(key);
+        }
+    }
+    nodes.sort();
+    metrics::gauge!(crate::metrics::CLUSTER_NODES).set(nodes.len() as f64);
+    if let Ok(mut known) = view.nodes.lock() {
+        *known = nodes;
+    }
+}

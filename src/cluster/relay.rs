@@ -1,0 +1,222 @@
+//! Publishes to the cluster's stream. The events of each publish (or of each state change) are
+//! sent in queue order, each with its own message id, and the publisher is answered only once
+//! JetStream stored every one on a quorum of replicas and this node's copy holds them, so a
+//! replay on this node right after the answer finds them. An event without an answer is sent
+//! again with the same id (stored once: JetStream's deduplication) until the publish deadline;
+//! then the publisher gets 503.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::stream::Link;
+use super::subject;
+use crate::config::Cluster;
+use crate::sequencer::{Publish, PublishError};
+
+/// Longest a publish waits for JetStream (a stream leader election takes a few seconds)
+/// before its publisher gets 503.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest an answer waits for this node's copy once JetStream stored the events.
+const COPY_WAIT: Duration = Duration::from_secs(5);
+/// Pause before an event without an answer is sent again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The subject prefix of cluster `name`'s events.
+pub(super) fn subject_prefix(name: &str) -> String {
+    format!("{name}.events")
+}
+
+/// Subjects and message ids of this node's publishes.
+pub(super) struct Names {
+    prefix: String,
+    /// Unique to this run of this node, so no two runs' ids meet in the duplicate window.
+    run: String,
+    next: u64,
+}
+
+impl Names {
+    pub(super) fn new(settings: &Cluster) -> Names {
+        Names {
+            prefix: subject_prefix(&settings.name),
+            run: format!("{}-{}", settings.node, uuid::Uuid::new_v4().simple()),
+            next: 0,
+        }
+    }
+
+    fn next_id(&mut self) -> String {
+        self.next += 1;
+        format!("{}-{}", self.run, self.next)
+    }
+}
+
+/// One event on its way to the stream.
+struct Outgoing {
+    subject: String,
+    payload: Bytes,
+    id: String,
+}
+
+/// Sends every queued publish until the queue closes or the node stops, then waits (bounded)
+/// for the answers still owed.
+pub(super) async fn run(
+    publishes: flume::Receiver<Publish>,
+    js: jetstream::Context,
+    mut names: Names,
+    delivered: watch::Receiver<u64>,
+    link: Arc<Link>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut in_flight = JoinSet::new();
+    loop {
+        let publish = tokio::select! {
+            biased;
+            received = publishes.recv_async() => match received {
+                Ok(publish) => publish,
+                Err(_) => break,
+            },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    // What was queued before the stop is still answered.
+                    while let Ok(publish) = publishes.try_recv() {
+                        send(publish, &js, &mut names, &delivered, &link, &mut in_flight).await;
+                    }
+                    break;
+                }
+                continue;
+            }
+        };
+        send(publish, &js, &mut names, &delivered, &link, &mut in_flight).await;
+        while in_flight.try_join_next().is_some() {}
+    }
+    let owed = async { while in_flight.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(PUBLISH_DEADLINE + COPY_WAIT, owed).await;
+}
+
+/// Runs the publish's state change, if any, sends its events and leaves the wait for their
+/// acknowledgements to a task, so the next publish goes out at once.
+async fn send(
+    publish: Publish,
+    js: &jetstream::Context,
+    names: &mut Names,
+    delivered: &watch::Receiver<u64>,
+    link: &Link,
+    in_flight: &mut JoinSet<()>,
+) {
+    let Publish {
+        events,
+        change,
+        reply,
+        ..
+    } = publish;
+    let events = match change {
+        Some(change) => change
+            .write()
+            .into_iter()
+            .map(|event| {
+                let prefix = event.body_prefix();
+                (event, prefix)
+            })
+            .collect(),
+        None => events,
+    };
+    if events.is_empty() {
+        let _ = reply.send(Ok(*delivered.borrow()));
+        return;
+    }
+    let down_for = link.down_for();
+    if !link.connected() && down_for >= PUBLISH_DEADLINE {
+        let _ = reply.send(Err(PublishError::Unavailable(format!(
+            "no NATS server has answered for {} s",
+            down_for.as_secs()
+        ))));
+        return;
+    }
+    let outgoing: Vec<Outgoing> = events
+        .iter()
+        .map(|(event, prefix)| Outgoing {
+            subject: subject::event_subject(&names.prefix, &event.ty, &event.action, &event.key),
+            payload: Bytes::from(subject::payload(prefix)),
+            id: names.next_id(),
+        })
+        .collect();
+    let mut acks = Vec::with_capacity(outgoing.len());
+    for message in &outgoing {
+        acks.push(publish_one(js, message).await);
+    }
+    let js = js.clone();
+    let delivered = delivered.clone();
+    in_flight.spawn(async move {
+        let answer = acknowledged(&js, &outgoing, acks).await;
+        let answer = match answer {
+            Ok(last) => {
+                // Answered once this node's copy holds the events, or at the latest after
+                // COPY_WAIT: they are stored on a quorum either way.
+                let mut delivered = delivered;
+                let _ = tokio::time::timeout(COPY_WAIT, delivered.wait_for(|d| *d >= last)).await;
+                Ok(last)
+            }
+            Err(error) => Err(PublishError::Unavailable(error)),
+        };
+        let _ = reply.send(answer);
+    });
+}
+
+async fn publish_one(
+    js: &jetstream::Context,
+    message: &Outgoing,
+) -> Result<PublishAckFuture, String> {
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(message.payload.clone())
+        .message_id(&message.id);
+    js.send_publish(message.subject.clone(), publish)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+/// Waits for every event's acknowledgement, sending again (same ids) from the first without
+/// one until the publish deadline; answers the highest `Seq` stored.
+async fn acknowledged(
+    js: &jetstream::Context,
+    outgoing: &[Outgoing],
+    mut acks: Vec<Result<PublishAckFuture, String>>,
+) -> Result<u64, String> {
+    let deadline = Instant::now() + PUBLISH_DEADLINE;
+    let mut last = 0;
+    let mut from = 0;
+    loop {
+        let mut failed = None;
+        for (offset, ack) in acks.into_iter().enumerate() {
+            let stored = match ack {
+                Ok(future) => future.await.map_err(|error| error.to_string()),
+                Err(error) => Err(error),
+            };
+            match stored {
+                Ok(ack) => last = last.max(ack.sequence),
+                Err(error) => {
+                    failed = Some((from + offset, error));
+                    break;
+                }
+            }
+        }
+        let Some((at, error)) = failed else {
+            return Ok(last);
+        };
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            tracing::debug!(%error, "a publish to the cluster's stream went unanswered");
+            return Err(error);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+        let again = outgoing.get(at..).unwrap_or_default();
+        metrics::counter!(crate::metrics::CLUSTER_PUBLISH_RETRIES).increment(again.len() as u64);
+        from = at;
+        acks = Vec::with_capacity(again.len());
+        for message in again {
+            acks.push(publish_one(js, message).await);
+        }
+    }
+}
