@@ -415,7 +415,7 @@ fn error(code: u16, message: impl Into<String>) -> Response {
 fn auth_error(error: AuthError) -> Response {
     let retry_after = match &error {
         AuthError::Throttled { retry_after, .. } => Some(*retry_after),
-        AuthError::Busy => Some(1),
+        // A 503 (Busy) names its retry in `Response::error`.
         _ => None,
     };
     let response = Response::error(ApiError::from(error));

@@ -169,6 +169,26 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..config.cores)
         .map(|_| flume::bounded(sequencer::INBOX_DEPTH))
         .unzip();
+    // Installed before the log threads start, so their first gauges are kept.
+    crate::metrics::mark_start();
+    let metrics_handle = match crate::metrics::install() {
+        Ok(handle) => {
+            let upkeep = handle.clone();
+            let _ = thread::Builder::new()
+                .name("herald-metrics".into())
+                .spawn(move || {
+                    loop {
+                        thread::sleep(crate::metrics::UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                });
+            Some(handle)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "metrics are unavailable");
+            None
+        }
+    };
     // A storage failure ends the signal wait below, so it reaches `main` with its exit code.
     let signals_handle = signals.handle();
     let on_failure = Box::new(move || signals_handle.close());
@@ -206,25 +226,6 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         "io_uring"
     } else {
         "epoll"
-    };
-    crate::metrics::mark_start();
-    let metrics_handle = match crate::metrics::install() {
-        Ok(handle) => {
-            let upkeep = handle.clone();
-            let _ = thread::Builder::new()
-                .name("herald-metrics".into())
-                .spawn(move || {
-                    loop {
-                        thread::sleep(crate::metrics::UPKEEP_EVERY);
-                        upkeep.run_upkeep();
-                    }
-                });
-            Some(handle)
-        }
-        Err(error) => {
-            tracing::warn!(%error, "metrics are unavailable");
-            None
-        }
     };
     let hash_pool = crate::auth::HashPool::new(crate::auth::HASH_THREADS, crate::auth::HASH_QUEUE)
         .map_err(ServerError::Threads)?;

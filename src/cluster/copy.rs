@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::stream::{Facts, Link};
+use super::stream::Facts;
 use super::{ClusterError, subject};
 use crate::config::Retention;
 use crate::sequencer::{Batch, LogStatus, OnStorageFailed, SequencedBatch, StorageFailed};
@@ -34,6 +34,9 @@ const MAX_BATCH: usize = 1024;
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pause before a consumer that ended is made again.
 const RECONSUME_PAUSE: Duration = Duration::from_millis(250);
+/// A consumer that delivers nothing for this long while the stream holds events after the
+/// copy's end is made again (its server died, or it was lost in a leader election).
+const STALL_AFTER: Duration = Duration::from_secs(3);
 
 /// What the consumer hands the copy thread.
 pub(super) enum Input {
@@ -57,6 +60,9 @@ pub(super) struct Copy {
     pub next_seq: u64,
     /// The stream's first retained `Seq`, which the copy trims to.
     pub stream_first: Arc<AtomicU64>,
+    /// The stream's last `Seq`, as last read: a consumer behind it that delivers nothing is
+    /// made again.
+    pub stream_last: Arc<AtomicU64>,
 }
 
 /// Opens the copy under `dir` and starts its thread.
@@ -109,6 +115,7 @@ pub(super) fn start(
         caught_up,
         next_seq: last.saturating_add(1),
         stream_first,
+        stream_last: Arc::new(AtomicU64::new(facts.last)),
     })
 }
 
@@ -302,7 +309,7 @@ pub(super) async fn consume(
     mut next: u64,
     input: flume::Sender<Input>,
     stream_first: Arc<AtomicU64>,
-    _link: Arc<Link>,
+    stream_last: Arc<AtomicU64>,
 ) {
     loop {
         let config = OrderedConfig {
@@ -324,7 +331,16 @@ pub(super) async fn consume(
             }
         };
         let mut chunks = messages.ready_chunks(MAX_BATCH);
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let chunk = match tokio::time::timeout(STALL_AFTER, chunks.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) if stream_last.load(Ordering::Acquire) >= next => {
+                    tracing::debug!(next, "the stream's consumer stalled; making a new one");
+                    break;
+                }
+                Err(_) => continue,
+            };
             let mut events = Vec::with_capacity(chunk.len());
             let mut pending = 0;
             for item in chunk {

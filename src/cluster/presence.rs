@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
@@ -57,16 +57,26 @@ async fn open(js: &jetstream::Context, settings: &Cluster, replicas: usize) -> O
     if let Ok(store) = js.get_key_value(&name).await {
         return Some(store);
     }
-    let config = kv::Config {
-        bucket: name,
-        description: format!("herald cluster {}: its live nodes", settings.name),
-        history: 1,
+    // The bucket's stream, made by hand: the client's `create_key_value` first reads the
+    // account's limits in a form JetStream servers before 2.10 do not answer.
+    let config = stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(format!("herald cluster {}: its live nodes", settings.name)),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
         max_age: NODE_TTL,
+        duplicate_window: NODE_TTL,
+        storage: stream::StorageType::File,
         num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
         ..Default::default()
     };
-    match js.create_key_value(config).await {
-        Ok(store) => Some(store),
+    let made = js.create_stream(config).await;
+    match made {
+        Ok(_) => js.get_key_value(&name).await.ok(),
         Err(error) => {
             tracing::debug!(%error, "opening the cluster's nodes bucket failed; will retry");
             None

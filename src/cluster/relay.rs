@@ -23,6 +23,8 @@ use crate::sequencer::{Publish, PublishError};
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest an answer waits for this node's copy once JetStream stored the events.
 const COPY_WAIT: Duration = Duration::from_secs(5);
+/// How often a publish waiting for the NATS connection checks it.
+const CONNECTED_POLL: Duration = Duration::from_millis(20);
 /// Pause before an event without an answer is sent again.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -104,7 +106,7 @@ async fn send(
     js: &jetstream::Context,
     names: &mut Names,
     delivered: &watch::Receiver<u64>,
-    link: &Link,
+    link: &Arc<Link>,
     in_flight: &mut JoinSet<()>,
 ) {
     let Publish {
@@ -128,11 +130,15 @@ async fn send(
         let _ = reply.send(Ok(*delivered.borrow()));
         return;
     }
+    // Nothing is sent while the connection is down: the client would send it on reconnect,
+    // after its publisher was told 503.
+    let deadline = Instant::now() + PUBLISH_DEADLINE;
     let down_for = link.down_for();
-    if !link.connected() && down_for >= PUBLISH_DEADLINE {
+    if !link.connected() && (down_for >= PUBLISH_DEADLINE || !until_connected(link, deadline).await)
+    {
         let _ = reply.send(Err(PublishError::Unavailable(format!(
             "no NATS server has answered for {} s",
-            down_for.as_secs()
+            link.down_for().as_secs()
         ))));
         return;
     }
@@ -150,8 +156,9 @@ async fn send(
     }
     let js = js.clone();
     let delivered = delivered.clone();
+    let link = link.clone();
     in_flight.spawn(async move {
-        let answer = acknowledged(&js, &outgoing, acks).await;
+        let answer = acknowledged(&js, &link, deadline, &outgoing, acks).await;
         let answer = match answer {
             Ok(last) => {
                 // Answered once this node's copy holds the events, or at the latest after
@@ -164,6 +171,17 @@ async fn send(
         };
         let _ = reply.send(answer);
     });
+}
+
+/// Waits until the NATS connection is up; false when `deadline` passes first.
+async fn until_connected(link: &Link, deadline: Instant) -> bool {
+    while !link.connected() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(CONNECTED_POLL).await;
+    }
+    true
 }
 
 async fn publish_one(
@@ -182,10 +200,11 @@ async fn publish_one(
 /// one until the publish deadline; answers the highest `Seq` stored.
 async fn acknowledged(
     js: &jetstream::Context,
+    link: &Link,
+    deadline: Instant,
     outgoing: &[Outgoing],
     mut acks: Vec<Result<PublishAckFuture, String>>,
 ) -> Result<u64, String> {
-    let deadline = Instant::now() + PUBLISH_DEADLINE;
     let mut last = 0;
     let mut from = 0;
     loop {
@@ -211,6 +230,9 @@ async fn acknowledged(
             return Err(error);
         }
         tokio::time::sleep(RETRY_PAUSE).await;
+        if !until_connected(link, deadline).await {
+            return Err(error);
+        }
         let again = outgoing.get(at..).unwrap_or_default();
         metrics::counter!(crate::metrics::CLUSTER_PUBLISH_RETRIES).increment(again.len() as u64);
         from = at;

@@ -135,7 +135,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
         copy.next_seq,
         copy.input.clone(),
         copy.stream_first.clone(),
-        link.clone(),
+        copy.stream_last.clone(),
     ));
     let relay = tokio::spawn(relay::run(
         publishes,
@@ -156,8 +156,9 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
     let limits = tokio::spawn(keep_limits(
         js.clone(),
         stream.clone(),
-        retention,
+        retention.clone(),
         copy.stream_first.clone(),
+        copy.stream_last.clone(),
         stop.clone(),
     ));
     let started = Started {
@@ -457,9 +458,12 @@ async fn keep_limits(
     mut stream: stream::Stream,
     retention: Arc<Mutex<Retention>>,
     stream_first: Arc<std::sync::atomic::AtomicU64>,
+    stream_last: Arc<std::sync::atomic::AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut applied: Option<Retention> = None;
+    // The limits were set at start; only a reload changes them again, so nodes started with
+    // different settings do not undo each other every second.
+    let mut applied = retention.lock().ok().map(|r| r.clone());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(LIMITS_EVERY) => {}
@@ -471,6 +475,7 @@ async fn keep_limits(
         let config = match stream.info().await {
             Ok(info) => {
                 stream_first.fetch_max(info.state.first_sequence, Ordering::AcqRel);
+                stream_last.fetch_max(info.state.last_sequence, Ordering::AcqRel);
                 info.config.clone()
             }
             Err(error) => {

@@ -706,7 +706,13 @@ impl Response {
     pub fn error(err: ApiError) -> Response {
         // ApiError holds only strings and numbers, so serializing it cannot fail.
         let body = serde_json::to_vec(&err).unwrap_or_default();
-        Response::empty(err.code).with_body("application/json", body)
+        let response = Response::empty(err.code).with_body("application/json", body);
+        // Every 503 herald answers is passing (stopping, busy, the cluster's log unreachable).
+        if err.code == 503 {
+            response.with_header("Retry-After", "1")
+        } else {
+            response
+        }
     }
 
     /// The first of the `Messages` of an error answer in DRP's shape, for the server log.

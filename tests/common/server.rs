@@ -357,6 +357,16 @@ impl Server {
         self.signal("HUP");
     }
 
+    /// Sends SIGSTOP: herald stops running, its sockets stay open.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Sends SIGCONT: a paused herald runs on.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
     fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.herald_pid.to_string()])
