@@ -31,6 +31,10 @@ use crate::config::{Cluster, Retention};
 use crate::sequencer::{Batch, LogStatus, OnStorageFailed, Publisher, StorageFailed};
 use crate::store::{LogReader, StoreError};
 
+/// The header of an object write naming the `Seq` of the object's newest event the write was
+/// planned on; every node applies the write only if that is still the object's newest.
+const BASE_HEADER: &str = "Herald-Base";
+
 /// Longest a node waits for NATS and the stream at start before it gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -139,6 +143,8 @@ pub(crate) struct Node {
     pub reader: LogReader,
     /// For `/api/v3/info`.
     pub view: Arc<ClusterView>,
+    /// The node's copy of the cluster's objects.
+    pub objects: Arc<crate::objects::ObjectStore>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     nats_thread: Option<thread::JoinHandle<()>>,
     copy_thread: Option<thread::JoinHandle<()>>,
@@ -198,6 +204,7 @@ impl Node {
             status: started.status,
             reader: started.reader,
             view: started.view,
+            objects: started.objects,
             stop: Some(stop_tx),
             nats_thread: Some(nats_thread),
             copy_thread: Some(started.copy_thread),

@@ -587,6 +587,7 @@ mod tests {
             password_file.display().to_string()
         );
         let pair = "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"";
+        let nats = "nats = \"nats://h1:4222\"";
         // (key, its lines before, its lines after): a change of that key alone.
         let cases: &[(&str, &str, &str)] = &[
             ("listen", "", "listen = \"127.0.0.1:9000\""),
@@ -631,6 +632,32 @@ mod tests {
             ("history_events", "", "history_events = 5"),
             ("history_age", "", "history_age = \"1d\""),
             ("shutdown_timeout", "", "shutdown_timeout = \"5s\""),
+            ("nats", "", "nats = \"nats://h1:4222\""),
+            (
+                "nats_creds",
+                nats,
+                "nats = \"nats://h1:4222\"\nnats_creds = \"/n.creds\"",
+            ),
+            (
+                "nats_tls_ca",
+                nats,
+                "nats = \"nats://h1:4222\"\nnats_tls_ca = \"/ca.pem\"",
+            ),
+            (
+                "cluster_name",
+                nats,
+                "nats = \"nats://h1:4222\"\ncluster_name = \"c2\"",
+            ),
+            (
+                "node_name",
+                nats,
+                "nats = \"nats://h1:4222\"\nnode_name = \"n2\"",
+            ),
+            (
+                "stream_replicas",
+                nats,
+                "nats = \"nats://h1:4222\"\nstream_replicas = 1",
+            ),
             ("metrics_auth", "", "metrics_auth = true"),
         ];
         let covered: Vec<&str> = cases.iter().map(|(key, _, _)| *key).collect();
@@ -698,7 +725,7 @@ mod tests {
             assert_eq!(format!("{config:?}"), defaults, "{flag}");
             checked += 1;
         }
-        assert_eq!(checked, 22, "the help texts with a one-word default");
+        assert_eq!(checked, 23, "the help texts with a one-word default");
     }
 
     #[test]
@@ -889,6 +916,12 @@ mod tests {
             history_events = 500
             history_age = "2d"
             shutdown_timeout = "5s"
+            nats = ["nats://h1:4222", "tls://h2:4222"]
+            nats_creds = "/etc/herald/nats.creds"
+            nats_tls_ca = "/etc/herald/nats-ca.pem"
+            cluster_name = "site1"
+            node_name = "node-a"
+            stream_replicas = 3
             metrics_auth = true
         "#;
         let keys_in_text = text.lines().filter(|l| l.contains('=')).count();
@@ -931,7 +964,38 @@ mod tests {
         assert_eq!(config.history.max_connections, 500);
         assert_eq!(config.history.max_age, Duration::from_secs(2 * 86400));
         assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(
+            config.cluster,
+            Some(Cluster {
+                nats: vec!["nats://h1:4222".into(), "tls://h2:4222".into()],
+                creds: Some("/etc/herald/nats.creds".into()),
+                tls_ca: Some("/etc/herald/nats-ca.pem".into()),
+                name: "site1".into(),
+                node: "node-a".into(),
+                replicas: Some(3),
+            })
+        );
         assert!(config.metrics_auth);
+    }
+
+    #[test]
+    fn a_cluster_setting_without_nats_servers_is_refused_naming_it() {
+        let error = resolve(file("node_name = \"a\"")).unwrap_err().to_string();
+        assert!(
+            error.contains("node_name") && error.contains("nats"),
+            "{error}"
+        );
+        let error = resolve(file("nats = \"nats://h:4222\"\nstream_replicas = 9"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("stream_replicas") && error.contains("1 to 5"),
+            "{error}"
+        );
+        let error = resolve(file("nats = \"nats://h:4222\"\ncluster_name = \"a.b\""))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cluster_name"), "{error}");
     }
 
     #[test]

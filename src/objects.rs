@@ -44,6 +44,10 @@ pub enum ObjectError {
         /// The key of the existing object.
         key: String,
     },
+    /// Other nodes of the cluster kept writing the object while this write was planned on
+    /// it; nothing was changed (409).
+    #[error("{0}")]
+    Contended(String),
     /// A JSON Patch `test` operation did not hold; nothing was changed (409).
     #[error("the patch was not applied: {0}")]
     TestFailed(String),
@@ -75,7 +79,9 @@ impl ObjectError {
     pub fn status(&self) -> u16 {
         match self {
             ObjectError::NotFound { .. } | ObjectError::NoParam { .. } => 404,
-            ObjectError::Exists { .. } | ObjectError::TestFailed(_) => 409,
+            ObjectError::Exists { .. } | ObjectError::TestFailed(_) | ObjectError::Contended(_) => {
+                409
+            }
             ObjectError::BadRequest(_) => 400,
             ObjectError::Invalid(_) => 422,
             ObjectError::Store(_) | ObjectError::Corrupt(_) => 500,

@@ -56,6 +56,13 @@ pub enum PublishError {
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Another write reached the object first: the event was not stored. `latest` is the
+    /// `Seq` of that write, which the caller waits for before it plans again.
+    #[error("the object was written meanwhile (Seq {latest})")]
+    Conflict {
+        /// The `Seq` of the object's newest event.
+        latest: u64,
+    },
     /// The cluster's log cannot store events now (no quorum, or NATS unreachable); nothing was
     /// acknowledged, and the publisher may retry.
     #[error("the cluster's event log is unavailable: {0}; retry shortly")]
@@ -97,6 +104,23 @@ pub(crate) struct Publish {
     pub(crate) reply: flume::Sender<Result<u64, PublishError>>,
     /// Who asked.
     pub(crate) source: Source,
+    /// A cluster node's object write: stored only if the object's newest event is still the
+    /// one it was planned on.
+    pub(crate) condition: Option<Condition>,
+}
+
+/// The object a write is about, and the `Seq` of the event it was planned on (0: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Condition {
+    /// The object's type.
+    pub ty: String,
+    /// The object's canonical key.
+    pub key: String,
+    /// The `Seq` JetStream is to find as the object's newest event.
+    pub expected: u64,
+    /// The `Seq` of the object's newest event the write was planned on (JetStream's check is
+    /// not serializable on every server version; this one is applied by every node).
+    pub base: u64,
 }
 
 /// Who asked for a publish, so that a failure to store herald's own log records is not itself
@@ -222,6 +246,25 @@ impl Publisher {
             change: None,
             reply: flume::bounded(1).0,
             source: Source::Requests,
+            condition: None,
+        })
+        .await
+    }
+
+    /// Publishes a cluster node's object write: stored only if the object's newest event is
+    /// still `condition.expected`, else [`PublishError::Conflict`]. Answers the event's Seq.
+    pub(crate) async fn publish_conditional(
+        &self,
+        event: Event,
+        condition: Condition,
+    ) -> Result<u64, PublishError> {
+        let prefix = event.body_prefix();
+        self.send(Publish {
+            events: vec![(event, prefix)],
+            change: None,
+            reply: flume::bounded(1).0,
+            source: Source::Requests,
+            condition: Some(condition),
         })
         .await
     }
@@ -236,6 +279,7 @@ impl Publisher {
                 change: None,
                 reply: flume::bounded(1).0,
                 source: Source::LogRecords,
+                condition: None,
             })
             .is_ok()
     }
@@ -258,6 +302,7 @@ impl Publisher {
                 change: Some(change),
                 reply: flume::bounded(1).0,
                 source: Source::Requests,
+                condition: None,
             })
             .await?;
         let value = value_rx
@@ -279,6 +324,7 @@ impl Publisher {
                 change: Some(Box::new(change)),
                 reply: flume::bounded(1).0,
                 source: Source::Requests,
+                condition: None,
             })
             .await
             .map_err(|_| PublishError::ShuttingDown)

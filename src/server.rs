@@ -146,7 +146,6 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         );
     }
     start_history_trim(history.clone(), config.history.clone());
-    let objects = Arc::new(crate::objects::ObjectStore::open(&db)?);
     let server_id = crate::api::info::open_server_id(&db)?;
     if !config.tls_san.is_empty() && config.tls != TlsMode::SelfSigned {
         tracing::warn!(
@@ -192,7 +191,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     // A storage failure ends the signal wait below, so it reaches `main` with its exit code.
     let signals_handle = signals.handle();
     let on_failure = Box::new(move || signals_handle.close());
-    let (sequencer, publisher, log_reader) = match log_source {
+    let (sequencer, publisher, log_reader, objects) = match log_source {
         LogSource::Cluster(cluster) => {
             let (node, publisher) = Node::start(
                 cluster,
@@ -202,7 +201,9 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
                 on_failure,
             )?;
             let reader = node.reader.clone();
-            (LogThread::Cluster(node), publisher, reader)
+            // A cluster node serves the cluster's objects, as its copy of the stream holds them.
+            let objects = node.objects.clone();
+            (LogThread::Cluster(node), publisher, reader, objects)
         }
         LogSource::Local(log) => {
             let reader = log.reader();
@@ -217,7 +218,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
                 what: "the log thread".into(),
                 cause,
             })?;
-            (LogThread::Local(sequencer), publisher, reader)
+            let objects = Arc::new(crate::objects::ObjectStore::open(&db)?);
+            (LogThread::Local(sequencer), publisher, reader, objects)
         }
     };
     let log_records = publisher.clone();

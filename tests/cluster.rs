@@ -10,41 +10,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cluster::{node, node_options, stream_of, watcher};
 use common::{
-    Client, LOG_TIMEOUT, NatsCluster, Options, REPLY_TIMEOUT, Received, Server, assert_drp_error,
+    Client, LOG_TIMEOUT, NatsCluster, REPLY_TIMEOUT, Received, Server, assert_drp_error,
     eventually, herald_seq, seqs, unique,
 };
 use serde_json::{Value, json};
 
 /// How long a cluster may take to agree after a failure (a leader election, a reconnect).
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A herald node of cluster `cluster` on `nats`.
-fn node(nats: &NatsCluster, cluster: &str, name: &str) -> Server {
-    Server::start_with(node_options(nats, cluster, name))
-}
-
-fn node_options(nats: &NatsCluster, cluster: &str, name: &str) -> Options {
-    Options::with_args(&[
-        "--nats",
-        &nats.urls(),
-        "--cluster-name",
-        cluster,
-        "--node-name",
-        name,
-    ])
-}
-
-fn stream_of(cluster: &str) -> String {
-    format!("{cluster}-events")
-}
-
-/// A websocket on `server` that sees every event of `ty`.
-fn watcher(server: &Server, ty: &str) -> Client {
-    let mut client = server.ws(&server.admin());
-    client.register(&format!("{ty}.*.*"));
-    client
-}
 
 /// Publishes one event; `Some(Seq)` once acknowledged, `None` for a 503 (allowed while a
 /// failure is being handled). Any other answer fails the test.

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::stream::Facts;
 use super::{ClusterError, subject};
 use crate::config::Retention;
+use crate::objects::{Kind, ObjectStore};
 use crate::sequencer::{Batch, LogStatus, OnStorageFailed, SequencedBatch, StorageFailed};
 use crate::store::{EventLog, LogReader, StoreError};
 use crate::wire::event::EncodedEvent;
@@ -40,14 +41,47 @@ const STALL_AFTER: Duration = Duration::from_secs(3);
 
 /// What the consumer hands the copy thread.
 pub(super) enum Input {
-    /// Consecutive messages: `(Seq, payload)`, and the consumer's pending count after them.
-    Events(Vec<(u64, Bytes)>, u64),
+    /// Consecutive messages, and the consumer's pending count after them.
+    Events(Vec<Message>, u64),
     /// The stream no longer holds the `Seq`s from the copy's end up to this one.
     Gap(u64),
 }
 
+/// One message of the stream.
+pub(super) struct Message {
+    seq: u64,
+    payload: Bytes,
+    /// Whether it is an object write (on an object's subject), which the copy applies.
+    writes_object: bool,
+    /// An object write's `Herald-Base`: the `Seq` of the object's newest event it was planned on.
+    base: Option<u64>,
+}
+
+/// What the copy stores in place of an object write it refused: a record that no replay, read
+/// or fan-out delivers (it is no event), so the `Seq`s stay contiguous without a gap.
+const REFUSED_WRITE: &[u8] = b"{}";
+
+/// The events of one batch for the cores, and the refused writes stored with them.
+#[derive(Default)]
+struct Copied {
+    events: Vec<EncodedEvent>,
+    refused: Vec<u64>,
+}
+
+impl Copied {
+    fn push(&mut self, event: EncodedEvent) {
+        self.events.push(event);
+    }
+
+    fn refused(&mut self, seq: u64) {
+        self.refused.push(seq);
+    }
+}
+
 /// A started copy.
 pub(super) struct Copy {
+    /// The node's copy of the cluster's objects, in the same database.
+    pub objects: Arc<ObjectStore>,
     pub status: Arc<LogStatus>,
     pub reader: LogReader,
     pub thread: thread::JoinHandle<()>,
@@ -73,7 +107,8 @@ pub(super) fn start(
     failed: Arc<Mutex<Option<StorageFailed>>>,
     on_failure: OnStorageFailed,
 ) -> Result<Copy, ClusterError> {
-    let log = open(dir, facts)?;
+    let (log, objects) = open(dir, facts)?;
+    let objects = Arc::new(objects);
     let status = Arc::new(LogStatus::of(&log));
     let reader = log.reader();
     let last = log.last_seq();
@@ -89,6 +124,7 @@ pub(super) fn start(
     let stream_first = Arc::new(AtomicU64::new(facts.first));
     let copier = Copier {
         log,
+        objects: objects.clone(),
         status: status.clone(),
         cores,
         delivered: delivered_tx,
@@ -107,6 +143,7 @@ pub(super) fn start(
             cause,
         })?;
     Ok(Copy {
+        objects,
         status,
         reader,
         thread,
@@ -120,8 +157,8 @@ pub(super) fn start(
 }
 
 /// The copy in `dir` when it continues the stream described by `facts`, else a new one that
-/// starts at the stream's first retained event.
-fn open(dir: &Path, facts: &Facts) -> Result<EventLog, ClusterError> {
+/// starts at the stream's first retained event; with the objects it holds.
+fn open(dir: &Path, facts: &Facts) -> Result<(EventLog, ObjectStore), ClusterError> {
     let failed = |cause: String| ClusterError::Copy {
         path: dir.to_path_buf(),
         cause,
@@ -145,18 +182,22 @@ fn open(dir: &Path, facts: &Facts) -> Result<EventLog, ClusterError> {
         _ => None,
     };
     if let Some(log) = usable {
-        return Ok(log);
+        let objects = ObjectStore::open_copy(&db).map_err(|e| failed(e.to_string()))?;
+        return Ok((log, objects));
     }
     drop(db);
     std::fs::remove_dir_all(dir).map_err(|e| failed(e.to_string()))?;
     let db = crate::store::db::open(dir).map_err(|e| failed(crate::store::sled_reason(&e)))?;
-    EventLog::create(&db, &facts.epoch, facts.first.saturating_sub(1))
-        .map_err(|e: StoreError| failed(e.to_string()))
+    let log = EventLog::create(&db, &facts.epoch, facts.first.saturating_sub(1))
+        .map_err(|e: StoreError| failed(e.to_string()))?;
+    let objects = ObjectStore::open_copy(&db).map_err(|e| failed(e.to_string()))?;
+    Ok((log, objects))
 }
 
 /// The copy thread's state.
 struct Copier {
     log: EventLog,
+    objects: Arc<ObjectStore>,
     status: Arc<LogStatus>,
     cores: Vec<flume::Sender<Batch>>,
     delivered: watch::Sender<u64>,
@@ -201,24 +242,54 @@ impl Copier {
 
     /// Copies consecutive messages; a payload herald did not write (another client published
     /// under the cluster's subjects) keeps its `Seq` unused, as a gap no client is closed for.
-    fn copy(&mut self, events: Vec<(u64, Bytes)>) -> Result<(), StoreError> {
-        let mut encoded = Vec::with_capacity(events.len());
-        for (seq, payload) in events {
+    fn copy(&mut self, events: Vec<Message>) -> Result<(), StoreError> {
+        let mut batch = Copied::default();
+        for Message {
+            seq,
+            payload,
+            writes_object,
+            base,
+        } in events
+        {
             let event = subject::with_seq(&payload, seq)
                 .and_then(|json| EncodedEvent::from_stored(seq, &json));
             match event {
-                Some(event) => encoded.push(event),
+                // Applied before the event is stored: after a crash between the two, the event
+                // is read again and applied again, which changes nothing.
+                Some(event) if writes_object && !self.apply_object(&event, base)? => {
+                    batch.refused(seq);
+                }
+                Some(event) => batch.push(event),
                 None => {
                     tracing::warn!(
                         seq,
                         "a message in the cluster's stream is not a herald event; skipping it"
                     );
-                    self.deliver(std::mem::take(&mut encoded), false)?;
+                    self.deliver(std::mem::take(&mut batch), false)?;
                     self.log.skip_to(seq)?;
                 }
             }
         }
-        self.deliver(encoded, false)
+        self.deliver(batch, false)
+    }
+
+    /// Applies an object write to the node's copy of the objects when the object's newest
+    /// event is still the one the write was planned on (`base`); false when it is not. Every
+    /// node applies the stream in the same order, so every node refuses the same writes.
+    fn apply_object(&self, event: &EncodedEvent, base: Option<u64>) -> Result<bool, StoreError> {
+        let Some(kind) = Kind::from_name(&event.ty) else {
+            tracing::warn!(seq = event.seq, ty = %event.ty, "an object write in the cluster's stream names no object type; refusing it");
+            return Ok(false);
+        };
+        let object = serde_json::from_slice::<serde_json::Value>(event.json())
+            .ok()
+            .and_then(|mut event| event.get_mut("Object").map(serde_json::Value::take))
+            .unwrap_or_default();
+        self.objects
+            .apply(kind, &event.key, &event.action, &object, event.seq, base)
+            .map_err(|error| StoreError::Corrupt {
+                what: format!("applying object write {}: {error}", event.seq),
+            })
     }
 
     /// The stream dropped events before this node read them: every client of this node closes
@@ -231,18 +302,23 @@ impl Copier {
         );
         self.log.skip_to(through)?;
         self.status.update(&self.log);
-        self.deliver(Vec::new(), true)
+        self.deliver(Copied::default(), true)
     }
 
-    fn deliver(&mut self, events: Vec<EncodedEvent>, gap_before: bool) -> Result<(), StoreError> {
-        if let Some(newest) = events.last().map(|e| e.seq) {
-            let rows: Vec<(u64, &[u8])> = events.iter().map(|e| (e.seq, e.json())).collect();
+    fn deliver(&mut self, batch: Copied, gap_before: bool) -> Result<(), StoreError> {
+        let Copied { events, refused } = batch;
+        if !events.is_empty() || !refused.is_empty() {
+            let mut rows: Vec<(u64, &[u8])> = events
+                .iter()
+                .map(|e| (e.seq, e.json()))
+                .chain(refused.iter().map(|&seq| (seq, REFUSED_WRITE)))
+                .collect();
+            rows.sort_unstable_by_key(|(seq, _)| *seq);
             self.log.append(&rows, SystemTime::now())?;
             self.log.expose();
             metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(events.len() as u64);
             self.status.update(&self.log);
             self.status.flushed();
-            let _ = newest;
         }
         if self.live() && (gap_before || !events.is_empty()) {
             let batch: Batch = Arc::new(SequencedBatch {
@@ -306,6 +382,7 @@ impl Copier {
 /// after the last event handed over. A jump in `Seq` means the stream dropped events first.
 pub(super) async fn consume(
     stream: Stream,
+    objects_prefix: String,
     mut next: u64,
     input: flume::Sender<Input>,
     stream_first: Arc<AtomicU64>,
@@ -374,7 +451,18 @@ pub(super) async fn consume(
                         return;
                     }
                 }
-                events.push((seq, message.payload.clone()));
+                let writes_object = message.subject.starts_with(objects_prefix.as_str());
+                let base = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(super::BASE_HEADER))
+                    .and_then(|value| value.as_str().parse().ok());
+                events.push(Message {
+                    seq,
+                    payload: message.payload.clone(),
+                    writes_object,
+                    base,
+                });
                 next = seq.saturating_add(1);
             }
             if !events.is_empty()

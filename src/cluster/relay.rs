@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::{self};
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -16,7 +17,7 @@ use tokio::task::JoinSet;
 use super::stream::Link;
 use super::subject;
 use crate::config::Cluster;
-use crate::sequencer::{Publish, PublishError};
+use crate::sequencer::{Condition, Publish, PublishError};
 
 /// Longest a publish waits for JetStream (a stream leader election takes a few seconds)
 /// before its publisher gets 503.
@@ -33,9 +34,15 @@ pub(super) fn subject_prefix(name: &str) -> String {
     format!("{name}.events")
 }
 
+/// The subject prefix of cluster `name`'s object writes.
+pub(super) fn object_prefix(name: &str) -> String {
+    format!("{name}.objects")
+}
+
 /// Subjects and message ids of this node's publishes.
 pub(super) struct Names {
     prefix: String,
+    objects: String,
     /// Unique to this run of this node, so no two runs' ids meet in the duplicate window.
     run: String,
     next: u64,
@@ -45,6 +52,7 @@ impl Names {
     pub(super) fn new(settings: &Cluster) -> Names {
         Names {
             prefix: subject_prefix(&settings.name),
+            objects: object_prefix(&settings.name),
             run: format!("{}-{}", settings.node, uuid::Uuid::new_v4().simple()),
             next: 0,
         }
@@ -61,6 +69,18 @@ struct Outgoing {
     subject: String,
     payload: Bytes,
     id: String,
+    /// For an object write: the `Seq` JetStream is to find as the object's newest event, and
+    /// the one the write was planned on (they differ only once retention removed the object's
+    /// events from the stream).
+    expected: Option<(u64, u64)>,
+}
+
+/// Why events were not stored.
+enum Refused {
+    /// JetStream did not answer in time.
+    Unavailable(String),
+    /// An object write found a newer event of its object: its `Seq`.
+    Conflict(u64),
 }
 
 /// Sends every queued publish until the queue closes or the node stops, then waits (bounded)
@@ -113,6 +133,7 @@ async fn send(
         events,
         change,
         reply,
+        condition,
         ..
     } = publish;
     let events = match change {
@@ -144,10 +165,28 @@ async fn send(
     }
     let outgoing: Vec<Outgoing> = events
         .iter()
-        .map(|(event, prefix)| Outgoing {
-            subject: subject::event_subject(&names.prefix, &event.ty, &event.action, &event.key),
-            payload: Bytes::from(subject::payload(prefix)),
-            id: names.next_id(),
+        .map(|(event, prefix)| {
+            let (subject, expected) = match &condition {
+                Some(Condition {
+                    ty,
+                    key,
+                    expected,
+                    base,
+                }) => (
+                    subject::object_subject(&names.objects, ty, key),
+                    Some((*expected, *base)),
+                ),
+                None => (
+                    subject::event_subject(&names.prefix, &event.ty, &event.action, &event.key),
+                    None,
+                ),
+            };
+            Outgoing {
+                subject,
+                payload: Bytes::from(subject::payload(prefix)),
+                id: names.next_id(),
+                expected,
+            }
         })
         .collect();
     let mut acks = Vec::with_capacity(outgoing.len());
@@ -167,10 +206,23 @@ async fn send(
                 let _ = tokio::time::timeout(COPY_WAIT, delivered.wait_for(|d| *d >= last)).await;
                 Ok(last)
             }
-            Err(error) => Err(PublishError::Unavailable(error)),
+            Err(Refused::Unavailable(error)) => Err(PublishError::Unavailable(error)),
+            Err(Refused::Conflict(latest)) => Err(PublishError::Conflict { latest }),
         };
         let _ = reply.send(answer);
     });
+}
+
+/// The `Seq` JetStream names in a "wrong last sequence: N" refusal (0 when it names none).
+fn latest_in(refusal: &str) -> u64 {
+    refusal
+        .rsplit("wrong last sequence: ")
+        .next()
+        .and_then(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Waits until the NATS connection is up; false when `deadline` passes first.
@@ -188,9 +240,14 @@ async fn publish_one(
     js: &jetstream::Context,
     message: &Outgoing,
 ) -> Result<PublishAckFuture, String> {
-    let publish = jetstream::message::PublishMessage::build()
+    let mut publish = jetstream::message::PublishMessage::build()
         .payload(message.payload.clone())
         .message_id(&message.id);
+    if let Some((expected, base)) = message.expected {
+        publish = publish
+            .expected_last_subject_sequence(expected)
+            .header(super::BASE_HEADER, base.to_string().as_str());
+    }
     js.send_publish(message.subject.clone(), publish)
         .await
         .map_err(|error| error.to_string())
@@ -204,14 +261,19 @@ async fn acknowledged(
     deadline: Instant,
     outgoing: &[Outgoing],
     mut acks: Vec<Result<PublishAckFuture, String>>,
-) -> Result<u64, String> {
+) -> Result<u64, Refused> {
     let mut last = 0;
     let mut from = 0;
     loop {
         let mut failed = None;
         for (offset, ack) in acks.into_iter().enumerate() {
             let stored = match ack {
-                Ok(future) => future.await.map_err(|error| error.to_string()),
+                Ok(future) => match future.await {
+                    Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                        return Err(Refused::Conflict(latest_in(&error.to_string())));
+                    }
+                    other => other.map_err(|error| error.to_string()),
+                },
                 Err(error) => Err(error),
             };
             match stored {
@@ -227,11 +289,11 @@ async fn acknowledged(
         };
         if Instant::now() + RETRY_PAUSE >= deadline {
             tracing::debug!(%error, "a publish to the cluster's stream went unanswered");
-            return Err(error);
+            return Err(Refused::Unavailable(error));
         }
         tokio::time::sleep(RETRY_PAUSE).await;
         if !until_connected(link, deadline).await {
-            return Err(error);
+            return Err(Refused::Unavailable(error));
         }
         let again = outgoing.get(at..).unwrap_or_default();
         metrics::counter!(crate::metrics::CLUSTER_PUBLISH_RETRIES).increment(again.len() as u64);

@@ -13,12 +13,13 @@ use tokio::sync::watch;
 
 use super::{ClusterError, ClusterView, copy, presence, relay};
 use crate::config::{Cluster, Retention};
+use crate::objects::ObjectStore;
 use crate::sequencer::{Batch, LogStatus, OnStorageFailed, Publish, StorageFailed};
 use crate::store::LogReader;
 
 /// The version of what herald keeps in the stream (subjects, payloads); recorded in the
 /// stream's description, and checked by every node that joins.
-const STREAM_SCHEMA: u32 = 1;
+const STREAM_SCHEMA: u32 = 2;
 /// How long JetStream remembers a message id, so a publish sent again is stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Wait for one JetStream answer (an ack, a stream request).
@@ -43,6 +44,8 @@ pub(super) struct Inputs {
 
 /// What a started node hands back to the server.
 pub(super) struct Started {
+    /// The node's copy of the cluster's objects.
+    pub objects: Arc<ObjectStore>,
     pub status: Arc<LogStatus>,
     pub reader: LogReader,
     pub view: Arc<ClusterView>,
@@ -132,6 +135,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
     };
     let consumer = tokio::spawn(copy::consume(
         stream.clone(),
+        format!("{}.", relay::object_prefix(&settings.name)),
         copy.next_seq,
         copy.input.clone(),
         copy.stream_first.clone(),
@@ -162,6 +166,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
         stop.clone(),
     ));
     let started = Started {
+        objects: copy.objects.clone(),
         status: copy.status.clone(),
         reader: copy.reader.clone(),
         view,
@@ -301,7 +306,10 @@ fn description(name: &str) -> String {
 fn config(settings: &Cluster, retention: &Retention, replicas: usize) -> stream::Config {
     let mut config = stream::Config {
         name: stream_name(&settings.name),
-        subjects: vec![format!("{}.>", relay::subject_prefix(&settings.name))],
+        subjects: vec![
+            format!("{}.>", relay::subject_prefix(&settings.name)),
+            format!("{}.>", relay::object_prefix(&settings.name)),
+        ],
         description: Some(description(&settings.name)),
         storage: stream::StorageType::File,
         num_replicas: replicas,

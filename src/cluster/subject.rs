@@ -18,6 +18,19 @@ pub(crate) fn event_subject(prefix: &str, ty: &str, action: &str, key: &str) -> 
     subject
 }
 
+/// The subject of every event that writes object `key` of type `ty`, under `prefix`
+/// (`<cluster>.objects`): one subject per object, so that a write can be made conditional on
+/// the object's newest event.
+pub(crate) fn object_subject(prefix: &str, ty: &str, key: &str) -> String {
+    let mut subject = String::with_capacity(prefix.len() + ty.len() + key.len() + 4);
+    subject.push_str(prefix);
+    for part in [ty, key] {
+        subject.push('.');
+        push_token(&mut subject, part);
+    }
+    subject
+}
+
 /// Appends `text` as one subject token: every byte outside `[A-Za-z0-9_-]` as `%XX`, so dots,
 /// wildcards, spaces and any other byte of a DRP key stay inside it; the empty text is `%`.
 fn push_token(out: &mut String, text: &str) {

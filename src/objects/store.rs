@@ -34,8 +34,15 @@ pub(crate) struct Written {
 }
 
 /// The object store: one sled tree per [`Kind`]; cheap to share behind an `Arc`.
+///
+/// On a cluster node the store is the node's copy of the cluster's objects, written only from
+/// the cluster's stream ([`ObjectStore::apply`]): its write methods then plan a write (the
+/// event and the answer) without storing it, and the node publishes the event on the
+/// object's own subject, on condition that nothing wrote the object since it was read.
 pub(crate) struct ObjectStore {
     trees: Vec<sled::Tree>,
+    /// A cluster node's: the `Seq` of the event that last wrote each object.
+    seqs: Option<sled::Tree>,
 }
 
 pub(crate) fn encode(object: &Value) -> Vec<u8> {
@@ -65,8 +72,100 @@ impl ObjectStore {
                 OBJECTS_SCHEMA.version
             )),
         })?;
-        let store = ObjectStore { trees };
-        let profiles = store.tree(Kind::Profiles);
+        let store = ObjectStore { trees, seqs: None };
+        store.ensure_global()?;
+        Ok(store)
+    }
+
+    /// Opens a cluster node's copy of the cluster's objects in `db`.
+    pub(crate) fn open_copy(db: &sled::Db) -> Result<ObjectStore, ObjectError> {
+        let mut store = ObjectStore::open(db)?;
+        store.seqs = Some(crate::store::db::object_seqs_tree(db)?);
+        Ok(store)
+    }
+
+    /// Whether writes are planned only (a cluster node's copy), not stored.
+    fn planning(&self) -> bool {
+        self.seqs.is_some()
+    }
+
+    /// The `Seq` of the event that last wrote the object (0 when none did).
+    pub(crate) fn seq_of(&self, kind: Kind, key: &str) -> Result<u64, ObjectError> {
+        self.stored_seq(&seq_key(kind, key))
+    }
+
+    /// The `Seq` of the newest write to the object in the stream, refused ones included: what
+    /// JetStream compares a conditional write with.
+    pub(crate) fn last_write_of(&self, kind: Kind, key: &str) -> Result<u64, ObjectError> {
+        self.stored_seq(&last_write_key(kind, key))
+    }
+
+    fn stored_seq(&self, key: &[u8]) -> Result<u64, ObjectError> {
+        let Some(seqs) = &self.seqs else {
+            return Ok(0);
+        };
+        Ok(seqs
+            .get(key)?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Applies an object event read from the cluster's stream at `seq`, planned on the
+    /// object's event `base`: the object becomes the event's `Object`, or is gone after
+    /// `delete`, if `base` is still the object's newest event; else the write is refused
+    /// (false), on every node alike. An event already applied changes nothing.
+    pub(crate) fn apply(
+        &self,
+        kind: Kind,
+        key: &str,
+        action: &str,
+        object: &Value,
+        seq: u64,
+        base: Option<u64>,
+    ) -> Result<bool, ObjectError> {
+        let Some(seqs) = &self.seqs else {
+            return Ok(false);
+        };
+        let newest = self.seq_of(kind, key)?;
+        if newest >= seq {
+            return Ok(newest == seq || !self.was_refused(seq)?);
+        }
+        if self.last_write_of(kind, key)? < seq {
+            seqs.insert(last_write_key(kind, key), &seq.to_be_bytes())?;
+        }
+        if base != Some(newest) {
+            self.refuse(seq)?;
+            return Ok(false);
+        }
+        let tree = self.tree(kind);
+        if action == "delete" {
+            tree.remove(key)?;
+        } else {
+            tree.insert(key.as_bytes(), encode(object))?;
+        }
+        seqs.insert(seq_key(kind, key), &seq.to_be_bytes())?;
+        Ok(true)
+    }
+
+    /// Whether the write at `seq` was refused. Recorded before the copy stores the write's
+    /// place, so a write read again after a crash gets the same answer.
+    pub(crate) fn was_refused(&self, seq: u64) -> Result<bool, ObjectError> {
+        match &self.seqs {
+            Some(seqs) => Ok(seqs.contains_key(refusal_key(seq))?),
+            None => Ok(false),
+        }
+    }
+
+    fn refuse(&self, seq: u64) -> Result<(), ObjectError> {
+        if let Some(seqs) = &self.seqs {
+            seqs.insert(refusal_key(seq), &[])?;
+        }
+        Ok(())
+    }
+
+    /// Creates the `global` profile when it is missing.
+    fn ensure_global(&self) -> Result<(), ObjectError> {
+        let profiles = self.tree(Kind::Profiles);
         if !profiles.contains_key(GLOBAL_PROFILE)? {
             let global = serde_json::json!({
                 "Name": GLOBAL_PROFILE,
@@ -76,7 +175,7 @@ impl ObjectStore {
             profiles.insert(key.as_bytes(), encode(&object))?;
             profiles.flush()?;
         }
-        Ok(store)
+        Ok(())
     }
 
     fn tree(&self, kind: Kind) -> &sled::Tree {
@@ -131,7 +230,9 @@ impl ObjectStore {
                 key,
             });
         }
-        tree.insert(key.as_bytes(), encode(&object))?;
+        if !self.planning() {
+            tree.insert(key.as_bytes(), encode(&object))?;
+        }
         Ok(Written {
             event: Event::new(kind.name(), "create", &key, principal).with_object(&object),
             answer: object,
@@ -177,7 +278,12 @@ impl ObjectStore {
                 "the global profile cannot be deleted; change its params instead".into(),
             ));
         }
-        let Some(bytes) = self.tree(kind).remove(key)? else {
+        let removed = if self.planning() {
+            self.tree(kind).get(key)?
+        } else {
+            self.tree(kind).remove(key)?
+        };
+        let Some(bytes) = removed else {
             return Err(ObjectError::NotFound {
                 kind: kind.name(),
                 key: key.to_owned(),
@@ -261,7 +367,9 @@ impl ObjectStore {
         principal: &str,
     ) -> Result<Written, ObjectError> {
         stamp_modified(&mut object, principal);
-        self.tree(kind).insert(key.as_bytes(), encode(&object))?;
+        if !self.planning() {
+            self.tree(kind).insert(key.as_bytes(), encode(&object))?;
+        }
         Ok(Written {
             event: Event::new(kind.name(), action, key, principal)
                 .with_object(&object)
@@ -269,6 +377,25 @@ impl ObjectStore {
             answer: object,
         })
     }
+}
+
+/// The key of an object's `Seq` in [`crate::store::db::OBJECT_SEQS_TREE`].
+fn seq_key(kind: Kind, key: &str) -> Vec<u8> {
+    format!("{}/{key}", kind.name()).into_bytes()
+}
+
+/// The key of the `Seq` of the object's newest write in the stream, refused ones included: a
+/// byte 1 first, which no type name starts with.
+fn last_write_key(kind: Kind, key: &str) -> Vec<u8> {
+    format!("\u{1}last/{}/{key}", kind.name()).into_bytes()
+}
+
+/// The key recording that the write at `seq` was refused, in the same tree: a zero byte first,
+/// which no type name starts with.
+fn refusal_key(seq: u64) -> Vec<u8> {
+    let mut key = b"\0refused/".to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
 }
 
 /// `patch` applied to a copy of `document`: all operations or none.

@@ -38,6 +38,13 @@ pub const ROLES_TREE: &str = "roles";
 /// key: the object's canonical key (UTF-8 `Name`, or the hyphenated lowercase `Uuid`); value:
 /// the object's JSON as served.
 pub const OBJECTS_TREE_PREFIX: &str = "objects/";
+/// A cluster node's objects: the `Seq` of the event that last wrote each object (deleted ones
+/// included). key: `<type>/<canonical key>` (UTF-8); value: the `Seq`, big-endian `u64`. And the
+/// writes it refused (planned on an event that was no longer the object's newest): key: a zero
+/// byte, `refused/`, the `Seq` big-endian; value: empty. And the newest write of each object in
+/// the stream, refused ones included: key: a byte 1, `last/<type>/<canonical key>`; value: the
+/// `Seq`, big-endian `u64`.
+pub const OBJECT_SEQS_TREE: &str = "object_seqs";
 /// Connections open when last recorded. key: the connection id (big-endian `u64`); value: the
 /// connection's JSON at connect time. An entry left at startup belonged to a crashed process.
 pub const CONNECTIONS_OPEN_TREE: &str = "connections_open";
@@ -305,6 +312,11 @@ pub fn object_trees<'a>(
             .map(|kind| db.open_tree(format!("{OBJECTS_TREE_PREFIX}{kind}")))
             .collect::<Result<Vec<_>, _>>()?),
     }
+}
+
+/// A cluster node's [`OBJECT_SEQS_TREE`].
+pub fn object_seqs_tree(db: &Db) -> Result<Tree, sled::Error> {
+    db.open_tree(OBJECT_SEQS_TREE)
 }
 
 /// The connection history's trees: (open, closed).

@@ -348,6 +348,11 @@ impl Server {
 
     /// Sends SIGKILL: herald dies at once, flushing nothing. Returns once it is gone.
     pub fn kill(self) {
+        self.kill_shared();
+    }
+
+    /// Like `kill`, for a server other threads still hold (they see its sockets fail).
+    pub fn kill_shared(&self) {
         self.signal("KILL");
         self.await_exit("SIGKILL");
     }
@@ -376,7 +381,7 @@ impl Server {
     }
 
     /// Waits until herald is gone or a zombie (its parent, the watchdog, reaps it on drop).
-    fn await_exit(self, after: &str) {
+    fn await_exit(&self, after: &str) {
         let stat = format!("/proc/{}/stat", self.herald_pid);
         eventually(
             &format!("herald's exit after {after}"),
