@@ -9,12 +9,14 @@
 //! the cores. Only owned messages cross between them and the monoio cores.
 //!
 //! - [`subject`]: an event's subject (its key escaped) and its payload.
+//! - [`node`]: the NATS thread's life, from joining to stopping.
 //! - [`stream`]: connecting, creating or checking the stream and its limits, the Epoch.
 //! - [`relay`]: publishes and state changes, answered once JetStream stored them on a quorum.
 //! - [`copy`]: the consumer, and the node's copy of the stream.
 //! - [`presence`]: the nodes' bucket and the cluster's gauges.
 
 mod copy;
+mod node;
 mod presence;
 mod relay;
 mod stream;
@@ -174,7 +176,7 @@ impl Node {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let failed = Arc::new(Mutex::new(None));
-        let inputs = stream::Inputs {
+        let inputs = node::Inputs {
             settings: settings.clone(),
             copy_dir: data_dir.join(copy::COPY_DIR),
             retention,
@@ -186,7 +188,7 @@ impl Node {
         };
         let nats_thread = thread::Builder::new()
             .name("herald-nats".into())
-            .spawn(move || runtime.block_on(stream::run(inputs, ready_tx)))
+            .spawn(move || runtime.block_on(node::run(inputs, ready_tx)))
             .map_err(|cause| ClusterError::Start {
                 what: "the NATS thread",
                 cause,

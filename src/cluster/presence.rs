@@ -93,13 +93,14 @@ async fn announce(store: &kv::Store, settings: &Cluster, view: &ClusterView) {
     let Ok(mut keys) = store.keys().await else {
         return;
     };
-    let mut nodes = Vec::new();
+    // A key renewed while the listing runs can come twice.
+    let mut nodes = std::collections::BTreeSet::new();
     while let Some(key) = keys.next().await {
         if let Ok(key) = key {
-            nodes.push(key);
+            nodes.insert(key);
         }
     }
-    nodes.sort();
+    let nodes: Vec<String> = nodes.into_iter().collect();
     metrics::gauge!(crate::metrics::CLUSTER_NODES).set(nodes.len() as f64);
     if let Ok(mut known) = view.nodes.lock() {
         *known = nodes;

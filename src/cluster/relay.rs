@@ -29,16 +29,6 @@ const CONNECTED_POLL: Duration = Duration::from_millis(20);
 /// Pause before an event without an answer is sent again.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// The subject prefix of cluster `name`'s events.
-pub(super) fn subject_prefix(name: &str) -> String {
-    format!("{name}.events")
-}
-
-/// The subject prefix of cluster `name`'s object writes.
-pub(super) fn object_prefix(name: &str) -> String {
-    format!("{name}.objects")
-}
-
 /// Subjects and message ids of this node's publishes.
 pub(super) struct Names {
     prefix: String,
@@ -51,8 +41,8 @@ pub(super) struct Names {
 impl Names {
     pub(super) fn new(settings: &Cluster) -> Names {
         Names {
-            prefix: subject_prefix(&settings.name),
-            objects: object_prefix(&settings.name),
+            prefix: subject::event_prefix(&settings.name),
+            objects: subject::object_prefix(&settings.name),
             run: format!("{}-{}", settings.node, uuid::Uuid::new_v4().simple()),
             next: 0,
         }

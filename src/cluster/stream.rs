@@ -1,9 +1,7 @@
-//! Joining the cluster: the NATS connection, the stream (created by the first node, checked by
-//! the others), its limits kept equal to the retention settings, and the Epoch.
+//! Joining the cluster: the NATS connection and its state, the stream (created by the first
+//! node, checked by the others), its limits kept equal to the retention settings, the Epoch.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,11 +9,8 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, stream};
 use tokio::sync::watch;
 
-use super::{ClusterError, ClusterView, copy, presence, relay};
+use super::{ClusterError, subject};
 use crate::config::{Cluster, Retention};
-use crate::objects::ObjectStore;
-use crate::sequencer::{Batch, LogStatus, OnStorageFailed, Publish, StorageFailed};
-use crate::store::LogReader;
 
 /// The version of what herald keeps in the stream (subjects, payloads); recorded in the
 /// stream's description, and checked by every node that joins.
@@ -29,31 +24,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the retention settings are compared with the stream's limits.
 const LIMITS_EVERY: Duration = Duration::from_secs(1);
-
-/// What the NATS thread is handed.
-pub(super) struct Inputs {
-    pub settings: Cluster,
-    pub copy_dir: PathBuf,
-    pub retention: Arc<Mutex<Retention>>,
-    pub cores: Vec<flume::Sender<Batch>>,
-    pub publishes: flume::Receiver<Publish>,
-    pub failed: Arc<Mutex<Option<StorageFailed>>>,
-    pub on_failure: OnStorageFailed,
-    pub stop: watch::Receiver<bool>,
-}
-
-/// What a started node hands back to the server.
-pub(super) struct Started {
-    /// The node's copy of the cluster's objects.
-    pub objects: Arc<ObjectStore>,
-    pub status: Arc<LogStatus>,
-    pub reader: LogReader,
-    pub view: Arc<ClusterView>,
-    pub copy_thread: std::thread::JoinHandle<()>,
-    /// Receives once the copy holds the stream up to `target`.
-    pub caught_up: mpsc::Receiver<()>,
-    pub target: u64,
-}
 
 /// The state of the NATS connection, kept by the client's event callback.
 #[derive(Debug, Default)]
@@ -98,102 +68,8 @@ pub(super) struct Facts {
     pub replicas: usize,
 }
 
-/// The NATS thread: joins, reports to the server through `ready`, then serves until stopped.
-pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, ClusterError>>) {
-    let Inputs {
-        settings,
-        copy_dir,
-        retention,
-        cores,
-        publishes,
-        failed,
-        on_failure,
-        mut stop,
-    } = inputs;
-    let link = Arc::new(Link::default());
-    let joined = join(&settings, &retention, link.clone()).await;
-    let (client, js, stream, facts) = match joined {
-        Ok(joined) => joined,
-        Err(error) => {
-            let _ = ready.send(Err(error));
-            return;
-        }
-    };
-    let view = Arc::new(ClusterView {
-        name: settings.name.clone(),
-        node: settings.node.clone(),
-        replicas: facts.replicas,
-        nodes: Mutex::new(Vec::new()),
-        connected: AtomicBool::new(true),
-    });
-    let copy = match copy::start(&copy_dir, &facts, cores, failed, on_failure) {
-        Ok(copy) => copy,
-        Err(error) => {
-            let _ = ready.send(Err(error));
-            return;
-        }
-    };
-    let consumer = tokio::spawn(copy::consume(
-        stream.clone(),
-        format!("{}.", relay::object_prefix(&settings.name)),
-        copy.next_seq,
-        copy.input.clone(),
-        copy.stream_first.clone(),
-        copy.stream_last.clone(),
-    ));
-    let relay = tokio::spawn(relay::run(
-        publishes,
-        js.clone(),
-        relay::Names::new(&settings),
-        copy.delivered.clone(),
-        link.clone(),
-        stop.clone(),
-    ));
-    let presence = tokio::spawn(presence::run(
-        js.clone(),
-        settings.clone(),
-        facts.replicas,
-        view.clone(),
-        link.clone(),
-        stop.clone(),
-    ));
-    let limits = tokio::spawn(keep_limits(
-        js.clone(),
-        stream.clone(),
-        retention.clone(),
-        copy.stream_first.clone(),
-        copy.stream_last.clone(),
-        stop.clone(),
-    ));
-    let started = Started {
-        objects: copy.objects.clone(),
-        status: copy.status.clone(),
-        reader: copy.reader.clone(),
-        view,
-        copy_thread: copy.thread,
-        caught_up: copy.caught_up,
-        target: facts.last,
-    };
-    if ready.send(Ok(started)).is_err() {
-        return;
-    }
-    while !*stop.borrow() {
-        if stop.changed().await.is_err() {
-            break;
-        }
-    }
-    // Publishes already queued are answered first; then the consumer stops, which ends the copy.
-    let _ = relay.await;
-    consumer.abort();
-    presence.abort();
-    limits.abort();
-    let _ = consumer.await;
-    drop(copy.input);
-    let _ = client.drain().await;
-}
-
 /// Connects and opens (or creates) the stream.
-async fn join(
+pub(super) async fn join(
     settings: &Cluster,
     retention: &Mutex<Retention>,
     link: Arc<Link>,
@@ -307,8 +183,8 @@ fn config(settings: &Cluster, retention: &Retention, replicas: usize) -> stream:
     let mut config = stream::Config {
         name: stream_name(&settings.name),
         subjects: vec![
-            format!("{}.>", relay::subject_prefix(&settings.name)),
-            format!("{}.>", relay::object_prefix(&settings.name)),
+            format!("{}.>", subject::event_prefix(&settings.name)),
+            format!("{}.>", subject::object_prefix(&settings.name)),
         ],
         description: Some(description(&settings.name)),
         storage: stream::StorageType::File,
@@ -461,7 +337,7 @@ async fn create_stream(
 
 /// Keeps the stream's limits equal to the retention settings, which a SIGHUP may change, and
 /// tells the copy where the stream now begins.
-async fn keep_limits(
+pub(super) async fn keep_limits(
     js: jetstream::Context,
     mut stream: stream::Stream,
     retention: Arc<Mutex<Retention>>,

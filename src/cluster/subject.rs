@@ -6,6 +6,16 @@ use std::fmt::Write as _;
 /// How every payload ends: the event's JSON with a `Seq` that the stream sequence replaces.
 const SEQ_PLACEHOLDER: &[u8] = b"\"Seq\":0}";
 
+/// The subject prefix of cluster `name`'s events.
+pub(crate) fn event_prefix(name: &str) -> String {
+    format!("{name}.events")
+}
+
+/// The subject prefix of cluster `name`'s object writes.
+pub(crate) fn object_prefix(name: &str) -> String {
+    format!("{name}.objects")
+}
+
 /// The subject of an event of `ty`, `action` and `key` in the stream under `prefix`
 /// (`<cluster>.events`): `<prefix>.<type>.<action>.<key>`, each part escaped to one token.
 pub(crate) fn event_subject(prefix: &str, ty: &str, action: &str, key: &str) -> String {

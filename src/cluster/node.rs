@@ -1,0 +1,135 @@
+//! The NATS thread's life: join the cluster, start the node's copy, the relay, the consumer
+//! and the presence tasks, report to the server, and serve until stopped.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::stream::{self, Link};
+use super::{ClusterError, ClusterView, copy, presence, relay, subject};
+use crate::config::{Cluster, Retention};
+use crate::objects::ObjectStore;
+use crate::sequencer::{Batch, LogStatus, OnStorageFailed, Publish, StorageFailed};
+use crate::store::LogReader;
+
+/// What the NATS thread is handed.
+pub(super) struct Inputs {
+    pub settings: Cluster,
+    pub copy_dir: PathBuf,
+    pub retention: Arc<Mutex<Retention>>,
+    pub cores: Vec<flume::Sender<Batch>>,
+    pub publishes: flume::Receiver<Publish>,
+    pub failed: Arc<Mutex<Option<StorageFailed>>>,
+    pub on_failure: OnStorageFailed,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// What a started node hands back to the server.
+pub(super) struct Started {
+    /// The node's copy of the cluster's objects.
+    pub objects: Arc<ObjectStore>,
+    pub status: Arc<LogStatus>,
+    pub reader: LogReader,
+    pub view: Arc<ClusterView>,
+    pub copy_thread: std::thread::JoinHandle<()>,
+    /// Receives once the copy holds the stream up to `target`.
+    pub caught_up: mpsc::Receiver<()>,
+    pub target: u64,
+}
+
+/// The NATS thread: joins, reports to the server through `ready`, then serves until stopped.
+pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, ClusterError>>) {
+    let Inputs {
+        settings,
+        copy_dir,
+        retention,
+        cores,
+        publishes,
+        failed,
+        on_failure,
+        mut stop,
+    } = inputs;
+    let link = Arc::new(Link::default());
+    let joined = stream::join(&settings, &retention, link.clone()).await;
+    let (client, js, stream, facts) = match joined {
+        Ok(joined) => joined,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    let view = Arc::new(ClusterView {
+        name: settings.name.clone(),
+        node: settings.node.clone(),
+        replicas: facts.replicas,
+        nodes: Mutex::new(Vec::new()),
+        connected: AtomicBool::new(true),
+    });
+    let copy = match copy::start(&copy_dir, &facts, cores, failed, on_failure) {
+        Ok(copy) => copy,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    let consumer = tokio::spawn(copy::consume(
+        stream.clone(),
+        format!("{}.", subject::object_prefix(&settings.name)),
+        copy.next_seq,
+        copy.input.clone(),
+        copy.stream_first.clone(),
+        copy.stream_last.clone(),
+    ));
+    let relay = tokio::spawn(relay::run(
+        publishes,
+        js.clone(),
+        relay::Names::new(&settings),
+        copy.delivered.clone(),
+        link.clone(),
+        stop.clone(),
+    ));
+    let presence = tokio::spawn(presence::run(
+        js.clone(),
+        settings.clone(),
+        facts.replicas,
+        view.clone(),
+        link.clone(),
+        stop.clone(),
+    ));
+    let limits = tokio::spawn(stream::keep_limits(
+        js.clone(),
+        stream.clone(),
+        retention.clone(),
+        copy.stream_first.clone(),
+        copy.stream_last.clone(),
+        stop.clone(),
+    ));
+    let started = Started {
+        objects: copy.objects.clone(),
+        status: copy.status.clone(),
+        reader: copy.reader.clone(),
+        view,
+        copy_thread: copy.thread,
+        caught_up: copy.caught_up,
+        target: facts.last,
+    };
+    if ready.send(Ok(started)).is_err() {
+        return;
+    }
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    // Publishes already queued are answered first; then the consumer stops, which ends the copy.
+    let _ = relay.await;
+    consumer.abort();
+    presence.abort();
+    limits.abort();
+    let _ = consumer.await;
+    drop(copy.input);
+    let _ = client.drain().await;
+}
