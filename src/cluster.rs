@@ -115,14 +115,19 @@ pub(crate) struct ClusterView {
     /// The nodes seen alive, by name.
     pub nodes: Mutex<Vec<String>>,
     /// Whether the NATS connection is up.
-    pub connected: std::sync::atomic::AtomicBool,
+    pub connected: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClusterView {
+    /// Whether this node is connected to NATS now.
+    pub(crate) fn nats_connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The `Cluster` object of `/api/v3/info`.
     pub(crate) fn describe(&self) -> serde_json::Value {
         let nodes = self.nodes.lock().map(|n| n.clone()).unwrap_or_default();
-        let nats = if self.connected.load(std::sync::atomic::Ordering::Acquire) {
+        let nats = if self.nats_connected() {
             "connected"
         } else {
             "disconnected"

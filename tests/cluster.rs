@@ -436,6 +436,9 @@ fn with_nats_down_a_publish_answers_503_and_delivery_resumes_after_without_a_gap
     let mut client = watcher(&a, &ty);
     let before = a.publish(json!({"Type": ty, "Action": "save", "Key": "before"}));
     assert_eq!(client.expect_event()["Seq"].as_u64(), Some(before));
+    let fresh = a.get("/api/v3/profiles/global");
+    assert_eq!(fresh.status, 200, "{fresh:?}");
+    assert_eq!(fresh.header("herald-stale"), None, "{fresh:?}");
     nats.stop_all();
     eventually("the node to notice", FAILOVER_TIMEOUT, || {
         let info = a.info();
@@ -450,6 +453,10 @@ fn with_nats_down_a_publish_answers_503_and_delivery_resumes_after_without_a_gap
     assert_drp_error(&reply, 503);
     assert!(reply.header("retry-after").is_some(), "{reply:?}");
     assert_eq!(a.metric("herald_cluster_nats_connected"), 0.0);
+    // Objects are read from the node's copy, marked as possibly stale.
+    let stale = a.get("/api/v3/profiles/global");
+    assert_eq!(stale.status, 200, "{stale:?}");
+    assert_eq!(stale.header("herald-stale"), Some("true"), "{stale:?}");
     // The websocket stays: it still answers commands.
     client.register(&format!("{}.*.*", unique("still")));
     nats.start_all();

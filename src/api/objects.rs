@@ -87,8 +87,31 @@ pub(crate) fn runner_claims(kind: Kind, key: &str) -> Vec<Claim> {
     ]
 }
 
-/// Answers one object request; `method` is already one of [`Route::methods`].
+/// Answers one object request; `method` is already one of [`Route::methods`]. A cluster node
+/// cut off from NATS answers reads from its copy as last known, and says so
+/// (`Herald-Stale: true`): other nodes may have written since.
 pub(crate) async fn handle(
+    core: &Rc<Core>,
+    request: &Request,
+    route: Route,
+    method: Method,
+    identity: &Identity,
+) -> Reply {
+    let stale = method == Method::Get
+        && core
+            .shared
+            .cluster
+            .as_ref()
+            .is_some_and(|view| !view.nats_connected());
+    let reply = answer(core, request, route, method, identity).await;
+    if stale {
+        reply.map(|response| response.with_header("Herald-Stale", "true"))
+    } else {
+        reply
+    }
+}
+
+async fn answer(
     core: &Rc<Core>,
     request: &Request,
     route: Route,

@@ -2,7 +2,6 @@
 //! and the presence tasks, report to the server, and serve until stopped.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -66,7 +65,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
         node: settings.node.clone(),
         replicas: facts.replicas,
         nodes: Mutex::new(Vec::new()),
-        connected: AtomicBool::new(true),
+        connected: link.flag(),
     });
     let copy = match copy::start(&copy_dir, &facts, cores, failed, on_failure) {
         Ok(copy) => copy,
@@ -96,7 +95,6 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
         settings.clone(),
         facts.replicas,
         view.clone(),
-        link.clone(),
         stop.clone(),
     ));
     let limits = tokio::spawn(stream::keep_limits(

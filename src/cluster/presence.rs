@@ -2,7 +2,6 @@
 //! every few seconds, and an entry not renewed expires; the live ones are the cluster's nodes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -10,7 +9,6 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::ClusterView;
-use super::stream::Link;
 use crate::config::Cluster;
 
 /// How often a node renews its entry.
@@ -29,12 +27,10 @@ pub(super) async fn run(
     settings: Cluster,
     replicas: usize,
     view: Arc<ClusterView>,
-    link: Arc<Link>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut store = None;
     loop {
-        view.connected.store(link.connected(), Ordering::Release);
         if store.is_none() {
             store = open(&js, &settings, replicas).await;
         }

@@ -28,7 +28,8 @@ const LIMITS_EVERY: Duration = Duration::from_secs(1);
 /// The state of the NATS connection, kept by the client's event callback.
 #[derive(Debug, Default)]
 pub(super) struct Link {
-    connected: AtomicBool,
+    /// Shared with [`ClusterView`], which answers `/api/v3/info` and marks stale reads.
+    connected: Arc<AtomicBool>,
     down_since: Mutex<Option<Instant>>,
 }
 
@@ -36,6 +37,11 @@ impl Link {
     /// Whether the connection is up.
     pub(super) fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// The flag that says whether the connection is up, to share.
+    pub(super) fn flag(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
     }
 
     /// How long the connection has been down (zero while it is up).
