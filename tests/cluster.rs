@@ -314,6 +314,26 @@ fn a_node_that_joins_later_catches_up_and_serves_the_streams_history() {
 }
 
 #[test]
+fn a_node_restarted_on_its_data_directory_goes_on_from_its_copy_without_losing_what_it_missed() {
+    let nats = NatsCluster::start(3);
+    let cluster = unique("restart");
+    let dir = tempfile::tempdir().expect("a data directory");
+    let a = Server::start_with(node_options(&nats, &cluster, "a").and_dir(dir.path()));
+    let b = node(&nats, &cluster, "b");
+    let ty = unique("kept");
+    let before = a.publish(json!({"Type": ty, "Action": "save", "Key": "before"}));
+    let epoch = a.info()["Epoch"].clone();
+    a.kill();
+    let missed = b.publish(json!({"Type": ty, "Action": "save", "Key": "missed"}));
+    let a = Server::start_with(node_options(&nats, &cluster, "a").and_dir(dir.path()));
+    let info = a.info();
+    assert_eq!(info["Epoch"], epoch, "the same stream, the same Epoch");
+    assert!(info["LastSeq"].as_u64() >= Some(missed), "{info}");
+    let events = a.read_log(&a.admin(), 0, Some(&format!("{ty}.*.*")));
+    assert_eq!(seqs(&events), vec![before, missed]);
+}
+
+#[test]
 fn sigterm_closes_a_nodes_websockets_with_1001_and_a_resume_point_another_node_replays_from() {
     let nats = NatsCluster::start(3);
     let cluster = unique("term");

@@ -80,6 +80,12 @@ impl Options {
         self
     }
 
+    /// These options on a data directory the caller owns, kept after the server stops.
+    pub fn and_dir(mut self, dir: &Path) -> Options {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// The default options on a data directory the caller owns, kept after the server stops.
     pub fn in_dir(dir: &Path) -> Options {
         Options {
