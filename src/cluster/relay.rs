@@ -19,9 +19,10 @@ use super::subject;
 use crate::config::Cluster;
 use crate::sequencer::{Condition, Publish, PublishError};
 
-/// Longest a publish waits for JetStream (a stream leader election takes a few seconds)
-/// before its publisher gets 503.
-const PUBLISH_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest a publish waits for JetStream before its publisher gets 503: longer than a stream
+/// leader election after a server died (4 to 9 s with nats-server 2.9), so a publish rides one
+/// out.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest an answer waits for this node's copy once JetStream stored the events.
 const COPY_WAIT: Duration = Duration::from_secs(5);
 /// How often a publish waiting for the NATS connection checks it.
