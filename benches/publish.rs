@@ -7,7 +7,7 @@
 //! It shares the load generator's publishers, subscribers and server control (benches/loadgen).
 
 // The load generator's modules are compiled in here too; what only the load generator uses
-// (NATS, TLS, paced phases) is dead code in this binary.
+// (NATS, TLS, paced phases, the cluster) is dead code in this binary.
 #[allow(dead_code)]
 #[path = "loadgen/clients.rs"]
 mod clients;
@@ -118,6 +118,7 @@ fn start(args: &Args, durability: &str) -> Result<(Server, Arc<Endpoint>), Strin
         tls: false,
         cores: args.cores,
         password: PASSWORD,
+        cluster: None,
     })?;
     let endpoint = Arc::new(Endpoint {
         addr: server.addr,
@@ -127,6 +128,7 @@ fn start(args: &Args, durability: &str) -> Result<(Server, Arc<Endpoint>), Strin
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("rocketskates:{PASSWORD}"))
         ),
+        failover: None,
     });
     publish::probe(&endpoint).map_err(|e| format!("herald does not answer: {e}"))?;
     Ok((server, endpoint))

@@ -51,6 +51,22 @@ pub(crate) struct Endpoint {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// A complete `Authorization` value, or empty.
     pub authorization: String,
+    /// Where [`Role::Failover`] subscribers go when this server dies.
+    pub failover: Option<Arc<Failover>>,
+}
+
+/// The failover workload's shared facts: where a subscriber moves when its server dies, and
+/// what it must receive there to count as caught up.
+pub(crate) struct Failover {
+    /// The surviving node.
+    pub to: SocketAddr,
+    /// The stream's `Epoch`, sent with `replay`.
+    pub epoch: String,
+    /// When the first node was killed ([`event::now_ns`]); 0 before.
+    pub killed_ns: AtomicU64,
+    /// The highest `Seq` acknowledged when the node was killed: a moved subscriber that has
+    /// received it (and everything before, in order) is caught up.
+    pub target_seq: AtomicU64,
 }
 
 /// What a subscriber is for.
@@ -67,6 +83,9 @@ pub(crate) enum Role {
         /// Events it expects.
         events: u64,
     },
+    /// Receives every event; when its server dies, moves to [`Endpoint::failover`]'s node and
+    /// replays from the last `Seq` it received.
+    Failover,
 }
 
 /// One subscriber to open.
@@ -95,13 +114,18 @@ pub(crate) struct Progress {
     pub min_stream: AtomicU64,
     /// Replaying subscribers that received everything they expected.
     pub replays_done: AtomicU64,
+    /// Failover subscribers whose `replay` on the surviving node was answered.
+    pub moved: AtomicU64,
+    /// Moved failover subscribers that received the failover's target `Seq`.
+    pub caught_up: AtomicU64,
 }
 
 /// What a thread measured, handed back when it stops.
 pub(crate) struct Report {
     /// Publish-to-receive latency per phase, in nanoseconds.
     pub latency: Vec<Histogram<u64>>,
-    /// Time from a replaying subscriber's connect to its last expected event, in nanoseconds.
+    /// Time from a replaying subscriber's connect to its last expected event, or from the kill
+    /// to a moved failover subscriber's catch-up, in nanoseconds.
     pub replay: Histogram<u64>,
     /// The first few distinct errors, with how often each happened.
     pub errors: Vec<(String, u64)>,
@@ -238,6 +262,11 @@ struct Conn {
     last_seq: u64,
     started_ns: u64,
     done: bool,
+    /// A failover subscriber that moved to the surviving node.
+    moved: bool,
+    /// Moved, and the `replay` not answered yet: what arrives live before the answer comes
+    /// again after it, so it is not counted.
+    awaiting_replay: bool,
 }
 
 impl Conn {
@@ -315,6 +344,8 @@ struct Tally {
     delivered: [u64; PHASES],
     last_ns: [u64; PHASES],
     replays_done: u64,
+    moved: u64,
+    caught_up: u64,
     latency: Vec<Histogram<u64>>,
     replay: Histogram<u64>,
     errors: Vec<(String, u64)>,
@@ -361,6 +392,8 @@ impl Worker {
                 delivered: [0; PHASES],
                 last_ns: [0; PHASES],
                 replays_done: 0,
+                moved: 0,
+                caught_up: 0,
                 latency: (0..PHASES).map(|_| crate::stats::histogram()).collect(),
                 replay: crate::stats::histogram(),
                 errors: Vec::new(),
@@ -421,6 +454,17 @@ impl Worker {
                             pending -= 1;
                         }
                     }
+                    Err(_) if self.may_move(conn) => {
+                        let _ = poll.registry().deregister(&mut conn.stream);
+                        if let Err(error) = self.reopen(&poll, conn) {
+                            self.tally.dropped += 1;
+                            self.tally.error(format!("moving: {error}"));
+                            conns[i] = None;
+                        } else {
+                            // Counted as pending again until the surviving node answers.
+                            pending += 1;
+                        }
+                    }
                     Err(error) => {
                         if conn.state == State::Ready {
                             self.tally.dropped += 1;
@@ -458,6 +502,8 @@ impl Worker {
         p.failed.store(t.failed, Ordering::Release);
         p.dropped.store(t.dropped, Ordering::Release);
         p.replays_done.store(t.replays_done, Ordering::Release);
+        p.moved.store(t.moved, Ordering::Release);
+        p.caught_up.store(t.caught_up, Ordering::Release);
         for phase in 0..PHASES {
             p.delivered[phase].store(t.delivered[phase], Ordering::Release);
             p.last_ns[phase].store(t.last_ns[phase], Ordering::Release);
@@ -472,6 +518,44 @@ impl Worker {
             out_of_order: self.tally.out_of_order,
             not_recovered: self.tally.not_recovered,
         }
+    }
+
+    /// A failover subscriber whose server went away after the kill, not yet moved.
+    fn may_move(&self, conn: &Conn) -> bool {
+        self.plans[conn.plan].role == Role::Failover
+            && !conn.moved
+            && conn.state == State::Ready
+            && self
+                .endpoint
+                .failover
+                .as_ref()
+                .is_some_and(|f| f.killed_ns.load(Ordering::Acquire) > 0)
+    }
+
+    /// Reconnects `conn` to the surviving node; `subscribe` then replays from its last `Seq`.
+    fn reopen(&self, poll: &Poll, conn: &mut Conn) -> io::Result<()> {
+        let Some(failover) = &self.endpoint.failover else {
+            return Err(io::Error::other("no node to move to"));
+        };
+        let mut stream = TcpStream::connect(failover.to)?;
+        poll.registry().register(
+            &mut stream,
+            Token(conn.plan),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        if let Some(config) = &self.endpoint.tls {
+            conn.tls = Some(
+                ClientConnection::new(config.clone(), crate::tls::server_name())
+                    .map_err(io::Error::other)?,
+            );
+        }
+        conn.stream = stream;
+        conn.state = State::Connecting;
+        conn.moved = true;
+        conn.awaiting_replay = true;
+        conn.partial.clear();
+        conn.out.clear();
+        Ok(())
     }
 
     fn open(&self, poll: &Poll, plan: usize) -> io::Result<Conn> {
@@ -500,6 +584,8 @@ impl Worker {
             last_seq: 0,
             started_ns: event::now_ns(),
             done: false,
+            moved: false,
+            awaiting_replay: false,
         })
     }
 
@@ -579,6 +665,12 @@ impl Worker {
                     conn.last_seq = after;
                     conn.queue_frame(OpCode::Text, format!("replay {after}").as_bytes())?;
                 }
+                if conn.moved
+                    && let Some(failover) = &self.endpoint.failover
+                {
+                    let command = format!("replay {} {}", conn.last_seq, failover.epoch);
+                    conn.queue_frame(OpCode::Text, command.as_bytes())?;
+                }
             }
             Protocol::Nats => {
                 let mut hello = nats::CONNECT.to_vec();
@@ -641,10 +733,31 @@ impl Worker {
         }
     }
 
+    /// Counts a moved failover subscriber caught up once it received the target `Seq`.
+    fn failover_progress(&mut self, conn: &mut Conn, now: u64) {
+        let Some(failover) = &self.endpoint.failover else {
+            return;
+        };
+        if conn.moved && !conn.done && conn.last_seq >= failover.target_seq.load(Ordering::Acquire)
+        {
+            conn.done = true;
+            self.tally.caught_up += 1;
+            let killed = failover.killed_ns.load(Ordering::Acquire);
+            let _ = self
+                .tally
+                .replay
+                .record(now.saturating_sub(killed).max(1_000));
+        }
+    }
+
     fn herald_message(&mut self, conn: &mut Conn, payload: &[u8], now: u64) -> Result<(), String> {
         if let Some(mark) = self.marks.read(payload) {
+            if conn.awaiting_replay {
+                return Ok(());
+            }
             self.event(conn, mark, now);
-            if let Role::Replay { .. } = self.plans[conn.plan].role {
+            let role = self.plans[conn.plan].role;
+            if matches!(role, Role::Replay { .. } | Role::Failover) {
                 match event::herald_seq(payload) {
                     // Other events in the log leave gaps that the filter skips; order is what counts.
                     Some(seq) if seq > conn.last_seq => conn.last_seq = seq,
@@ -656,17 +769,26 @@ impl Worker {
                 }
             }
             self.replay_progress(conn, now);
+            self.failover_progress(conn, now);
             return Ok(());
         }
         let has = |needle: &[u8]| memchr::memmem::find(payload, needle).is_some();
         if has(b"\"Type\":\"websocket\",\"Action\":\"register\"") {
             if conn.state == State::Subscribing {
                 conn.state = State::Ready;
-                self.tally.ready += 1;
+                if !conn.moved {
+                    self.tally.ready += 1;
+                }
             }
         } else if has(b"\"Type\":\"websocket\",\"Action\":\"replay\"") {
             if !has(b"\"Recovered\":true") {
                 self.tally.not_recovered += 1;
+            }
+            if conn.moved {
+                conn.awaiting_replay = false;
+                self.tally.moved += 1;
+                // It may have had the target already before its node died.
+                self.failover_progress(conn, now);
             }
         } else if has(b"\"Type\":\"websocket\",\"Action\":\"error\"") {
             return Err(format!(

@@ -1,6 +1,7 @@
-//! herald's fan-out load generator, side by side with NATS.
+//! herald's fan-out load generator, side by side with NATS, and a herald cluster on NATS
+//! JetStream beside a single node.
 //!
-//! Starts each server as a child, opens many websocket subscribers from a few mio threads,
+//! Starts each server (or the cluster's NATS servers and herald nodes) as a child, opens many websocket subscribers from a few mio threads,
 //! publishes marked events in acknowledged batches, and reports delivered events per second,
 //! publish-to-receive latency, connection setup rate and the server's memory and CPU. Run it as
 //! `cargo bench --bench loadgen -- --help`; `benches/compare.sh` runs every workload.
@@ -24,19 +25,20 @@ mod stats;
 mod tls;
 mod ws;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::{Parser, ValueEnum};
 
-use clients::{Endpoint, Plan, Protocol, Role, Subscribers};
+use clients::{Endpoint, Failover, Plan, Protocol, Role, Subscribers};
 use publish::{BatchShape, Control, mode};
-use server::{HeraldOptions, Server};
+use server::{Deployment, HeraldOptions, Server};
 use stats::Results;
 
 /// How long the controller waits for stragglers after publishing stops.
@@ -45,6 +47,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_QUIET: Duration = Duration::from_secs(2);
 /// How long the subscribers settle before idle memory is read.
 const IDLE_SETTLE: Duration = Duration::from_secs(2);
+/// How long failover publishes before the kill, and after every client caught up.
+const FAILOVER_WARM_UP: Duration = Duration::from_secs(2);
+/// How long every client of the killed node may take to catch up on the other.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
@@ -56,6 +62,12 @@ enum Workload {
     Idle,
     /// Many clients reconnecting at once and replaying the log (herald only).
     Replay,
+    /// Publish throughput alone: a few full-stream subscribers, as fast as they keep up, with
+    /// batches of 1 and of `--batch`.
+    Publish,
+    /// A cluster node with its clients killed: time until every client moved to the other
+    /// node, replayed and caught up (herald-cluster only).
+    Failover,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +78,9 @@ enum Target {
     HeraldSync,
     /// nats-server with a websocket listener.
     Nats,
+    /// Two herald nodes on a three-server JetStream cluster (stream R3), all on loopback:
+    /// subscribers on node A, publishers on node B.
+    HeraldCluster,
 }
 
 impl Target {
@@ -74,6 +89,7 @@ impl Target {
             Target::HeraldBatched => "herald-batched",
             Target::HeraldSync => "herald-sync",
             Target::Nats => "nats",
+            Target::HeraldCluster => "herald-cluster",
         }
     }
 }
@@ -169,6 +185,19 @@ struct Args {
     /// each target's best (highest rate, lowest latency and memory, largest loss).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Full-stream subscribers in publish.
+    #[arg(long, default_value_t = 4)]
+    publish_conns: usize,
+    /// Events published but not yet received by the slowest subscriber, at most, in publish:
+    /// room for every publisher's batch in flight, so publishing limits the rate.
+    #[arg(long, default_value_t = 8192)]
+    publish_window: u64,
+    /// Clients on the node that failover kills.
+    #[arg(long, default_value_t = 1000)]
+    failover_clients: usize,
+    /// Events per second published on the surviving node throughout failover.
+    #[arg(long, default_value_t = 200)]
+    failover_rate: u64,
     /// Connections being set up at once.
     #[arg(long, default_value_t = 1000)]
     connect_concurrency: usize,
@@ -191,6 +220,8 @@ impl Args {
         self.idle_conns = self.idle_conns.min(50);
         self.replay_clients = self.replay_clients.min(20);
         self.replay_events = self.replay_events.min(1024);
+        self.publish_conns = self.publish_conns.min(2);
+        self.failover_clients = self.failover_clients.min(20);
         self.duration = self.duration.min(Duration::from_secs(2));
         self.idle_time = self.idle_time.min(Duration::from_secs(1));
     }
@@ -262,37 +293,47 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// One workload against one server, from start to stop.
+/// One workload against one server (or cluster), from start to stop.
 fn run(
     args: &Args,
     workload: Workload,
     target: Target,
     results: &mut Results,
 ) -> Result<(), String> {
-    let server = match target {
-        Target::HeraldBatched | Target::HeraldSync => Server::herald(&HeraldOptions {
-            bin: &args.herald_bin,
-            durability: if target == Target::HeraldSync {
-                "sync"
-            } else {
-                "batched"
-            },
-            tls: args.tls,
-            cores: args.cores,
-            password: &args.password,
-        })?,
-        // Replay on NATS is JetStream's: a file-backed stream and one consumer per client.
-        Target::Nats => Server::nats(&args.nats_bin, workload == Workload::Replay)?,
+    if workload == Workload::Failover && target != Target::HeraldCluster {
+        println!("  (failover needs a cluster: skipped)");
+        return Ok(());
+    }
+    let herald = HeraldOptions {
+        bin: &args.herald_bin,
+        durability: if target == Target::HeraldBatched {
+            "batched"
+        } else {
+            "sync"
+        },
+        tls: args.tls,
+        cores: args.cores,
+        password: &args.password,
+        cluster: None,
     };
-    let endpoint = Arc::new(match target {
+    let server = match target {
+        Target::HeraldBatched | Target::HeraldSync => Deployment::single(Server::herald(&herald)?),
+        // Replay on NATS is JetStream's: a file-backed stream and one consumer per client.
+        Target::Nats => {
+            Deployment::single(Server::nats(&args.nats_bin, workload == Workload::Replay)?)
+        }
+        Target::HeraldCluster => Deployment::cluster(&args.nats_bin, &herald)?,
+    };
+    let endpoint_at = |addr: SocketAddr| match target {
         Target::Nats => Endpoint {
-            addr: server.addr,
+            addr,
             protocol: Protocol::Nats,
             tls: None,
             authorization: String::new(),
+            failover: None,
         },
         _ => Endpoint {
-            addr: server.addr,
+            addr,
             protocol: Protocol::Herald,
             tls: args.tls.then(tls::client_config),
             authorization: format!(
@@ -300,28 +341,50 @@ fn run(
                 base64::engine::general_purpose::STANDARD
                     .encode(format!("rocketskates:{}", args.password))
             ),
+            failover: None,
         },
-    });
+    };
+    let mut endpoint = endpoint_at(server.main.addr);
+    let publish_endpoint = Arc::new(endpoint_at(server.publish_addr()));
     if endpoint.protocol == Protocol::Herald {
-        let status =
-            publish::probe(&endpoint).map_err(|e| format!("herald does not answer: {e}"))?;
-        if !status.contains(" 200") {
-            server.stop();
-            return Err(format!("herald refused the credentials: {status}"));
+        for at in [&endpoint, &*publish_endpoint] {
+            let status = publish::probe(at).map_err(|e| format!("herald does not answer: {e}"))?;
+            if !status.contains(" 200") {
+                server.stop();
+                return Err(format!("herald refused the credentials: {status}"));
+            }
         }
     }
+    if workload == Workload::Failover {
+        let info = publish::info(&publish_endpoint)
+            .map_err(|e| format!("reading the surviving node's info: {e}"))?;
+        endpoint.failover = Some(Arc::new(Failover {
+            to: server.publish_addr(),
+            epoch: info
+                .get("Epoch")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            killed_ns: AtomicU64::new(0),
+            target_seq: AtomicU64::new(u64::MAX),
+        }));
+    }
+    let mut server = server;
     let mut run = Run {
         args,
         target,
         workload,
-        server: &server,
-        endpoint,
+        server: &mut server,
+        endpoint: Arc::new(endpoint),
+        publish_endpoint,
         results,
     };
     let outcome = match workload {
         Workload::Firehose | Workload::Selective => run.fan_out(),
         Workload::Idle => run.idle(),
         Workload::Replay => run.replay(),
+        Workload::Publish => run.publish(),
+        Workload::Failover => run.failover(),
     };
     server.stop();
     outcome
@@ -331,8 +394,11 @@ struct Run<'a> {
     args: &'a Args,
     target: Target,
     workload: Workload,
-    server: &'a Server,
+    server: &'a mut Deployment,
+    /// Where the subscribers connect.
     endpoint: Arc<Endpoint>,
+    /// Where the publishers connect: the same server, or the cluster's other node.
+    publish_endpoint: Arc<Endpoint>,
     results: &'a mut Results,
 }
 
@@ -343,8 +409,11 @@ struct Phase {
     delivered: u64,
     publish_secs: f64,
     deliver_secs: f64,
-    /// The server's CPU time from the phase's start to its last delivery.
+    /// The server's (node A's) CPU time from the phase's start to its last delivery.
     server_cpu_secs: f64,
+    /// The same for the cluster's node B and its NATS servers together.
+    publish_node_cpu_secs: f64,
+    nats_cpu_secs: f64,
 }
 
 impl Run<'_> {
@@ -460,9 +529,10 @@ impl Run<'_> {
             keys: Arc::new(keys),
         };
         let control = Control::new(args.publishers, window, subscribers.progress.clone());
-        let publishers = publish::spawn(&self.endpoint, &shape, &control);
+        let publishers = publish::spawn(&self.publish_endpoint, &shape, &control);
         let max = self.phase(&subscribers, &control, mode::MAX, fanout);
         let rss_loaded = self.server.rss_kib();
+        let nats_rss_loaded = self.server.nats_rss_kib();
         let paced = if rate > 0 {
             control.rate.store(rate, Ordering::Release);
             Some(self.phase(&subscribers, &control, mode::PACED, fanout))
@@ -497,6 +567,13 @@ impl Run<'_> {
         }
         println!("  memory under load: {rss_loaded} KiB");
         self.put("RSS MiB (max phase)", rss_loaded as f64 / 1024.0);
+        if self.server.is_cluster() {
+            println!("  NATS servers' memory under load: {nats_rss_loaded} KiB together");
+            self.put(
+                "NATS RSS MiB (3 servers, max phase)",
+                nats_rss_loaded as f64 / 1024.0,
+            );
+        }
 
         for (label, phase, result) in [("max", mode::MAX, Some(max)), ("paced", mode::PACED, paced)]
         {
@@ -528,6 +605,7 @@ impl Run<'_> {
                 );
                 self.put("p50 ms (max)", stats::quantile_ms(latency, 0.5));
                 self.put("p99 ms (max)", stats::quantile_ms(latency, 0.99));
+                self.put_cpu(&result, "(max)");
             } else {
                 self.put(
                     &format!("p50 ms ({rate} ev/s)"),
@@ -572,12 +650,25 @@ impl Run<'_> {
         let delivered_before = subscribers.sum(|p| &p.delivered[phase]);
         let started = event::now_ns();
         let cpu_before = (self.server.cpu_seconds(), server::cpu_seconds("self"));
+        let cluster_cpu_before = (
+            self.server.publish_node_cpu_seconds(),
+            self.server.nats_cpu_seconds(),
+        );
         control.mode.store(phase, Ordering::Release);
         thread::sleep(self.args.duration);
         control.switch(mode::PAUSE, DRAIN_TIMEOUT);
         let publish_secs = (event::now_ns() - started) as f64 / 1e9;
+        let cluster = if self.server.is_cluster() {
+            format!(
+                ", node B {:.2} cores, NATS (3 servers) {:.2} cores",
+                (self.server.publish_node_cpu_seconds() - cluster_cpu_before.0) / publish_secs,
+                (self.server.nats_cpu_seconds() - cluster_cpu_before.1) / publish_secs,
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  CPU in the {} phase: server {:.2} cores, load generator {:.2} cores",
+            "  CPU in the {} phase: server {:.2} cores{cluster}, load generator {:.2} cores",
             if phase == mode::MAX { "max" } else { "paced" },
             (self.server.cpu_seconds() - cpu_before.0) / publish_secs,
             (server::cpu_seconds("self") - cpu_before.1) / publish_secs,
@@ -606,6 +697,8 @@ impl Run<'_> {
             publish_secs,
             deliver_secs: (last_ns - started) as f64 / 1e9,
             server_cpu_secs: self.server.cpu_seconds() - cpu_before.0,
+            publish_node_cpu_secs: self.server.publish_node_cpu_seconds() - cluster_cpu_before.0,
+            nats_cpu_secs: self.server.nats_cpu_seconds() - cluster_cpu_before.1,
         }
     }
 
@@ -673,6 +766,262 @@ impl Run<'_> {
         }
     }
 
+    /// Waits until node A's copy of the stream holds `seq` (its `/api/v3/info` `LastSeq`).
+    fn await_copy(&self, seq: u64) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let info =
+                publish::info(&self.endpoint).map_err(|e| format!("reading node A's info: {e}"))?;
+            let last = info
+                .get("LastSeq")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            if last >= seq {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "node A's copy holds {last} of {seq} events: {info}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Records the CPU the servers used in `phase`, in cores (CPU seconds per second).
+    fn put_cpu(&mut self, phase: &Phase, label: &str) {
+        let secs = phase.deliver_secs.max(0.001);
+        self.put(
+            &format!("server cores {label}"),
+            phase.server_cpu_secs / secs,
+        );
+        if self.server.is_cluster() {
+            self.put(
+                &format!("node B cores {label}"),
+                phase.publish_node_cpu_secs / secs,
+            );
+            self.put(
+                &format!("NATS cores (3 servers) {label}"),
+                phase.nats_cpu_secs / secs,
+            );
+        }
+    }
+
+    /// Publish throughput alone: a few full-stream subscribers (so every event is also
+    /// delivered, and in a cluster crosses to node A), batches of 1, then of `--batch`.
+    fn publish(&mut self) -> Result<(), String> {
+        let args = self.args;
+        let conns = args.publish_conns.max(1);
+        let plans: Vec<Plan> = (0..conns)
+            .map(|_| Plan {
+                subscription: self.everything(),
+                role: Role::Stream,
+            })
+            .collect();
+        let subscribers = self.connect(plans)?;
+        let keys = Arc::new(random_keys(1000));
+        let mut problems = Vec::new();
+        let mut sent = 0;
+        let mut batches = vec![1];
+        if args.batch > 1 {
+            batches.push(args.batch);
+        }
+        for batch in batches {
+            let shape = BatchShape {
+                batch,
+                paced_batch: 1,
+                template: event::EventTemplate::new(args.event_bytes),
+                keys: keys.clone(),
+            };
+            let control = Control::new(
+                args.publishers,
+                args.publish_window,
+                subscribers.progress.clone(),
+            );
+            // The window compares events sent with events received over the whole run.
+            control.sent.store(sent, Ordering::Release);
+            let publishers = publish::spawn(&self.publish_endpoint, &shape, &control);
+            let result = self.phase(&subscribers, &control, mode::MAX, conns as u64);
+            control.switch(mode::EXIT, DRAIN_TIMEOUT);
+            let mut acks = stats::histogram();
+            for handle in publishers {
+                if let Ok(report) = handle.join() {
+                    stats::merge(&mut acks, &report.ack[mode::MAX]);
+                }
+            }
+            sent = control.sent.load(Ordering::Acquire);
+            if let Ok(Some(error)) = control.first_error.lock().map(|e| e.clone()) {
+                problems.push(format!(
+                    "batch {batch}: {} events failed to publish; first: {error}",
+                    control.failed.load(Ordering::Acquire)
+                ));
+            }
+            let rate = result.published as f64 / result.publish_secs;
+            println!(
+                "  batch {batch}: published {} ({rate:.0}/s), delivered {} of {}, batch ack p50 {:.2} ms p99 {:.2} ms",
+                result.published,
+                result.delivered,
+                result.expected,
+                stats::quantile_ms(&acks, 0.5),
+                stats::quantile_ms(&acks, 0.99),
+            );
+            let label = format!("(batch {batch})");
+            self.put(&format!("published ev/s {label}"), rate);
+            self.put(
+                &format!("ack p50 ms {label}"),
+                stats::quantile_ms(&acks, 0.5),
+            );
+            self.put(
+                &format!("ack p99 ms {label}"),
+                stats::quantile_ms(&acks, 0.99),
+            );
+            self.put_cpu(&result, &label);
+            self.put(
+                &format!("lost events {label}"),
+                result.expected.saturating_sub(result.delivered) as f64,
+            );
+            if result.delivered != result.expected {
+                problems.push(format!(
+                    "batch {batch}: {} deliveries expected, {} received",
+                    result.expected, result.delivered
+                ));
+            }
+        }
+        let dropped = subscribers.sum(|p| &p.dropped);
+        let report = subscribers.stop();
+        if dropped > 0 || !report.errors.is_empty() {
+            problems.push(format!(
+                "{dropped} subscribers dropped; errors: {:?}",
+                report.errors
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Node A, with every client, is killed (SIGKILL) while node B publishes at a steady rate;
+    /// each client moves to node B, replays from the last `Seq` it received and counts as caught
+    /// up once it has the last event acknowledged before the kill. Then every client must hold
+    /// every acknowledged event, once and in order.
+    fn failover(&mut self) -> Result<(), String> {
+        let args = self.args;
+        let Some(failover) = self.endpoint.failover.clone() else {
+            return Err("failover has no surviving node".into());
+        };
+        let clients = args.failover_clients.max(1);
+        let plans: Vec<Plan> = (0..clients)
+            .map(|_| Plan {
+                subscription: format!("{}.*.*", event::TYPE),
+                role: Role::Failover,
+            })
+            .collect();
+        let subscribers = self.connect(plans)?;
+        let batch = args.paced_batch.max(1);
+        let shape = BatchShape {
+            batch,
+            paced_batch: batch,
+            template: event::EventTemplate::new(args.event_bytes),
+            keys: Arc::new(random_keys(1000)),
+        };
+        let control = Control::new(args.publishers, 0, Vec::new());
+        control
+            .rate
+            .store(args.failover_rate.max(1), Ordering::Release);
+        let publishers = publish::spawn(&self.publish_endpoint, &shape, &control);
+        control.mode.store(mode::PACED, Ordering::Release);
+        thread::sleep(FAILOVER_WARM_UP);
+        if subscribers.sum(|p| &p.delivered[mode::PACED]) == 0 {
+            control.switch(mode::EXIT, DRAIN_TIMEOUT);
+            return Err("node A delivered nothing before the kill".into());
+        }
+        let target = control.last_seq.load(Ordering::Acquire);
+        failover.target_seq.store(target, Ordering::Release);
+        failover.killed_ns.store(event::now_ns(), Ordering::Release);
+        let killed = Instant::now();
+        self.server.main.kill();
+        let deadline = killed + FAILOVER_TIMEOUT;
+        loop {
+            let caught_up = subscribers.sum(|p| &p.caught_up);
+            let broken = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
+            if caught_up + broken >= clients as u64 || Instant::now() > deadline {
+                break;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        let moved = subscribers.sum(|p| &p.moved);
+        let caught_up = subscribers.sum(|p| &p.caught_up);
+        // Live traffic on node B for a moment more, then every acknowledged event must arrive.
+        thread::sleep(FAILOVER_WARM_UP);
+        control.switch(mode::EXIT, DRAIN_TIMEOUT);
+        for handle in publishers {
+            let _ = handle.join();
+        }
+        let acked = control.acked[mode::PACED].load(Ordering::Acquire);
+        let expected = acked * clients as u64;
+        let drain = Instant::now() + DRAIN_TIMEOUT;
+        let mut last = (0, Instant::now());
+        let delivered = loop {
+            let delivered = subscribers.sum(|p| &p.delivered[mode::PACED]);
+            if delivered >= expected || Instant::now() > drain {
+                break delivered;
+            }
+            if delivered != last.0 {
+                last = (delivered, Instant::now());
+            } else if last.1.elapsed() > DRAIN_QUIET {
+                break delivered;
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        let broken = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
+        let report = subscribers.stop();
+        let last_ms = if report.replay.is_empty() {
+            f64::NAN
+        } else {
+            report.replay.max() as f64 / 1e6
+        };
+        println!(
+            "  failover: {moved} of {clients} clients moved, {caught_up} caught up to Seq {target}; \
+             last caught up {last_ms:.0} ms after the kill, per client p50 {:.0} ms p99 {:.0} ms; \
+             {acked} events acknowledged, {delivered} of {expected} deliveries",
+            stats::quantile_ms(&report.replay, 0.5),
+            stats::quantile_ms(&report.replay, 0.99),
+        );
+        self.put("clients moved", moved as f64);
+        self.put("kill to last caught up ms", last_ms);
+        self.put("catch-up p50 ms", stats::quantile_ms(&report.replay, 0.5));
+        self.put("catch-up p99 ms", stats::quantile_ms(&report.replay, 0.99));
+        self.put("lost events", expected.saturating_sub(delivered) as f64);
+        let mut problems = Vec::new();
+        if let Ok(Some(error)) = control.first_error.lock().map(|e| e.clone()) {
+            problems.push(format!(
+                "{} events failed to publish; first: {error}",
+                control.failed.load(Ordering::Acquire)
+            ));
+        }
+        if caught_up < clients as u64
+            || broken > 0
+            || delivered != expected
+            || report.out_of_order > 0
+            || report.not_recovered > 0
+            || !report.errors.is_empty()
+        {
+            problems.push(format!(
+                "{caught_up} of {clients} clients caught up, {broken} failed, {delivered} of \
+                 {expected} deliveries, {} events out of order, {} replays not recovered; \
+                 errors {:?}",
+                report.out_of_order, report.not_recovered, report.errors
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     fn replay(&mut self) -> Result<(), String> {
         let args = self.args;
         // The largest batch up to --batch that divides the event count, so the log holds
@@ -701,7 +1050,8 @@ impl Run<'_> {
         }
         let control = Control::new(args.publishers, 0, Vec::new());
         control.limit.store(events, Ordering::Release);
-        let publishers = publish::spawn(&self.endpoint, &shape, &control);
+        // In a cluster the events go in on node B and are replayed from node A's copy.
+        let publishers = publish::spawn(&self.publish_endpoint, &shape, &control);
         let started = Instant::now();
         control.mode.store(mode::PREFILL, Ordering::Release);
         while control.settled() < events && started.elapsed() < Duration::from_secs(300) {
@@ -730,6 +1080,9 @@ impl Run<'_> {
         thread::sleep(Duration::from_millis(200));
         if self.endpoint.protocol == Protocol::Nats {
             self.await_stream(events)?;
+        }
+        if self.server.is_cluster() {
+            self.await_copy(control.last_seq.load(Ordering::Acquire))?;
         }
 
         let clients = args.replay_clients;

@@ -559,6 +559,31 @@ fn read_upgrade(stream: &mut Box<dyn Stream>, buf: &mut Vec<u8>) -> io::Result<(
     }
 }
 
+/// Sends one authenticated `GET /api/v3/info` and answers its JSON body (`Epoch`, `LastSeq`).
+pub(crate) fn info(endpoint: &Endpoint) -> io::Result<serde_json::Value> {
+    let mut stream = connect(endpoint)?;
+    let request = format!(
+        "GET /api/v3/info HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        endpoint.addr, endpoint.authorization
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut buf = Vec::new();
+    loop {
+        match fill(&mut stream, &mut buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let body = memchr::memmem::find(&buf, b"\r\n\r\n").map_or(&buf[..0], |at| &buf[at + 4..]);
+    serde_json::from_slice(body).map_err(|e| {
+        io::Error::other(format!(
+            "info is not JSON ({e}): {}",
+            String::from_utf8_lossy(&buf)
+        ))
+    })
+}
+
 /// Sends one authenticated `GET /api/v3/info` and answers its status line: checks the
 /// credentials, and lets herald cache them before thousands of sockets present them at once.
 pub(crate) fn probe(endpoint: &Endpoint) -> io::Result<String> {

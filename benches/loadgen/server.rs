@@ -15,6 +15,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of a server's warnings and errors echoed to our stderr.
 const ECHOED_LINES: usize = 20;
+/// herald's `--cluster-name` and the NATS cluster's name in the cluster target.
+const CLUSTER_NAME: &str = "loadgen";
+/// NATS servers under a herald cluster: JetStream's R3 needs three.
+const NATS_SERVERS: usize = 3;
+/// How long one monitoring request may take.
+const MONITOR_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A running server.
 pub(crate) struct Server {
@@ -25,6 +31,7 @@ pub(crate) struct Server {
 }
 
 /// How to start herald.
+#[derive(Clone, Copy)]
 pub(crate) struct HeraldOptions<'a> {
     /// The binary.
     pub bin: &'a Path,
@@ -36,6 +43,8 @@ pub(crate) struct HeraldOptions<'a> {
     pub cores: usize,
     /// `--admin-password`.
     pub password: &'a str,
+    /// Cluster mode: the node's `--nats` URLs and `--node-name`.
+    pub cluster: Option<(&'a str, &'a str)>,
 }
 
 impl Server {
@@ -59,6 +68,12 @@ impl Server {
             .env_remove("HERALD_CONFIG");
         if !options.tls {
             command.arg("--plain");
+        }
+        if let Some((urls, node)) = options.cluster {
+            command
+                .args(["--nats", urls])
+                .args(["--cluster-name", CLUSTER_NAME])
+                .args(["--node-name", node]);
         }
         let (child, line) = spawn_until(command, "herald", |line| line.contains("listening on "))?;
         let addr = line
@@ -147,8 +162,17 @@ impl Server {
         cpu_seconds(&self.pid().to_string())
     }
 
+    /// Kills the server at once (SIGKILL), as a crash would, and reaps it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the server: SIGTERM, then SIGKILL (by [`Drop`]) if it lingers.
     pub(crate) fn stop(mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let pid = self.pid().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + STOP_TIMEOUT;
@@ -158,6 +182,184 @@ impl Server {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts server `index` of a JetStream cluster of [`NATS_SERVERS`] routed to each other:
+    /// `ports` holds every server's client ports, then route ports, then monitoring ports.
+    fn nats_clustered(bin: &Path, index: usize, ports: &[u16]) -> Result<Server, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        let routes: Vec<String> = (0..NATS_SERVERS)
+            .filter(|&other| other != index)
+            .map(|other| format!("\"nats-route://127.0.0.1:{}\"", ports[NATS_SERVERS + other]))
+            .collect();
+        let config = format!(
+            "server_name: n{index}\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{monitor}\"\n\
+             max_payload: 8MB\njetstream {{ store_dir: {store:?} }}\n\
+             cluster {{\n  name: {CLUSTER_NAME}\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
+            client = ports[index],
+            route = ports[NATS_SERVERS + index],
+            monitor = ports[2 * NATS_SERVERS + index],
+            store = dir.path().join("js"),
+            routes = routes.join(", "),
+        );
+        let file = dir.path().join("nats.conf");
+        std::fs::write(&file, config).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        let mut command = Command::new(bin);
+        command.arg("-c").arg(&file);
+        let name = format!("nats-server n{index}");
+        let (child, _) = spawn_until(command, &name, |line| line.contains("Server is ready"))?;
+        Ok(Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], ports[index])),
+            _dir: dir,
+        })
+    }
+}
+
+/// What one target runs: a single server, or a herald cluster on a JetStream cluster.
+pub(crate) struct Deployment {
+    /// The single server, or the cluster's node A: the subscribers connect here.
+    pub main: Server,
+    /// The cluster's node B: the publishers connect here, so every event the subscribers get
+    /// crossed JetStream.
+    pub publish_node: Option<Server>,
+    /// The cluster's NATS servers.
+    pub nats: Vec<Server>,
+}
+
+impl Deployment {
+    /// One server.
+    pub(crate) fn single(server: Server) -> Deployment {
+        Deployment {
+            main: server,
+            publish_node: None,
+            nats: Vec::new(),
+        }
+    }
+
+    /// Three JetStream servers clustered on loopback, then herald nodes A and B on them
+    /// (A first: it creates the stream, R3 by default).
+    pub(crate) fn cluster(nats_bin: &Path, herald: &HeraldOptions) -> Result<Deployment, String> {
+        let ports = free_ports(NATS_SERVERS * 3)?;
+        let mut nats = Vec::with_capacity(NATS_SERVERS);
+        for index in 0..NATS_SERVERS {
+            nats.push(Server::nats_clustered(nats_bin, index, &ports)?);
+        }
+        await_jetstream(&ports[2 * NATS_SERVERS..])?;
+        let urls: Vec<String> = ports[..NATS_SERVERS]
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect();
+        let urls = urls.join(",");
+        let a = Server::herald(&HeraldOptions {
+            cluster: Some((&urls, "a")),
+            ..*herald
+        })?;
+        let b = Server::herald(&HeraldOptions {
+            cluster: Some((&urls, "b")),
+            ..*herald
+        })?;
+        Ok(Deployment {
+            main: a,
+            publish_node: Some(b),
+            nats,
+        })
+    }
+
+    /// Resident memory of the single server or node A, in KiB.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        self.main.rss_kib()
+    }
+
+    /// Peak resident memory of the single server or node A, in KiB.
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
+        self.main.peak_rss_kib()
+    }
+
+    /// CPU seconds of the single server or node A.
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        self.main.cpu_seconds()
+    }
+
+    /// Where the publishers connect.
+    pub(crate) fn publish_addr(&self) -> SocketAddr {
+        self.publish_node.as_ref().unwrap_or(&self.main).addr
+    }
+
+    /// Whether this is a cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.publish_node.is_some()
+    }
+
+    /// CPU seconds of the publishers' node (0 for a single server).
+    pub(crate) fn publish_node_cpu_seconds(&self) -> f64 {
+        self.publish_node.as_ref().map_or(0.0, Server::cpu_seconds)
+    }
+
+    /// CPU seconds of every NATS server of the cluster together.
+    pub(crate) fn nats_cpu_seconds(&self) -> f64 {
+        self.nats.iter().map(Server::cpu_seconds).sum()
+    }
+
+    /// Resident memory of every NATS server of the cluster together, in KiB.
+    pub(crate) fn nats_rss_kib(&self) -> u64 {
+        self.nats.iter().map(Server::rss_kib).sum()
+    }
+
+    /// Stops the herald nodes, then the NATS servers under them.
+    pub(crate) fn stop(self) {
+        self.main.stop();
+        if let Some(node) = self.publish_node {
+            node.stop();
+        }
+        for server in self.nats {
+            server.stop();
+        }
+    }
+}
+
+/// Waits until every JetStream server (by its monitoring port) names a meta leader and says it
+/// is healthy, so the first herald node can create its stream.
+fn await_jetstream(monitor_ports: &[u16]) -> Result<(), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(MONITOR_TIMEOUT))
+        .build()
+        .into();
+    let get = |port: u16, path: &str| -> serde_json::Value {
+        agent
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .and_then(|body| serde_json::from_str(&body).ok())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let mut waiting = None;
+        for &port in monitor_ports {
+            let jsz = get(port, "/jsz");
+            let leader = jsz
+                .pointer("/meta_cluster/leader")
+                .and_then(serde_json::Value::as_str);
+            if leader.is_none_or(str::is_empty) {
+                waiting = Some(format!("no JetStream meta leader on :{port} yet: {jsz}"));
+                break;
+            }
+            let health = get(port, "/healthz");
+            if health.get("status").and_then(serde_json::Value::as_str) != Some("ok") {
+                waiting = Some(format!("JetStream on :{port} is not healthy: {health}"));
+                break;
+            }
+        }
+        let Some(state) = waiting else {
+            return Ok(());
+        };
+        if Instant::now() > deadline {
+            return Err(format!("the NATS cluster was not ready in time: {state}"));
+        }
+        thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -194,12 +396,28 @@ fn clock_ticks() -> f64 {
 }
 
 fn free_port() -> Result<u16, String> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free port: {e}"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `count` distinct free loopback ports: all held at once while picked, so none repeats.
+fn free_ports(count: usize) -> Result<Vec<u16>, String> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot find a free port: {e}"))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+/// Warnings every run prints: herald's about the default password, and NATS's while the
+/// cluster's servers start one after the other and do not reach each other yet.
+fn expected_noise(line: &str) -> bool {
+    line.contains("default password")
+        || line.contains("Error trying to connect to route")
+        || line.contains("Waiting for routing to be established")
 }
 
 /// Spawns `command` with stderr piped, waits for a line that `ready` accepts, and keeps
@@ -235,7 +453,7 @@ fn spawn_until(
                 || line.contains("ERROR")
                 || line.contains("[ERR]")
                 || line.contains("[WRN]");
-            if loud && echoed < ECHOED_LINES && !line.contains("default password") {
+            if loud && echoed < ECHOED_LINES && !expected_noise(&line) {
                 eprintln!("  {label}: {line}");
                 echoed += 1;
             }

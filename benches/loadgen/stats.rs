@@ -57,23 +57,28 @@ impl Results {
         self.values.insert(key, kept);
     }
 
-    /// The comparison table: every target's value, then each herald target's ratio to NATS.
+    /// The comparison table: every target's value, then each herald target's ratio to NATS,
+    /// and the cluster's ratio to each single herald server.
     pub(crate) fn table(&self) -> String {
         let herald: Vec<&String> = self
             .targets
             .iter()
             .filter(|t| t.starts_with("herald"))
             .collect();
-        let nats = self.targets.iter().find(|t| t.starts_with("nats"));
+        let mut ratios: Vec<(String, &String, &String)> = Vec::new();
+        if let Some(nats) = self.targets.iter().find(|t| t.starts_with("nats")) {
+            for &h in &herald {
+                ratios.push((format!("{}/nats", t_short(h)), h, nats));
+            }
+        }
+        if let Some(cluster) = self.targets.iter().find(|t| *t == "herald-cluster") {
+            for &h in herald.iter().filter(|t| **t != cluster) {
+                ratios.push((format!("cluster/{}", t_short(h)), cluster, h));
+            }
+        }
         let mut header = vec!["workload".to_owned(), "metric".to_owned()];
         header.extend(self.targets.iter().cloned());
-        if nats.is_some() {
-            header.extend(
-                herald
-                    .iter()
-                    .map(|t| format!("{}/nats", t.trim_start_matches("herald-"))),
-            );
-        }
+        header.extend(ratios.iter().map(|(name, _, _)| name.clone()));
         let mut lines = vec![header];
         for (workload, metric) in &self.rows {
             let get = |t: &str| {
@@ -86,15 +91,13 @@ impl Results {
                     .iter()
                     .map(|t| get(t).map_or("-".to_owned(), |v| number(*v))),
             );
-            if let Some(nats) = nats {
-                for h in &herald {
-                    line.push(match (get(h), get(nats)) {
-                        (Some(a), Some(b)) if *b > 0.0 && a.is_finite() && b.is_finite() => {
-                            format!("{:.2}x", a / b)
-                        }
-                        _ => "-".to_owned(),
-                    });
-                }
+            for (_, a, b) in &ratios {
+                line.push(match (get(a), get(b)) {
+                    (Some(a), Some(b)) if *b > 0.0 && a.is_finite() && b.is_finite() => {
+                        format!("{:.2}x", a / b)
+                    }
+                    _ => "-".to_owned(),
+                });
             }
             lines.push(line);
         }
@@ -139,6 +142,11 @@ impl Results {
         }
         out
     }
+}
+
+/// A target's name without `herald-`, for a ratio column's header.
+fn t_short(target: &str) -> &str {
+    target.trim_start_matches("herald-")
 }
 
 /// Of two rounds' values, the one of the least disturbed round: the higher rate, the lower
