@@ -189,8 +189,10 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     publish_conns: usize,
     /// Events published but not yet received by the slowest subscriber, at most, in publish:
-    /// room for every publisher's batch in flight, so publishing limits the rate.
-    #[arg(long, default_value_t = 8192)]
+    /// room for every publisher's batch in flight (16 × 64 = 1,024), so publishing limits the
+    /// rate; and, like selective's, under what herald queues for one connection before it
+    /// closes it as a slow consumer (8,192 was not).
+    #[arg(long, default_value_t = 4096)]
     publish_window: u64,
     /// Clients on the node that failover kills.
     #[arg(long, default_value_t = 1000)]
