@@ -13,7 +13,12 @@
 //! - [`stream`]: connecting, creating or checking the stream and its limits, the Epoch.
 //! - [`relay`]: publishes and state changes, answered once JetStream stored them on a quorum.
 //! - [`copy`]: the consumer, and the node's copy of the stream.
-//! - [`presence`]: the nodes' bucket and the cluster's gauges.
+//! - [`presence`]: the nodes' bucket and the cluster's gauges, and closing a lost node's
+//!   connections.
+//!
+//! herald's own `connections.create`/`delete` events go to subjects of their own
+//! (`<cluster>.herald.connections.…`), which no client's publish reaches; the copy hands those to
+//! the cluster's [`ConnectionTable`].
 
 mod copy;
 mod node;
@@ -103,6 +108,28 @@ impl From<StoreError> for ClusterError {
     }
 }
 
+/// The live connections of every node of the cluster, kept from herald's own connection events
+/// as the copy reads them (the connections API reads it; it lives with the node's other state).
+pub(crate) trait ConnectionTable: Send + Sync {
+    /// Applies one of herald's `connections.create`/`delete` events, `json` at `seq`.
+    fn apply(&self, seq: u64, json: &[u8]);
+    /// Makes what [`apply`](ConnectionTable::apply) wrote durable, before the copy records
+    /// those events as read.
+    fn flush(&self);
+    /// Forgets every connection: a new copy reads the stream again from its first event.
+    fn clear(&self);
+    /// The nodes with connections open in the table.
+    fn nodes(&self) -> Vec<String>;
+    /// `connections.delete` events closing every connection the table holds open on `node`,
+    /// with `reason`.
+    fn close_all(&self, node: &str, reason: &str) -> Vec<crate::wire::event::Event>;
+}
+
+/// Why the survivors close a dead node's connections.
+pub(crate) const NODE_LOST: &str = "node lost";
+/// Why a node that restarts closes what the table still holds open of its previous run.
+pub(crate) const NODE_RESTARTED: &str = "server crashed";
+
 /// What `/api/v3/info` and the log say about the node's place in the cluster.
 #[derive(Debug)]
 pub(crate) struct ClusterView {
@@ -167,6 +194,7 @@ impl Node {
         data_dir: &Path,
         retention: Retention,
         cores: Vec<flume::Sender<Batch>>,
+        connections: Arc<dyn ConnectionTable>,
         on_failure: OnStorageFailed,
     ) -> Result<(Node, Publisher), ClusterError> {
         let retention = Arc::new(Mutex::new(retention));
@@ -187,6 +215,8 @@ impl Node {
             retention,
             cores,
             publishes,
+            publisher: publisher.clone(),
+            connections: connections.clone(),
             failed: failed.clone(),
             on_failure,
             stop: stop_rx,
@@ -220,6 +250,18 @@ impl Node {
         if let Err(error) = catch_up(&node.status, started.caught_up, started.target) {
             node.stop_threads();
             return Err(error);
+        }
+        // What the table still holds open on this node is from its previous run, which ended
+        // before the others noticed: those connections are gone.
+        let leftovers = connections.close_all(&settings.node, NODE_RESTARTED);
+        if !leftovers.is_empty() {
+            tracing::warn!(
+                connections = leftovers.len(),
+                "closing, for the whole cluster, the connections this node's previous run left open"
+            );
+            if !publisher.offer_connection_events(leftovers) {
+                tracing::warn!("the previous run's connections could not be queued for closing");
+            }
         }
         Ok((node, publisher))
     }

@@ -14,8 +14,10 @@
 //! - [`deadlines`]: the sweeper: HTTP deadlines, pings, close grace, bookmarks.
 //! - [`query`]: questions one core answers for a request served on another.
 //! - [`history`]: the persistent record of open and closed connections.
+//! - [`cluster_conns`]: a cluster node's table of every node's live connections.
 
 pub(crate) mod accept;
+pub(crate) mod cluster_conns;
 pub(crate) mod connection;
 pub(crate) mod conns;
 pub(crate) mod deadlines;
@@ -66,6 +68,8 @@ pub(crate) struct ServerState {
     pub log_reader: LogReader,
     /// A cluster node's place in its cluster; `None` on a single node.
     pub cluster: Option<Arc<crate::cluster::ClusterView>>,
+    /// A cluster node's table of every node's live connections; `None` on a single node.
+    pub cluster_connections: Option<Arc<cluster_conns::ClusterConnections>>,
     /// The TLS setup, or `None` for plain.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// When the server started.

@@ -131,6 +131,9 @@ pub(crate) enum Source {
     Requests,
     /// herald's log records (`log.<level>.herald`).
     LogRecords,
+    /// herald's own `connections.create`/`delete` events for the connections a node serves,
+    /// which a cluster keeps apart from anything a client publishes.
+    Connections,
 }
 
 /// What every thread may read about the log without asking the sequencer.
@@ -311,9 +314,10 @@ impl Publisher {
         Ok((value, seq))
     }
 
-    /// Queues `change` to run on the log thread and returns once it has its place in the queue,
-    /// without waiting for its events to be stored: whatever the caller publishes afterwards
-    /// gets a higher `Seq` than they do. A failure to store them is logged by the log thread.
+    /// Queues a connection's `change` to run on the log thread and returns once it has its place
+    /// in the queue, without waiting for its events to be stored: whatever the caller publishes
+    /// afterwards gets a higher `Seq` than they do. A failure to store them is logged by the log
+    /// thread.
     pub(crate) async fn submit(
         &self,
         change: impl FnOnce() -> Vec<Event> + Send + 'static,
@@ -323,11 +327,32 @@ impl Publisher {
                 events: Vec::new(),
                 change: Some(Box::new(change)),
                 reply: flume::bounded(1).0,
-                source: Source::Requests,
+                source: Source::Connections,
                 condition: None,
             })
             .await
             .map_err(|_| PublishError::ShuttingDown)
+    }
+
+    /// Queues connection events herald writes itself (a cluster closing a lost node's
+    /// connections) without waiting; false when the queue is full or the log thread stopped.
+    pub(crate) fn offer_connection_events(&self, events: Vec<Event>) -> bool {
+        let events = events
+            .into_iter()
+            .map(|e| {
+                let prefix = e.body_prefix();
+                (e, prefix)
+            })
+            .collect();
+        self.tx
+            .try_send(Publish {
+                events,
+                change: None,
+                reply: flume::bounded(1).0,
+                source: Source::Connections,
+                condition: None,
+            })
+            .is_ok()
     }
 
     async fn send(&self, mut publish: Publish) -> Result<u64, PublishError> {

@@ -191,13 +191,21 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     // A storage failure ends the signal wait below, so it reaches `main` with its exit code.
     let signals_handle = signals.handle();
     let on_failure = Box::new(move || signals_handle.close());
+    let mut cluster_connections = None;
     let (sequencer, publisher, log_reader, objects) = match log_source {
         LogSource::Cluster(cluster) => {
+            let table = Arc::new(crate::core::cluster_conns::ClusterConnections::open(
+                &db,
+                history.clone(),
+                &cluster.node,
+            )?);
+            cluster_connections = Some(table.clone());
             let (node, publisher) = Node::start(
                 cluster,
                 &config.data_dir,
                 config.retention.clone(),
                 inboxes,
+                table,
                 on_failure,
             )?;
             let reader = node.reader.clone();
@@ -241,6 +249,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         publisher,
         log_status: sequencer.status(),
         cluster: sequencer.cluster_view(),
+        cluster_connections,
         log_reader,
         tls,
         started: Instant::now(),

@@ -1,6 +1,6 @@
-//! The connections API (`docs/protocol.md` §1): every core's live connections, one by its
-//! address, those of an agent, and the persistent history of closed ones. A REST connection is
-//! tracked here once a request on it authenticates.
+//! The connections API (`docs/protocol.md` §1): every core's live connections (on a cluster
+//! node, the other nodes' too), one by its address, those of an agent, and the persistent
+//! history of closed ones. A REST connection is tracked here once a request on it authenticates.
 
 use crate::api::error::ApiError;
 use crate::auth::Identity;
@@ -140,6 +140,7 @@ pub(crate) async fn track(core: &Core, watch: &HttpWatch, identity: &Identity) {
         create_time: event::now_rfc3339(),
         expires_at: crate::core::view::expires_at(identity.expires),
         kind: "api".to_owned(),
+        node: core.shared.cluster.as_ref().map(|c| c.node.clone()),
         filters: Vec::new(),
         events_sent: 0,
         bytes_sent: 0,
@@ -151,7 +152,7 @@ pub(crate) async fn track(core: &Core, watch: &HttpWatch, identity: &Identity) {
     *watch.tracked.borrow_mut() = Some((id, view));
 }
 
-/// Every core's live connections.
+/// Every core's live connections, then those of the cluster's other nodes.
 async fn gather(core: &Core) -> Vec<ConnectionView> {
     let mut answers = Vec::new();
     for query in &core.shared.queries {
@@ -169,6 +170,9 @@ async fn gather(core: &Core) -> Vec<ConnectionView> {
         if let Ok(mut part) = answer.recv_async().await {
             views.append(&mut part);
         }
+    }
+    if let Some(cluster) = &core.shared.cluster_connections {
+        views.extend(cluster.others());
     }
     views
 }

@@ -3,6 +3,10 @@
 //! (replays and `GET /api/v3/events` read it) and hands it to every core, as the local
 //! sequencer does. The copy is a cache: it is never synced, and a node that finds it missing,
 //! broken or of another Epoch starts a new one from the stream's first retained event.
+//!
+//! herald's own connection events (their subject says so) also go to the cluster's connection
+//! table, which is made durable before the copy holds them: after a crash the copy reads again
+//! at most what the table already has, and applying an event twice changes nothing.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +22,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::stream::Facts;
-use super::{ClusterError, subject};
+use super::{ClusterError, ConnectionTable, subject};
 use crate::config::Retention;
 use crate::objects::{Kind, ObjectStore};
 use crate::sequencer::{Batch, LogStatus, OnStorageFailed, SequencedBatch, StorageFailed};
@@ -55,6 +59,9 @@ pub(super) struct Message {
     writes_object: bool,
     /// An object write's `Herald-Base`: the `Seq` of the object's newest event it was planned on.
     base: Option<u64>,
+    /// One of herald's own connection events (on its connections' subjects), which the
+    /// cluster's connection table applies.
+    herald_connection: bool,
 }
 
 /// What the copy stores in place of an object write it refused: a record that no replay, read
@@ -104,11 +111,16 @@ pub(super) fn start(
     dir: &Path,
     facts: &Facts,
     cores: Vec<flume::Sender<Batch>>,
+    connections: Arc<dyn ConnectionTable>,
     failed: Arc<Mutex<Option<StorageFailed>>>,
     on_failure: OnStorageFailed,
 ) -> Result<Copy, ClusterError> {
-    let (log, objects) = open(dir, facts)?;
+    let (log, objects, fresh) = open(dir, facts)?;
     let objects = Arc::new(objects);
+    if fresh {
+        // The table follows the copy: a new copy builds it again from the retained stream.
+        connections.clear();
+    }
     let status = Arc::new(LogStatus::of(&log));
     let reader = log.reader();
     let last = log.last_seq();
@@ -127,6 +139,8 @@ pub(super) fn start(
         objects: objects.clone(),
         status: status.clone(),
         cores,
+        connections,
+        connections_unflushed: false,
         delivered: delivered_tx,
         target: facts.last,
         caught,
@@ -157,8 +171,9 @@ pub(super) fn start(
 }
 
 /// The copy in `dir` when it continues the stream described by `facts`, else a new one that
-/// starts at the stream's first retained event; with the objects it holds.
-fn open(dir: &Path, facts: &Facts) -> Result<(EventLog, ObjectStore), ClusterError> {
+/// starts at the stream's first retained event; with the objects it holds, and true for a new
+/// one.
+fn open(dir: &Path, facts: &Facts) -> Result<(EventLog, ObjectStore, bool), ClusterError> {
     let failed = |cause: String| ClusterError::Copy {
         path: dir.to_path_buf(),
         cause,
@@ -183,7 +198,7 @@ fn open(dir: &Path, facts: &Facts) -> Result<(EventLog, ObjectStore), ClusterErr
     };
     if let Some(log) = usable {
         let objects = ObjectStore::open_copy(&db).map_err(|e| failed(e.to_string()))?;
-        return Ok((log, objects));
+        return Ok((log, objects, false));
     }
     drop(db);
     std::fs::remove_dir_all(dir).map_err(|e| failed(e.to_string()))?;
@@ -191,7 +206,7 @@ fn open(dir: &Path, facts: &Facts) -> Result<(EventLog, ObjectStore), ClusterErr
     let log = EventLog::create(&db, &facts.epoch, facts.first.saturating_sub(1))
         .map_err(|e: StoreError| failed(e.to_string()))?;
     let objects = ObjectStore::open_copy(&db).map_err(|e| failed(e.to_string()))?;
-    Ok((log, objects))
+    Ok((log, objects, true))
 }
 
 /// The copy thread's state.
@@ -200,6 +215,9 @@ struct Copier {
     objects: Arc<ObjectStore>,
     status: Arc<LogStatus>,
     cores: Vec<flume::Sender<Batch>>,
+    connections: Arc<dyn ConnectionTable>,
+    /// Whether the table changed since its last flush.
+    connections_unflushed: bool,
     delivered: watch::Sender<u64>,
     /// The stream's end when the node started: batches up to it are copied, not handed to the
     /// cores, which start once it is reached.
@@ -249,6 +267,7 @@ impl Copier {
             payload,
             writes_object,
             base,
+            herald_connection,
         } in events
         {
             let event = subject::with_seq(&payload, seq)
@@ -259,7 +278,13 @@ impl Copier {
                 Some(event) if writes_object && !self.apply_object(&event, base)? => {
                     batch.refused(seq);
                 }
-                Some(event) => batch.push(event),
+                Some(event) => {
+                    if herald_connection {
+                        self.connections.apply(seq, event.json());
+                        self.connections_unflushed = true;
+                    }
+                    batch.push(event);
+                }
                 None => {
                     tracing::warn!(
                         seq,
@@ -306,6 +331,9 @@ impl Copier {
     }
 
     fn deliver(&mut self, batch: Copied, gap_before: bool) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.connections_unflushed) {
+            self.connections.flush();
+        }
         let Copied { events, refused } = batch;
         if !events.is_empty() || !refused.is_empty() {
             let mut rows: Vec<(u64, &[u8])> = events
@@ -383,6 +411,7 @@ impl Copier {
 pub(super) async fn consume(
     stream: Stream,
     objects_prefix: String,
+    connections_prefix: String,
     mut next: u64,
     input: flume::Sender<Input>,
     stream_first: Arc<AtomicU64>,
@@ -457,11 +486,13 @@ pub(super) async fn consume(
                     .as_ref()
                     .and_then(|headers| headers.get(super::BASE_HEADER))
                     .and_then(|value| value.as_str().parse().ok());
+                let herald_connection = message.subject.starts_with(connections_prefix.as_str());
                 events.push(Message {
                     seq,
                     payload: message.payload.clone(),
                     writes_object,
                     base,
+                    herald_connection,
                 });
                 next = seq.saturating_add(1);
             }

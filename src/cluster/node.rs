@@ -8,11 +8,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::stream::{self, Link};
-use super::{ClusterError, ClusterView, copy, presence, relay, subject};
+use super::{ClusterError, ClusterView, ConnectionTable, copy, presence, relay, subject};
 use crate::config::{Cluster, Retention};
 use crate::objects::ObjectStore;
-use crate::sequencer::{Batch, LogStatus, OnStorageFailed, Publish, StorageFailed};
+use crate::sequencer::{Batch, LogStatus, OnStorageFailed, Publish, Publisher, StorageFailed};
 use crate::store::LogReader;
+
+/// Longest a stopping node waits to leave the nodes bucket.
+const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// What the NATS thread is handed.
 pub(super) struct Inputs {
@@ -21,6 +24,9 @@ pub(super) struct Inputs {
     pub retention: Arc<Mutex<Retention>>,
     pub cores: Vec<flume::Sender<Batch>>,
     pub publishes: flume::Receiver<Publish>,
+    /// For the connection events herald writes itself (a lost node's).
+    pub publisher: Publisher,
+    pub connections: Arc<dyn ConnectionTable>,
     pub failed: Arc<Mutex<Option<StorageFailed>>>,
     pub on_failure: OnStorageFailed,
     pub stop: watch::Receiver<bool>,
@@ -47,6 +53,8 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
         retention,
         cores,
         publishes,
+        publisher,
+        connections,
         failed,
         on_failure,
         mut stop,
@@ -67,7 +75,14 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
         nodes: Mutex::new(Vec::new()),
         connected: link.flag(),
     });
-    let copy = match copy::start(&copy_dir, &facts, cores, failed, on_failure) {
+    let copy = match copy::start(
+        &copy_dir,
+        &facts,
+        cores,
+        connections.clone(),
+        failed,
+        on_failure,
+    ) {
         Ok(copy) => copy,
         Err(error) => {
             let _ = ready.send(Err(error));
@@ -77,6 +92,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
     let consumer = tokio::spawn(copy::consume(
         stream.clone(),
         format!("{}.", subject::object_prefix(&settings.name)),
+        format!("{}.", subject::connection_prefix(&settings.name)),
         copy.next_seq,
         copy.input.clone(),
         copy.stream_first.clone(),
@@ -90,12 +106,16 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
         link.clone(),
         stop.clone(),
     ));
+    // The node leaves the bucket only once its last connection events are published, so no
+    // survivor takes those connections for a lost node's.
+    let (leave, leaving) = watch::channel(false);
     let presence = tokio::spawn(presence::run(
         js.clone(),
         settings.clone(),
         facts.replicas,
         view.clone(),
-        stop.clone(),
+        presence::Closer::new(connections, publisher),
+        leaving,
     ));
     let limits = tokio::spawn(stream::keep_limits(
         js.clone(),
@@ -124,8 +144,15 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
     }
     // Publishes already queued are answered first; then the consumer stops, which ends the copy.
     let _ = relay.await;
+    let _ = leave.send(true);
+    let mut presence = presence;
+    if tokio::time::timeout(LEAVE_TIMEOUT, &mut presence)
+        .await
+        .is_err()
+    {
+        presence.abort();
+    }
     consumer.abort();
-    presence.abort();
     limits.abort();
     let _ = consumer.await;
     drop(copy.input);

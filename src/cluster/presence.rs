@@ -1,20 +1,28 @@
 //! Which nodes are alive: each node puts its name in the key-value bucket `<cluster>-nodes`
 //! every few seconds, and an entry not renewed expires; the live ones are the cluster's nodes.
+//! The connections a node that left still holds open in the cluster's table are closed as
+//! `node lost` by the first live node in name order, once for the cluster: every node then
+//! applies those `connections.delete` events as it reads them.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv, stream};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::ClusterView;
+use super::{ClusterView, ConnectionTable, NODE_LOST};
 use crate::config::Cluster;
+use crate::sequencer::Publisher;
 
 /// How often a node renews its entry.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 /// How long an entry lives without renewal: three announcements.
 const NODE_TTL: Duration = Duration::from_secs(15);
+/// How long the closing of a lost node's connections waits to be read back before it is
+/// published again.
+const CLOSE_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
 /// The bucket of cluster `name`'s nodes.
 fn bucket(name: &str) -> String {
@@ -27,6 +35,7 @@ pub(super) async fn run(
     settings: Cluster,
     replicas: usize,
     view: Arc<ClusterView>,
+    mut closer: Closer,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut store = None;
@@ -34,8 +43,10 @@ pub(super) async fn run(
         if store.is_none() {
             store = open(&js, &settings, replicas).await;
         }
-        if let Some(store) = &store {
-            announce(store, &settings, &view).await;
+        if let Some(store) = &store
+            && let Some(live) = announce(store, &settings, &view).await
+        {
+            closer.sweep(&live, &settings.node);
         }
         tokio::select! {
             _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
@@ -80,14 +91,19 @@ async fn open(js: &jetstream::Context, settings: &Cluster, replicas: usize) -> O
     }
 }
 
-async fn announce(store: &kv::Store, settings: &Cluster, view: &ClusterView) {
+/// Renews this node's entry and answers the live nodes, sorted; `None` when either failed.
+async fn announce(
+    store: &kv::Store,
+    settings: &Cluster,
+    view: &ClusterView,
+) -> Option<Vec<String>> {
     let entry = serde_json::json!({ "Node": settings.node }).to_string();
     if let Err(error) = store.put(&settings.node, entry.into()).await {
         tracing::debug!(%error, "announcing this node failed; will retry");
-        return;
+        return None;
     }
     let Ok(mut keys) = store.keys().await else {
-        return;
+        return None;
     };
     // A key renewed while the listing runs can come twice.
     let mut nodes = std::collections::BTreeSet::new();
@@ -99,6 +115,70 @@ async fn announce(store: &kv::Store, settings: &Cluster, view: &ClusterView) {
     let nodes: Vec<String> = nodes.into_iter().collect();
     metrics::gauge!(crate::metrics::CLUSTER_NODES).set(nodes.len() as f64);
     if let Ok(mut known) = view.nodes.lock() {
-        *known = nodes;
+        known.clone_from(&nodes);
+    }
+    Some(nodes)
+}
+
+/// Closes the connections of nodes that left the bucket.
+pub(super) struct Closer {
+    table: Arc<dyn ConnectionTable>,
+    publisher: Publisher,
+    /// Nodes seen live since this node started: one that leaves the bucket is lost at once.
+    seen: HashSet<String>,
+    /// Nodes with open connections in the table never seen live, since when: lost once
+    /// missing for [`NODE_TTL`] (a node just started may not be listed yet).
+    missing_since: HashMap<String, Instant>,
+    /// When this node last published the closing of each lost node's connections.
+    closed_at: HashMap<String, Instant>,
+}
+
+impl Closer {
+    pub(super) fn new(table: Arc<dyn ConnectionTable>, publisher: Publisher) -> Closer {
+        Closer {
+            table,
+            publisher,
+            seen: HashSet::new(),
+            missing_since: HashMap::new(),
+            closed_at: HashMap::new(),
+        }
+    }
+
+    /// After each listing of the `live` nodes (sorted): the first of them publishes the
+    /// closing of every lost node's open connections.
+    fn sweep(&mut self, live: &[String], this: &str) {
+        let now = Instant::now();
+        self.seen.extend(live.iter().cloned());
+        let open = self.table.nodes();
+        self.missing_since
+            .retain(|node, _| !live.contains(node) && open.contains(node));
+        let mut lost = Vec::new();
+        for node in open {
+            if node == this || live.contains(&node) {
+                continue;
+            }
+            let gone = self.seen.contains(&node)
+                || now.duration_since(*self.missing_since.entry(node.clone()).or_insert(now))
+                    >= NODE_TTL;
+            if gone {
+                lost.push(node);
+            }
+        }
+        self.closed_at
+            .retain(|node, at| lost.contains(node) && now.duration_since(*at) < CLOSE_AGAIN_AFTER);
+        if live.first().map(String::as_str) != Some(this) {
+            return;
+        }
+        for node in lost {
+            if self.closed_at.contains_key(&node) {
+                continue;
+            }
+            let events = self.table.close_all(&node, NODE_LOST);
+            let count = events.len();
+            if self.publisher.offer_connection_events(events) {
+                tracing::warn!(%node, connections = count, "a node left the cluster; closed its connections");
+                self.closed_at.insert(node, now);
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use super::stream::Link;
 use super::subject;
 use crate::config::Cluster;
-use crate::sequencer::{Condition, Publish, PublishError};
+use crate::sequencer::{Condition, Publish, PublishError, Source};
 
 /// Longest a publish waits for JetStream before its publisher gets 503: longer than a stream
 /// leader election after a server died (4 to 9 s with nats-server 2.9), so a publish rides one
@@ -34,6 +34,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub(super) struct Names {
     prefix: String,
     objects: String,
+    connections: String,
     /// Unique to this run of this node, so no two runs' ids meet in the duplicate window.
     run: String,
     next: u64,
@@ -44,8 +45,20 @@ impl Names {
         Names {
             prefix: subject::event_prefix(&settings.name),
             objects: subject::object_prefix(&settings.name),
+            connections: subject::connection_prefix(&settings.name),
             run: format!("{}-{}", settings.node, uuid::Uuid::new_v4().simple()),
             next: 0,
+        }
+    }
+
+    /// herald's own connection events go under [`subject::connection_prefix`], the cluster's
+    /// connection table's only source; every other event, a client's `connections` event
+    /// included, under the events' prefix.
+    fn event_prefix(&self, source: Source, ty: &str) -> &str {
+        if source == Source::Connections && ty == "connections" {
+            &self.connections
+        } else {
+            &self.prefix
         }
     }
 
@@ -125,7 +138,7 @@ async fn send(
         change,
         reply,
         condition,
-        ..
+        source,
     } = publish;
     let events = match change {
         Some(change) => change
@@ -168,7 +181,12 @@ async fn send(
                     Some((*expected, *base)),
                 ),
                 None => (
-                    subject::event_subject(&names.prefix, &event.ty, &event.action, &event.key),
+                    subject::event_subject(
+                        names.event_prefix(source, &event.ty),
+                        &event.ty,
+                        &event.action,
+                        &event.key,
+                    ),
                     None,
                 ),
             };

@@ -13,8 +13,9 @@ use super::{ClusterError, subject};
 use crate::config::{Cluster, Retention};
 
 /// The version of what herald keeps in the stream (subjects, payloads); recorded in the
-/// stream's description, and checked by every node that joins.
-const STREAM_SCHEMA: u32 = 2;
+/// stream's description, and checked by every node that joins. 3: herald's own connection
+/// events under `<cluster>.herald.>`.
+const STREAM_SCHEMA: u32 = 3;
 /// How long JetStream remembers a message id, so a publish sent again is stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Wait for one JetStream answer (an ack, a stream request).
@@ -191,6 +192,7 @@ fn config(settings: &Cluster, retention: &Retention, replicas: usize) -> stream:
         subjects: vec![
             format!("{}.>", subject::event_prefix(&settings.name)),
             format!("{}.>", subject::object_prefix(&settings.name)),
+            format!("{}.>", subject::connection_prefix(&settings.name)),
         ],
         description: Some(description(&settings.name)),
         storage: stream::StorageType::File,

@@ -16,6 +16,12 @@ pub(crate) fn object_prefix(name: &str) -> String {
     format!("{name}.objects")
 }
 
+/// The subject prefix of the connection events herald writes itself in cluster `name`: no
+/// client's publish reaches a subject under it.
+pub(crate) fn connection_prefix(name: &str) -> String {
+    format!("{name}.herald")
+}
+
 /// The subject of an event of `ty`, `action` and `key` in the stream under `prefix`
 /// (`<cluster>.events`): `<prefix>.<type>.<action>.<key>`, each part escaped to one token.
 pub(crate) fn event_subject(prefix: &str, ty: &str, action: &str, key: &str) -> String {

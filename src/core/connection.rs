@@ -123,6 +123,7 @@ impl WsConn {
             create_time: humantime::format_rfc3339_nanos(self.created).to_string(),
             expires_at: view::expires_at(self.expires),
             kind: "websocket".to_owned(),
+            node: self.core.shared.cluster.as_ref().map(|c| c.node.clone()),
             filters: self
                 .filters
                 .borrow()

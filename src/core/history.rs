@@ -111,6 +111,25 @@ impl History {
         Ok(())
     }
 
+    /// Records a connection another cluster node closed, from its `connections.delete` event
+    /// `seq`: recording the same event again (a copy that reads it twice) changes nothing.
+    pub(crate) fn record_closed_elsewhere(
+        &self,
+        seq: u64,
+        view: &ConnectionView,
+        closed_at: SystemTime,
+    ) -> Result<(), HistoryError> {
+        let value = serde_json::to_vec(view).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+        self.closed.insert(closed_key(closed_at, seq), value)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable (with the rest of the node's database).
+    pub(crate) fn flush(&self) -> Result<(), HistoryError> {
+        self.closed.flush()?;
+        Ok(())
+    }
+
     /// Closed connections, newest first, optionally of one principal and closed at or after `since`.
     pub(crate) fn list(
         &self,
@@ -182,6 +201,7 @@ mod tests {
             create_time: "2026-11-27T00:00:00Z".into(),
             expires_at: NEVER_EXPIRES.into(),
             kind: "websocket".into(),
+            node: None,
             filters: vec!["machines.*.*".into()],
             events_sent: 1,
             bytes_sent: 2,

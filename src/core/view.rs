@@ -39,6 +39,9 @@ pub(crate) struct ConnectionView {
     /// `websocket` or `api`.
     #[serde(rename = "Type")]
     pub kind: String,
+    /// The cluster node that serves it; absent on a single node.
+    #[serde(rename = "Node", default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Registered filters (websockets).
     #[serde(rename = "Filters", default)]
     pub filters: Vec<String>,

@@ -51,6 +51,8 @@ pub const CONNECTIONS_OPEN_TREE: &str = "connections_open";
 /// Closed connections. key: close time in unix nanoseconds, then the id (both big-endian
 /// `u64`), so iteration order is close order; value: the JSON with `CloseTime`, `CloseReason`.
 pub const CONNECTIONS_CLOSED_TREE: &str = "connections";
+/// A cluster node's table of every node's live connections (`core::cluster_conns`).
+pub const CONNECTIONS_CLUSTER_TREE: &str = "connections_cluster";
 /// Small values of every area, one key each (the `*_KEY` constants below).
 pub const META_TREE: &str = "meta";
 
@@ -317,6 +319,11 @@ pub fn object_trees<'a>(
 /// A cluster node's [`OBJECT_SEQS_TREE`].
 pub fn object_seqs_tree(db: &Db) -> Result<Tree, sled::Error> {
     db.open_tree(OBJECT_SEQS_TREE)
+}
+
+/// A cluster node's table of every node's live connections.
+pub fn cluster_connections_tree(db: &Db) -> Result<Tree, sled::Error> {
+    db.open_tree(CONNECTIONS_CLUSTER_TREE)
 }
 
 /// The connection history's trees: (open, closed).
