@@ -107,9 +107,13 @@ async fn announce(
     };
     // A key renewed while the listing runs can come twice.
     let mut nodes = std::collections::BTreeSet::new();
+    let mut complete = true;
     while let Some(key) = keys.next().await {
-        if let Ok(key) = key {
-            nodes.insert(key);
+        match key {
+            Ok(key) => {
+                nodes.insert(key);
+            }
+            Err(_) => complete = false,
         }
     }
     let nodes: Vec<String> = nodes.into_iter().collect();
@@ -117,7 +121,8 @@ async fn announce(
     if let Ok(mut known) = view.nodes.lock() {
         known.clone_from(&nodes);
     }
-    Some(nodes)
+    // A node missing from a listing cut short is not lost.
+    complete.then_some(nodes)
 }
 
 /// Closes the connections of nodes that left the bucket.
@@ -180,5 +185,77 @@ impl Closer {
                 self.closed_at.insert(node, now);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::Retention;
+    use crate::wire::event::Event;
+
+    /// A table whose only open connections are one on each of `nodes`.
+    struct Open(Vec<String>);
+
+    impl ConnectionTable for Open {
+        fn apply(&self, _: u64, _: &[u8]) {}
+        fn flush(&self) {}
+        fn clear(&self) {}
+        fn nodes(&self) -> Vec<String> {
+            self.0.clone()
+        }
+        fn close_all(&self, node: &str, reason: &str) -> Vec<Event> {
+            vec![Event::new("connections", "delete", node, reason)]
+        }
+    }
+
+    fn closer(open: &[&str]) -> (Closer, flume::Receiver<crate::sequencer::Publish>) {
+        let retention = Arc::new(Mutex::new(Retention::UNLIMITED));
+        let (publisher, published) = crate::sequencer::publish_queue(retention);
+        let table = Arc::new(Open(open.iter().map(|n| n.to_string()).collect()));
+        (Closer::new(table, publisher), published)
+    }
+
+    fn names(nodes: &[&str]) -> Vec<String> {
+        nodes.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn only_the_first_live_node_closes_a_lost_nodes_connections_and_only_once() {
+        let (mut first, published_by_first) = closer(&["a"]);
+        let (mut second, published_by_second) = closer(&["a"]);
+        for closer in [&mut first, &mut second] {
+            closer.sweep(&names(&["a", "b", "c"]), "ignored");
+        }
+        first.sweep(&names(&["b", "c"]), "b");
+        second.sweep(&names(&["b", "c"]), "c");
+        let closing = published_by_first
+            .try_recv()
+            .expect("b closes a's connections");
+        assert_eq!(closing.events[0].0.action, "delete");
+        assert_eq!(closing.events[0].0.principal, NODE_LOST);
+        assert!(published_by_second.try_recv().is_err(), "c leaves it to b");
+        first.sweep(&names(&["b", "c"]), "b");
+        assert!(
+            published_by_first.try_recv().is_err(),
+            "not again while its events are on their way"
+        );
+    }
+
+    #[test]
+    fn a_node_never_seen_live_is_not_lost_before_its_entry_could_have_expired() {
+        let (mut closer, published) = closer(&["new"]);
+        closer.sweep(&names(&["b"]), "b");
+        assert!(published.try_recv().is_err(), "it may not be listed yet");
+        closer
+            .missing_since
+            .insert("new".into(), Instant::now() - NODE_TTL);
+        closer.sweep(&names(&["b"]), "b");
+        assert!(
+            published.try_recv().is_ok(),
+            "missing for {NODE_TTL:?}: lost"
+        );
     }
 }
