@@ -215,6 +215,25 @@ fn a_killed_nodes_connections_are_closed_as_node_lost_once_for_the_cluster_and_o
 }
 
 #[test]
+fn a_node_restarted_after_a_crash_still_lists_the_other_nodes_live_connections() {
+    let nats = NatsCluster::start(3);
+    let cluster = unique("kept");
+    let b_dir = tempfile::tempdir().expect("a data directory for node b");
+    let a = node(&nats, &cluster, "a");
+    let b = node_in(&nats, &cluster, "b", b_dir.path());
+    let uuid = uuid::Uuid::new_v4().to_string();
+    create_machine(&[&a, &b], &uuid);
+    let principal = format!("runner:{uuid}");
+    let _runner = runner(&a, &uuid);
+    let before = await_one_live(&b, &principal);
+
+    b.kill();
+    // A node listens only once its copy caught up with the stream: no wait is owed here.
+    let b = node_in(&nats, &cluster, "b", b_dir.path());
+    assert_eq!(live_of(&b, &principal), vec![before]);
+}
+
+#[test]
 fn a_node_restarted_after_a_crash_closes_for_the_cluster_what_its_previous_run_left_open() {
     let nats = NatsCluster::start(3);
     let cluster = unique("again");
