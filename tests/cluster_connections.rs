@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::cluster::{node, node_options};
 use common::{Auth, Client, NatsCluster, Options, Server, eventually, unique};
 use serde_json::{Value, json};
 
@@ -18,11 +19,6 @@ const NODE_LOST_DEADLINE: Duration = Duration::from_secs(30);
 /// How long one node may take to learn what another published.
 const SPREAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A herald node of cluster `cluster` on `nats`.
-fn node(nats: &NatsCluster, cluster: &str, name: &str) -> Server {
-    Server::start_with(node_options(nats, cluster, name))
-}
-
 /// A herald node of cluster `cluster` on `nats` whose data directory `dir` outlives it.
 fn node_in(nats: &NatsCluster, cluster: &str, name: &str, dir: &Path) -> Server {
     Server::start_with(Options {
@@ -31,28 +27,13 @@ fn node_in(nats: &NatsCluster, cluster: &str, name: &str, dir: &Path) -> Server 
     })
 }
 
-fn node_options(nats: &NatsCluster, cluster: &str, name: &str) -> Options {
-    Options::with_args(&[
-        "--nats",
-        &nats.urls(),
-        "--cluster-name",
-        cluster,
-        "--node-name",
-        name,
-    ])
-}
-
-/// Creates machine `uuid` on every one of `servers`: objects are still kept per node, and a
-/// node that already learnt of it answers 409.
-fn create_machine(servers: &[&Server], uuid: &str) {
+/// Creates a machine on `server` (the cluster's objects are every node's); returns its uuid.
+fn create_machine(server: &Server) -> String {
+    let uuid = uuid::Uuid::new_v4().to_string();
     let body = json!({"Uuid": uuid, "Name": unique("m")}).to_string();
-    for server in servers {
-        let reply = server.request("POST", "/api/v3/machines", &server.admin(), Some(&body));
-        assert!(
-            reply.status == 201 || reply.status == 409,
-            "{server:?}: {reply:?}"
-        );
-    }
+    let reply = server.request("POST", "/api/v3/machines", &server.admin(), Some(&body));
+    assert_eq!(reply.status, 201, "{reply:?}");
+    uuid
 }
 
 /// A runner of machine `uuid` connected to `server` with the machine's token.
@@ -107,8 +88,7 @@ fn a_runner_connected_to_one_node_is_listed_on_another_with_its_node_and_by_its_
     let cluster = unique("listed");
     let a = node(&nats, &cluster, "a");
     let b = node(&nats, &cluster, "b");
-    let uuid = uuid::Uuid::new_v4().to_string();
-    create_machine(&[&a, &b], &uuid);
+    let uuid = create_machine(&a);
     let principal = format!("runner:{uuid}");
     let mut watcher = b.ws(&b.admin());
     watcher.register(&format!("connections.create.{principal}"));
@@ -157,8 +137,7 @@ fn a_killed_nodes_connections_are_closed_as_node_lost_once_for_the_cluster_and_o
     let a = node(&nats, &cluster, "a");
     let b = node_in(&nats, &cluster, "b", b_dir.path());
     let c = node(&nats, &cluster, "c");
-    let uuid = uuid::Uuid::new_v4().to_string();
-    create_machine(&[&a, &b], &uuid);
+    let uuid = create_machine(&a);
     let principal = format!("runner:{uuid}");
     let sentinel = unique("sentinel");
     let mut watcher = b.ws(&b.admin());
@@ -223,8 +202,7 @@ fn a_node_restarted_after_a_crash_still_lists_the_other_nodes_live_connections()
     let b_dir = tempfile::tempdir().expect("a data directory for node b");
     let a = node(&nats, &cluster, "a");
     let b = node_in(&nats, &cluster, "b", b_dir.path());
-    let uuid = uuid::Uuid::new_v4().to_string();
-    create_machine(&[&a, &b], &uuid);
+    let uuid = create_machine(&a);
     let principal = format!("runner:{uuid}");
     let _runner = runner(&a, &uuid);
     let before = await_one_live(&b, &principal);
@@ -242,8 +220,7 @@ fn a_node_restarted_after_a_crash_closes_for_the_cluster_what_its_previous_run_l
     let a_dir = tempfile::tempdir().expect("a data directory for node a");
     let a = node_in(&nats, &cluster, "a", a_dir.path());
     let b = node(&nats, &cluster, "b");
-    let uuid = uuid::Uuid::new_v4().to_string();
-    create_machine(&[&a, &b], &uuid);
+    let uuid = create_machine(&a);
     let principal = format!("runner:{uuid}");
     let runner = runner(&a, &uuid);
     await_one_live(&b, &principal);
