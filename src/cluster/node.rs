@@ -101,6 +101,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
     let relay = tokio::spawn(relay::run(
         publishes,
         js.clone(),
+        stream.clone(),
         relay::Names::new(&settings),
         copy.delivered.clone(),
         link.clone(),

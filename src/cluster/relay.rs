@@ -92,6 +92,7 @@ enum Refused {
 pub(super) async fn run(
     publishes: flume::Receiver<Publish>,
     js: jetstream::Context,
+    stream: jetstream::stream::Stream,
     mut names: Names,
     delivered: watch::Receiver<u64>,
     link: Arc<Link>,
@@ -109,25 +110,37 @@ pub(super) async fn run(
                 if changed.is_err() || *stop.borrow() {
                     // What was queued before the stop is still answered.
                     while let Ok(publish) = publishes.try_recv() {
-                        send(publish, &js, &mut names, &delivered, &link, &mut in_flight).await;
+                        let to = Target { js: &js, stream: &stream };
+                        send(publish, to, &mut names, &delivered, &link, &mut in_flight).await;
                     }
                     break;
                 }
                 continue;
             }
         };
-        send(publish, &js, &mut names, &delivered, &link, &mut in_flight).await;
+        let to = Target {
+            js: &js,
+            stream: &stream,
+        };
+        send(publish, to, &mut names, &delivered, &link, &mut in_flight).await;
         while in_flight.try_join_next().is_some() {}
     }
     let owed = async { while in_flight.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(PUBLISH_DEADLINE + COPY_WAIT, owed).await;
 }
 
+/// Where publishes go: the JetStream context, and the stream to check a duplicate's answer in.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    js: &'a jetstream::Context,
+    stream: &'a jetstream::stream::Stream,
+}
+
 /// Runs the publish's state change, if any, sends its events and leaves the wait for their
 /// acknowledgements to a task, so the next publish goes out at once.
 async fn send(
     publish: Publish,
-    js: &jetstream::Context,
+    to: Target<'_>,
     names: &mut Names,
     delivered: &watch::Receiver<u64>,
     link: &Arc<Link>,
@@ -200,13 +213,18 @@ async fn send(
         .collect();
     let mut acks = Vec::with_capacity(outgoing.len());
     for message in &outgoing {
-        acks.push(publish_one(js, message).await);
+        acks.push(publish_one(to.js, message).await);
     }
-    let js = js.clone();
+    let js = to.js.clone();
+    let stream = to.stream.clone();
     let delivered = delivered.clone();
     let link = link.clone();
     in_flight.spawn(async move {
-        let answer = acknowledged(&js, &link, deadline, &outgoing, acks).await;
+        let to = Target {
+            js: &js,
+            stream: &stream,
+        };
+        let answer = acknowledged(to, &link, deadline, outgoing, acks).await;
         let answer = match answer {
             Ok(last) => {
                 // Answered once this node's copy holds the events, or at the latest after
@@ -262,15 +280,38 @@ async fn publish_one(
         .map_err(|error| error.to_string())
 }
 
+/// Whether the message JetStream names as the one stored under `message`'s id (the answer to
+/// a message sent again) is that message: after a stream leader election, a leader that lost
+/// its place can answer from its memory of a message that was never stored, with a `Seq` that
+/// another message took (seen with nats-server 2.9).
+async fn is_stored_as(
+    stream: &jetstream::stream::Stream,
+    message: &Outgoing,
+    seq: u64,
+) -> Result<bool, String> {
+    let stored = stream
+        .direct_get(seq)
+        .await
+        .map_err(|error| format!("reading Seq {seq} back: {error}"))?;
+    let id = stored
+        .headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|value| value.as_str().to_owned());
+    Ok(id.as_deref() == Some(message.id.as_str()))
+}
+
 /// Waits for every event's acknowledgement, sending again (same ids) from the first without
-/// one until the publish deadline; answers the highest `Seq` stored.
+/// one until the publish deadline; answers the highest `Seq` stored. A "duplicate" answer is
+/// checked against the stream: one that names another message's `Seq` means the event was not
+/// stored, and it is sent again under a new id.
 async fn acknowledged(
-    js: &jetstream::Context,
+    to: Target<'_>,
     link: &Link,
     deadline: Instant,
-    outgoing: &[Outgoing],
+    mut outgoing: Vec<Outgoing>,
     mut acks: Vec<Result<PublishAckFuture, String>>,
 ) -> Result<u64, Refused> {
+    let js = to.js;
     let mut last = 0;
     let mut from = 0;
     loop {
@@ -285,10 +326,32 @@ async fn acknowledged(
                 },
                 Err(error) => Err(error),
             };
+            let index = from + offset;
+            let stored = match stored {
+                Ok(ack) if ack.duplicate => match outgoing.get(index) {
+                    Some(message) => match is_stored_as(to.stream, message, ack.sequence).await {
+                        Ok(true) => Ok(ack.sequence),
+                        Ok(false) => {
+                            tracing::warn!(
+                                seq = ack.sequence,
+                                "JetStream answered a publish sent again with another message's Seq; sending it under a new id"
+                            );
+                            if let Some(message) = outgoing.get_mut(index) {
+                                message.id.push_str("-again");
+                            }
+                            Err(format!("Seq {} is another message's", ack.sequence))
+                        }
+                        Err(error) => Err(error),
+                    },
+                    None => Ok(ack.sequence),
+                },
+                Ok(ack) => Ok(ack.sequence),
+                Err(error) => Err(error),
+            };
             match stored {
-                Ok(ack) => last = last.max(ack.sequence),
+                Ok(seq) => last = last.max(seq),
                 Err(error) => {
-                    failed = Some((from + offset, error));
+                    failed = Some((index, error));
                     break;
                 }
             }
