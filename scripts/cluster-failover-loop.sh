@@ -23,7 +23,7 @@ for check in clients_of_a_killed_node_replay_on_another_and_lose_no_acknowledged
     passed=0 acked=0 refused=0
     run=1
     while [ "$run" -le "$runs" ]; do
-        out=$(cargo test --locked --test cluster -- --exact "$check" --nocapture 2>&1)
+        out=$(cargo test --locked --test cluster -- --exact "$check" --include-ignored --nocapture 2>&1)
         line=$(printf '%s\n' "$out" | grep '^failover:' | tail -n 1)
         if printf '%s\n' "$out" | grep -q '^test result: ok. 1 passed'; then
             passed=$((passed + 1))

@@ -463,7 +463,12 @@ fn killing_the_nats_server_that_leads_the_stream_loses_no_acknowledged_event() {
     });
 }
 
+// Outside the default run: with nats-server 2.9.10 (Debian's), a stream leader stopped for 10 s
+// and continued sometimes serves consumers from a copy of the stream that its replicas do not
+// share, so two herald nodes then hold different events at the same Seq (2 of 40 runs; see
+// docs/cluster.md). scripts/cluster-failover-loop.sh runs it.
 #[test]
+#[ignore = "nats-server 2.9.10 can diverge after a stalled leader; run by scripts/cluster-failover-loop.sh"]
 fn a_nats_server_stalled_for_ten_seconds_loses_no_acknowledged_event_and_clients_stay() {
     survives(|nats, stream| {
         let leader = nats.wait_stream_leader(stream);

@@ -281,16 +281,16 @@ async fn publish_one(
 }
 
 /// Whether the message JetStream names as the one stored under `message`'s id (the answer to
-/// a message sent again) is that message: after a stream leader election, a leader that lost
-/// its place can answer from its memory of a message that was never stored, with a `Seq` that
-/// another message took (seen with nats-server 2.9).
+/// a message sent again) is that message, as the stream's leader holds it: an answer from a
+/// server whose copy of the stream went astray must not pass for an acknowledgement.
 async fn is_stored_as(
     stream: &jetstream::stream::Stream,
     message: &Outgoing,
     seq: u64,
 ) -> Result<bool, String> {
+    // Read from the stream leader (not a direct get, which any replica may answer).
     let stored = stream
-        .direct_get(seq)
+        .get_raw_message(seq)
         .await
         .map_err(|error| format!("reading Seq {seq} back: {error}"))?;
     let id = stored
