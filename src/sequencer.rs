@@ -211,6 +211,17 @@ impl LogStatus {
     }
 }
 
+/// Each event with its JSON up to `"Seq":`, as a [`Publish`] carries them.
+pub(crate) fn with_prefixes(events: Vec<Event>) -> Vec<(Event, Vec<u8>)> {
+    events
+        .into_iter()
+        .map(|event| {
+            let prefix = event.body_prefix();
+            (event, prefix)
+        })
+        .collect()
+}
+
 /// The cores' handle to the sequencer.
 #[derive(Clone)]
 pub(crate) struct Publisher {
@@ -237,13 +248,7 @@ impl Publisher {
 
     /// Sequences `events` and returns the last Seq once they are stored (durably with `sync`).
     pub(crate) async fn publish(&self, events: Vec<Event>) -> Result<u64, PublishError> {
-        let events = events
-            .into_iter()
-            .map(|e| {
-                let prefix = e.body_prefix();
-                (e, prefix)
-            })
-            .collect();
+        let events = with_prefixes(events);
         self.send(Publish {
             events,
             change: None,
@@ -337,13 +342,7 @@ impl Publisher {
     /// Queues connection events herald writes itself (a cluster closing a lost node's
     /// connections) without waiting; false when the queue is full or the log thread stopped.
     pub(crate) fn offer_connection_events(&self, events: Vec<Event>) -> bool {
-        let events = events
-            .into_iter()
-            .map(|e| {
-                let prefix = e.body_prefix();
-                (e, prefix)
-            })
-            .collect();
+        let events = with_prefixes(events);
         self.tx
             .try_send(Publish {
                 events,
@@ -556,15 +555,7 @@ impl<S: EventStore> Writer<S> {
         let holds_log_records = pending.iter().any(|p| p.source == Source::LogRecords);
         for mut publish in pending {
             if let Some(change) = publish.change.take() {
-                publish.events = self
-                    .log
-                    .write_state(change)
-                    .into_iter()
-                    .map(|e| {
-                        let prefix = e.body_prefix();
-                        (e, prefix)
-                    })
-                    .collect();
+                publish.events = with_prefixes(self.log.write_state(change));
             }
             for (event, prefix) in &publish.events {
                 seq += 1;

@@ -154,14 +154,7 @@ async fn send(
         source,
     } = publish;
     let events = match change {
-        Some(change) => change
-            .write()
-            .into_iter()
-            .map(|event| {
-                let prefix = event.body_prefix();
-                (event, prefix)
-            })
-            .collect(),
+        Some(change) => crate::sequencer::with_prefixes(change.write()),
         None => events,
     };
     if events.is_empty() {
