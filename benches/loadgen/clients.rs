@@ -86,6 +86,9 @@ pub(crate) enum Role {
     /// Receives every event; when its server dies, moves to [`Endpoint::failover`]'s node and
     /// replays from the last `Seq` it received.
     Failover,
+    /// Receives everything, connecting with many others at once: counts the
+    /// `connections.create` events of the ones after it (herald) and checks their `Seq` order.
+    Storm,
 }
 
 /// One subscriber to open.
@@ -118,6 +121,10 @@ pub(crate) struct Progress {
     pub moved: AtomicU64,
     /// Moved failover subscribers that received the failover's target `Seq`.
     pub caught_up: AtomicU64,
+    /// `connections.create` events received by storm subscribers.
+    pub created: AtomicU64,
+    /// When the last of them arrived ([`event::now_ns`]).
+    pub created_last_ns: AtomicU64,
 }
 
 /// What a thread measured, handed back when it stops.
@@ -346,6 +353,8 @@ struct Tally {
     replays_done: u64,
     moved: u64,
     caught_up: u64,
+    created: u64,
+    created_last_ns: u64,
     latency: Vec<Histogram<u64>>,
     replay: Histogram<u64>,
     errors: Vec<(String, u64)>,
@@ -394,6 +403,8 @@ impl Worker {
                 replays_done: 0,
                 moved: 0,
                 caught_up: 0,
+                created: 0,
+                created_last_ns: 0,
                 latency: (0..PHASES).map(|_| crate::stats::histogram()).collect(),
                 replay: crate::stats::histogram(),
                 errors: Vec::new(),
@@ -504,6 +515,9 @@ impl Worker {
         p.replays_done.store(t.replays_done, Ordering::Release);
         p.moved.store(t.moved, Ordering::Release);
         p.caught_up.store(t.caught_up, Ordering::Release);
+        p.created.store(t.created, Ordering::Release);
+        p.created_last_ns
+            .store(t.created_last_ns, Ordering::Release);
         for phase in 0..PHASES {
             p.delivered[phase].store(t.delivered[phase], Ordering::Release);
             p.last_ns[phase].store(t.last_ns[phase], Ordering::Release);
@@ -773,6 +787,17 @@ impl Worker {
             return Ok(());
         }
         let has = |needle: &[u8]| memchr::memmem::find(payload, needle).is_some();
+        if self.plans[conn.plan].role == Role::Storm
+            && has(b"\"Type\":\"connections\",\"Action\":\"create\"")
+        {
+            match event::herald_seq(payload) {
+                Some(seq) if seq > conn.last_seq => conn.last_seq = seq,
+                _ => self.tally.out_of_order += 1,
+            }
+            self.tally.created += 1;
+            self.tally.created_last_ns = now;
+            return Ok(());
+        }
         if has(b"\"Type\":\"websocket\",\"Action\":\"register\"") {
             if conn.state == State::Subscribing {
                 conn.state = State::Ready;

@@ -68,6 +68,9 @@ enum Workload {
     /// A cluster node with its clients killed: time until every client moved to the other
     /// node, replayed and caught up (herald-cluster only).
     Failover,
+    /// Many full-stream subscribers connecting at once, as after a restart: time until all
+    /// are registered, and until each has every `connections.create` of the ones after it.
+    Storm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -203,6 +206,10 @@ struct Args {
     /// Connections being set up at once.
     #[arg(long, default_value_t = 1000)]
     connect_concurrency: usize,
+    /// Subscribers on everything connecting at once in storm (all of them: no
+    /// `--connect-concurrency` limit; under both servers' listen backlogs of 4,096).
+    #[arg(long, default_value_t = 3000)]
+    storm_conns: usize,
     /// herald's admin password (the tool starts herald with it).
     #[arg(long, default_value = "loadgen-bench")]
     password: String,
@@ -224,6 +231,7 @@ impl Args {
         self.replay_events = self.replay_events.min(1024);
         self.publish_conns = self.publish_conns.min(2);
         self.failover_clients = self.failover_clients.min(20);
+        self.storm_conns = self.storm_conns.min(50);
         self.duration = self.duration.min(Duration::from_secs(2));
         self.idle_time = self.idle_time.min(Duration::from_secs(1));
     }
@@ -387,6 +395,7 @@ fn run(
         Workload::Replay => run.replay(),
         Workload::Publish => run.publish(),
         Workload::Failover => run.failover(),
+        Workload::Storm => run.storm(),
     };
     server.stop();
     outcome
@@ -1022,6 +1031,98 @@ impl Run<'_> {
         } else {
             Err(problems.join("; "))
         }
+    }
+
+    /// Opens every storm subscriber at once and waits until all are registered, then until
+    /// the `connections.create` events the storm emitted stop arriving.
+    fn storm(&mut self) -> Result<(), String> {
+        let args = self.args;
+        let count = args.storm_conns.max(1);
+        let plans = vec![
+            Plan {
+                subscription: self.everything(),
+                role: Role::Storm,
+            };
+            count
+        ];
+        let rss_base = self.server.rss_kib();
+        let cpu_before = self.server.cpu_seconds();
+        let started_ns = event::now_ns();
+        // No limit on handshakes in flight: the storm is every client at once.
+        let subscribers = Subscribers::start(&self.endpoint, plans, args.threads, count);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let registered_ns = loop {
+            let failed = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
+            if failed > 0 {
+                let report = subscribers.stop();
+                return Err(format!(
+                    "{failed} of {count} subscribers failed: {:?}",
+                    report.errors
+                ));
+            }
+            if subscribers.sum(|p| &p.ready) >= count as u64 {
+                break event::now_ns();
+            }
+            if Instant::now() > deadline {
+                let ready = subscribers.sum(|p| &p.ready);
+                let report = subscribers.stop();
+                return Err(format!(
+                    "only {ready} of {count} subscribers were registered in time: {:?}",
+                    report.errors
+                ));
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        let registered_secs = (registered_ns - started_ns) as f64 / 1e9;
+        // herald's storm goes on until every earlier subscriber has the later ones' creates;
+        // NATS emits nothing, so it is over once all are registered.
+        let mut last = (subscribers.sum(|p| &p.created), Instant::now());
+        while self.endpoint.protocol == Protocol::Herald
+            && last.1.elapsed() < DRAIN_QUIET
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(10));
+            let created = subscribers.sum(|p| &p.created);
+            if created != last.0 {
+                last = (created, Instant::now());
+            }
+        }
+        let created = subscribers.sum(|p| &p.created);
+        let delivered_ns = subscribers
+            .progress
+            .iter()
+            .map(|p| p.created_last_ns.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0)
+            .max(registered_ns);
+        let delivered_secs = (delivered_ns - started_ns) as f64 / 1e9;
+        let cpu = self.server.cpu_seconds() - cpu_before;
+        let rss = self.server.rss_kib();
+        let dropped = subscribers.sum(|p| &p.dropped);
+        let report = subscribers.stop();
+        let rate = created as f64 / delivered_secs;
+        println!(
+            "  storm: {count} subscribers registered in {registered_secs:.2} s; their {created} \
+             connections.create deliveries done at {delivered_secs:.2} s ({rate:.0}/s); \
+             server CPU {cpu:.2} s; RSS {rss_base} KiB before, {rss} KiB after"
+        );
+        self.put("all registered ms", registered_secs * 1e3);
+        self.put("all delivered ms", delivered_secs * 1e3);
+        self.put("deliveries", created as f64);
+        self.put("deliveries/s", rate);
+        self.put("server CPU ms", cpu * 1e3);
+        self.put("RSS MiB", rss as f64 / 1024.0);
+        // Each subscriber gets at most every create once: its own and earlier ones too when
+        // they were delivered after it registered.
+        let most = (count * (count + 1)) as u64;
+        if report.out_of_order > 0 || dropped > 0 || created > most {
+            return Err(format!(
+                "{} connections.create out of order or twice, {dropped} subscribers dropped, \
+                 {created} deliveries (at most {most}): {:?}",
+                report.out_of_order, report.errors
+            ));
+        }
+        Ok(())
     }
 
     fn replay(&mut self) -> Result<(), String> {
