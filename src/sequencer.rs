@@ -322,21 +322,23 @@ impl Publisher {
     /// Queues a connection's `change` to run on the log thread and returns once it has its place
     /// in the queue, without waiting for its events to be stored: whatever the caller publishes
     /// afterwards gets a higher `Seq` than they do. A failure to store them is logged by the log
-    /// thread.
+    /// thread. The receiver answers the last `Seq` once stored, for a caller that waits.
     pub(crate) async fn submit(
         &self,
         change: impl FnOnce() -> Vec<Event> + Send + 'static,
-    ) -> Result<(), PublishError> {
+    ) -> Result<flume::Receiver<Result<u64, PublishError>>, PublishError> {
+        let (reply, answer) = flume::bounded(1);
         self.tx
             .send_async(Publish {
                 events: Vec::new(),
                 change: Some(Box::new(change)),
-                reply: flume::bounded(1).0,
+                reply,
                 source: Source::Connections,
                 condition: None,
             })
             .await
-            .map_err(|_| PublishError::ShuttingDown)
+            .map_err(|_| PublishError::ShuttingDown)?;
+        Ok(answer)
     }
 
     /// Queues connection events herald writes itself (a cluster closing a lost node's

@@ -148,7 +148,7 @@ pub(crate) async fn track(core: &Core, watch: &HttpWatch, identity: &Identity) {
         close_time: None,
         close_reason: None,
     };
-    let id = core.open_connection(view.clone()).await;
+    let (id, _) = core.open_connection(view.clone()).await;
     *watch.tracked.borrow_mut() = Some((id, view));
 }
 

@@ -321,7 +321,14 @@ pub(crate) async fn run(
         oldest_durable: Cell::new(None),
         core: core.clone(),
     });
-    let id = core.open_connection(conn.view()).await;
+    let (id, stored) = core.open_connection(conn.view()).await;
+    if core.shared.cluster.is_none()
+        && let Some(stored) = stored
+    {
+        // Commands are read once the create is stored (and so handed to the cores): in a storm
+        // of connects each client then gets the creates of those after it, not of all before.
+        let _ = stored.recv_async().await;
+    }
     if core.is_stopping() {
         // Upgraded while the server began to stop: close like every other websocket.
         conn.begin_close(CloseReason::ServerShutdown, 1001, "server shutdown".into());

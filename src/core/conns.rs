@@ -15,6 +15,9 @@ use super::view::ConnectionView;
 use crate::metrics::CoreStats;
 use crate::wire::event::Event;
 
+/// Answers the `Seq` of a connection event once the log stored it.
+pub(crate) type Stored = flume::Receiver<Result<u64, crate::sequencer::PublishError>>;
+
 /// Deadlines of one HTTP connection, checked by the sweeper (reads are never timed out).
 pub(crate) struct HttpWatch {
     pub(super) fd: RawFd,
@@ -46,22 +49,24 @@ pub(crate) enum Expiry {
 }
 
 impl Core {
-    /// Records a connection as open and emits `connections.create.<principal>`; returns its id.
-    /// Returns once the event has its place in the log's queue, so anything published over the
-    /// connection afterwards comes after it.
-    pub(crate) async fn open_connection(&self, view: ConnectionView) -> u64 {
+    /// Records a connection as open and emits `connections.create.<principal>`; returns its id
+    /// and the receiver that answers the event's `Seq` once stored. Returns once the event has
+    /// its place in the log's queue, so anything published over the connection afterwards
+    /// comes after it.
+    pub(crate) async fn open_connection(&self, view: ConnectionView) -> (u64, Option<Stored>) {
         let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let history = self.shared.history.clone();
         let event = Event::new("connections", "create", &view.principal, &view.principal)
             .with_object(&view);
-        self.submit(move || {
-            if let Err(error) = history.record_open(id, &view) {
-                tracing::warn!(%error, "could not record an open connection");
-            }
-            vec![event]
-        })
-        .await;
-        id
+        let stored = self
+            .submit(move || {
+                if let Err(error) = history.record_open(id, &view) {
+                    tracing::warn!(%error, "could not record an open connection");
+                }
+                vec![event]
+            })
+            .await;
+        (id, stored)
     }
 
     /// Moves a connection to the history and emits `connections.delete.<principal>`, after
@@ -83,9 +88,13 @@ impl Core {
     }
 
     /// Queues a connection change on the log thread, in the order the connection made it.
-    async fn submit(&self, change: impl FnOnce() -> Vec<Event> + Send + 'static) {
-        if let Err(error) = self.shared.publisher.submit(change).await {
-            tracing::warn!(%error, "a connection event was not published");
+    async fn submit(&self, change: impl FnOnce() -> Vec<Event> + Send + 'static) -> Option<Stored> {
+        match self.shared.publisher.submit(change).await {
+            Ok(stored) => Some(stored),
+            Err(error) => {
+                tracing::warn!(%error, "a connection event was not published");
+                None
+            }
         }
     }
 
