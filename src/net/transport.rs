@@ -331,17 +331,25 @@ impl WriteSide {
         tls: &Rc<RefCell<ServerConnection>>,
         chunk: &OutChunk<B>,
     ) -> io::Result<()> {
-        let mut pending = 0;
+        // Pieces are gathered into full records: rustls seals each write as a record of its
+        // own, and a record per small event costs both sides a seal and 22 bytes.
+        let mut plain = Vec::with_capacity(chunk.len().min(TLS_WRITE_CHUNK));
         for slice in chunk.slices() {
-            for part in slice.chunks(TLS_WRITE_CHUNK) {
-                tls.borrow_mut().writer().write_all(part)?;
-                pending += part.len();
-                if pending >= TLS_WRITE_CHUNK {
+            let mut rest = slice;
+            while !rest.is_empty() {
+                let take = rest.len().min(TLS_WRITE_CHUNK - plain.len());
+                plain.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if plain.len() == TLS_WRITE_CHUNK {
+                    tls.borrow_mut().writer().write_all(&plain)?;
+                    plain.clear();
                     self.drain_tls(&mut tls.borrow_mut())?;
                     self.send_cipher().await?;
-                    pending = 0;
                 }
             }
+        }
+        if !plain.is_empty() {
+            tls.borrow_mut().writer().write_all(&plain)?;
         }
         self.drain_tls(&mut tls.borrow_mut())?;
         self.send_cipher().await
