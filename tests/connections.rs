@@ -260,3 +260,122 @@ fn a_silent_client_is_closed_for_ping_timeout_and_one_that_answers_pings_stays()
     assert_eq!(code, Some(1001));
     lively.register("still.*.*");
 }
+
+#[test]
+fn many_clients_connecting_at_once_each_get_their_reply_and_every_later_connections_create_once_in_seq_order()
+ {
+    const CLIENTS: usize = 100;
+    let server = Server::start();
+    // Verified once, as a reconnecting fleet's credentials are: the storm is served from the
+    // login cache rather than throttled as a hundred first logins at once.
+    assert_eq!(server.get("/api/v3/info").status, 200);
+    let start = std::sync::Barrier::new(CLIENTS);
+    let (registered_tx, registered) = std::sync::mpsc::channel();
+    let sentinel_seq = (std::sync::Mutex::new(None), std::sync::Condvar::new());
+    let (late_addr, received) = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (server, start, sentinel_seq) = (&server, &start, &sentinel_seq);
+                let registered_tx = registered_tx.clone();
+                scope.spawn(move || {
+                    start.wait();
+                    let mut client = server.ws(&server.admin());
+                    client.register("*.*.*");
+                    let _ = registered_tx.send(());
+                    let (seq, published) = sentinel_seq;
+                    let seq = published
+                        .wait_timeout_while(
+                            seq.lock().expect("sentinel lock"),
+                            common::REPLY_TIMEOUT * 4,
+                            |seq| seq.is_none(),
+                        )
+                        .expect("sentinel lock")
+                        .0
+                        .expect("the sentinel is published once every client registered");
+                    let seen = client.events_through(seq);
+                    (client.local_addr().to_string(), seen)
+                })
+            })
+            .collect();
+        for _ in 0..CLIENTS {
+            registered
+                .recv_timeout(common::REPLY_TIMEOUT * 2)
+                .expect("every client registers");
+        }
+        // Opened once every client is registered: each of them is owed its create.
+        let mut late = server.ws(&server.admin());
+        // Its reply comes after its create is queued, so the create precedes the sentinel.
+        late.register("*.*.*");
+        let seq = server.publish(common::event("storms", "end", "sentinel"));
+        *sentinel_seq.0.lock().expect("sentinel lock") = Some(seq);
+        sentinel_seq.1.notify_all();
+        let received: Vec<(String, Vec<Value>)> = clients
+            .into_iter()
+            .map(|c| c.join().expect("a client thread panicked"))
+            .collect();
+        (late.local_addr().to_string(), received)
+    });
+    let sentinel = sentinel_seq
+        .0
+        .lock()
+        .expect("sentinel lock")
+        .expect("the sentinel was published");
+    let creates: Vec<(u64, String)> = server
+        .read_log_through(&server.admin(), 0, Some("connections.create.*"), 1)
+        .iter()
+        .filter(|e| e["Object"]["Type"] == "websocket")
+        .map(|e| {
+            let seq = e["Seq"].as_u64().expect("a Seq");
+            (
+                seq,
+                e["Object"]["RemoteAddr"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .filter(|(seq, _)| *seq < sentinel)
+        .collect();
+    assert_eq!(
+        creates.len(),
+        CLIENTS + 1,
+        "one create per websocket: {creates:?}"
+    );
+    for (addr, seen) in received {
+        let own = creates
+            .iter()
+            .find(|(_, remote)| *remote == addr)
+            .unwrap_or_else(|| panic!("no connections.create for {addr}"))
+            .0;
+        let got: Vec<u64> = seen
+            .iter()
+            .filter(|e| {
+                e["Type"] == "connections"
+                    && e["Action"] == "create"
+                    && e["Object"]["Type"] == "websocket"
+            })
+            .map(|e| e["Seq"].as_u64().expect("a Seq"))
+            .collect();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "{addr}: creates out of order or twice: {got:?}"
+        );
+        // From the first create it receives on, it receives every later one: a suffix of the log.
+        let first = got.first().copied().unwrap_or(sentinel);
+        let owed: Vec<u64> = creates
+            .iter()
+            .map(|(seq, _)| *seq)
+            .filter(|seq| *seq >= first)
+            .collect();
+        assert_eq!(
+            got, owed,
+            "{addr} (own create at Seq {own}) missed or repeated creates"
+        );
+        let late = creates
+            .iter()
+            .find(|(_, remote)| *remote == late_addr)
+            .expect("the late connection's create")
+            .0;
+        assert!(
+            got.contains(&late),
+            "{addr} missed the create of a connection opened after it registered"
+        );
+    }
+}

@@ -315,6 +315,15 @@ impl Client {
         }
     }
 
+    /// The client's own address: the `RemoteAddr` the server records for this connection.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.ws
+            .get_ref()
+            .tcp()
+            .local_addr()
+            .expect("a connected socket has a local address")
+    }
+
     /// Closes politely.
     pub fn close(mut self) {
         let _ = self.ws.close(None);
