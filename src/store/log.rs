@@ -23,8 +23,8 @@
 //! Tree `meta` (see [`META_TREE`]), shared with other modules; the keys this module owns:
 //! - [`EPOCH_KEY`]: the log's epoch, a uuid v4 as UTF-8 text.
 //! - [`SCHEMA_VERSION_KEY`]: [`SCHEMA_VERSION`] as a big-endian `u64`.
-//! - [`LAST_SEQ_KEY`]: the highest `Seq` ever appended, big-endian `u64`. Written in the same
-//!   sled transaction as each append, so `Seq` is never reused after every event is trimmed.
+//! - [`LAST_SEQ_KEY`]: the highest `Seq` ever appended, big-endian `u64`. Written right after
+//!   each append's chunks, so `Seq` is never reused after every event is trimmed.
 //! - [`FIRST_SEQ_KEY`]: the oldest retained `Seq` after the latest trim, big-endian `u64`. Written
 //!   in the same transaction as each trim; it tells "everything was trimmed" (equals
 //!   `LAST_SEQ + 1`) apart from "the history was lost" (an empty `event_chunks` tree otherwise).
@@ -537,14 +537,11 @@ impl EventLog {
             added_bytes = added_bytes.saturating_add(value.len() as u64);
             batch.insert(&first.to_be_bytes(), value);
         }
-        let new_last_bytes = new_last.to_be_bytes();
-        (&self.events, &self.meta)
-            .transaction(|(events_tx, meta_tx)| {
-                events_tx.apply_batch(&batch)?;
-                meta_tx.insert(LAST_SEQ_KEY, &new_last_bytes)?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(transaction_error)?;
+        // Chunks first, then the mark, each atomic, in one writer's order: sled recovers a
+        // prefix of its log, so a crash leaves at worst chunks above the mark, which `open`
+        // takes up; never a mark above the chunks. A cross-tree transaction cost twice as much.
+        self.events.apply_batch(batch)?;
+        self.meta.insert(LAST_SEQ_KEY, &new_last.to_be_bytes())?;
         self.last_seq = new_last;
         self.stored_last = new_last;
         self.count = self.count.saturating_add(events.len() as u64);
