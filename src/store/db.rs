@@ -13,6 +13,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use sled::{Db, Tree};
 use thiserror::Error;
@@ -180,7 +181,48 @@ pub struct DbFiles {
     /// The database's log file (`db`), opened once.
     log: File,
     /// The entries of the directory and of `blobs/` when they were last synced.
-    synced: Mutex<(HashSet<OsString>, HashSet<OsString>)>,
+    synced: Mutex<(Listing, Listing)>,
+}
+
+/// A directory's entries as last listed, with its modification time then: a flush lists the
+/// directory again only when that time moved (two `readdir`s per flush cost more than the rest
+/// of the sync's CPU).
+#[derive(Debug, Default)]
+struct Listing {
+    names: HashSet<OsString>,
+    /// The directory's modification time when listed, and when that was; `None` before the
+    /// first listing.
+    seen: Option<(Option<SystemTime>, SystemTime)>,
+}
+
+/// How long after a directory changed a listing may still have missed a change within the same
+/// tick of the file system's coarse clock: such a listing is not trusted.
+const MTIME_SETTLED: Duration = Duration::from_secs(1);
+
+impl Listing {
+    /// The directory's entries now, or `None` when its modification time says they are still
+    /// the ones listed last.
+    fn relist(&mut self, dir: &Path) -> io::Result<Option<HashSet<OsString>>> {
+        let mtime = match fs::metadata(dir) {
+            Ok(meta) => Some(meta.modified()?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some((seen, listed_at)) = self.seen {
+            let settled = seen.is_none_or(|seen| {
+                listed_at
+                    .duration_since(seen)
+                    .is_ok_and(|after| after >= MTIME_SETTLED)
+            });
+            if seen == mtime && settled {
+                return Ok(None);
+            }
+        }
+        let listed_at = SystemTime::now();
+        let present = names(dir)?;
+        self.seen = Some((mtime, listed_at));
+        Ok(Some(present))
+    }
 }
 
 impl DbFiles {
@@ -205,24 +247,26 @@ impl DbFiles {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (entries, blobs) = &mut *synced;
         let blob_dir = self.dir.join("blobs");
-        let present = names(&blob_dir)?;
-        for name in present.difference(blobs) {
-            match File::open(blob_dir.join(name)) {
-                Ok(blob) => blob.sync_data()?,
-                // Removed since it was listed: nothing points at it any more.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+        if let Some(present) = blobs.relist(&blob_dir)? {
+            for name in present.difference(&blobs.names) {
+                match File::open(blob_dir.join(name)) {
+                    Ok(blob) => blob.sync_data()?,
+                    // Removed since it was listed: nothing points at it any more.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if present != blobs.names {
+                sync_dir(&blob_dir)?;
+                blobs.names = present;
             }
         }
-        if present != *blobs {
-            sync_dir(&blob_dir)?;
-            *blobs = present;
-        }
         self.log.sync_data()?;
-        let present = names(&self.dir)?;
-        if present != *entries {
+        if let Some(present) = entries.relist(&self.dir)?
+            && present != entries.names
+        {
             sync_dir(&self.dir)?;
-            *entries = present;
+            entries.names = present;
         }
         Ok(())
     }
