@@ -9,10 +9,14 @@
 
 pub(crate) mod activity;
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Open connections, by `type` (`websocket`, `api`).
@@ -165,6 +169,28 @@ impl CoreStats {
             Ordering::Relaxed,
         );
     }
+}
+
+/// The series written per event or per write, looked up once (the macros look a series up by
+/// name on every call); first used after [`install`], so they hold the installed recorder's.
+static DELIVERY_LAG_SERIES: LazyLock<Histogram> = LazyLock::new(|| histogram!(DELIVERY_LAG));
+static PUBLISH_DURATION_SERIES: LazyLock<Histogram> =
+    LazyLock::new(|| histogram!(PUBLISH_DURATION));
+static EVENTS_PUBLISHED_SERIES: LazyLock<Counter> = LazyLock::new(|| counter!(EVENTS_PUBLISHED));
+
+/// [`DELIVERY_LAG`].
+pub(crate) fn delivery_lag() -> &'static Histogram {
+    &DELIVERY_LAG_SERIES
+}
+
+/// [`PUBLISH_DURATION`].
+pub(crate) fn publish_duration() -> &'static Histogram {
+    &PUBLISH_DURATION_SERIES
+}
+
+/// [`EVENTS_PUBLISHED`].
+pub(crate) fn events_published() -> &'static Counter {
+    &EVENTS_PUBLISHED_SERIES
 }
 
 /// Installs the process-wide recorder with herald's help texts and buckets.

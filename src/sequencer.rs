@@ -639,7 +639,7 @@ impl<S: EventStore> Writer<S> {
     /// Counts a sequenced batch, moves `LastSeq` to `last` and hands the batch to every core.
     fn announce(&self, batch: &Batch, last: u64) {
         // Counted before the bounds move, so a scrape never sees LastSeq ahead of the count.
-        metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(batch.events.len() as u64);
+        crate::metrics::events_published().increment(batch.events.len() as u64);
         self.status.update_to(&self.log, last);
         for core in &self.cores {
             // A core that has stopped no longer needs events.

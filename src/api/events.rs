@@ -28,8 +28,7 @@ pub(crate) async fn publish(
         identity.require("events", "post", &specific)?;
     }
     let last = core.shared.publisher.publish(events).await?;
-    metrics::histogram!(crate::metrics::PUBLISH_DURATION)
-        .record(request.received.elapsed().as_secs_f64());
+    crate::metrics::publish_duration().record(request.received.elapsed().as_secs_f64());
     Ok(Response::no_content().with_header("Herald-Seq", last.to_string()))
 }
 

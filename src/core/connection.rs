@@ -551,7 +551,7 @@ async fn write_until_closed(conn: &Rc<WsConn>, mut write: WriteSide) {
         CoreStats::add(&stats.bytes_delivered, len as u64);
         if let Some(durable_at) = oldest {
             let lag = durable_at.elapsed();
-            metrics::histogram!(crate::metrics::DELIVERY_LAG).record(lag.as_secs_f64());
+            crate::metrics::delivery_lag().record(lag.as_secs_f64());
             CoreStats::add(&stats.delivery_lag_micros, lag.as_micros() as u64);
             CoreStats::add(&stats.delivery_lag_writes, 1);
         }
