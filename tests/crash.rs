@@ -167,6 +167,22 @@ fn publish_until_gone(
     acknowledged
 }
 
+/// No two acknowledgements share a Seq, and each publisher's Seqs grow in the order its
+/// publishes were answered (ids are `p<publisher>-<n>`, in `acknowledged` in answer order).
+fn assert_distinct_and_increasing_per_publisher(acknowledged: &[(u64, String)]) {
+    let mut seqs = HashSet::new();
+    let mut newest = BTreeMap::<&str, u64>::new();
+    for (seq, id) in acknowledged {
+        assert!(seqs.insert(*seq), "Seq {seq} was acknowledged twice");
+        let publisher = id.split('-').next().unwrap_or_default();
+        let before = newest.insert(publisher, *seq).unwrap_or(0);
+        assert!(
+            *seq > before,
+            "{publisher} was answered Seq {seq} after Seq {before}"
+        );
+    }
+}
+
 #[test]
 fn every_acknowledged_event_survives_a_sigkill_under_load() {
     let (load, publishers) = load_settings();
@@ -202,6 +218,7 @@ fn every_acknowledged_event_survives_a_sigkill_under_load() {
         acknowledged.len(),
         lost.join("\n")
     );
+    assert_distinct_and_increasing_per_publisher(&acknowledged);
     let mut ids = HashSet::new();
     for e in logged.iter().filter(|e| e["Type"] == kind.as_str()) {
         let id = e["Object"]["Id"].as_str().unwrap_or_default();
