@@ -21,7 +21,8 @@ pub(crate) use claims::{Claim, Claims, Role};
 pub(crate) use credentials::{Credentials, credentials};
 pub(crate) use hash_pool::{HASH_QUEUE, HASH_THREADS, HashPool};
 pub(crate) use store::{
-    AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_USER, FastAuth, HashedPassword, NewUser,
+    AccountWrite, AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_USER, FastAuth,
+    HashedPassword, NewUser, TOKEN_SECRET_BYTES, new_token_secret,
 };
 pub(crate) use throttle::{Budget, LoginThrottle, ThrottledBy};
 pub(crate) use token::Token;

@@ -12,20 +12,26 @@
 //! - [`node`]: the NATS thread's life, from joining to stopping.
 //! - [`stream`]: connecting, creating or checking the stream and its limits, the Epoch.
 //! - [`relay`]: publishes and state changes, answered once JetStream stored them on a quorum.
-//! - [`copy`]: the consumer, and the node's copy of the stream.
+//! - [`copy`]: the consumer, and the node's copy of the stream, its objects and accounts.
+//! - [`secret`]: the token secret every node of the cluster shares.
+//! - [`write`]: a write to an object, user or role, planned and published on condition.
 //! - [`presence`]: the nodes' bucket and the cluster's gauges, and closing a lost node's
 //!   connections.
 //!
 //! herald's own `connections.create`/`delete` events go to subjects of their own
 //! (`<cluster>.herald.connections.…`), which no client's publish reaches; the copy hands those to
-//! the cluster's [`ConnectionTable`].
+//! the cluster's [`ConnectionTable`]. Users and roles are written like objects, on subjects of
+//! their own (`<cluster>.accounts.…`), and every node signs tokens with one secret (see
+//! [`secret`]).
 
 mod copy;
 mod node;
 mod presence;
 mod relay;
+mod secret;
 mod stream;
 mod subject;
+pub(crate) mod write;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -41,6 +47,10 @@ use crate::store::{LogReader, StoreError};
 /// The header of an object write naming the `Seq` of the object's newest event the write was
 /// planned on; every node applies the write only if that is still the object's newest.
 const BASE_HEADER: &str = "Herald-Base";
+
+/// The header of an account write carrying what it stores beside its public event (a user's
+/// password hash and Secret): the copy applies it and never stores or delivers it.
+const PRIVATE_HEADER: &str = "Herald-Private";
 
 /// Longest a node waits for NATS and the stream at start before it gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -179,6 +189,8 @@ pub(crate) struct Node {
     pub view: Arc<ClusterView>,
     /// The node's copy of the cluster's objects.
     pub objects: Arc<crate::objects::ObjectStore>,
+    /// The node's copy of the cluster's users and roles.
+    pub auth: Arc<crate::auth::AuthStore>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     nats_thread: Option<thread::JoinHandle<()>>,
     copy_thread: Option<thread::JoinHandle<()>>,
@@ -242,6 +254,7 @@ impl Node {
             reader: started.reader,
             view: started.view,
             objects: started.objects,
+            auth: started.auth,
             stop: Some(stop_tx),
             nats_thread: Some(nats_thread),
             copy_thread: Some(started.copy_thread),

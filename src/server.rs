@@ -135,9 +135,11 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         Some(cluster) => LogSource::Cluster(cluster),
         None => LogSource::Local(Box::new(open_local_log(&config, &db_path, &db)?)),
     };
-    let (auth, admin) = AuthStore::open(&db, config.admin_password.as_deref())?;
-    let auth = Arc::new(auth);
-    log_admin_start(admin);
+    // A cluster node's users and roles are the cluster's, which its copy of the stream holds.
+    let local_auth = match log_source {
+        LogSource::Local(_) => Some(AuthStore::open(&db, config.admin_password.as_deref())?),
+        LogSource::Cluster(_) => None,
+    };
     let (history, crashed) = crate::core::history::History::open(&db)?;
     if crashed > 0 {
         tracing::warn!(
@@ -154,15 +156,6 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         );
     }
     let tls = crate::net::tls::server_config(&config.tls, &config.data_dir, &config.tls_san)?;
-    let listen = listen_address(&config, admin.default_password);
-    let listeners = bind_listeners(listen, config.cores)?;
-    let addr = listeners[0]
-        .local_addr()
-        .map_err(|cause| ServerError::Listen {
-            addr: listen,
-            cause,
-        })?;
-
     let (query_txs, query_rxs): (Vec<_>, Vec<_>) =
         (0..config.cores).map(|_| flume::bounded(64)).unzip();
     let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..config.cores)
@@ -192,8 +185,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     let signals_handle = signals.handle();
     let on_failure = Box::new(move || signals_handle.close());
     let mut cluster_connections = None;
-    let (sequencer, publisher, log_reader, objects) = match log_source {
-        LogSource::Cluster(cluster) => {
+    let (sequencer, publisher, log_reader, objects, auth, admin) = match (log_source, local_auth) {
+        (LogSource::Cluster(cluster), _) => {
             let table = Arc::new(crate::core::cluster_conns::ClusterConnections::open(
                 &db,
                 history.clone(),
@@ -209,11 +202,33 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
                 on_failure,
             )?;
             let reader = node.reader.clone();
-            // A cluster node serves the cluster's objects, as its copy of the stream holds them.
+            // A cluster node serves the cluster's objects, users and roles, as its copy of the
+            // stream holds them.
             let objects = node.objects.clone();
-            (LogThread::Cluster(node), publisher, reader, objects)
+            let auth = node.auth.clone();
+            let admin = match cluster_admin(&node, &publisher, config.admin_password.as_deref()) {
+                Ok(admin) => admin,
+                Err(error) => {
+                    node.stop();
+                    return Err(error);
+                }
+            };
+            (
+                LogThread::Cluster(node),
+                publisher,
+                reader,
+                objects,
+                auth,
+                admin,
+            )
         }
-        LogSource::Local(log) => {
+        (LogSource::Local(log), local_auth) => {
+            let Some((auth, admin)) = local_auth else {
+                return Err(ServerError::Start {
+                    what: "the users and roles".into(),
+                    cause: std::io::Error::other("not opened"),
+                });
+            };
             let reader = log.reader();
             let (sequencer, publisher) = Sequencer::start(
                 *log,
@@ -227,9 +242,26 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
                 cause,
             })?;
             let objects = Arc::new(crate::objects::ObjectStore::open(&db)?);
-            (LogThread::Local(sequencer), publisher, reader, objects)
+            let auth = Arc::new(auth);
+            (
+                LogThread::Local(sequencer),
+                publisher,
+                reader,
+                objects,
+                auth,
+                admin,
+            )
         }
     };
+    log_admin_start(admin);
+    let listen = listen_address(&config, admin.default_password);
+    let listeners = bind_listeners(listen, config.cores)?;
+    let addr = listeners[0]
+        .local_addr()
+        .map_err(|cause| ServerError::Listen {
+            addr: listen,
+            cause,
+        })?;
     let log_records = publisher.clone();
     crate::logging::publish_log_events(move |event| log_records.publish_log_record(event));
     let driver = if monoio::utils::detect_uring() {
@@ -526,6 +558,86 @@ fn check_log_present(
             Ok(())
         }
     }
+}
+
+/// Applies the admin password to the cluster's `rocketskates` (see [`AdminPassword`]) as a
+/// write of the cluster's, made only when the cluster's admin is absent or has another
+/// password: nodes starting together with one password write it once, and the others find it.
+fn cluster_admin(
+    node: &Node,
+    publisher: &sequencer::Publisher,
+    password: Option<&str>,
+) -> Result<AdminStart, ServerError> {
+    use crate::cluster::write::{OnThread, Plan, Planned, Target, WriteFailed, write};
+    let auth = node.auth.clone();
+    let Some(versions) = auth.versions().cloned() else {
+        return Err(cluster_admin_failed("the node's copy holds no accounts"));
+    };
+    let planned_start = Arc::new(std::sync::Mutex::new(None));
+    let plan: Plan<crate::auth::AuthError> = {
+        let planned_start = planned_start.clone();
+        let password = password.map(str::to_owned);
+        Arc::new(move || {
+            let (start, change) = auth.plan_admin(password.as_deref())?;
+            if let Ok(mut planned) = planned_start.lock() {
+                *planned = Some(start);
+            }
+            Ok(change.map(|change| {
+                let action = match start.password {
+                    AdminPassword::Created => "create",
+                    _ => "update",
+                };
+                let event = crate::wire::event::Event::new(
+                    "users",
+                    action,
+                    DEFAULT_ADMIN_USER,
+                    crate::wire::event::SYSTEM_PRINCIPAL,
+                );
+                Planned {
+                    event: match change.user_view() {
+                        Some(view) => event.with_object(&view),
+                        None => event,
+                    },
+                    answer: serde_json::Value::Null,
+                    private: Some(change.to_header()),
+                }
+            }))
+        })
+    };
+    let to = Target {
+        publisher,
+        status: &node.status,
+        versions: &versions,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|cause| ServerError::Start {
+            what: "the admin user's write".into(),
+            cause,
+        })?;
+    match runtime.block_on(write(&OnThread, to, "users", DEFAULT_ADMIN_USER, plan)) {
+        Ok(_) => {}
+        Err(WriteFailed::Plan(error)) => return Err(error.into()),
+        Err(WriteFailed::Publish(error)) => return Err(cluster_admin_failed(&error.to_string())),
+        Err(WriteFailed::NotReadBack(seq)) => {
+            return Err(cluster_admin_failed(&format!(
+                "stored as Seq {seq}, but not read back in time"
+            )));
+        }
+        Err(WriteFailed::Contended) => {
+            return Err(cluster_admin_failed("other nodes kept writing it"));
+        }
+        Err(WriteFailed::Copy(error)) => return Err(cluster_admin_failed(&error)),
+    }
+    let start = planned_start.lock().ok().and_then(|start| *start);
+    start.ok_or_else(|| cluster_admin_failed("it was never planned"))
+}
+
+fn cluster_admin_failed(why: &str) -> ServerError {
+    ServerError::Cluster(crate::cluster::ClusterError::JetStream(format!(
+        "writing the cluster's admin user {DEFAULT_ADMIN_USER}: {why}"
+    )))
 }
 
 /// Says in the log what starting did to the admin user and its password.

@@ -4,10 +4,12 @@
 //! - [`db`]: the sled database: opening it, its trees and `meta` keys, the schema check.
 //! - [`log`]: the event log in sled, the default [`EventStore`].
 //! - [`data_dir`]: the data directory's lock and the marker naming the log it holds.
+//! - [`versions`]: a cluster node's record of the write each object, user and role holds.
 
 pub mod data_dir;
 pub mod db;
 pub mod log;
+pub(crate) mod versions;
 
 use std::time::SystemTime;
 

@@ -7,16 +7,18 @@
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::api::error::{About, ApiError};
 use crate::api::request::Request;
 use crate::auth::{Claim, Claims, Identity};
+use crate::cluster::write::{
+    Plan, Planned, Runtime, Target, WRITE_ATTEMPTS, WriteFailed, write as cluster_write,
+};
 use crate::core::Core;
 use crate::objects::{Kind, ObjectError, ObjectStore, Written, filter_and_page};
-use crate::sequencer::{Condition, PublishError};
 use crate::wire::http::{Method, Response};
 
 /// Lifetime of a runner token when the request names none (as for user tokens).
@@ -399,110 +401,86 @@ async fn write(
     answer.about(kind.name(), key)
 }
 
-/// Times a cluster node plans a write again after other nodes' writes to the same object.
-const WRITE_ATTEMPTS: usize = 50;
-
 /// A change to one object, planned again on each attempt.
 type Change = Arc<dyn Fn(&ObjectStore) -> Result<Written, ObjectError> + Send + Sync>;
 
-/// A cluster node's write: planned on the node's copy of the objects, and published on the
-/// object's own subject only if the object's newest event is still the one the plan saw, so
-/// the write and its event are one message and no other node's write is overwritten unseen.
-/// When another write came first, the node waits until its copy holds it and plans again (a
-/// JSON Patch `test` is checked again then). Answers once this node's copy applied the write.
+/// A cluster node's write: see [`crate::cluster::write`]. A JSON Patch `test` is checked again
+/// on each plan.
 async fn write_in_cluster(
     core: &Core,
     kind: Kind,
     key: &str,
     change: Change,
 ) -> Result<Value, ApiError> {
-    // What JetStream last said is the object's newest event, when the copy knows an event it
-    // no longer holds (retention removed every event of the object from the stream).
-    let mut newest_in_stream = None;
-    for _ in 0..WRITE_ATTEMPTS {
-        let store = core.shared.objects.clone();
-        let at = key.to_owned();
-        let plan = change.clone();
-        let planned = monoio::spawn_blocking(move || {
-            // The Seq is read before the plan: a write applied between them makes the
-            // condition fail, never pass.
-            let base = store.seq_of(kind, &at)?;
-            let last_write = store.last_write_of(kind, &at)?;
-            plan(&store).map(|written| (written, base, last_write.max(base)))
+    let Some(versions) = core.shared.objects.versions() else {
+        return Err(ObjectError::Unavailable(
+            "the node's copy holds no objects".into(),
+        ))
+        .about(kind.name(), key);
+    };
+    let store = core.shared.objects.clone();
+    let plan: Plan<ObjectError> = Arc::new(move || {
+        change(&store).map(|written| {
+            Some(Planned {
+                event: written.event,
+                answer: written.answer,
+                private: None,
+            })
         })
-        .await
-        .unwrap_or_else(|_| {
-            Err(ObjectError::Unavailable(
-                "the object store could not be read".into(),
-            ))
-        });
-        let (written, base, last_write) = planned.about(kind.name(), key)?;
-        let condition = Condition {
-            ty: kind.name().to_owned(),
-            key: written.event.key.clone(),
-            expected: newest_in_stream
-                .filter(|&n| n < last_write)
-                .unwrap_or(last_write),
-            base,
-        };
-        let publish = core
-            .shared
-            .publisher
-            .publish_conditional(written.event, condition);
-        match publish.await {
-            Ok(seq) => {
-                // JetStream stored it; every node applies it unless another write to the
-                // object came first (JetStream's own check is not serializable everywhere).
-                if !copied_through(core, seq).await {
-                    return Err(ObjectError::Unavailable(format!(
-                        "the write was stored as Seq {seq}, but this node has not read it back \
-                         yet; read the object to see whether it applied"
-                    )))
-                    .about(kind.name(), key);
-                }
-                let store = core.shared.objects.clone();
-                let refused = monoio::spawn_blocking(move || store.was_refused(seq))
-                    .await
-                    .unwrap_or(Ok(true))
-                    .about(kind.name(), key)?;
-                if !refused {
-                    return Ok(written.answer);
-                }
-            }
-            Err(PublishError::Conflict { latest }) => {
-                newest_in_stream = Some(latest);
-                if latest > last_write {
-                    copied_through(core, latest).await;
-                }
-            }
-            Err(error) => return Err(ApiError::from(error)).about(kind.name(), key),
-        }
+    });
+    let to = Target {
+        publisher: &core.shared.publisher,
+        status: &core.shared.log_status,
+        versions,
+    };
+    match cluster_write(&OnCore, to, kind.name(), key, plan).await {
+        Ok(answer) => Ok(answer.unwrap_or_default()),
+        Err(failed) => Err(written_failure(failed, kind.singular(), key)).about(kind.name(), key),
     }
-    Err(ObjectError::Contended(format!(
-        "{} {key:?} was written by other nodes {WRITE_ATTEMPTS} times while this write was \
-         planned; nothing was changed, retry",
-        kind.singular()
-    )))
-    .about(kind.name(), key)
 }
 
-/// Waits (at most a few seconds) until this node's copy of the stream holds `seq`; whether
-/// it does.
-async fn copied_through(core: &Core, seq: u64) -> bool {
-    let status = &core.shared.log_status;
-    let deadline = Instant::now() + COPY_WAIT;
-    while status.last_seq() < seq && Instant::now() < deadline {
-        let next = status.next_flush();
-        if status.last_seq() >= seq {
-            break;
-        }
-        let _ = monoio::time::timeout(COPY_WAIT, next.recv_async()).await;
+/// The error a failed cluster write answers, about the `what` named `key`.
+pub(crate) fn written_failure<E: Into<ApiError>>(
+    failed: WriteFailed<E>,
+    what: &str,
+    key: &str,
+) -> ApiError {
+    match failed {
+        WriteFailed::Plan(error) => error.into(),
+        WriteFailed::Publish(error) => ApiError::from(error),
+        WriteFailed::NotReadBack(seq) => ObjectError::Unavailable(format!(
+            "the write was stored as Seq {seq}, but this node has not read it back yet; read \
+             the {what} to see whether it applied"
+        ))
+        .into(),
+        WriteFailed::Contended => ObjectError::Contended(format!(
+            "{what} {key:?} was written by other nodes {WRITE_ATTEMPTS} times while this write \
+             was planned; nothing was changed, retry"
+        ))
+        .into(),
+        WriteFailed::Copy(error) => ObjectError::Unavailable(error).into(),
     }
-    status.last_seq() >= seq
 }
 
-/// Longest a write waits for this node's copy to hold another node's write.
-const COPY_WAIT: Duration = Duration::from_secs(5);
+/// A core's way to block (its blocking pool) and to wait (its timer), for cluster writes.
+pub(crate) struct OnCore;
+
+impl Runtime for OnCore {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        monoio::spawn_blocking(work).await.ok()
+    }
+
+    async fn timeout<F: std::future::Future>(
+        &self,
+        limit: Duration,
+        until: F,
+    ) -> Option<F::Output> {
+        monoio::time::timeout(limit, until).await.ok()
+    }
+}
 
 #[cfg(test)]
 mod tests {

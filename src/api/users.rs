@@ -7,13 +7,16 @@
 
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::api::error::{About, ApiError};
+use crate::api::objects::{OnCore, written_failure};
 use crate::api::request::Request;
-use crate::auth::{AuthStore, HashedPassword, Identity, NewUser, Role};
+use crate::auth::{AccountWrite, AuthStore, HashedPassword, Identity, NewUser, Role};
+use crate::cluster::write::{Plan, Planned, Target, write as cluster_write};
 use crate::core::Core;
 use crate::objects::store::apply_patch;
 use crate::wire::event::Event;
@@ -152,9 +155,14 @@ async fn create_user(core: &Rc<Core>, request: &Request, identity: &Identity) ->
     let principal = identity.principal.clone();
     let roles = new.roles;
     apply(core, 201, "users", &name.clone(), move |store| {
-        let user = store.create_user_hashed(name, roles, password)?;
+        let (user, write) =
+            store.create_user_hashed(name.clone(), roles.clone(), password.clone())?;
         let event = Event::new("users", "create", &user.name, &principal).with_object(&user);
-        Ok((serde_json::to_value(&user).unwrap_or_default(), event))
+        Ok((
+            serde_json::to_value(&user).unwrap_or_default(),
+            event,
+            write,
+        ))
     })
     .await
 }
@@ -167,9 +175,13 @@ async fn delete_user(core: &Rc<Core>, name: String, identity: &Identity) -> Repl
     let principal = identity.principal.clone();
     let at = name.clone();
     apply(core, 200, "users", &name, move |store| {
-        let user = store.delete_user(&at)?;
+        let (user, write) = store.delete_user(&at)?;
         let event = Event::new("users", "delete", &at, &principal).with_object(&user);
-        Ok((serde_json::to_value(&user).unwrap_or_default(), event))
+        Ok((
+            serde_json::to_value(&user).unwrap_or_default(),
+            event,
+            write,
+        ))
     })
     .await
 }
@@ -200,9 +212,13 @@ async fn set_password(
     let principal = identity.principal.clone();
     let at = name.clone();
     apply(core, 200, "users", &name, move |store| {
-        let user = store.set_password_hashed(&at, password)?;
+        let (user, write) = store.set_password_hashed(&at, password.clone())?;
         let event = Event::new("users", "update", &at, &principal).with_object(&user);
-        Ok((serde_json::to_value(&user).unwrap_or_default(), event))
+        Ok((
+            serde_json::to_value(&user).unwrap_or_default(),
+            event,
+            write,
+        ))
     })
     .await
 }
@@ -216,9 +232,13 @@ async fn create_role(core: &Rc<Core>, request: &Request, identity: &Identity) ->
     let principal = identity.principal.clone();
     let name = role.name.clone();
     apply(core, 201, "roles", &name, move |store| {
-        let role = store.create_role(role)?;
+        let (role, write) = store.create_role(role.clone())?;
         let event = Event::new("roles", "create", &role.name, &principal).with_object(&role);
-        Ok((serde_json::to_value(&role).unwrap_or_default(), event))
+        Ok((
+            serde_json::to_value(&role).unwrap_or_default(),
+            event,
+            write,
+        ))
     })
     .await
 }
@@ -258,9 +278,9 @@ async fn user(
     let at = name.clone();
     apply(core, 200, "users", &name, move |store| {
         let current = store.get_user(&at)?;
-        let wanted = match change {
-            Change::Replace(body) => body,
-            Change::Patch(patch) => patched(&current, &patch)?,
+        let wanted = match &change {
+            Change::Replace(body) => body.clone(),
+            Change::Patch(patch) => patched(&current, patch)?,
             Change::Delete => {
                 return Err(ApiError::new(
                     405,
@@ -269,11 +289,15 @@ async fn user(
             }
         };
         let roles = user_roles(&wanted, &at)?;
-        let (before, after) = store.set_roles(&at, roles)?;
+        let ((before, after), write) = store.set_roles(&at, roles)?;
         let event = Event::new("users", "update", &at, &principal)
             .with_object(&after)
             .with_original(&before);
-        Ok((serde_json::to_value(&after).unwrap_or_default(), event))
+        Ok((
+            serde_json::to_value(&after).unwrap_or_default(),
+            event,
+            write,
+        ))
     })
     .await
 }
@@ -298,21 +322,29 @@ async fn role(
     let principal = identity.principal.clone();
     let at = name.clone();
     apply(core, 200, "roles", &name, move |store| {
-        let wanted = match change {
+        let wanted = match &change {
             Change::Delete => {
-                let removed = store.delete_role(&at)?;
+                let (removed, write) = store.delete_role(&at)?;
                 let event = Event::new("roles", "delete", &at, &principal).with_object(&removed);
-                return Ok((serde_json::to_value(&removed).unwrap_or_default(), event));
+                return Ok((
+                    serde_json::to_value(&removed).unwrap_or_default(),
+                    event,
+                    write,
+                ));
             }
-            Change::Replace(body) => body,
-            Change::Patch(patch) => patched(&store.get_role(&at)?, &patch)?,
+            Change::Replace(body) => body.clone(),
+            Change::Patch(patch) => patched(&store.get_role(&at)?, patch)?,
         };
         let role = role_of(wanted, &at)?;
-        let (before, after) = store.replace_role(role)?;
+        let ((before, after), write) = store.replace_role(role)?;
         let event = Event::new("roles", "update", &at, &principal)
             .with_object(&after)
             .with_original(&before);
-        Ok((serde_json::to_value(&after).unwrap_or_default(), event))
+        Ok((
+            serde_json::to_value(&after).unwrap_or_default(),
+            event,
+            write,
+        ))
     })
     .await
 }
@@ -389,14 +421,23 @@ fn same_name(given: Option<&Value>, name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A change to a user or role, planned again on each attempt in a cluster: the answer, the
+/// public event and the change itself.
+type AccountChange = (Value, Event, AccountWrite);
+
 /// Runs a change on the log thread and publishes its event; answers once the event is durable.
+/// A cluster node publishes the change with its event as one message of the stream (see
+/// [`crate::cluster::write`]), the change's private part in a header no client receives.
 async fn apply(
     core: &Core,
     status: u16,
     model: &'static str,
     key: &str,
-    change: impl FnOnce(&AuthStore) -> Result<(Value, Event), ApiError> + Send + 'static,
+    change: impl Fn(&AuthStore) -> Result<AccountChange, ApiError> + Send + Sync + 'static,
 ) -> Reply {
+    if core.shared.cluster.is_some() {
+        return apply_in_cluster(core, status, model, key, change).await;
+    }
     let store = core.shared.auth.clone();
     let applied = core
         .shared
@@ -404,7 +445,7 @@ async fn apply(
         .apply(move || {
             // A panic here would take down the log thread and with it every publisher.
             match std::panic::catch_unwind(AssertUnwindSafe(|| change(&store))) {
-                Ok(Ok((answer, event))) => (vec![event], Ok(answer)),
+                Ok(Ok((answer, event, _))) => (vec![event], Ok(answer)),
                 Ok(Err(failure)) => (Vec::new(), Err(failure)),
                 Err(_) => (
                     Vec::new(),
@@ -420,6 +461,38 @@ async fn apply(
     answer
         .map(|answer| Response::json(status, &answer))
         .about(model, key)
+}
+
+/// [`apply`] on a cluster node.
+async fn apply_in_cluster(
+    core: &Core,
+    status: u16,
+    model: &'static str,
+    key: &str,
+    change: impl Fn(&AuthStore) -> Result<AccountChange, ApiError> + Send + Sync + 'static,
+) -> Reply {
+    let store = core.shared.auth.clone();
+    let Some(versions) = store.versions().cloned() else {
+        return Err(ApiError::new(503, "the node's copy holds no accounts")).about(model, key);
+    };
+    let plan: Plan<ApiError> = Arc::new(move || {
+        let (answer, event, write) = change(&store)?;
+        Ok(Some(Planned {
+            event,
+            answer,
+            private: Some(write.to_header()),
+        }))
+    });
+    let to = Target {
+        publisher: &core.shared.publisher,
+        status: &core.shared.log_status,
+        versions: &versions,
+    };
+    let what = if model == "users" { "user" } else { "role" };
+    match cluster_write(&OnCore, to, model, key, plan).await {
+        Ok(answer) => Ok(Response::json(status, &answer.unwrap_or_default())),
+        Err(failed) => Err(written_failure(failed, what, key)).about(model, key),
+    }
 }
 
 #[cfg(test)]

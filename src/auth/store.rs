@@ -9,6 +9,11 @@
 //!   `token_secret` = the 32 raw bytes that sign tokens.
 //!
 //! The trees, their names and the schema check belong to [`crate::store::db`].
+//!
+//! A cluster node keeps the cluster's users and roles in the same trees of its copy of the
+//! stream's database, with the cluster's token secret: each change is planned here
+//! ([`AccountWrite`]), published, and stored when the node's copy reads it back
+//! ([`AuthStore::apply`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,13 +42,21 @@ pub(super) const SUPERUSER_ROLE: &str = "superuser";
 use crate::store::db::{
     AUTH_SCHEMA, AuthTrees, OpenError, ROLES_TREE, TOKEN_SECRET_KEY, USERS_TREE,
 };
+use crate::store::versions::{Verdict, Versions};
 use crate::wire::name::MAX_NAME_BYTES;
 
-const TOKEN_SECRET_BYTES: usize = 32;
+/// The size of the secret that signs tokens.
+pub(crate) const TOKEN_SECRET_BYTES: usize = 32;
 
-/// A user as stored; never leaves this module except as a [`UserView`].
+/// A new random token secret (a cluster offers it as the cluster's).
+pub(crate) fn new_token_secret() -> Result<Vec<u8>, AuthError> {
+    Ok(random_bytes::<TOKEN_SECRET_BYTES>()?.to_vec())
+}
+
+/// A user as stored; never leaves this module except as a [`UserView`] (or privately, in an
+/// [`AccountWrite`] of a cluster's stream).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredUser {
+pub(crate) struct StoredUser {
     #[serde(rename = "Name")]
     name: String,
     #[serde(rename = "Roles", default)]
@@ -89,7 +102,66 @@ pub(crate) struct NewUser {
     pub password: Option<String>,
 }
 
+/// One change to the users and roles, as a node stores it, or as a cluster's stream carries
+/// it (privately, beside the change's public event) to every node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum AccountWrite {
+    /// A user created or changed; `default_password` when the change sets the admin's password
+    /// (whether it is DRP's default), `None` when it leaves it.
+    SetUser {
+        /// The user as it is to be stored.
+        user: StoredUser,
+        /// Whether the admin's new password is DRP's default.
+        default_password: Option<bool>,
+    },
+    /// A user deleted.
+    DeleteUser(String),
+    /// A role created or redefined.
+    SetRole(Role),
+    /// A role deleted.
+    DeleteRole(String),
+}
+
+impl AccountWrite {
+    /// The type of the change's event: `users` or `roles`.
+    pub(crate) fn ty(&self) -> &'static str {
+        match self {
+            AccountWrite::SetUser { .. } | AccountWrite::DeleteUser(_) => USERS_TREE,
+            AccountWrite::SetRole(_) | AccountWrite::DeleteRole(_) => ROLES_TREE,
+        }
+    }
+
+    /// The name of the user or role it changes.
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            AccountWrite::SetUser { user, .. } => &user.name,
+            AccountWrite::SetRole(role) => &role.name,
+            AccountWrite::DeleteUser(name) | AccountWrite::DeleteRole(name) => name,
+        }
+    }
+
+    /// The user as answers and events show it, for a change that sets one.
+    pub(crate) fn user_view(&self) -> Option<UserView> {
+        match self {
+            AccountWrite::SetUser { user, .. } => Some(user.view()),
+            _ => None,
+        }
+    }
+
+    /// The change as one header value: its JSON in base64url, so any name fits a header.
+    pub(crate) fn to_header(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// The change a header value carries; `None` when it carries none.
+    pub(crate) fn from_header(value: &str) -> Option<AccountWrite> {
+        let json = URL_SAFE_NO_PAD.decode(value).ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
 /// A password checked and hashed by [`AuthStore::hash_new_password`].
+#[derive(Clone)]
 pub(crate) struct HashedPassword {
     /// The argon2id hash in PHC string format.
     phc: String,
@@ -133,6 +205,9 @@ pub(crate) struct AdminStart {
 
 /// Users, roles and token signing, shared by all core threads (`Send + Sync`, behind an `Arc`).
 pub(crate) struct AuthStore {
+    /// A cluster node's record of the writes its copy holds: its changes are then planned
+    /// only, and stored when they come back from the cluster's stream.
+    versions: Option<Versions>,
     users_tree: sled::Tree,
     roles_tree: sled::Tree,
     users: RwLock<HashMap<String, StoredUser>>,
@@ -150,6 +225,12 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A change's answer without the change.
+#[cfg(test)]
+fn answer<T>(changed: Result<(T, AccountWrite), AuthError>) -> Result<T, AuthError> {
+    changed.map(|(answer, _)| answer)
 }
 
 /// Checks a user or role name: non-empty, at most 255 bytes, no `/`, `:` or control characters.
@@ -244,59 +325,125 @@ impl AuthStore {
             roles: roles_tree,
             meta,
         } = open_trees(db)?;
-        let signer = TokenSigner::new(&open_meta(&meta)?);
+        let secret = open_meta(&meta)?;
+        let store = AuthStore::load(users_tree, roles_tree, &secret, None)?;
+        let (start, change) = store.plan_admin(admin_password)?;
+        if let Some(change) = change {
+            store.commit(&change)?;
+        }
+        db.flush()?;
+        Ok((store, start))
+    }
 
+    /// Opens a cluster node's copy of the cluster's users and roles in `db` (the copy of the
+    /// stream's database), signing tokens with the cluster's `secret`; `versions` records the
+    /// writes it holds. The admin is the caller's: see [`AuthStore::plan_admin`].
+    pub(crate) fn open_copy(
+        db: &sled::Db,
+        secret: &[u8],
+        versions: Versions,
+    ) -> Result<AuthStore, AuthError> {
+        if secret.len() != TOKEN_SECRET_BYTES {
+            return Err(AuthError::Corrupt(format!(
+                "the cluster's token secret is {} bytes, not {TOKEN_SECRET_BYTES}",
+                secret.len()
+            )));
+        }
+        let AuthTrees {
+            users: users_tree,
+            roles: roles_tree,
+            ..
+        } = open_trees(db)?;
+        AuthStore::load(users_tree, roles_tree, secret, Some(versions))
+    }
+
+    /// The store with the users and roles the trees hold, and the `superuser` role.
+    fn load(
+        users_tree: sled::Tree,
+        roles_tree: sled::Tree,
+        secret: &[u8],
+        versions: Option<Versions>,
+    ) -> Result<AuthStore, AuthError> {
         let mut roles = BTreeMap::new();
         for entry in roles_tree.iter() {
             let (key, value) = entry?;
             let role: Role = decode(ROLES_TREE, &key, &value)?;
             roles.insert(role.name.clone(), role);
         }
+        // Every node has it alike and it cannot change, so it is no write of the cluster's.
         let superuser = superuser_role();
         if roles.get(SUPERUSER_ROLE) != Some(&superuser) {
             roles_tree.insert(SUPERUSER_ROLE, encode(&superuser)?)?;
             roles.insert(SUPERUSER_ROLE.to_owned(), superuser);
         }
-
         let mut users = HashMap::new();
         for entry in users_tree.iter() {
             let (key, value) = entry?;
             let user: StoredUser = decode(USERS_TREE, &key, &value)?;
             users.insert(user.name.clone(), user);
         }
+        Ok(AuthStore {
+            versions,
+            users_tree,
+            roles_tree,
+            users: RwLock::new(users),
+            roles: RwLock::new(roles),
+            signer: TokenSigner::new(secret),
+            cache: BasicCache::new()?,
+            decoy_hash: OnceLock::new(),
+            default_password_in_use: AtomicBool::new(false),
+        })
+    }
 
-        let first_start = users.is_empty();
-        let (action, default_in_use) = match (users.get_mut(DEFAULT_ADMIN_USER), admin_password) {
-            (None, None) if !first_start => (AdminPassword::Absent, false),
+    /// What `admin_password` asks of `rocketskates` (see [`AdminPassword`]), and the change that
+    /// does it when one is needed: the caller stores it, or a cluster node publishes it. Hashes
+    /// or verifies a password: run it at start.
+    pub(crate) fn plan_admin(
+        &self,
+        admin_password: Option<&str>,
+    ) -> Result<(AdminStart, Option<AccountWrite>), AuthError> {
+        if let Some(password) = admin_password {
+            validate_password(password)?;
+        }
+        let (first_start, admin) = {
+            let users = read(&self.users);
+            (users.is_empty(), users.get(DEFAULT_ADMIN_USER).cloned())
+        };
+        let (action, default_in_use, change) = match (admin, admin_password) {
+            (None, None) if !first_start => (AdminPassword::Absent, false, None),
             (None, password) => {
                 let password = password.unwrap_or(DEFAULT_ADMIN_PASSWORD);
+                let default = password == DEFAULT_ADMIN_PASSWORD;
                 let admin = StoredUser {
                     name: DEFAULT_ADMIN_USER.to_owned(),
                     roles: vec![SUPERUSER_ROLE.to_owned()],
                     password_hash: Some(hash_password(password)?),
                     secret: new_secret()?,
                 };
-                users_tree.insert(DEFAULT_ADMIN_USER, encode(&admin)?)?;
-                users.insert(DEFAULT_ADMIN_USER.to_owned(), admin);
-                (AdminPassword::Created, password == DEFAULT_ADMIN_PASSWORD)
+                let change = AccountWrite::SetUser {
+                    user: admin,
+                    default_password: Some(default),
+                };
+                (AdminPassword::Created, default, Some(change))
             }
-            (Some(admin), Some(password)) => {
+            (Some(mut admin), Some(password)) => {
                 let matches = admin
                     .password_hash
                     .as_deref()
                     .is_some_and(|hash| verify_password(hash, password).unwrap_or(false));
-                if !matches {
+                let default = password == DEFAULT_ADMIN_PASSWORD;
+                if matches {
+                    (AdminPassword::Unchanged, default, None)
+                } else {
                     // A new Secret too, so tokens minted under the old password stop working.
                     admin.password_hash = Some(hash_password(password)?);
                     admin.secret = new_secret()?;
-                    users_tree.insert(DEFAULT_ADMIN_USER, encode(&*admin)?)?;
+                    let change = AccountWrite::SetUser {
+                        user: admin,
+                        default_password: Some(default),
+                    };
+                    (AdminPassword::Set, default, Some(change))
                 }
-                let action = if matches {
-                    AdminPassword::Unchanged
-                } else {
-                    AdminPassword::Set
-                };
-                (action, password == DEFAULT_ADMIN_PASSWORD)
             }
             // One argon2 run at startup, so the warning stays true across restarts.
             (Some(admin), None) => {
@@ -309,26 +456,113 @@ impl AuthStore {
                         false
                     })
                 });
-                (AdminPassword::NotConfigured, default)
+                (AdminPassword::NotConfigured, default, None)
             }
         };
-        db.flush()?;
-
-        let store = AuthStore {
-            users_tree,
-            roles_tree,
-            users: RwLock::new(users),
-            roles: RwLock::new(roles),
-            signer,
-            cache: BasicCache::new()?,
-            decoy_hash: OnceLock::new(),
-            default_password_in_use: AtomicBool::new(default_in_use),
-        };
+        self.default_password_in_use
+            .store(default_in_use, Ordering::Relaxed);
         let start = AdminStart {
             password: action,
             default_password: default_in_use,
         };
-        Ok((store, start))
+        Ok((start, change))
+    }
+
+    /// Whether changes are planned only (a cluster node's copy), not stored.
+    fn planning(&self) -> bool {
+        self.versions.is_some()
+    }
+
+    /// A cluster node's record of the writes its copy holds.
+    pub(crate) fn versions(&self) -> Option<&Versions> {
+        self.versions.as_ref()
+    }
+
+    /// Stores `change` (a single node), or leaves it to the cluster's stream (a cluster node);
+    /// answers `answer` with it.
+    fn changed<T>(&self, answer: T, change: AccountWrite) -> Result<(T, AccountWrite), AuthError> {
+        if !self.planning() {
+            self.commit(&change)?;
+        }
+        Ok((answer, change))
+    }
+
+    /// Stores a change in the trees and in memory; the next request sees it.
+    fn commit(&self, change: &AccountWrite) -> Result<(), AuthError> {
+        match change {
+            AccountWrite::SetUser {
+                user,
+                default_password,
+            } => {
+                let mut users = write(&self.users);
+                self.persist_user(user)?;
+                if user.name == DEFAULT_ADMIN_USER
+                    && let Some(default) = default_password
+                {
+                    self.default_password_in_use
+                        .store(*default, Ordering::Relaxed);
+                }
+                // A change of roles applies to the next request: cached logins are forgotten.
+                if users.insert(user.name.clone(), user.clone()).is_some() {
+                    self.cache.clear();
+                }
+            }
+            AccountWrite::DeleteUser(name) => {
+                let mut users = write(&self.users);
+                self.users_tree.remove(name.as_bytes())?;
+                self.users_tree.flush()?;
+                if name == DEFAULT_ADMIN_USER {
+                    self.default_password_in_use.store(false, Ordering::Relaxed);
+                }
+                users.remove(name);
+            }
+            AccountWrite::SetRole(role) => {
+                let mut roles = write(&self.roles);
+                self.roles_tree
+                    .insert(role.name.as_bytes(), encode(role)?)?;
+                self.roles_tree.flush()?;
+                roles.insert(role.name.clone(), role.clone());
+                self.cache.clear();
+            }
+            AccountWrite::DeleteRole(name) => {
+                let mut roles = write(&self.roles);
+                self.roles_tree.remove(name.as_bytes())?;
+                self.roles_tree.flush()?;
+                roles.remove(name);
+                self.cache.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies an account write read from the cluster's stream at `seq`, planned on the user's
+    /// or role's write `base`, with its private part `private`: stored if `base` is still the
+    /// newest write of that user or role, else refused (false), on every node alike. A write
+    /// read again changes nothing.
+    pub(crate) fn apply(
+        &self,
+        ty: &str,
+        key: &str,
+        private: Option<&str>,
+        seq: u64,
+        base: Option<u64>,
+    ) -> Result<bool, AuthError> {
+        let Some(versions) = &self.versions else {
+            return Ok(false);
+        };
+        let change = private
+            .and_then(AccountWrite::from_header)
+            .filter(|change| change.ty() == ty && change.key() == key);
+        match versions.admit(ty, key, seq, base, change.is_some())? {
+            Verdict::Seen(applied) => return Ok(applied),
+            Verdict::Refuse => return Ok(false),
+            Verdict::Apply => {}
+        }
+        if let Some(change) = &change {
+            self.commit(change)?;
+        }
+        versions.applied(ty, key, seq)?;
+        Ok(true)
     }
 
     /// Whether `rocketskates` currently has DRP's default password (tracked across changes).
@@ -452,16 +686,17 @@ impl AuthStore {
             .as_deref()
             .map(AuthStore::hash_new_password)
             .transpose()?;
-        self.create_user_hashed(req.name, req.roles, password)
+        answer(self.create_user_hashed(req.name, req.roles, password))
     }
 
     /// Creates a user whose password was hashed already (quick: fit for the log thread).
+    /// Answers the user and the change (stored already on a single node).
     pub(crate) fn create_user_hashed(
         &self,
         name: String,
         requested_roles: Vec<String>,
         password: Option<HashedPassword>,
-    ) -> Result<UserView, AuthError> {
+    ) -> Result<(UserView, AccountWrite), AuthError> {
         validate_name("user", &name)?;
         let mut roles = Vec::with_capacity(requested_roles.len());
         for role in requested_roles {
@@ -477,28 +712,26 @@ impl AuthStore {
             password_hash: password.map(|p| p.phc),
             secret: new_secret()?,
         };
-        let mut users = write(&self.users);
-        if users.contains_key(&stored.name) {
+        if read(&self.users).contains_key(&stored.name) {
             return Err(AuthError::Exists {
                 kind: USERS_TREE,
                 name: stored.name,
             });
         }
-        self.persist_user(&stored)?;
-        if stored.name == DEFAULT_ADMIN_USER {
-            self.default_password_in_use
-                .store(default, Ordering::Relaxed);
-        }
         let view = stored.view();
-        users.insert(stored.name.clone(), stored);
-        Ok(view)
+        let admin = stored.name == DEFAULT_ADMIN_USER;
+        let change = AccountWrite::SetUser {
+            user: stored,
+            default_password: admin.then_some(default),
+        };
+        self.changed(view, change)
     }
 
     /// Sets a user's password and replaces its Secret, so its tokens and cached logins stop
     /// working at once. Hashes the password: run it on a blocking thread.
     #[cfg(test)]
     pub(crate) fn set_password(&self, name: &str, password: &str) -> Result<UserView, AuthError> {
-        self.set_password_hashed(name, AuthStore::hash_new_password(password)?)
+        answer(self.set_password_hashed(name, AuthStore::hash_new_password(password)?))
     }
 
     /// [`AuthStore::set_password`] with a password hashed already (quick: fit for the log
@@ -507,45 +740,29 @@ impl AuthStore {
         &self,
         name: &str,
         password: HashedPassword,
-    ) -> Result<UserView, AuthError> {
+    ) -> Result<(UserView, AccountWrite), AuthError> {
         let secret = new_secret()?;
-        let mut users = write(&self.users);
-        let mut stored = users
-            .get(name)
-            .cloned()
-            .ok_or_else(|| AuthError::NotFound {
-                kind: USERS_TREE,
-                name: name.to_owned(),
-            })?;
+        let mut stored = self.stored_user(name)?;
         stored.password_hash = Some(password.phc);
         stored.secret = secret;
-        self.persist_user(&stored)?;
-        if name == DEFAULT_ADMIN_USER {
-            self.default_password_in_use
-                .store(password.is_default, Ordering::Relaxed);
-        }
         let view = stored.view();
-        users.insert(stored.name.clone(), stored);
-        Ok(view)
+        let change = AccountWrite::SetUser {
+            user: stored,
+            default_password: (name == DEFAULT_ADMIN_USER).then_some(password.is_default),
+        };
+        self.changed(view, change)
     }
 
     /// Deletes a user; its tokens and cached logins stop working at once.
-    pub(crate) fn delete_user(&self, name: &str) -> Result<UserView, AuthError> {
-        let mut users = write(&self.users);
-        if !users.contains_key(name) {
-            return Err(AuthError::NotFound {
-                kind: USERS_TREE,
-                name: name.to_owned(),
-            });
-        }
-        self.users_tree.remove(name)?;
-        self.users_tree.flush()?;
-        if name == DEFAULT_ADMIN_USER {
-            self.default_password_in_use.store(false, Ordering::Relaxed);
-        }
-        users
-            .remove(name)
-            .map(|stored| stored.view())
+    pub(crate) fn delete_user(&self, name: &str) -> Result<(UserView, AccountWrite), AuthError> {
+        let view = self.stored_user(name)?.view();
+        self.changed(view, AccountWrite::DeleteUser(name.to_owned()))
+    }
+
+    fn stored_user(&self, name: &str) -> Result<StoredUser, AuthError> {
+        read(&self.users)
+            .get(name)
+            .cloned()
             .ok_or_else(|| AuthError::NotFound {
                 kind: USERS_TREE,
                 name: name.to_owned(),
@@ -571,7 +788,7 @@ impl AuthStore {
     }
 
     /// Creates a role; [`AuthStore::replace_role`] changes an existing one.
-    pub(crate) fn create_role(&self, role: Role) -> Result<Role, AuthError> {
+    pub(crate) fn create_role(&self, role: Role) -> Result<(Role, AccountWrite), AuthError> {
         validate_name("role", &role.name)?;
         if let Some(problem) = role.claims.iter().find_map(Claim::problem) {
             return Err(AuthError::Invalid(format!(
@@ -579,18 +796,13 @@ impl AuthStore {
                 role.name
             )));
         }
-        let mut roles = write(&self.roles);
-        if roles.contains_key(&role.name) {
+        if read(&self.roles).contains_key(&role.name) {
             return Err(AuthError::Exists {
                 kind: ROLES_TREE,
                 name: role.name,
             });
         }
-        self.roles_tree
-            .insert(role.name.as_bytes(), encode(&role)?)?;
-        self.roles_tree.flush()?;
-        roles.insert(role.name.clone(), role.clone());
-        Ok(role)
+        self.changed(role.clone(), AccountWrite::SetRole(role))
     }
 
     /// One role.
@@ -616,7 +828,7 @@ impl AuthStore {
         &self,
         name: &str,
         roles: Vec<String>,
-    ) -> Result<(UserView, UserView), AuthError> {
+    ) -> Result<((UserView, UserView), AccountWrite), AuthError> {
         let mut unique = Vec::with_capacity(roles.len());
         for role in roles {
             if !unique.contains(&role) {
@@ -624,25 +836,24 @@ impl AuthStore {
             }
         }
         self.check_roles_exist(&unique)?;
-        let mut users = write(&self.users);
-        let stored = users.get(name).ok_or_else(|| AuthError::NotFound {
-            kind: USERS_TREE,
-            name: name.to_owned(),
-        })?;
-        let before = stored.view();
-        let mut changed = stored.clone();
+        let mut changed = self.stored_user(name)?;
+        let before = changed.view();
         changed.roles = unique;
-        self.persist_user(&changed)?;
-        self.cache.clear();
         let after = changed.view();
-        users.insert(changed.name.clone(), changed);
-        Ok((before, after))
+        let change = AccountWrite::SetUser {
+            user: changed,
+            default_password: None,
+        };
+        self.changed((before, after), change)
     }
 
     /// Redefines an existing role's claims; answers the role before and after. Applies to the
     /// next request of every holder (open websockets keep the claims they connected with).
     /// `superuser` cannot be changed.
-    pub(crate) fn replace_role(&self, role: Role) -> Result<(Role, Role), AuthError> {
+    pub(crate) fn replace_role(
+        &self,
+        role: Role,
+    ) -> Result<((Role, Role), AccountWrite), AuthError> {
         if role.name == SUPERUSER_ROLE {
             return Err(AuthError::Invalid(
                 "the superuser role cannot be changed".into(),
@@ -654,35 +865,21 @@ impl AuthStore {
                 role.name
             )));
         }
-        let mut roles = write(&self.roles);
-        let before = roles
-            .get(&role.name)
-            .cloned()
-            .ok_or_else(|| AuthError::NotFound {
-                kind: ROLES_TREE,
-                name: role.name.clone(),
-            })?;
-        self.roles_tree
-            .insert(role.name.as_bytes(), encode(&role)?)?;
-        self.roles_tree.flush()?;
-        roles.insert(role.name.clone(), role.clone());
-        self.cache.clear();
-        Ok((before, role))
+        let before = self.get_role(&role.name)?;
+        self.changed((before, role.clone()), AccountWrite::SetRole(role))
     }
 
     /// Deletes a role that no user holds; `superuser` cannot be deleted.
-    pub(crate) fn delete_role(&self, name: &str) -> Result<Role, AuthError> {
+    pub(crate) fn delete_role(&self, name: &str) -> Result<(Role, AccountWrite), AuthError> {
         if name == SUPERUSER_ROLE {
             return Err(AuthError::Invalid(
                 "the superuser role cannot be deleted".into(),
             ));
         }
-        // Held under the users lock, so no user can be given the role while it goes.
-        let users = read(&self.users);
-        let holders: Vec<&str> = users
+        let holders: Vec<String> = read(&self.users)
             .values()
             .filter(|user| user.roles.iter().any(|role| role == name))
-            .map(|user| user.name.as_str())
+            .map(|user| user.name.clone())
             .collect();
         if !holders.is_empty() {
             return Err(AuthError::Conflict(format!(
@@ -690,15 +887,8 @@ impl AuthStore {
                 holders.join(", ")
             )));
         }
-        let mut roles = write(&self.roles);
-        let removed = roles.remove(name).ok_or_else(|| AuthError::NotFound {
-            kind: ROLES_TREE,
-            name: name.to_owned(),
-        })?;
-        self.roles_tree.remove(name)?;
-        self.roles_tree.flush()?;
-        self.cache.clear();
-        Ok(removed)
+        let removed = self.get_role(name)?;
+        self.changed(removed, AccountWrite::DeleteRole(name.to_owned()))
     }
 
     fn persist_user(&self, stored: &StoredUser) -> Result<(), AuthError> {
@@ -831,10 +1021,10 @@ mod tests {
 
     fn store_with_bob() -> AuthStore {
         let (store, _) = open(&temp_db(), Some("admin-pw"));
-        ok(store.create_role(Role {
+        ok(answer(store.create_role(Role {
             name: "viewer".into(),
             claims: vec![Claim::new("machines", "get", "*")],
-        }));
+        })));
         ok(store.create_user(NewUser {
             name: "bob".into(),
             roles: vec!["viewer".into()],
@@ -886,10 +1076,10 @@ mod tests {
         let token = {
             let db = crate::testing::open_sled(dir.path());
             let (store, _) = open(&db, None);
-            ok(store.create_role(Role {
+            ok(answer(store.create_role(Role {
                 name: "viewer".into(),
                 claims: vec![Claim::new("machines", "get", "*")],
-            }));
+            })));
             ok(store.create_user(NewUser {
                 name: "bob".into(),
                 roles: vec!["viewer".into()],
@@ -951,7 +1141,7 @@ mod tests {
             roles: vec![SUPERUSER_ROLE.into()],
             password: Some("bobs-pw".into()),
         }));
-        ok(store.delete_user(DEFAULT_ADMIN_USER));
+        ok(answer(store.delete_user(DEFAULT_ADMIN_USER)));
         drop(store);
         let db = crate::testing::open_sled(dir.path());
         let (store, start) = open_reporting(&db, None);
@@ -1029,7 +1219,7 @@ mod tests {
             Err(AuthError::BadPassword)
         ));
         ok(store.authenticate_slow(&basic("bob", "new-pw")));
-        ok(store.delete_user("bob"));
+        ok(answer(store.delete_user("bob")));
         assert!(matches!(
             store.authenticate_fast(&basic("bob", "new-pw")),
             FastAuth::NeedsHash
@@ -1129,7 +1319,7 @@ mod tests {
     fn a_deleted_users_token_stops_working_at_once_even_if_recreated() {
         let store = store_with_bob();
         let token = ok(store.mint_token("bob", Duration::from_secs(60)));
-        ok(store.delete_user("bob"));
+        ok(answer(store.delete_user("bob")));
         assert!(matches!(
             store.authenticate_slow(&bearer(&token)),
             Err(AuthError::BadToken)
@@ -1227,7 +1417,7 @@ mod tests {
             Err(AuthError::NotFound { .. })
         ));
         assert!(matches!(
-            store.delete_user("carol"),
+            answer(store.delete_user("carol")),
             Err(AuthError::NotFound { .. })
         ));
         assert!(matches!(
@@ -1240,24 +1430,24 @@ mod tests {
     fn roles_are_validated_and_superuser_cannot_be_redefined() {
         let store = store_with_bob();
         assert!(matches!(
-            store.create_role(Role {
+            answer(store.create_role(Role {
                 name: SUPERUSER_ROLE.into(),
                 claims: vec![]
-            }),
+            })),
             Err(AuthError::Exists { .. })
         ));
         assert!(matches!(
-            store.create_role(Role {
+            answer(store.create_role(Role {
                 name: "r".into(),
                 claims: vec![Claim::new("", "*", "*")]
-            }),
+            })),
             Err(AuthError::Invalid(_))
         ));
         assert!(matches!(
-            store.create_role(Role {
+            answer(store.create_role(Role {
                 name: "a:b".into(),
                 claims: vec![]
-            }),
+            })),
             Err(AuthError::Invalid(_))
         ));
         assert_eq!(
@@ -1281,7 +1471,7 @@ mod tests {
         let changed = ok(store.set_password("carol", "another-pw"));
         let mut shown = vec![created, changed, ok(store.get_user("bob"))];
         shown.extend(store.list_users());
-        shown.push(ok(store.delete_user("carol")));
+        shown.push(ok(answer(store.delete_user("carol"))));
         let secrets: Vec<String> = read(&store.users)
             .values()
             .flat_map(|user| {
@@ -1319,11 +1509,13 @@ mod tests {
     fn changing_roles_and_claims_applies_to_the_next_login_at_once() {
         let store = store_with_bob();
         ok(store.authenticate_slow(&basic("bob", "bobs-pw")));
-        ok(store.create_role(Role {
+        ok(answer(store.create_role(Role {
             name: "writer".into(),
             claims: vec![Claim::new("machines", "update", "*")],
-        }));
-        let (before, after) = ok(store.set_roles("bob", vec!["writer".into(), "writer".into()]));
+        })));
+        let (before, after) = ok(answer(
+            store.set_roles("bob", vec!["writer".into(), "writer".into()]),
+        ));
         assert_eq!(before.roles, vec!["viewer".to_owned()]);
         assert_eq!(after.roles, vec!["writer".to_owned()]);
         assert!(matches!(
@@ -1333,10 +1525,10 @@ mod tests {
         let identity = ok(store.authenticate_slow(&basic("bob", "bobs-pw")));
         assert!(identity.claims.allows("machines", "update", "m1"));
 
-        let (_, changed) = ok(store.replace_role(Role {
+        let (_, changed) = ok(answer(store.replace_role(Role {
             name: "writer".into(),
             claims: vec![Claim::new("profiles", "update", "*")],
-        }));
+        })));
         assert_eq!(changed.claims, vec![Claim::new("profiles", "update", "*")]);
         let identity = ok(store.authenticate_slow(&basic("bob", "bobs-pw")));
         assert!(!identity.claims.allows("machines", "update", "m1"));
@@ -1347,34 +1539,34 @@ mod tests {
     fn roles_in_use_superuser_and_unknown_roles_are_refused_changes() {
         let store = store_with_bob();
         assert!(matches!(
-            store.delete_role("viewer"),
+            answer(store.delete_role("viewer")),
             Err(AuthError::Conflict(_))
         ));
         assert!(matches!(
-            store.delete_role(SUPERUSER_ROLE),
+            answer(store.delete_role(SUPERUSER_ROLE)),
             Err(AuthError::Invalid(_))
         ));
         assert!(matches!(
-            store.replace_role(superuser_role()),
+            answer(store.replace_role(superuser_role())),
             Err(AuthError::Invalid(_))
         ));
         assert!(matches!(
-            store.replace_role(Role {
+            answer(store.replace_role(Role {
                 name: "nope".into(),
                 claims: vec![]
-            }),
+            })),
             Err(AuthError::NotFound { .. })
         ));
         assert!(matches!(
-            store.set_roles("bob", vec!["nope".into()]),
+            answer(store.set_roles("bob", vec!["nope".into()])),
             Err(AuthError::Invalid(_))
         ));
         assert!(matches!(
-            store.set_roles("nobody", vec![]),
+            answer(store.set_roles("nobody", vec![])),
             Err(AuthError::NotFound { .. })
         ));
-        ok(store.set_roles("bob", vec![]));
-        assert_eq!(ok(store.delete_role("viewer")).name, "viewer");
+        ok(answer(store.set_roles("bob", vec![])));
+        assert_eq!(ok(answer(store.delete_role("viewer"))).name, "viewer");
         assert!(matches!(
             store.get_role("viewer"),
             Err(AuthError::NotFound { .. })

@@ -4,6 +4,11 @@
 //! sequencer does. The copy is a cache: it is never synced, and a node that finds it missing,
 //! broken or of another Epoch starts a new one from the stream's first retained event.
 //!
+//! Object and account writes (their subjects say so) are applied to the node's objects, users
+//! and roles, in the same database, before the copy stores them; the private part of an account
+//! write (its header) is applied and never stored. The token secret's message is kept as a
+//! record nobody sees.
+//!
 //! herald's own connection events (their subject says so) also go to the cluster's connection
 //! table, which is made durable before the copy holds them: after a crash the copy reads again
 //! at most what the table already has, and applying an event twice changes nothing.
@@ -23,9 +28,11 @@ use tokio::sync::watch;
 
 use super::stream::Facts;
 use super::{ClusterError, ConnectionTable, subject};
+use crate::auth::AuthStore;
 use crate::config::Retention;
 use crate::objects::{Kind, ObjectStore};
 use crate::sequencer::{Batch, LogStatus, OnStorageFailed, SequencedBatch, StorageFailed};
+use crate::store::versions::Versions;
 use crate::store::{EventLog, LogReader, StoreError};
 use crate::wire::event::EncodedEvent;
 
@@ -55,13 +62,61 @@ pub(super) enum Input {
 pub(super) struct Message {
     seq: u64,
     payload: Bytes,
-    /// Whether it is an object write (on an object's subject), which the copy applies.
-    writes_object: bool,
-    /// An object write's `Herald-Base`: the `Seq` of the object's newest event it was planned on.
+    /// What its subject says it is.
+    carries: Carries,
+    /// An object or account write's `Herald-Base`: the `Seq` of the newest event of its object,
+    /// user or role it was planned on.
     base: Option<u64>,
-    /// One of herald's own connection events (on its connections' subjects), which the
-    /// cluster's connection table applies.
-    herald_connection: bool,
+    /// An account write's private part (`Herald-Private`), applied and never stored.
+    private: Option<String>,
+}
+
+/// What a message of the stream is, by its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Carries {
+    /// A client's event.
+    Event,
+    /// An object write, which the copy applies to its objects.
+    Object,
+    /// A user or role write, which the copy applies to its accounts.
+    Account,
+    /// One of herald's own connection events, which the cluster's connection table applies.
+    Connection,
+    /// The cluster's token secret: no event, kept as a record nobody sees.
+    Secret,
+}
+
+/// The subjects the consumer tells apart, for cluster `name`.
+pub(super) struct Subjects {
+    objects: String,
+    accounts: String,
+    connections: String,
+    secret: String,
+}
+
+impl Subjects {
+    pub(super) fn new(name: &str) -> Subjects {
+        Subjects {
+            objects: format!("{}.", subject::object_prefix(name)),
+            accounts: format!("{}.", subject::account_prefix(name)),
+            connections: format!("{}.", subject::connection_prefix(name)),
+            secret: subject::secret_subject(name),
+        }
+    }
+
+    fn carries(&self, subject: &str) -> Carries {
+        if subject == self.secret {
+            Carries::Secret
+        } else if subject.starts_with(&self.objects) {
+            Carries::Object
+        } else if subject.starts_with(&self.accounts) {
+            Carries::Account
+        } else if subject.starts_with(&self.connections) {
+            Carries::Connection
+        } else {
+            Carries::Event
+        }
+    }
 }
 
 /// What the copy stores in place of an object write it refused: a record that no replay, read
@@ -89,6 +144,8 @@ impl Copied {
 pub(super) struct Copy {
     /// The node's copy of the cluster's objects, in the same database.
     pub objects: Arc<ObjectStore>,
+    /// The node's copy of the cluster's users and roles, in the same database.
+    pub auth: Arc<AuthStore>,
     pub status: Arc<LogStatus>,
     pub reader: LogReader,
     pub thread: thread::JoinHandle<()>,
@@ -110,13 +167,15 @@ pub(super) struct Copy {
 pub(super) fn start(
     dir: &Path,
     facts: &Facts,
+    secret: &[u8],
     cores: Vec<flume::Sender<Batch>>,
     connections: Arc<dyn ConnectionTable>,
     failed: Arc<Mutex<Option<StorageFailed>>>,
     on_failure: OnStorageFailed,
 ) -> Result<Copy, ClusterError> {
-    let (log, objects, fresh) = open(dir, facts)?;
+    let (log, objects, auth, fresh) = open(dir, facts, secret)?;
     let objects = Arc::new(objects);
+    let auth = Arc::new(auth);
     if fresh {
         // The table follows the copy: a new copy builds it again from the retained stream.
         connections.clear();
@@ -137,6 +196,7 @@ pub(super) fn start(
     let copier = Copier {
         log,
         objects: objects.clone(),
+        auth: auth.clone(),
         status: status.clone(),
         cores,
         connections,
@@ -158,6 +218,7 @@ pub(super) fn start(
         })?;
     Ok(Copy {
         objects,
+        auth,
         status,
         reader,
         thread,
@@ -171,9 +232,13 @@ pub(super) fn start(
 }
 
 /// The copy in `dir` when it continues the stream described by `facts`, else a new one that
-/// starts at the stream's first retained event; with the objects it holds, and true for a new
-/// one.
-fn open(dir: &Path, facts: &Facts) -> Result<(EventLog, ObjectStore, bool), ClusterError> {
+/// starts at the stream's first retained event; with the objects and accounts it holds (tokens
+/// signed with `secret`), and true for a new one.
+fn open(
+    dir: &Path,
+    facts: &Facts,
+    secret: &[u8],
+) -> Result<(EventLog, ObjectStore, AuthStore, bool), ClusterError> {
     let failed = |cause: String| ClusterError::Copy {
         path: dir.to_path_buf(),
         cause,
@@ -196,23 +261,31 @@ fn open(dir: &Path, facts: &Facts) -> Result<(EventLog, ObjectStore, bool), Clus
         },
         _ => None,
     };
+    let stores = |db: &sled::Db| {
+        let versions = Versions::open(db).map_err(|e| failed(e.to_string()))?;
+        let objects =
+            ObjectStore::open_copy(db, versions.clone()).map_err(|e| failed(e.to_string()))?;
+        let auth = AuthStore::open_copy(db, secret, versions).map_err(|e| failed(e.to_string()))?;
+        Ok::<_, ClusterError>((objects, auth))
+    };
     if let Some(log) = usable {
-        let objects = ObjectStore::open_copy(&db).map_err(|e| failed(e.to_string()))?;
-        return Ok((log, objects, false));
+        let (objects, auth) = stores(&db)?;
+        return Ok((log, objects, auth, false));
     }
     drop(db);
     std::fs::remove_dir_all(dir).map_err(|e| failed(e.to_string()))?;
     let db = crate::store::db::open(dir).map_err(|e| failed(crate::store::sled_reason(&e)))?;
     let log = EventLog::create(&db, &facts.epoch, facts.first.saturating_sub(1))
         .map_err(|e: StoreError| failed(e.to_string()))?;
-    let objects = ObjectStore::open_copy(&db).map_err(|e| failed(e.to_string()))?;
-    Ok((log, objects, true))
+    let (objects, auth) = stores(&db)?;
+    Ok((log, objects, auth, true))
 }
 
 /// The copy thread's state.
 struct Copier {
     log: EventLog,
     objects: Arc<ObjectStore>,
+    auth: Arc<AuthStore>,
     status: Arc<LogStatus>,
     cores: Vec<flume::Sender<Batch>>,
     connections: Arc<dyn ConnectionTable>,
@@ -265,21 +338,33 @@ impl Copier {
         for Message {
             seq,
             payload,
-            writes_object,
+            carries,
             base,
-            herald_connection,
+            private,
         } in events
         {
+            if carries == Carries::Secret {
+                batch.refused(seq);
+                continue;
+            }
             let event = subject::with_seq(&payload, seq)
                 .and_then(|json| EncodedEvent::from_stored(seq, &json));
             match event {
                 // Applied before the event is stored: after a crash between the two, the event
                 // is read again and applied again, which changes nothing.
-                Some(event) if writes_object && !self.apply_object(&event, base)? => {
+                Some(event)
+                    if carries == Carries::Object && !self.apply_object(&event, base)? =>
+                {
+                    batch.refused(seq);
+                }
+                Some(event)
+                    if carries == Carries::Account
+                        && !self.apply_account(&event, base, private.as_deref())? =>
+                {
                     batch.refused(seq);
                 }
                 Some(event) => {
-                    if herald_connection {
+                    if carries == Carries::Connection {
                         self.connections.apply(seq, event.json());
                         self.connections_unflushed = true;
                     }
@@ -314,6 +399,21 @@ impl Copier {
             .apply(kind, &event.key, &event.action, &object, event.seq, base)
             .map_err(|error| StoreError::Corrupt {
                 what: format!("applying object write {}: {error}", event.seq),
+            })
+    }
+
+    /// Applies a user or role write to the node's copy of the accounts, as
+    /// [`Copier::apply_object`] does an object's; the private part stays out of the copy's log.
+    fn apply_account(
+        &self,
+        event: &EncodedEvent,
+        base: Option<u64>,
+        private: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.auth
+            .apply(&event.ty, &event.key, private, event.seq, base)
+            .map_err(|error| StoreError::Corrupt {
+                what: format!("applying account write {}: {error}", event.seq),
             })
     }
 
@@ -410,8 +510,7 @@ impl Copier {
 /// after the last event handed over. A jump in `Seq` means the stream dropped events first.
 pub(super) async fn consume(
     stream: Stream,
-    objects_prefix: String,
-    connections_prefix: String,
+    subjects: Subjects,
     mut next: u64,
     input: flume::Sender<Input>,
     stream_first: Arc<AtomicU64>,
@@ -480,19 +579,25 @@ pub(super) async fn consume(
                         return;
                     }
                 }
-                let writes_object = message.subject.starts_with(objects_prefix.as_str());
-                let base = message
-                    .headers
-                    .as_ref()
-                    .and_then(|headers| headers.get(super::BASE_HEADER))
-                    .and_then(|value| value.as_str().parse().ok());
-                let herald_connection = message.subject.starts_with(connections_prefix.as_str());
+                let carries = subjects.carries(message.subject.as_str());
+                let header = |name: &str| {
+                    message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get(name))
+                        .map(|value| value.as_str().to_owned())
+                };
+                let base = header(super::BASE_HEADER).and_then(|value| value.parse().ok());
+                let private = match carries {
+                    Carries::Account => header(super::PRIVATE_HEADER),
+                    _ => None,
+                };
                 events.push(Message {
                     seq,
                     payload: message.payload.clone(),
-                    writes_object,
+                    carries,
                     base,
-                    herald_connection,
+                    private,
                 });
                 next = seq.saturating_add(1);
             }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::stream::{self, Link};
-use super::{ClusterError, ClusterView, ConnectionTable, copy, presence, relay, subject};
+use super::{ClusterError, ClusterView, ConnectionTable, copy, presence, relay, secret};
 use crate::config::{Cluster, Retention};
 use crate::objects::ObjectStore;
 use crate::sequencer::{Batch, LogStatus, OnStorageFailed, Publish, Publisher, StorageFailed};
@@ -36,6 +36,8 @@ pub(super) struct Inputs {
 pub(super) struct Started {
     /// The node's copy of the cluster's objects.
     pub objects: Arc<ObjectStore>,
+    /// The node's copy of the cluster's users and roles.
+    pub auth: Arc<crate::auth::AuthStore>,
     pub status: Arc<LogStatus>,
     pub reader: LogReader,
     pub view: Arc<ClusterView>,
@@ -75,9 +77,17 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
         nodes: Mutex::new(Vec::new()),
         connected: link.flag(),
     });
+    let secret = match secret::obtain(&js, &stream, &settings.name).await {
+        Ok(secret) => secret,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
     let copy = match copy::start(
         &copy_dir,
         &facts,
+        &secret,
         cores,
         connections.clone(),
         failed,
@@ -91,8 +101,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
     };
     let consumer = tokio::spawn(copy::consume(
         stream.clone(),
-        format!("{}.", subject::object_prefix(&settings.name)),
-        format!("{}.", subject::connection_prefix(&settings.name)),
+        copy::Subjects::new(&settings.name),
         copy.next_seq,
         copy.input.clone(),
         copy.stream_first.clone(),
@@ -128,6 +137,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
     ));
     let started = Started {
         objects: copy.objects.clone(),
+        auth: copy.auth.clone(),
         status: copy.status.clone(),
         reader: copy.reader.clone(),
         view,

@@ -34,6 +34,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub(super) struct Names {
     prefix: String,
     objects: String,
+    accounts: String,
     connections: String,
     /// Unique to this run of this node, so no two runs' ids meet in the duplicate window.
     run: String,
@@ -45,6 +46,7 @@ impl Names {
         Names {
             prefix: subject::event_prefix(&settings.name),
             objects: subject::object_prefix(&settings.name),
+            accounts: subject::account_prefix(&settings.name),
             connections: subject::connection_prefix(&settings.name),
             run: format!("{}-{}", settings.node, uuid::Uuid::new_v4().simple()),
             next: 0,
@@ -77,6 +79,8 @@ struct Outgoing {
     /// the one the write was planned on (they differ only once retention removed the object's
     /// events from the stream).
     expected: Option<(u64, u64)>,
+    /// An account write's private part, for [`super::PRIVATE_HEADER`].
+    private: Option<String>,
 }
 
 /// Why events were not stored.
@@ -182,10 +186,19 @@ async fn send(
                     key,
                     expected,
                     base,
-                }) => (
-                    subject::object_subject(&names.objects, ty, key),
-                    Some((*expected, *base)),
-                ),
+                    ..
+                }) => {
+                    // Users and roles have subjects of their own, beside the objects'.
+                    let prefix = if subject::is_account(ty) {
+                        &names.accounts
+                    } else {
+                        &names.objects
+                    };
+                    (
+                        subject::object_subject(prefix, ty, key),
+                        Some((*expected, *base)),
+                    )
+                }
                 None => (
                     subject::event_subject(
                         names.event_prefix(source, &event.ty),
@@ -201,6 +214,7 @@ async fn send(
                 payload: Bytes::from(subject::payload(prefix)),
                 id: names.next_id(),
                 expected,
+                private: condition.as_ref().and_then(|c| c.private.clone()),
             }
         })
         .collect();
@@ -267,6 +281,9 @@ async fn publish_one(
         publish = publish
             .expected_last_subject_sequence(expected)
             .header(super::BASE_HEADER, base.to_string().as_str());
+    }
+    if let Some(private) = &message.private {
+        publish = publish.header(super::PRIVATE_HEADER, private.as_str());
     }
     js.send_publish(message.subject.clone(), publish)
         .await

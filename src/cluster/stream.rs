@@ -14,8 +14,9 @@ use crate::config::{Cluster, Retention};
 
 /// The version of what herald keeps in the stream (subjects, payloads); recorded in the
 /// stream's description, and checked by every node that joins. 3: herald's own connection
-/// events under `<cluster>.herald.>`.
-const STREAM_SCHEMA: u32 = 3;
+/// events under `<cluster>.herald.>`. 4: users, roles and the token secret under
+/// `<cluster>.accounts.>`.
+const STREAM_SCHEMA: u32 = 4;
 /// How long JetStream remembers a message id, so a publish sent again is stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Wait for one JetStream answer (an ack, a stream request).
@@ -192,6 +193,7 @@ fn config(settings: &Cluster, retention: &Retention, replicas: usize) -> stream:
         subjects: vec![
             format!("{}.>", subject::event_prefix(&settings.name)),
             format!("{}.>", subject::object_prefix(&settings.name)),
+            format!("{}.>", subject::account_prefix(&settings.name)),
             format!("{}.>", subject::connection_prefix(&settings.name)),
         ],
         description: Some(description(&settings.name)),

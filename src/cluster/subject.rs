@@ -16,6 +16,21 @@ pub(crate) fn object_prefix(name: &str) -> String {
     format!("{name}.objects")
 }
 
+/// The subject prefix of cluster `name`'s account writes (users and roles).
+pub(crate) fn account_prefix(name: &str) -> String {
+    format!("{name}.accounts")
+}
+
+/// The subject of cluster `name`'s token secret: its first message is the secret of every node.
+pub(crate) fn secret_subject(name: &str) -> String {
+    format!("{name}.accounts.secret")
+}
+
+/// Whether writes of `ty` are account writes (users and roles), not object writes.
+pub(crate) fn is_account(ty: &str) -> bool {
+    ty == "users" || ty == "roles"
+}
+
 /// The subject prefix of the connection events herald writes itself in cluster `name`: no
 /// client's publish reaches a subject under it.
 pub(crate) fn connection_prefix(name: &str) -> String {

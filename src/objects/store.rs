@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::ObjectError;
 use super::kind::{Kind, check_param_name};
+use crate::store::versions::{Verdict, Versions};
 use crate::wire::event::{self, Event, SYSTEM_PRINCIPAL};
 use crate::wire::name::check_name;
 
@@ -42,7 +43,7 @@ pub(crate) struct Written {
 pub(crate) struct ObjectStore {
     trees: Vec<sled::Tree>,
     /// A cluster node's: the `Seq` of the event that last wrote each object.
-    seqs: Option<sled::Tree>,
+    versions: Option<Versions>,
 }
 
 pub(crate) fn encode(object: &Value) -> Vec<u8> {
@@ -72,42 +73,30 @@ impl ObjectStore {
                 OBJECTS_SCHEMA.version
             )),
         })?;
-        let store = ObjectStore { trees, seqs: None };
+        let store = ObjectStore {
+            trees,
+            versions: None,
+        };
         store.ensure_global()?;
         Ok(store)
     }
 
-    /// Opens a cluster node's copy of the cluster's objects in `db`.
-    pub(crate) fn open_copy(db: &sled::Db) -> Result<ObjectStore, ObjectError> {
+    /// Opens a cluster node's copy of the cluster's objects in `db`, whose writes `versions`
+    /// records.
+    pub(crate) fn open_copy(db: &sled::Db, versions: Versions) -> Result<ObjectStore, ObjectError> {
         let mut store = ObjectStore::open(db)?;
-        store.seqs = Some(crate::store::db::object_seqs_tree(db)?);
+        store.versions = Some(versions);
         Ok(store)
     }
 
     /// Whether writes are planned only (a cluster node's copy), not stored.
     fn planning(&self) -> bool {
-        self.seqs.is_some()
+        self.versions.is_some()
     }
 
-    /// The `Seq` of the event that last wrote the object (0 when none did).
-    pub(crate) fn seq_of(&self, kind: Kind, key: &str) -> Result<u64, ObjectError> {
-        self.stored_seq(&seq_key(kind, key))
-    }
-
-    /// The `Seq` of the newest write to the object in the stream, refused ones included: what
-    /// JetStream compares a conditional write with.
-    pub(crate) fn last_write_of(&self, kind: Kind, key: &str) -> Result<u64, ObjectError> {
-        self.stored_seq(&last_write_key(kind, key))
-    }
-
-    fn stored_seq(&self, key: &[u8]) -> Result<u64, ObjectError> {
-        let Some(seqs) = &self.seqs else {
-            return Ok(0);
-        };
-        Ok(seqs
-            .get(key)?
-            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes))
+    /// A cluster node's record of the writes its copy holds.
+    pub(crate) fn versions(&self) -> Option<&Versions> {
+        self.versions.as_ref()
     }
 
     /// Applies an object event read from the cluster's stream at `seq`, planned on the
@@ -123,19 +112,13 @@ impl ObjectStore {
         seq: u64,
         base: Option<u64>,
     ) -> Result<bool, ObjectError> {
-        let Some(seqs) = &self.seqs else {
+        let Some(versions) = &self.versions else {
             return Ok(false);
         };
-        let newest = self.seq_of(kind, key)?;
-        if newest >= seq {
-            return Ok(newest == seq || !self.was_refused(seq)?);
-        }
-        if self.last_write_of(kind, key)? < seq {
-            seqs.insert(last_write_key(kind, key), &seq.to_be_bytes())?;
-        }
-        if base != Some(newest) {
-            self.refuse(seq)?;
-            return Ok(false);
+        match versions.admit(kind.name(), key, seq, base, true)? {
+            Verdict::Seen(applied) => return Ok(applied),
+            Verdict::Refuse => return Ok(false),
+            Verdict::Apply => {}
         }
         let tree = self.tree(kind);
         if action == "delete" {
@@ -143,24 +126,8 @@ impl ObjectStore {
         } else {
             tree.insert(key.as_bytes(), encode(object))?;
         }
-        seqs.insert(seq_key(kind, key), &seq.to_be_bytes())?;
+        versions.applied(kind.name(), key, seq)?;
         Ok(true)
-    }
-
-    /// Whether the write at `seq` was refused. Recorded before the copy stores the write's
-    /// place, so a write read again after a crash gets the same answer.
-    pub(crate) fn was_refused(&self, seq: u64) -> Result<bool, ObjectError> {
-        match &self.seqs {
-            Some(seqs) => Ok(seqs.contains_key(refusal_key(seq))?),
-            None => Ok(false),
-        }
-    }
-
-    fn refuse(&self, seq: u64) -> Result<(), ObjectError> {
-        if let Some(seqs) = &self.seqs {
-            seqs.insert(refusal_key(seq), &[])?;
-        }
-        Ok(())
     }
 
     /// Creates the `global` profile when it is missing.
@@ -377,25 +344,6 @@ impl ObjectStore {
             answer: object,
         })
     }
-}
-
-/// The key of an object's `Seq` in [`crate::store::db::OBJECT_SEQS_TREE`].
-fn seq_key(kind: Kind, key: &str) -> Vec<u8> {
-    format!("{}/{key}", kind.name()).into_bytes()
-}
-
-/// The key of the `Seq` of the object's newest write in the stream, refused ones included: a
-/// byte 1 first, which no type name starts with.
-fn last_write_key(kind: Kind, key: &str) -> Vec<u8> {
-    format!("\u{1}last/{}/{key}", kind.name()).into_bytes()
-}
-
-/// The key recording that the write at `seq` was refused, in the same tree: a zero byte first,
-/// which no type name starts with.
-fn refusal_key(seq: u64) -> Vec<u8> {
-    let mut key = b"\0refused/".to_vec();
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
 }
 
 /// `patch` applied to a copy of `document`: all operations or none.
