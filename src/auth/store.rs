@@ -1574,6 +1574,50 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_copy_stores_an_account_write_planned_on_its_newest_and_refuses_a_stale_one() {
+        let db = temp_db();
+        let versions = ok(Versions::open(&db).map_err(AuthError::from));
+        let store = ok(AuthStore::open_copy(
+            &db,
+            &[7; TOKEN_SECRET_BYTES],
+            versions,
+        ));
+        let password = ok(AuthStore::hash_new_password("bobs-pw"));
+        let (_, create) = ok(store.create_user_hashed("bob".into(), vec![], Some(password)));
+        assert!(store.get_user("bob").is_err(), "a copy only plans");
+        let header = create.to_header();
+        assert!(ok(store.apply("users", "bob", Some(&header), 5, Some(0))));
+        ok(store.authenticate_slow(&basic("bob", "bobs-pw")));
+        // Another node's create, planned on the same base, comes second.
+        assert!(!ok(store.apply("users", "bob", Some(&header), 6, Some(0))));
+        // Read again after a crash: the same answers.
+        assert!(ok(store.apply("users", "bob", Some(&header), 5, Some(0))));
+        assert!(!ok(store.apply("users", "bob", Some(&header), 6, Some(0))));
+        // A private part that is another user's, or none, is refused.
+        assert!(!ok(store.apply(
+            "users",
+            "carol",
+            Some(&header),
+            7,
+            Some(0)
+        )));
+        assert!(!ok(store.apply("users", "bob", None, 8, Some(5))));
+        let (_, delete) = ok(store.delete_user("bob"));
+        assert!(ok(store.apply(
+            "users",
+            "bob",
+            Some(&delete.to_header()),
+            9,
+            Some(5)
+        )));
+        assert!(store.get_user("bob").is_err());
+        assert!(matches!(
+            store.authenticate_slow(&basic("bob", "bobs-pw")),
+            Err(AuthError::UnknownUser)
+        ));
+    }
+
+    #[test]
     fn the_store_can_be_shared_across_threads() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<AuthStore>();
