@@ -135,11 +135,6 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
         Some(cluster) => LogSource::Cluster(cluster),
         None => LogSource::Local(Box::new(open_local_log(&config, &db_path, &db)?)),
     };
-    // A cluster node's users and roles are the cluster's, which its copy of the stream holds.
-    let local_auth = match log_source {
-        LogSource::Local(_) => Some(AuthStore::open(&db, config.admin_password.as_deref())?),
-        LogSource::Cluster(_) => None,
-    };
     let (history, crashed) = crate::core::history::History::open(&db)?;
     if crashed > 0 {
         tracing::warn!(
@@ -185,8 +180,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     let signals_handle = signals.handle();
     let on_failure = Box::new(move || signals_handle.close());
     let mut cluster_connections = None;
-    let (sequencer, publisher, log_reader, objects, auth, admin) = match (log_source, local_auth) {
-        (LogSource::Cluster(cluster), _) => {
+    let (sequencer, publisher, log_reader, objects, auth, admin) = match log_source {
+        LogSource::Cluster(cluster) => {
             let table = Arc::new(crate::core::cluster_conns::ClusterConnections::open(
                 &db,
                 history.clone(),
@@ -222,13 +217,9 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
                 admin,
             )
         }
-        (LogSource::Local(log), local_auth) => {
-            let Some((auth, admin)) = local_auth else {
-                return Err(ServerError::Start {
-                    what: "the users and roles".into(),
-                    cause: std::io::Error::other("not opened"),
-                });
-            };
+        LogSource::Local(log) => {
+            // A cluster node's users and roles are the cluster's, which its copy holds.
+            let (auth, admin) = AuthStore::open(&db, config.admin_password.as_deref())?;
             let reader = log.reader();
             let (sequencer, publisher) = Sequencer::start(
                 *log,
