@@ -204,6 +204,7 @@ impl Node {
     pub(crate) fn start(
         settings: &Cluster,
         data_dir: &Path,
+        cache_bytes: u64,
         retention: Retention,
         cores: Vec<flume::Sender<Batch>>,
         connections: Arc<dyn ConnectionTable>,
@@ -224,6 +225,7 @@ impl Node {
         let inputs = node::Inputs {
             settings: settings.clone(),
             copy_dir: data_dir.join(copy::COPY_DIR),
+            cache_bytes,
             retention,
             cores,
             publishes,

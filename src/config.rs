@@ -150,6 +150,8 @@ pub struct Config {
     pub limits: Limits,
     /// When publishes are acknowledged.
     pub durability: Durability,
+    /// Bytes of memory for the page cache of each sled database herald opens.
+    pub cache_bytes: u64,
     /// How much of the event log is kept.
     pub retention: Retention,
     /// Log filter: a level or `tracing` directives such as `herald=debug,info`.
@@ -393,6 +395,7 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         cores: s.cores,
         limits,
         durability: s.durability,
+        cache_bytes: s.cache_bytes,
         retention: Retention {
             max_events: s.retain_events,
             max_age: s.retain_age,
@@ -608,6 +611,7 @@ mod tests {
             ("admin_password_file", "", &password_file),
             ("cores", "cores = 1", "cores = 2"),
             ("durability", "", "durability = \"batched\""),
+            ("cache_bytes", "", "cache_bytes = \"64MiB\""),
             ("log_level", "", "log_level = \"debug\""),
             ("log_format", "", "log_format = \"json\""),
             ("log_events_level", "", "log_events_level = \"info\""),
@@ -725,7 +729,7 @@ mod tests {
             assert_eq!(format!("{config:?}"), defaults, "{flag}");
             checked += 1;
         }
-        assert_eq!(checked, 23, "the help texts with a one-word default");
+        assert_eq!(checked, 24, "the help texts with a one-word default");
     }
 
     #[test]
@@ -756,6 +760,7 @@ mod tests {
             }
         );
         assert_eq!(config.durability, Durability::Sync);
+        assert_eq!(config.cache_bytes, 32 * 1024 * 1024);
         assert_eq!(config.retention.max_events, 1_000_000);
         assert_eq!(config.retention.max_age, Duration::from_secs(7 * 86400));
         assert_eq!(config.retention.max_bytes, 1 << 30);
@@ -790,6 +795,7 @@ mod tests {
             "--admin-password=pw",
             "--cores=3",
             "--durability=batched",
+            "--cache-bytes=128MiB",
             "--log-level=debug",
             "--log-format=json",
             "--log-events-level=error",
@@ -826,6 +832,7 @@ mod tests {
         assert_eq!(config.admin_password.as_deref(), Some("pw"));
         assert_eq!(config.cores, 3);
         assert_eq!(config.durability, Durability::Batched);
+        assert_eq!(config.cache_bytes, 128 << 20);
         assert_eq!(config.log_level, "debug");
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.log_events_level, EventsLevel::Error);
@@ -896,6 +903,7 @@ mod tests {
             admin_password_file = "/etc/herald/admin-password"
             cores = 2
             durability = "batched"
+            cache_bytes = "64MiB"
             log_level = "herald=debug,info"
             log_format = "json"
             log_events_level = "info"
@@ -944,6 +952,7 @@ mod tests {
         assert_eq!(config.admin_password.as_deref(), Some("secret"));
         assert_eq!(config.cores, 2);
         assert_eq!(config.durability, Durability::Batched);
+        assert_eq!(config.cache_bytes, 64 << 20);
         assert_eq!(config.log_level, "herald=debug,info");
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.log_events_level, EventsLevel::Info);
@@ -1111,7 +1120,7 @@ mod tests {
 
     #[test]
     fn out_of_range_settings_are_rejected_naming_the_setting() {
-        let cases: [(&[&str], &str); 13] = [
+        let cases: [(&[&str], &str); 16] = [
             (
                 &["--ping-interval=30s", "--ping-timeout=30s"],
                 "ping_timeout",
@@ -1134,6 +1143,9 @@ mod tests {
             (&["--retain-events=0"], "retain_events"),
             (&["--cores=0"], "cores"),
             (&["--cores=1025"], "cores"),
+            (&["--cache-bytes=0"], "cache_bytes"),
+            (&["--cache-bytes=1023KiB"], "cache_bytes"),
+            (&["--cache-bytes=2TiB"], "cache_bytes"),
         ];
         for (list, key) in cases {
             assert_eq!(invalid_key(flags(list)), key, "{list:?}");
@@ -1142,6 +1154,48 @@ mod tests {
         assert_eq!(invalid_key(flags(&["--log-level=warning"])), "log_level");
         assert_eq!(invalid_key(flags(&["--log-level=verbose"])), "log_level");
         assert_eq!(invalid_key(flags(&["--admin-password="])), "admin_password");
+    }
+
+    #[test]
+    fn the_cache_size_takes_every_size_within_its_bounds_from_flag_or_file() {
+        for (given, bytes) in [
+            ("1MiB", 1 << 20),
+            ("1048576", 1 << 20),
+            ("64MB", 64_000_000),
+            ("1TiB", 1 << 40),
+        ] {
+            let from_flag = resolve(flags(&[&format!("--cache-bytes={given}")]))
+                .unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(from_flag.cache_bytes, bytes, "{given}");
+            let from_file = resolve(file(&format!("cache_bytes = \"{given}\"")))
+                .unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(from_file.cache_bytes, bytes, "{given}");
+        }
+        let error = resolve(file("cache_bytes = \"512KiB\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("cache_bytes") && error.contains("1MiB to 1TiB"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn every_key_has_its_flag_and_its_herald_variable() {
+        let command = Cli::command();
+        for key in FILE_KEYS {
+            let flag = key.replace('_', "-");
+            let arg = command
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(flag.as_str()))
+                .unwrap_or_else(|| panic!("{key} has no flag --{flag}"));
+            let variable = format!("HERALD_{}", key.to_uppercase());
+            assert_eq!(
+                arg.get_env().and_then(|v| v.to_str()),
+                Some(variable.as_str()),
+                "{key}"
+            );
+        }
     }
 
     #[test]

@@ -126,9 +126,11 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
     // touches anything.
     let _lock = crate::store::data_dir::lock(&config.data_dir)?;
     let db_path = config.data_dir.join("db");
-    let db = crate::store::db::open(&db_path).map_err(|cause| ServerError::Database {
-        path: db_path.display().to_string(),
-        cause,
+    let db = crate::store::db::open(&db_path, config.cache_bytes).map_err(|cause| {
+        ServerError::Database {
+            path: db_path.display().to_string(),
+            cause,
+        }
     })?;
     // A cluster node's event log is the cluster's stream; the local one stays as it was.
     let log_source = match &config.cluster {
@@ -191,6 +193,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), ServerError> {
             let (node, publisher) = Node::start(
                 cluster,
                 &config.data_dir,
+                config.cache_bytes,
                 config.retention.clone(),
                 inboxes,
                 table,

@@ -68,3 +68,29 @@ fn a_data_dir_in_use_is_reported_once_without_debug_text() {
     assert_reported_once(&exit, "a second herald on one data dir", "another herald");
     running.assert_serving();
 }
+
+#[test]
+fn a_cache_size_out_of_bounds_or_unreadable_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let data_dir = dir.path().join("data");
+    for bad in ["--cache-bytes=0", "--cache-bytes=2TiB"] {
+        let exit = serve_to_exit(&data_dir, &[bad]);
+        assert_reported_once(&exit, bad, "out of range");
+        assert!(
+            exit.stderr.contains("`cache_bytes` (flag --cache-bytes)"),
+            "{exit:?}"
+        );
+    }
+    let exit = serve_to_exit(&data_dir, &["--cache-bytes=lots"]);
+    assert!(!exit.success, "{exit:?}");
+    assert!(exit.stderr.contains("--cache-bytes"), "{exit:?}");
+    assert!(
+        !data_dir.join("db").exists(),
+        "a refused start opened no database"
+    );
+
+    let config = ConfigFile::new("cache_bytes = \"100KiB\"\n");
+    let exit = run_to_exit(&["check-config", &config.arg()]);
+    assert_reported_once(&exit, "cache_bytes = \"100KiB\"", "out of range");
+    assert!(exit.stderr.contains("cache_bytes"), "{exit:?}");
+}

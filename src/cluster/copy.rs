@@ -166,6 +166,7 @@ pub(super) struct Copy {
 /// Opens the copy under `dir` and starts its thread.
 pub(super) fn start(
     dir: &Path,
+    cache_bytes: u64,
     facts: &Facts,
     secret: &[u8],
     cores: Vec<flume::Sender<Batch>>,
@@ -173,7 +174,7 @@ pub(super) fn start(
     failed: Arc<Mutex<Option<StorageFailed>>>,
     on_failure: OnStorageFailed,
 ) -> Result<Copy, ClusterError> {
-    let (log, objects, auth, fresh) = open(dir, facts, secret)?;
+    let (log, objects, auth, fresh) = open(dir, cache_bytes, facts, secret)?;
     let objects = Arc::new(objects);
     let auth = Arc::new(auth);
     if fresh {
@@ -236,6 +237,7 @@ pub(super) fn start(
 /// signed with `secret`), and true for a new one.
 fn open(
     dir: &Path,
+    cache_bytes: u64,
     facts: &Facts,
     secret: &[u8],
 ) -> Result<(EventLog, ObjectStore, AuthStore, bool), ClusterError> {
@@ -243,7 +245,8 @@ fn open(
         path: dir.to_path_buf(),
         cause,
     };
-    let db = crate::store::db::open(dir).map_err(|e| failed(crate::store::sled_reason(&e)))?;
+    let db = crate::store::db::open(dir, cache_bytes)
+        .map_err(|e| failed(crate::store::sled_reason(&e)))?;
     let usable = match crate::store::log::stored_epoch(&db) {
         Ok(Some(epoch)) if epoch == facts.epoch => match EventLog::open(&db) {
             // A copy behind the stream's first event would only ever skip to it.
@@ -274,7 +277,8 @@ fn open(
     }
     drop(db);
     std::fs::remove_dir_all(dir).map_err(|e| failed(e.to_string()))?;
-    let db = crate::store::db::open(dir).map_err(|e| failed(crate::store::sled_reason(&e)))?;
+    let db = crate::store::db::open(dir, cache_bytes)
+        .map_err(|e| failed(crate::store::sled_reason(&e)))?;
     let log = EventLog::create(&db, &facts.epoch, facts.first.saturating_sub(1))
         .map_err(|e: StoreError| failed(e.to_string()))?;
     let (objects, auth) = stores(&db)?;

@@ -21,6 +21,8 @@ const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 pub(super) struct Inputs {
     pub settings: Cluster,
     pub copy_dir: PathBuf,
+    /// The copy's page cache, in bytes.
+    pub cache_bytes: u64,
     pub retention: Arc<Mutex<Retention>>,
     pub cores: Vec<flume::Sender<Batch>>,
     pub publishes: flume::Receiver<Publish>,
@@ -52,6 +54,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
     let Inputs {
         settings,
         copy_dir,
+        cache_bytes,
         retention,
         cores,
         publishes,
@@ -86,6 +89,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
     };
     let copy = match copy::start(
         &copy_dir,
+        cache_bytes,
         &facts,
         &secret,
         cores,

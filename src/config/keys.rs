@@ -22,6 +22,13 @@ const MIN_HEADER_BYTES: u64 = 1024;
 const MIN_BODY_BYTES: u64 = 1024;
 /// Smallest command limit: `replay SEQ EPOCH` and a short filter must fit.
 const MIN_COMMAND_BYTES: u64 = 256;
+/// The database's page cache by default: sled's own default (1 GiB) let a busy server grow to
+/// hundreds of MiB; with this much, publishing and replaying recent events run as fast.
+pub(super) const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Smallest page cache: less is more likely a size written without its unit than a wish.
+const MIN_CACHE_BYTES: u64 = 1024 * 1024;
+/// Largest page cache: far beyond any machine herald runs on, so a typo's extra digits are caught.
+const MAX_CACHE_BYTES: u64 = 1 << 40;
 /// Shortest header timeout and ping interval: shorter ones close healthy clients on slow links.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -236,6 +243,14 @@ keys! {
         default: Durability::Sync,
         file: choice(),
         reload: restart("durability", durability),
+    }
+    /// Memory for the database's page cache: more keeps more of the log and objects in memory for replays and reads [default: 32MiB]
+    #[arg(long, env = "HERALD_CACHE_BYTES", value_parser = parse_size, value_name = "SIZE")]
+    cache_bytes: u64 {
+        default: DEFAULT_CACHE_BYTES,
+        file: size(),
+        check: within(MIN_CACHE_BYTES, MAX_CACHE_BYTES),
+        reload: restart("cache_bytes", cache_bytes),
     }
     /// Log filter: a level (off, error, warn, info, debug, trace) for herald, or directives like `herald=debug,info`; other crates log at warn unless named [default: info]
     #[arg(long, env = "HERALD_LOG_LEVEL", value_name = "FILTER")]
@@ -564,6 +579,29 @@ fn at_least(key: &'static str, value: &u64, min: u64) -> Result<(), ConfigError>
         ));
     }
     Ok(())
+}
+
+fn within(key: &'static str, value: &u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if !(min..=max).contains(value) {
+        return Err(invalid(
+            key,
+            format!(
+                "{value} bytes is out of range: use {} to {}",
+                mebibytes(min),
+                mebibytes(max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A whole number of MiB as the size grammar writes it, in its largest exact unit: `1MiB`, `1TiB`.
+fn mebibytes(bytes: u64) -> String {
+    match bytes >> 20 {
+        mib if mib > 0 && mib % (1 << 20) == 0 => format!("{}TiB", mib >> 20),
+        mib if mib > 0 && mib % (1 << 10) == 0 => format!("{}GiB", mib >> 10),
+        mib => format!("{mib}MiB"),
+    }
 }
 
 pub(super) fn not_shorter(

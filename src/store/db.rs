@@ -165,9 +165,13 @@ impl From<sled::Error> for OpenError {
     }
 }
 
-/// Opens (or creates) the database at `path`.
-pub fn open(path: &Path) -> Result<Db, sled::Error> {
-    sled::Config::new().path(path).open()
+/// Opens (or creates) the database at `path`, its page cache bounded to `cache_bytes` (sled's
+/// own default, 1 GiB, would let it grow far beyond what herald needs).
+pub fn open(path: &Path, cache_bytes: u64) -> Result<Db, sled::Error> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .open()
 }
 
 /// sled's flush writes its log with `sync_file_range`, which syncs neither the file's size nor
