@@ -38,6 +38,7 @@ enum Command {
 const LOCAL_COMMANDS: [&str; 2] = ["serve", "check-config"];
 
 fn main() -> ExitCode {
+    return_large_blocks();
     let cli = match parse() {
         Ok(cli) => cli,
         Err(error) => error.exit(),
@@ -65,6 +66,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Has glibc hand blocks of 1 MiB and more back to the system when they are freed. By default
+/// it raises that bar to the largest block freed so far, so every thread that once hashed a
+/// password (argon2, 19 MiB) would keep a block that large resident for good.
+fn return_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's parameters; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
