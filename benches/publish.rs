@@ -69,6 +69,9 @@ struct Args {
     /// The herald binary (cargo builds it next to this bench).
     #[arg(long, default_value = env!("CARGO_BIN_EXE_herald"))]
     herald_bin: PathBuf,
+    /// One more argument of `herald serve` (repeatable), e.g. `--herald-arg=--cache-bytes=1GiB`.
+    #[arg(long = "herald-arg", value_name = "ARG", allow_hyphen_values = true)]
+    herald_args: Vec<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -114,9 +117,10 @@ fn main() -> ExitCode {
 fn start(args: &Args, durability: &str) -> Result<(Server, Arc<Endpoint>), String> {
     let server = Server::herald(&HeraldOptions {
         bin: &args.herald_bin,
-        durability,
-        tls: false,
-        cores: args.cores,
+        durability: Some(durability),
+        tls: None,
+        cores: Some(args.cores),
+        extra: &args.herald_args,
         password: PASSWORD,
         cluster: None,
     })?;

@@ -14,7 +14,7 @@
 //! - `publish`: publisher threads with one acknowledged batch in flight each.
 //! - `server`: starting, measuring and stopping the servers.
 //! - `stats`: histograms and the comparison table.
-//! - `tls`: the TLS client setup for `--tls`.
+//! - `tls`: the certificate both servers serve with `--tls`, and the clients' trust in it.
 
 mod clients;
 mod event;
@@ -75,6 +75,8 @@ enum Workload {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Target {
+    /// herald with its defaults: `sync` durability, as many cores as CPUs it may run on.
+    Herald,
     /// herald `--durability batched`.
     HeraldBatched,
     /// herald `--durability sync`.
@@ -89,6 +91,7 @@ enum Target {
 impl Target {
     fn name(self) -> &'static str {
         match self {
+            Target::Herald => "herald",
             Target::HeraldBatched => "herald-batched",
             Target::HeraldSync => "herald-sync",
             Target::Nats => "nats",
@@ -123,12 +126,31 @@ struct Args {
     /// The nats-server binary.
     #[arg(long, default_value = "nats-server")]
     nats_bin: PathBuf,
-    /// Connect to herald over TLS (its generated certificate) instead of `--plain`.
+    /// Connect over TLS: herald and NATS's websocket listener serve one certificate generated
+    /// for the run, which the clients verify.
     #[arg(long)]
     tls: bool,
-    /// herald's `--cores`.
+    /// herald's `--cores` (the herald-batched, herald-sync and cluster targets; `herald` keeps
+    /// its default).
     #[arg(long, default_value_t = 2)]
     cores: usize,
+    /// One more argument of `herald serve` (repeatable), e.g. `--herald-arg=--cache-bytes=1GiB`.
+    #[arg(long = "herald-arg", value_name = "ARG", allow_hyphen_values = true)]
+    herald_args: Vec<String>,
+    /// CPUs the servers run on, e.g. `0` or `0-1,4`; the load generator then runs on the
+    /// others. Every server, herald or NATS, gets the same.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    server_cpus: Option<CpuList>,
+    /// The name of this run's rows in the table, e.g. `selective 1/POST`; by default the
+    /// workload's.
+    #[arg(long, value_name = "NAME")]
+    row: Option<String>,
+    /// Also append every number to FILE, for `--table-from`.
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
+    /// Run nothing: print the one table of the numbers saved in FILE (by several runs).
+    #[arg(long, value_name = "FILE")]
+    table_from: Option<PathBuf>,
     /// Subscriber threads, each multiplexing its share of the sockets.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -239,16 +261,48 @@ impl Args {
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
+    if let Some(path) = &args.table_from {
+        return match Results::load(path) {
+            Ok(results) => {
+                println!("{}", results.table());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                println!("cannot read {}: {error}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.smoke {
         args.shrink_for_smoke();
     }
+    if let Some(CpuList(cpus)) = &args.server_cpus {
+        match pin(cpus) {
+            Ok(line) => println!("{line}"),
+            Err(error) => {
+                println!("cannot pin: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let certificate = if args.tls {
+        match tls::Certificate::generate() {
+            Ok(certificate) => Some(certificate),
+            Err(error) => {
+                println!("{error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let command: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
     println!("loadgen {}", command.join(" "));
     println!(
-        "event {} B, batch {} (paced {}), {} publishers, {} subscriber threads, windows {}/{}, phases {:?}, herald --cores {}{}",
+        "event {} B, batch {} (paced {}), {} publishers, {} subscriber threads, windows {}/{}, phases {:?}, herald --cores {} (not for the herald target){}",
         args.event_bytes,
         args.batch,
         args.paced_batch,
@@ -258,7 +312,11 @@ fn main() -> ExitCode {
         args.selective_window,
         args.duration,
         args.cores,
-        if args.tls { ", TLS" } else { "" }
+        if args.tls {
+            ", TLS (one generated certificate for both servers)"
+        } else {
+            ""
+        }
     );
     println!("load average at start: {}", load_average());
     let mut results = Results::default();
@@ -283,7 +341,8 @@ fn main() -> ExitCode {
                     println!("\n## {workload:?} / {}", target.name());
                 }
                 let started = Instant::now();
-                if let Err(error) = run(&args, workload, target, &mut results) {
+                if let Err(error) = run(&args, certificate.as_ref(), workload, target, &mut results)
+                {
                     println!("  FAILED: {error}");
                     failures += 1;
                 }
@@ -296,6 +355,12 @@ fn main() -> ExitCode {
         }
     }
     println!("\n{}", results.table());
+    if let Some(path) = &args.save
+        && let Err(error) = results.save(path)
+    {
+        println!("cannot save the numbers to {}: {error}", path.display());
+        failures += 1;
+    }
     if failures > 0 {
         println!("{failures} run(s) failed");
         return ExitCode::FAILURE;
@@ -306,6 +371,7 @@ fn main() -> ExitCode {
 /// One workload against one server (or cluster), from start to stop.
 fn run(
     args: &Args,
+    certificate: Option<&tls::Certificate>,
     workload: Workload,
     target: Target,
     results: &mut Results,
@@ -314,38 +380,47 @@ fn run(
         println!("  (failover needs a cluster: skipped)");
         return Ok(());
     }
+    let tls_files = certificate.map(tls::Certificate::files);
+    let client_tls = certificate
+        .map(tls::Certificate::client_config)
+        .transpose()?;
     let herald = HeraldOptions {
         bin: &args.herald_bin,
-        durability: if target == Target::HeraldBatched {
-            "batched"
-        } else {
-            "sync"
+        durability: match target {
+            Target::Herald => None,
+            Target::HeraldBatched => Some("batched"),
+            _ => Some("sync"),
         },
-        tls: args.tls,
-        cores: args.cores,
+        tls: tls_files.as_ref(),
+        cores: (target != Target::Herald).then_some(args.cores),
+        extra: &args.herald_args,
         password: &args.password,
         cluster: None,
     };
     let server = match target {
-        Target::HeraldBatched | Target::HeraldSync => Deployment::single(Server::herald(&herald)?),
-        // Replay on NATS is JetStream's: a file-backed stream and one consumer per client.
-        Target::Nats => {
-            Deployment::single(Server::nats(&args.nats_bin, workload == Workload::Replay)?)
+        Target::Herald | Target::HeraldBatched | Target::HeraldSync => {
+            Deployment::single(Server::herald(&herald)?)
         }
+        // Replay on NATS is JetStream's: a file-backed stream and one consumer per client.
+        Target::Nats => Deployment::single(Server::nats(
+            &args.nats_bin,
+            workload == Workload::Replay,
+            tls_files.as_ref(),
+        )?),
         Target::HeraldCluster => Deployment::cluster(&args.nats_bin, &herald)?,
     };
     let endpoint_at = |addr: SocketAddr| match target {
         Target::Nats => Endpoint {
             addr,
             protocol: Protocol::Nats,
-            tls: None,
+            tls: client_tls.clone(),
             authorization: String::new(),
             failover: None,
         },
         _ => Endpoint {
             addr,
             protocol: Protocol::Herald,
-            tls: args.tls.then(tls::client_config),
+            tls: client_tls.clone(),
             authorization: format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD
@@ -429,7 +504,10 @@ struct Phase {
 
 impl Run<'_> {
     fn put(&mut self, metric: &str, value: f64) {
-        let workload = format!("{:?}", self.workload).to_lowercase();
+        let workload = match &self.args.row {
+            Some(row) => row.clone(),
+            None => format!("{:?}", self.workload).to_lowercase(),
+        };
         self.results
             .put(&workload, metric, self.target.name(), value);
     }
@@ -1255,6 +1333,53 @@ impl Run<'_> {
 
 /// The machine's 1-minute load average: the servers share the cores with the load generator
 /// and with whatever else runs, so every result is printed next to it.
+/// CPU numbers, as `--server-cpus` names them.
+#[derive(Debug, Clone)]
+struct CpuList(Vec<usize>);
+
+/// Parses a CPU list as `taskset -c` takes it: `0`, `0,2`, `0-3,6`.
+fn parse_cpu_list(list: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let number = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{s:?} is not a CPU number in {list:?}"))
+        };
+        let (first, last) = match part.split_once('-') {
+            Some((first, last)) => (number(first)?, number(last)?),
+            None => (number(part)?, number(part)?),
+        };
+        if first > last || last >= libc::CPU_SETSIZE as usize {
+            return Err(format!("{part:?} is not a CPU range in {list:?}"));
+        }
+        cpus.extend(first..=last);
+    }
+    Ok(CpuList(cpus))
+}
+
+/// Pins the servers to `servers` and this process to the other CPUs it may run on; says where.
+fn pin(servers: &[usize]) -> Result<String, String> {
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mine: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|core| core.id)
+        .filter(|cpu| !servers.contains(cpu))
+        .collect();
+    server::pin_servers(servers.to_vec());
+    if mine.is_empty() {
+        return Ok(format!(
+            "servers on CPUs {servers:?}; no CPU of the {online} left for the load generator, \
+             which shares them"
+        ));
+    }
+    server::pin_self(&mine).map_err(|e| format!("sched_setaffinity({mine:?}): {e}"))?;
+    Ok(format!(
+        "servers on CPUs {servers:?}, the load generator on CPUs {mine:?}"
+    ))
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()

@@ -3,9 +3,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,17 +31,59 @@ pub(crate) struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// The CPUs every server child runs on (`--server-cpus`); unset, they run wherever the
+/// scheduler puts them.
+static SERVER_CPUS: OnceLock<Vec<usize>> = OnceLock::new();
+
+/// Pins every server started from now on to `cpus`, herald and NATS alike.
+pub(crate) fn pin_servers(cpus: Vec<usize>) {
+    let _ = SERVER_CPUS.set(cpus);
+}
+
+/// Restricts the calling thread, and the threads and children it starts later, to `cpus`.
+pub(crate) fn pin_self(cpus: &[usize]) -> std::io::Result<()> {
+    set_affinity(&cpu_set(cpus))
+}
+
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is a plain bit array, for which all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET only sets a bit of the set it is given, and ignores CPUs beyond it.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
+fn set_affinity(set: &libc::cpu_set_t) -> std::io::Result<()> {
+    // SAFETY: sched_setaffinity reads the set it is given, which lives for the call.
+    let done = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(set), set) };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A certificate for 127.0.0.1 and localhost, as PEM files that both herald and NATS serve.
+pub(crate) struct TlsFiles<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
 /// How to start herald.
 #[derive(Clone, Copy)]
 pub(crate) struct HeraldOptions<'a> {
     /// The binary.
     pub bin: &'a Path,
-    /// `sync` or `batched`.
-    pub durability: &'a str,
-    /// Serve TLS instead of `--plain`.
-    pub tls: bool,
-    /// `--cores`.
-    pub cores: usize,
+    /// `--durability sync` or `batched`; `None` for herald's default.
+    pub durability: Option<&'a str>,
+    /// Serve TLS with these files instead of `--plain`.
+    pub tls: Option<&'a TlsFiles<'a>>,
+    /// `--cores`; `None` for herald's default (every CPU it may run on).
+    pub cores: Option<usize>,
+    /// More arguments of `herald serve`, e.g. `--cache-bytes=1GiB`.
+    pub extra: &'a [String],
     /// `--admin-password`.
     pub password: &'a str,
     /// Cluster mode: the node's `--nats` URLs and `--node-name`.
@@ -54,21 +97,32 @@ impl Server {
         let mut command = Command::new(options.bin);
         command
             .arg("serve")
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--durability",
-                options.durability,
-            ])
+            .args(["--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--admin-password", options.password])
-            .args(["--cores", &options.cores.to_string()])
             .args(["--log-level", "info"])
             .env_remove("HERALD_CONFIG");
-        if !options.tls {
-            command.arg("--plain");
+        // Only what is asked for: a target of herald's defaults passes neither.
+        if let Some(durability) = options.durability {
+            command.args(["--durability", durability]);
         }
+        if let Some(cores) = options.cores {
+            command.args(["--cores", &cores.to_string()]);
+        }
+        match options.tls {
+            Some(files) => {
+                command
+                    .arg("--tls-cert")
+                    .arg(files.cert)
+                    .arg("--tls-key")
+                    .arg(files.key);
+            }
+            None => {
+                command.arg("--plain");
+            }
+        }
+        command.args(options.extra);
         if let Some((urls, node)) = options.cluster {
             command
                 .args(["--nats", urls])
@@ -93,13 +147,25 @@ impl Server {
         })
     }
 
-    /// Starts `nats-server` with a websocket listener on a free loopback port.
-    pub(crate) fn nats(bin: &Path, jetstream: bool) -> Result<Server, String> {
+    /// Starts `nats-server` with a websocket listener on a free loopback port, serving TLS
+    /// with `tls` (the certificate herald gets) or plain.
+    pub(crate) fn nats(
+        bin: &Path,
+        jetstream: bool,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Server, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         let port = free_port()?;
+        let websocket_tls = match tls {
+            Some(files) => format!(
+                "tls {{ cert_file: {:?}, key_file: {:?} }}",
+                files.cert, files.key
+            ),
+            None => "no_tls: true".to_owned(),
+        };
         let mut config = format!(
             "listen: \"127.0.0.1:-1\"\nmax_payload: 1048576\n\
-             websocket {{ listen: \"127.0.0.1:{port}\", no_tls: true }}\n"
+             websocket {{ listen: \"127.0.0.1:{port}\", {websocket_tls} }}\n"
         );
         if jetstream {
             config.push_str(&format!(
@@ -431,6 +497,14 @@ fn spawn_until(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if let Some(cpus) = SERVER_CPUS.get() {
+        let set = cpu_set(cpus);
+        // SAFETY: the child only makes the sched_setaffinity system call between fork and
+        // exec, with a set built before the fork.
+        unsafe {
+            command.pre_exec(move || set_affinity(&set));
+        }
+    }
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start {name}: {e}"))?;

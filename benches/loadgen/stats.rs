@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::path::Path;
 
 use hdrhistogram::Histogram;
 
@@ -55,6 +57,46 @@ impl Results {
             Some(&old) => best(metric, old, value),
         };
         self.values.insert(key, kept);
+    }
+
+    /// Appends every number to `path`, one `workload<TAB>metric<TAB>target<TAB>value` line each,
+    /// so that several runs make one table ([`Results::load`]).
+    pub(crate) fn save(&self, path: &Path) -> io::Result<()> {
+        let mut text = String::new();
+        for (workload, metric) in &self.rows {
+            for target in &self.targets {
+                let key = (workload.clone(), metric.clone(), target.clone());
+                if let Some(value) = self.values.get(&key) {
+                    let _ = writeln!(text, "{workload}\t{metric}\t{target}\t{value}");
+                }
+            }
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?
+            .write_all(text.as_bytes())
+    }
+
+    /// The numbers [`Results::save`] wrote to `path`, in the order they were saved.
+    pub(crate) fn load(path: &Path) -> io::Result<Results> {
+        let mut results = Results::default();
+        for line in std::fs::read_to_string(path)?.lines() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let value = fields.get(3).and_then(|v| v.parse::<f64>().ok());
+            match (fields.as_slice(), value) {
+                ([workload, metric, target, _], Some(value)) => {
+                    results.put(workload, metric, target, value);
+                }
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("not a saved number: {line:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(results)
     }
 
     /// The comparison table: every target's value, then each herald target's ratio to NATS,
