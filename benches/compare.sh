@@ -26,6 +26,7 @@ only=""
 # Two rounds, the targets in alternating order, keep each server's better one: a slow spell of
 # the shared machine does not decide a row. A smoke run checks, once.
 rounds=2
+targets=herald,nats
 extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -33,6 +34,9 @@ while [ $# -gt 0 ]; do
         --smoke) rounds=1; extra+=("$1") ;;
         --rows) only="$2"; shift ;;
         --rows=*) only="${1#--rows=}" ;;
+        # A list option given twice adds up rather than overrides, so it is taken here.
+        --targets) targets="$2"; shift ;;
+        --targets=*) targets="${1#--targets=}" ;;
         *) extra+=("$1") ;;
     esac
     shift
@@ -49,7 +53,7 @@ cargo bench --locked --no-run --bench loadgen
 saved=$(mktemp)
 trap 'rm -f "$saved"' EXIT
 failed=0
-common=(--targets herald,nats --server-cpus "${SERVER_CPUS:-0}" --event-bytes 600 --rounds "$rounds"
+common=(--targets "$targets" --server-cpus "${SERVER_CPUS:-0}" --event-bytes 600 --rounds "$rounds"
     --save "$saved")
 
 # row NAME LOADGEN-ARGS...: one row of the table, unless --rows leaves it out (by the name's part
