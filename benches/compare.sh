@@ -4,7 +4,7 @@
 # on the others, 600-byte events. Prints one table with the herald/NATS ratio of every number.
 #
 #   benches/compare.sh               # every row, two rounds: about 12 minutes on 2 cores
-#   benches/compare.sh --smoke       # every row with 50 connections and 2 s phases: a minute or two
+#   benches/compare.sh --smoke       # every row once, 50 connections, 2 s phases: 1.5 to 3 minutes
 #   benches/compare.sh --memory      # 10 minutes of sustained selective load, RSS at the end
 #   benches/compare.sh --rows 'selective 1/POST,firehose 200' --duration 10s
 #
