@@ -89,8 +89,10 @@ else
         row "${tls}firehose 1000: 1000 connections on *.*.*, batch 10" \
             --workloads firehose --firehose-conns 1000 --batch 10 "${flag[@]}"
     done
-    # The storm rows: *.*.* subscribers connecting at once, 1000 and 3000 of them, go here,
-    # once the load generator has its storm workload.
+    row "storm 1000: 1000 subscribers on *.*.* connecting at once" \
+        --workloads storm --storm-conns 1000
+    row "storm 3000: 3000 subscribers on *.*.* connecting at once" \
+        --workloads storm --storm-conns 3000
 fi
 
 echo
