@@ -163,10 +163,15 @@ pub(super) struct Copy {
     pub stream_last: Arc<AtomicU64>,
 }
 
-/// Opens the copy under `dir` and starts its thread.
+/// Where a node's copy lives, and how much of it sled may keep in memory.
+pub(super) struct Place<'a> {
+    pub dir: &'a Path,
+    pub cache_bytes: u64,
+}
+
+/// Opens the copy at `place` and starts its thread.
 pub(super) fn start(
-    dir: &Path,
-    cache_bytes: u64,
+    place: Place<'_>,
     facts: &Facts,
     secret: &[u8],
     cores: Vec<flume::Sender<Batch>>,
@@ -174,7 +179,7 @@ pub(super) fn start(
     failed: Arc<Mutex<Option<StorageFailed>>>,
     on_failure: OnStorageFailed,
 ) -> Result<Copy, ClusterError> {
-    let (log, objects, auth, fresh) = open(dir, cache_bytes, facts, secret)?;
+    let (log, objects, auth, fresh) = open(place.dir, place.cache_bytes, facts, secret)?;
     let objects = Arc::new(objects);
     let auth = Arc::new(auth);
     if fresh {

@@ -87,9 +87,12 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
             return;
         }
     };
-    let copy = match copy::start(
-        &copy_dir,
+    let place = copy::Place {
+        dir: &copy_dir,
         cache_bytes,
+    };
+    let copy = match copy::start(
+        place,
         &facts,
         &secret,
         cores,
