@@ -28,7 +28,7 @@ use monoio::net::TcpStream;
 
 use crate::api::error::ApiError;
 use crate::api::request::Request;
-use crate::auth::{self, AuthError, FastAuth, Identity};
+use crate::auth::{self, AuthError, Check, FastAuth, Identity};
 use crate::core::Core;
 use crate::core::accept::ConnectionSlot;
 use crate::core::connection;
@@ -454,13 +454,23 @@ async fn check_credentials(
     credentials: auth::Credentials,
     remote: SocketAddr,
 ) -> Result<Identity, AuthError> {
-    let user = match (
-        core.shared.auth.authenticate_fast(&credentials),
-        &credentials,
-    ) {
-        (FastAuth::Done(result), _) => return result,
-        (FastAuth::NeedsHash, auth::Credentials::Basic { user, .. }) => user.clone(),
-        (FastAuth::NeedsHash, auth::Credentials::Bearer(_)) => String::new(),
+    let auth = &core.shared.auth;
+    let mut waited = false;
+    let (user, _checking) = loop {
+        let user = match (auth.authenticate_fast(&credentials), &credentials) {
+            (FastAuth::Done(result), _) => return result,
+            (FastAuth::NeedsHash, auth::Credentials::Basic { user, .. }) => user.clone(),
+            (FastAuth::NeedsHash, auth::Credentials::Bearer(_)) => String::new(),
+        };
+        match auth.join_check(&credentials) {
+            // Once: a check that failed leaves nothing cached, and this request checks its own.
+            Some(Check::Wait(done)) if !waited => {
+                let _ = done.recv_async().await;
+                waited = true;
+            }
+            Some(Check::First(checking)) => break (user, Some(checking)),
+            _ => break (user, None),
+        }
     };
     // Checked before hashing, so a throttled guess costs no argon2 run.
     let throttle = &core.shared.login_throttle;
@@ -471,7 +481,7 @@ async fn check_credentials(
             return Err(AuthError::Throttled { by, retry_after });
         }
     };
-    let store = core.shared.auth.clone();
+    let store = auth.clone();
     let verified = core
         .shared
         .hash_pool

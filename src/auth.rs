@@ -20,6 +20,7 @@ use std::sync::Arc;
 pub(crate) use claims::{Claim, Claims, Role};
 pub(crate) use credentials::{Credentials, credentials};
 pub(crate) use hash_pool::{HASH_QUEUE, HASH_THREADS, HashPool};
+pub(crate) use password::Check;
 pub(crate) use store::{
     AccountWrite, AdminPassword, AdminStart, AuthStore, DEFAULT_ADMIN_USER, FastAuth,
     HashedPassword, NewUser, TOKEN_SECRET_BYTES, new_token_secret,

@@ -5,8 +5,8 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Instant;
 
@@ -177,6 +177,44 @@ fn a_good_login_during_a_flood_of_bad_ones_is_answered_quickly() {
         "the flood was not being answered while the good login waited"
     );
     assert!(took < REPLY_TIMEOUT, "the good login took {took:?}");
+}
+
+#[test]
+fn many_requests_at_once_with_one_unchecked_password_are_all_answered_for_one_hash() {
+    let server = Server::start();
+    server.create_user("bob", "bobs-password", &["superuser"]);
+    let before = server.metric(VERIFICATIONS);
+    // Sixteen connections from one address present the same password together, as a pool of
+    // publishers does once its cached login has expired: none may be refused for the address's
+    // few checks in progress, and the password is hashed once.
+    let together = Barrier::new(16);
+    let replies: Vec<common::HttpReply> = thread::scope(|scope| {
+        let requests: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut raw = server.raw_from(loopback(1));
+                    together.wait();
+                    raw.get(
+                        "/api/v3/info",
+                        &Auth::basic("bob", "bobs-password"),
+                        LOG_TIMEOUT,
+                    )
+                })
+            })
+            .collect();
+        requests
+            .into_iter()
+            .map(|request| match request.join() {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => panic!("GET /api/v3/info: {e}"),
+                Err(_) => panic!("a request thread panicked"),
+            })
+            .collect()
+    });
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    assert_eq!(server.metric(VERIFICATIONS), before + 1.0);
 }
 
 #[test]

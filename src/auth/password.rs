@@ -81,6 +81,39 @@ struct CachedLogin {
 pub(super) struct BasicCache {
     key: hmac::Key,
     entries: Mutex<HashMap<Vec<u8>, CachedLogin>>,
+    /// Checks in progress, by the same slots: each ends (its sender drops) when its check does.
+    checking: Mutex<HashMap<Vec<u8>, flume::Receiver<()>>>,
+}
+
+/// Whether a request is the one to check its Basic credentials, or another request with the
+/// same ones is checking them already: a client that opens many connections at once with one
+/// password (a restarted runner, a pool of publishers) costs one hash and one of its address's
+/// few places for checks in progress, not one per connection.
+pub(crate) enum Check<'a> {
+    /// This request checks them; others with the same credentials wait until this is dropped.
+    First(Checking<'a>),
+    /// Another request is checking them: the receiver disconnects when it is done, and its
+    /// answer is then in the cache if the password was right.
+    Wait(flume::Receiver<()>),
+}
+
+/// The check in progress of one set of credentials, ended when dropped.
+pub(crate) struct Checking<'a> {
+    cache: &'a BasicCache,
+    slot: Vec<u8>,
+    _done: flume::Sender<()>,
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        // Removed before the sender drops, so a woken waiter that finds no cached login
+        // starts a check of its own instead of waiting on this finished one.
+        self.cache
+            .checking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.slot);
+    }
 }
 
 impl BasicCache {
@@ -89,6 +122,23 @@ impl BasicCache {
         Ok(BasicCache {
             key: hmac::Key::new(hmac::HMAC_SHA256, &random_bytes::<32>()?),
             entries: Mutex::new(HashMap::new()),
+            checking: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Joins the check in progress of these credentials, or starts one.
+    pub(super) fn join(&self, user: &str, password: &str) -> Check<'_> {
+        let slot = self.slot(user, password);
+        let mut checking = self.checking.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = checking.get(&slot) {
+            return Check::Wait(done.clone());
+        }
+        let (sender, done) = flume::bounded(0);
+        checking.insert(slot.clone(), done);
+        Check::First(Checking {
+            cache: self,
+            slot,
+            _done: sender,
         })
     }
 

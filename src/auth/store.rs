@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::claims::{Claim, Claims, Role};
 use super::credentials::Credentials;
-use super::password::{BasicCache, hash_password, random_bytes, verify_password};
+use super::password::{BasicCache, Check, hash_password, random_bytes, verify_password};
 use super::token::{Payload, Token, TokenSigner, fingerprint, unix_now, validate_ttl};
 use super::{AuthError, Identity};
 
@@ -580,6 +580,15 @@ impl AuthStore {
                 // Unknown users go the slow way too, so timing does not tell which names exist.
                 None => FastAuth::NeedsHash,
             },
+        }
+    }
+
+    /// The check in progress of these Basic credentials to wait for, or this request's own;
+    /// `None` for a token, which needs no hash.
+    pub(crate) fn join_check(&self, creds: &Credentials) -> Option<Check<'_>> {
+        match creds {
+            Credentials::Bearer(_) => None,
+            Credentials::Basic { user, password } => Some(self.cache.join(user, password)),
         }
     }
 
