@@ -6,8 +6,7 @@
 //!
 //! Object and account writes (their subjects say so) are applied to the node's objects, users
 //! and roles, in the same database, before the copy stores them; the private part of an account
-//! write (its header) is applied and never stored. The token secret's message is kept as a
-//! record nobody sees.
+//! write (its header) is applied and never stored.
 //!
 //! herald's own connection events (their subject says so) also go to the cluster's connection
 //! table, which is made durable before the copy holds them: after a crash the copy reads again
@@ -82,8 +81,6 @@ pub(super) enum Carries {
     Account,
     /// One of herald's own connection events, which the cluster's connection table applies.
     Connection,
-    /// The cluster's token secret: no event, kept as a record nobody sees.
-    Secret,
 }
 
 /// The subjects the consumer tells apart, for cluster `name`.
@@ -91,7 +88,6 @@ pub(super) struct Subjects {
     objects: String,
     accounts: String,
     connections: String,
-    secret: String,
 }
 
 impl Subjects {
@@ -100,14 +96,11 @@ impl Subjects {
             objects: format!("{}.", subject::object_prefix(name)),
             accounts: format!("{}.", subject::account_prefix(name)),
             connections: format!("{}.", subject::connection_prefix(name)),
-            secret: subject::secret_subject(name),
         }
     }
 
     fn carries(&self, subject: &str) -> Carries {
-        if subject == self.secret {
-            Carries::Secret
-        } else if subject.starts_with(&self.objects) {
+        if subject.starts_with(&self.objects) {
             Carries::Object
         } else if subject.starts_with(&self.accounts) {
             Carries::Account
@@ -352,10 +345,6 @@ impl Copier {
             private,
         } in events
         {
-            if carries == Carries::Secret {
-                batch.refused(seq);
-                continue;
-            }
             let event = subject::with_seq(&payload, seq)
                 .and_then(|json| EncodedEvent::from_stored(seq, &json));
             match event {

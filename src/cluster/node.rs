@@ -80,7 +80,7 @@ pub(super) async fn run(inputs: Inputs, ready: mpsc::Sender<Result<Started, Clus
         nodes: Mutex::new(Vec::new()),
         connected: link.flag(),
     });
-    let secret = match secret::obtain(&js, &stream, &settings.name).await {
+    let secret = match secret::obtain(&js, &settings.name, facts.replicas).await {
         Ok(secret) => secret,
         Err(error) => {
             let _ = ready.send(Err(error));

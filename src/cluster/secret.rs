@@ -1,11 +1,11 @@
-//! The cluster's token secret: the first message on `<cluster>.accounts.secret` is the secret
-//! every node signs and checks tokens with. A node that finds none publishes its own, on
-//! condition that the subject is still empty; whichever JetStream stored first wins (read back
-//! as the subject's first message, so two secrets stored at once still give one answer).
+//! The cluster's token secret, in a stream of its own, `<cluster>-secret`, that holds one
+//! message for good: no age or count limit trims it (the event stream's retention would, and a
+//! node starting after that would sign with a secret of its own), and the stream refuses a
+//! second message, so nodes starting together agree on whichever JetStream stored first.
 
-use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::context::CreateStreamErrorKind;
+use async_nats::jetstream::stream::{self, RawMessageErrorKind};
+use async_nats::jetstream::{self, ErrorCode, message::PublishMessage};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -19,15 +19,39 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// Pause before a request that failed is made again.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
+/// The name of cluster `name`'s secret stream.
+pub(crate) fn stream_name(name: &str) -> String {
+    format!("{name}-secret")
+}
+
+/// One message, never trimmed, never replaced or deleted: the first stored is the secret.
+fn config(name: &str, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: stream_name(name),
+        description: Some(format!("herald cluster {name}: its token secret")),
+        subjects: vec![subject::secret_subject(name)],
+        max_messages: 1,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
 /// The cluster's token secret, published first if the cluster has none yet.
 pub(super) async fn obtain(
     js: &jetstream::Context,
-    stream: &Stream,
     cluster: &str,
+    replicas: usize,
 ) -> Result<Vec<u8>, ClusterError> {
-    let subject = subject::secret_subject(cluster);
+    let name = stream_name(cluster);
     let failed = |what: &str, error: String| {
-        ClusterError::JetStream(format!("{what} the cluster's token secret: {error}"))
+        ClusterError::JetStream(format!(
+            "{what} the cluster's token secret ({name}): {error}"
+        ))
     };
     let deadline = Instant::now() + DEADLINE;
     let mut last_error = String::from("no answer");
@@ -36,14 +60,33 @@ pub(super) async fn obtain(
         if std::mem::take(&mut pause) {
             tokio::time::sleep(RETRY_PAUSE).await;
         }
-        // Read from the stream's leader, from its first message on the subject.
-        let first = stream
-            .raw_message_builder()
-            .sequence(1)
-            .next_by_subject(subject.clone())
-            .send()
-            .await;
-        match first {
+        let made = js.create_stream(config(cluster, replicas)).await;
+        let stream = match made {
+            Ok(stream) => stream,
+            // Made by another node, or by this one's earlier start.
+            Err(error)
+                if matches!(error.kind(), CreateStreamErrorKind::JetStream(ref e)
+                    if e.error_code() == ErrorCode::STREAM_NAME_EXIST) =>
+            {
+                match js.get_stream(&name).await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        last_error = format!("opening it: {error}");
+                        pause = true;
+                        continue;
+                    }
+                }
+            }
+            Err(error) => {
+                last_error = format!("creating it: {error}");
+                pause = true;
+                continue;
+            }
+        };
+        match stream
+            .get_first_raw_message_by_subject(subject::secret_subject(cluster), 1)
+            .await
+        {
             Ok(message) => {
                 return URL_SAFE_NO_PAD
                     .decode(message.payload.as_ref())
@@ -52,7 +95,7 @@ pub(super) async fn obtain(
                     .ok_or_else(|| {
                         failed(
                             "reading",
-                            format!("Seq {} is not a herald token secret", message.sequence),
+                            format!("message {} is not a herald token secret", message.sequence),
                         )
                     });
             }
@@ -65,10 +108,11 @@ pub(super) async fn obtain(
         }
         let fresh =
             crate::auth::new_token_secret().map_err(|error| failed("making", error.to_string()))?;
-        let offer = PublishMessage::build()
-            .payload(Bytes::from(URL_SAFE_NO_PAD.encode(fresh)))
-            .expected_last_subject_sequence(0);
-        let ack = match js.send_publish(subject.clone(), offer).await {
+        let offer = PublishMessage::build().payload(Bytes::from(URL_SAFE_NO_PAD.encode(fresh)));
+        let ack = match js
+            .send_publish(subject::secret_subject(cluster), offer)
+            .await
+        {
             Ok(ack) => ack.await,
             Err(error) => {
                 last_error = format!("publishing it: {error}");
@@ -76,14 +120,11 @@ pub(super) async fn obtain(
                 continue;
             }
         };
-        match ack {
-            // Stored, or another node's came first: either way the first one is read next.
-            Ok(_) => {}
-            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {}
-            Err(error) => {
-                last_error = format!("publishing it: {error}");
-                pause = true;
-            }
+        if let Err(error) = ack {
+            // A full stream refuses the offer when another node's secret came first; it is
+            // read on the next turn.
+            last_error = format!("publishing it: {error}");
+            pause = true;
         }
     }
     Err(failed(

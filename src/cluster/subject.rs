@@ -21,9 +21,10 @@ pub(crate) fn account_prefix(name: &str) -> String {
     format!("{name}.accounts")
 }
 
-/// The subject of cluster `name`'s token secret: its first message is the secret of every node.
+/// The subject of cluster `name`'s token secret, outside the event stream's subjects: the
+/// secret has a stream of its own.
 pub(crate) fn secret_subject(name: &str) -> String {
-    format!("{name}.accounts.secret")
+    format!("{name}.secret")
 }
 
 /// Whether writes of `ty` are account writes (users and roles), not object writes.
