@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::cluster::{node, node_options, stream_of, watcher};
+use common::cluster::{holds_seq, node, node_options, stream_of, watcher};
 use common::{
     Client, LOG_TIMEOUT, NatsCluster, REPLY_TIMEOUT, Received, Server, assert_drp_error,
     eventually, herald_seq, seqs, unique,
@@ -179,18 +179,7 @@ fn assert_no_loss(
         );
     }
     // The node read here holds the stream up to `last` once its own copy caught up.
-    eventually(
-        "the node to hold every event seen",
-        FAILOVER_TIMEOUT,
-        || {
-            let info = server.info();
-            if info["LastSeq"].as_u64() >= Some(last) {
-                Ok(())
-            } else {
-                Err(info.to_string())
-            }
-        },
-    );
+    holds_seq(server, last, FAILOVER_TIMEOUT);
     let logged: Vec<u64> = server
         .read_log(&server.admin(), first - 1, Some(&format!("{ty}.*.*")))
         .iter()
@@ -562,14 +551,7 @@ fn a_node_whose_stream_dropped_events_it_had_not_read_closes_its_clients_with_40
             other => panic!("expected a 4008 close, got {other:?}"),
         }
     };
-    eventually("node a to catch up", LOG_TIMEOUT, || {
-        let info = a.info();
-        if info["LastSeq"].as_u64() >= Some(last) {
-            Ok(())
-        } else {
-            Err(info.to_string())
-        }
-    });
+    holds_seq(&a, last, LOG_TIMEOUT);
     let mut again = watcher(&a, &ty);
     let reply = again.replay(&format!("{resume} {epoch}"));
     assert_eq!(

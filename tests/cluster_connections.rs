@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::{node, node_options};
+use common::cluster::{holds_seq, node, node_options};
 use common::{Auth, Client, NatsCluster, Options, Server, eventually, unique};
 use serde_json::{Value, json};
 
@@ -260,14 +260,7 @@ fn a_connections_event_a_client_publishes_never_enters_the_clusters_table() {
         "Key": principal,
         "Object": forged,
     }));
-    eventually("B to read the forged event", SPREAD_TIMEOUT, || {
-        let info = b.info();
-        if info["LastSeq"].as_u64() >= Some(seq) {
-            Ok(())
-        } else {
-            Err(info.to_string())
-        }
-    });
+    holds_seq(&b, seq, SPREAD_TIMEOUT);
     let events = b.read_log(&b.admin(), seq - 1, Some("connections.create.*"));
     assert!(
         events.iter().any(|e| e["Seq"].as_u64() == Some(seq)),

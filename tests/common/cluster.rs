@@ -1,6 +1,8 @@
 //! Cluster nodes for the tests: herald nodes of one cluster on a [`super::NatsCluster`].
 
-use super::{Client, NatsCluster, Options, Server};
+use std::time::Duration;
+
+use super::{Client, NatsCluster, Options, Server, eventually};
 
 /// A herald node named `name` of cluster `cluster` on `nats`.
 pub fn node(nats: &NatsCluster, cluster: &str, name: &str) -> Server {
@@ -29,4 +31,17 @@ pub fn watcher(server: &Server, ty: &str) -> Client {
     let mut client = server.ws(&server.admin());
     client.register(&format!("{ty}.*.*"));
     client
+}
+
+/// Waits, at most `timeout`, until `server`'s copy of the stream holds `seq` (its
+/// `/api/v3/info` `LastSeq`).
+pub fn holds_seq(server: &Server, seq: u64, timeout: Duration) {
+    eventually(&format!("{server:?} to hold Seq {seq}"), timeout, || {
+        let info = server.info();
+        if info["LastSeq"].as_u64() >= Some(seq) {
+            Ok(())
+        } else {
+            Err(info.to_string())
+        }
+    });
 }
