@@ -48,6 +48,10 @@ use crate::store::{LogReader, StoreError};
 /// planned on; every node applies the write only if that is still the object's newest.
 const BASE_HEADER: &str = "Herald-Base";
 
+/// The header of an object or account write naming the first `Seq` its writer's copy read:
+/// writes before it are unknown to that copy, and the check compares only what both know.
+const HORIZON_HEADER: &str = "Herald-Horizon";
+
 /// The header of an account write carrying what it stores beside its public event (a user's
 /// password hash and Secret): the copy applies it and never stores or delivers it.
 const PRIVATE_HEADER: &str = "Herald-Private";

@@ -121,6 +121,8 @@ pub(crate) struct Condition {
     /// The `Seq` of the object's newest event the write was planned on (JetStream's check is
     /// not serializable on every server version; this one is applied by every node).
     pub base: u64,
+    /// The first `Seq` the planning node's copy read: it knows no write before it.
+    pub horizon: u64,
     /// What the write stores beside its public event (a user's password hash and Secret),
     /// carried in a header that no client is ever delivered.
     pub private: Option<String>,

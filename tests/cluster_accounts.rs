@@ -7,7 +7,7 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::cluster::{node, watcher};
+use common::cluster::{holds_seq, node, node_options, watcher};
 use common::{ADMIN, Auth, LOG_TIMEOUT, NatsCluster, Server, event, eventually, unique};
 use serde_json::{Value, json};
 
@@ -252,4 +252,38 @@ fn three_nodes_starting_together_with_one_admin_password_write_the_admin_once() 
     let admins = nodes[0].read_log(&nodes[0].admin(), 0, Some("users.*.rocketskates"));
     assert_eq!(admins.len(), 1, "the admin is written once: {admins:?}");
     assert_eq!(admins[0]["Action"], "create", "{admins:?}");
+}
+
+#[test]
+fn a_node_started_after_retention_dropped_the_first_messages_signs_with_the_clusters_secret() {
+    let nats = NatsCluster::start(3);
+    let cluster = unique("secret");
+    let retain = ["--retain-events", "10"];
+    let a = Server::start_with(node_options(&nats, &cluster, "a").and_args(&retain));
+    // More events than the stream keeps: nothing written while A started is left in it.
+    let filler: Vec<Value> = (0..100)
+        .map(|i| json!({"Type": "filler", "Action": "save", "Key": format!("k{i}")}))
+        .collect();
+    let reply = a.post_events(&a.admin(), &Value::from(filler).to_string());
+    assert_eq!(reply.status, 204, "{reply:?}");
+    let b = Server::start_with(node_options(&nats, &cluster, "b").and_args(&retain));
+    // B wrote the admin again (the stream had lost it): A applies that before minting.
+    let written = b.info()["LastSeq"].as_u64().unwrap_or_default();
+    holds_seq(&a, written, LOG_TIMEOUT);
+    let from_a = a.mint_token(ADMIN, a.admin_password(), 600);
+    logs_in(&b, &Auth::bearer(&from_a), 200);
+    let from_b = b.mint_token(ADMIN, b.admin_password(), 600);
+    logs_in(&a, &Auth::bearer(&from_b), 200);
+    // A user written on each node after that reads the same on the other.
+    let user = unique("late");
+    b.create_user(&user, "late-pw", &["superuser"]);
+    logs_in(&a, &Auth::basic(&user, "late-pw"), 200);
+    let reply = a.request(
+        "PUT",
+        &format!("/api/v3/users/{user}/password"),
+        &a.admin(),
+        Some(&json!({"Password": "later-pw"}).to_string()),
+    );
+    ok(&reply, "change the password on A");
+    logs_in(&b, &Auth::basic(&user, "later-pw"), 200);
 }

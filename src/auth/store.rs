@@ -42,7 +42,7 @@ pub(super) const SUPERUSER_ROLE: &str = "superuser";
 use crate::store::db::{
     AUTH_SCHEMA, AuthTrees, OpenError, ROLES_TREE, TOKEN_SECRET_KEY, USERS_TREE,
 };
-use crate::store::versions::{Verdict, Versions};
+use crate::store::versions::{Base, Verdict, Versions};
 use crate::wire::name::MAX_NAME_BYTES;
 
 /// The size of the secret that signs tokens.
@@ -545,7 +545,7 @@ impl AuthStore {
         key: &str,
         private: Option<&str>,
         seq: u64,
-        base: Option<u64>,
+        base: Option<Base>,
     ) -> Result<bool, AuthError> {
         let Some(versions) = &self.versions else {
             return Ok(false);
@@ -1595,29 +1595,53 @@ mod tests {
         let (_, create) = ok(store.create_user_hashed("bob".into(), vec![], Some(password)));
         assert!(store.get_user("bob").is_err(), "a copy only plans");
         let header = create.to_header();
-        assert!(ok(store.apply("users", "bob", Some(&header), 5, Some(0))));
+        assert!(ok(store.apply(
+            "users",
+            "bob",
+            Some(&header),
+            5,
+            Some(Base::at(0))
+        )));
         ok(store.authenticate_slow(&basic("bob", "bobs-pw")));
         // Another node's create, planned on the same base, comes second.
-        assert!(!ok(store.apply("users", "bob", Some(&header), 6, Some(0))));
+        assert!(!ok(store.apply(
+            "users",
+            "bob",
+            Some(&header),
+            6,
+            Some(Base::at(0))
+        )));
         // Read again after a crash: the same answers.
-        assert!(ok(store.apply("users", "bob", Some(&header), 5, Some(0))));
-        assert!(!ok(store.apply("users", "bob", Some(&header), 6, Some(0))));
+        assert!(ok(store.apply(
+            "users",
+            "bob",
+            Some(&header),
+            5,
+            Some(Base::at(0))
+        )));
+        assert!(!ok(store.apply(
+            "users",
+            "bob",
+            Some(&header),
+            6,
+            Some(Base::at(0))
+        )));
         // A private part that is another user's, or none, is refused.
         assert!(!ok(store.apply(
             "users",
             "carol",
             Some(&header),
             7,
-            Some(0)
+            Some(Base::at(0))
         )));
-        assert!(!ok(store.apply("users", "bob", None, 8, Some(5))));
+        assert!(!ok(store.apply("users", "bob", None, 8, Some(Base::at(5)))));
         let (_, delete) = ok(store.delete_user("bob"));
         assert!(ok(store.apply(
             "users",
             "bob",
             Some(&delete.to_header()),
             9,
-            Some(5)
+            Some(Base::at(5))
         )));
         assert!(store.get_user("bob").is_err());
         assert!(matches!(

@@ -31,7 +31,7 @@ use crate::auth::AuthStore;
 use crate::config::Retention;
 use crate::objects::{Kind, ObjectStore};
 use crate::sequencer::{Batch, LogStatus, OnStorageFailed, SequencedBatch, StorageFailed};
-use crate::store::versions::Versions;
+use crate::store::versions::{Base, Versions};
 use crate::store::{EventLog, LogReader, StoreError};
 use crate::wire::event::EncodedEvent;
 
@@ -65,7 +65,7 @@ pub(super) struct Message {
     carries: Carries,
     /// An object or account write's `Herald-Base`: the `Seq` of the newest event of its object,
     /// user or role it was planned on.
-    base: Option<u64>,
+    base: Option<Base>,
     /// An account write's private part (`Herald-Private`), applied and never stored.
     private: Option<String>,
 }
@@ -279,6 +279,9 @@ fn open(
         .map_err(|e| failed(crate::store::sled_reason(&e)))?;
     let log = EventLog::create(&db, &facts.epoch, facts.first.saturating_sub(1))
         .map_err(|e: StoreError| failed(e.to_string()))?;
+    Versions::open(&db)
+        .and_then(|mut versions| versions.start_at(facts.first))
+        .map_err(|e| failed(e.to_string()))?;
     let (objects, auth) = stores(&db)?;
     Ok((log, objects, auth, true))
 }
@@ -384,7 +387,7 @@ impl Copier {
     /// Applies an object write to the node's copy of the objects when the object's newest
     /// event is still the one the write was planned on (`base`); false when it is not. Every
     /// node applies the stream in the same order, so every node refuses the same writes.
-    fn apply_object(&self, event: &EncodedEvent, base: Option<u64>) -> Result<bool, StoreError> {
+    fn apply_object(&self, event: &EncodedEvent, base: Option<Base>) -> Result<bool, StoreError> {
         let Some(kind) = Kind::from_name(&event.ty) else {
             tracing::warn!(seq = event.seq, ty = %event.ty, "an object write in the cluster's stream names no object type; refusing it");
             return Ok(false);
@@ -405,7 +408,7 @@ impl Copier {
     fn apply_account(
         &self,
         event: &EncodedEvent,
-        base: Option<u64>,
+        base: Option<Base>,
         private: Option<&str>,
     ) -> Result<bool, StoreError> {
         self.auth
@@ -585,7 +588,14 @@ pub(super) async fn consume(
                         .and_then(|headers| headers.get(name))
                         .map(|value| value.as_str().to_owned())
                 };
-                let base = header(super::BASE_HEADER).and_then(|value| value.parse().ok());
+                let base = header(super::BASE_HEADER)
+                    .and_then(|value| value.parse().ok())
+                    .map(|seq| Base {
+                        seq,
+                        horizon: header(super::HORIZON_HEADER)
+                            .and_then(|value| value.parse().ok())
+                            .unwrap_or(0),
+                    });
                 let private = match carries {
                     Carries::Account => header(super::PRIVATE_HEADER),
                     _ => None,

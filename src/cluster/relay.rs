@@ -77,8 +77,8 @@ struct Outgoing {
     id: String,
     /// For an object write: the `Seq` JetStream is to find as the object's newest event, and
     /// the one the write was planned on (they differ only once retention removed the object's
-    /// events from the stream).
-    expected: Option<(u64, u64)>,
+    /// events from the stream), and the planning copy's horizon.
+    expected: Option<(u64, u64, u64)>,
     /// An account write's private part, for [`super::PRIVATE_HEADER`].
     private: Option<String>,
 }
@@ -186,6 +186,7 @@ async fn send(
                     key,
                     expected,
                     base,
+                    horizon,
                     ..
                 }) => {
                     // Users and roles have subjects of their own, beside the objects'.
@@ -196,7 +197,7 @@ async fn send(
                     };
                     (
                         subject::object_subject(prefix, ty, key),
-                        Some((*expected, *base)),
+                        Some((*expected, *base, *horizon)),
                     )
                 }
                 None => (
@@ -277,10 +278,11 @@ async fn publish_one(
     let mut publish = jetstream::message::PublishMessage::build()
         .payload(message.payload.clone())
         .message_id(&message.id);
-    if let Some((expected, base)) = message.expected {
+    if let Some((expected, base, horizon)) = message.expected {
         publish = publish
             .expected_last_subject_sequence(expected)
-            .header(super::BASE_HEADER, base.to_string().as_str());
+            .header(super::BASE_HEADER, base.to_string().as_str())
+            .header(super::HORIZON_HEADER, horizon.to_string().as_str());
     }
     if let Some(private) = &message.private {
         publish = publish.header(super::PRIVATE_HEADER, private.as_str());

@@ -119,6 +119,7 @@ pub(crate) async fn write<E: Send + 'static>(
                 .filter(|&n| n < last_write)
                 .unwrap_or(last_write),
             base,
+            horizon: to.versions.horizon(),
             private: planned.private,
         };
         match to

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::ObjectError;
 use super::kind::{Kind, check_param_name};
-use crate::store::versions::{Verdict, Versions};
+use crate::store::versions::{Base, Verdict, Versions};
 use crate::wire::event::{self, Event, SYSTEM_PRINCIPAL};
 use crate::wire::name::check_name;
 
@@ -110,7 +110,7 @@ impl ObjectStore {
         action: &str,
         object: &Value,
         seq: u64,
-        base: Option<u64>,
+        base: Option<Base>,
     ) -> Result<bool, ObjectError> {
         let Some(versions) = &self.versions else {
             return Ok(false);
