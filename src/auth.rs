@@ -14,6 +14,7 @@ mod password;
 mod store;
 mod throttle;
 mod token;
+mod token_cache;
 
 use std::sync::Arc;
 

@@ -28,6 +28,7 @@ use super::claims::{Claim, Claims, Role};
 use super::credentials::Credentials;
 use super::password::{BasicCache, Check, hash_password, random_bytes, verify_password};
 use super::token::{Payload, Token, TokenSigner, fingerprint, unix_now, validate_ttl};
+use super::token_cache::TokenCache;
 use super::{AuthError, Identity};
 
 /// The user created on first start (DRP).
@@ -214,6 +215,7 @@ pub(crate) struct AuthStore {
     roles: RwLock<BTreeMap<String, Role>>,
     signer: TokenSigner,
     cache: BasicCache,
+    tokens: TokenCache,
     /// A hash to verify against for unknown users, so their answer takes as long as a known one's.
     decoy_hash: OnceLock<String>,
     default_password_in_use: AtomicBool,
@@ -390,6 +392,7 @@ impl AuthStore {
             roles: RwLock::new(roles),
             signer: TokenSigner::new(secret),
             cache: BasicCache::new()?,
+            tokens: TokenCache::default(),
             decoy_hash: OnceLock::new(),
             default_password_in_use: AtomicBool::new(false),
         })
@@ -505,6 +508,7 @@ impl AuthStore {
                 // A change of roles applies to the next request: cached logins are forgotten.
                 if users.insert(user.name.clone(), user.clone()).is_some() {
                     self.cache.clear();
+                    self.tokens.clear();
                 }
             }
             AccountWrite::DeleteUser(name) => {
@@ -515,6 +519,7 @@ impl AuthStore {
                     self.default_password_in_use.store(false, Ordering::Relaxed);
                 }
                 users.remove(name);
+                self.tokens.clear();
             }
             AccountWrite::SetRole(role) => {
                 let mut roles = write(&self.roles);
@@ -523,6 +528,7 @@ impl AuthStore {
                 self.roles_tree.flush()?;
                 roles.insert(role.name.clone(), role.clone());
                 self.cache.clear();
+                self.tokens.clear();
             }
             AccountWrite::DeleteRole(name) => {
                 let mut roles = write(&self.roles);
@@ -530,6 +536,7 @@ impl AuthStore {
                 self.roles_tree.flush()?;
                 roles.remove(name);
                 self.cache.clear();
+                self.tokens.clear();
             }
         }
         Ok(())
@@ -959,7 +966,22 @@ impl AuthStore {
     }
 
     fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
-        let payload = self.signer.open(token, unix_now())?;
+        let now = unix_now();
+        if let Some(identity) = self.tokens.get(token, now) {
+            return Ok(identity);
+        }
+        let generation = self.tokens.generation();
+        let identity = self.verify_token_at(token, now)?;
+        if let Some(expires) = identity.expires {
+            self.tokens
+                .insert(token, identity.clone(), expires, generation);
+        }
+        Ok(identity)
+    }
+
+    /// Checks a token's signature, expiry and user in full.
+    fn verify_token_at(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
+        let payload = self.signer.open(token, now)?;
         let Some(user) = payload.user else {
             return Ok(Identity {
                 principal: payload.principal,
