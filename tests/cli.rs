@@ -7,30 +7,15 @@ mod relay;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Auth, Options, REPLY_TIMEOUT, Server, eventually, output_within, unique};
+use common::cli::{herald, run, run_ok};
+use common::{Auth, Options, REPLY_TIMEOUT, Server, eventually, unique};
 use relay::Relay;
 use serde_json::{Value, json};
-
-/// How long one CLI command may take before the test calls it hung.
-const COMMAND_DEADLINE: Duration = Duration::from_secs(20);
-
-/// `herald` pointed at `server` as the admin through the environment, with no stray settings.
-fn herald(server: &Server) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-    command
-        .env("HERALD_ENDPOINT", server.base_url())
-        .env("HERALD_USERNAME", "rocketskates")
-        .env("HERALD_PASSWORD", server.admin_password())
-        .env_remove("HERALD_TOKEN")
-        .env_remove("HERALD_CA_CERT")
-        .stdin(Stdio::null());
-    command
-}
 
 /// A bare `herald` with no connection settings at all.
 fn bare_herald() -> Command {
@@ -46,34 +31,6 @@ fn bare_herald() -> Command {
     }
     command.stdin(Stdio::null());
     command
-}
-
-/// Runs a command to completion within [`COMMAND_DEADLINE`].
-fn run(command: &mut Command, args: &[&str]) -> Output {
-    let child = command
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn herald");
-    output_within(child, &format!("herald {args:?}"), COMMAND_DEADLINE)
-}
-
-/// Runs a command that must succeed; answers its standard output as JSON (`null` if empty).
-fn run_ok(command: &mut Command, args: &[&str]) -> Value {
-    let output = run(command, args);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "herald {args:?} failed with {:?}: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if stdout.trim().is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("herald {args:?} printed no JSON ({e}): {stdout}"))
 }
 
 /// Runs a command that must fail with `code`; answers its standard error.

@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::cli::{herald, run_ok};
 use common::cluster::{holds_seq, node, node_options};
 use common::{Auth, Client, NatsCluster, Options, Server, eventually, unique};
 use serde_json::{Value, json};
@@ -127,6 +128,46 @@ fn a_runner_connected_to_one_node_is_listed_on_another_with_its_node_and_by_its_
     assert_eq!(history.len(), 1, "B records A's close: {history:?}");
     assert_eq!(history[0]["Node"], "a");
     assert_eq!(history[0]["CloseReason"], "client closed");
+}
+
+#[test]
+fn the_cli_pointed_at_another_node_lists_a_runner_and_writes_objects_for_the_cluster() {
+    let nats = NatsCluster::start(3);
+    let cluster = unique("cli");
+    let a = node(&nats, &cluster, "a");
+    let b = node(&nats, &cluster, "b");
+    let uuid = create_machine(&a);
+    let principal = format!("runner:{uuid}");
+    let _runner = runner(&a, &uuid);
+    await_one_live(&b, &principal);
+    let listed = run_ok(
+        &mut herald(&b),
+        &["connections", "list", "--principal", &principal],
+    );
+    let entries = listed.as_array().expect("a list");
+    assert_eq!(entries.len(), 1, "{listed}");
+    assert_eq!(entries[0]["Node"], "a", "{listed}");
+    let of_machine = run_ok(&mut herald(&b), &["machines", "connections", &uuid]);
+    assert_eq!(of_machine.as_array().map(Vec::len), Some(1), "{of_machine}");
+    // An object written with the CLI through B reads back through A.
+    let profile = unique("profile");
+    run_ok(
+        &mut herald(&b),
+        &["profiles", "create", &json!({"Name": profile}).to_string()],
+    );
+    run_ok(
+        &mut herald(&b),
+        &["profiles", "set", &profile, "param", "color", "to", "green"],
+    );
+    // A applies the write within milliseconds of B's answer; the wait is bounded.
+    eventually("A to show the profile's param", SPREAD_TIMEOUT, || {
+        let shown = run_ok(&mut herald(&a), &["profiles", "show", &profile]);
+        if shown["Params"]["color"] == "green" {
+            Ok(())
+        } else {
+            Err(shown.to_string())
+        }
+    });
 }
 
 #[test]

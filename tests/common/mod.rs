@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
 mod auth;
+pub mod cli;
 pub mod cluster;
 mod events;
 mod fixtures;
