@@ -195,6 +195,43 @@ impl Subscribers {
             .sum()
     }
 
+    /// Subscribers that failed or were dropped so far.
+    pub(crate) fn broken(&self) -> u64 {
+        self.sum(|p| &p.failed) + self.sum(|p| &p.dropped)
+    }
+
+    /// Waits, polling every `poll`, until all `count` subscribers are ready (registered) and
+    /// hands them back; stops them and says why when one fails or `deadline` passes first.
+    pub(crate) fn await_ready(
+        self,
+        count: u64,
+        deadline: Instant,
+        poll: Duration,
+    ) -> Result<Subscribers, String> {
+        loop {
+            let failed = self.broken();
+            if failed > 0 {
+                let report = self.stop();
+                return Err(format!(
+                    "{failed} of {count} subscribers failed: {:?}",
+                    report.errors
+                ));
+            }
+            let ready = self.sum(|p| &p.ready);
+            if ready >= count {
+                return Ok(self);
+            }
+            if Instant::now() > deadline {
+                let report = self.stop();
+                return Err(format!(
+                    "only {ready} of {count} subscribers were ready in time: {:?}",
+                    report.errors
+                ));
+            }
+            thread::sleep(poll);
+        }
+    }
+
     /// Latest arrival of an event of `phase` over all threads.
     pub(crate) fn last_ns(&self, phase: usize) -> u64 {
         self.progress

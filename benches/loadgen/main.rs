@@ -527,28 +527,7 @@ impl Run<'_> {
         let concurrency = self.args.connect_concurrency;
         let subscribers = Subscribers::start(&self.endpoint, plans, self.args.threads, concurrency);
         let deadline = started + Duration::from_secs(60) + Duration::from_millis(count);
-        loop {
-            let ready = subscribers.sum(|p| &p.ready);
-            let failed = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
-            if failed > 0 {
-                let report = subscribers.stop();
-                return Err(format!(
-                    "{failed} of {count} subscribers failed: {:?}",
-                    report.errors
-                ));
-            }
-            if ready >= count {
-                break;
-            }
-            if Instant::now() > deadline {
-                let report = subscribers.stop();
-                return Err(format!(
-                    "only {ready} of {count} subscribers were ready in time: {:?}",
-                    report.errors
-                ));
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
+        let subscribers = subscribers.await_ready(count, deadline, Duration::from_millis(2))?;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "  setup: {count} subscribers ready in {secs:.2} s ({:.0} connections/s)",
@@ -1034,7 +1013,7 @@ impl Run<'_> {
         let deadline = killed + FAILOVER_TIMEOUT;
         loop {
             let caught_up = subscribers.sum(|p| &p.caught_up);
-            let broken = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
+            let broken = subscribers.broken();
             if caught_up + broken >= clients as u64 || Instant::now() > deadline {
                 break;
             }
@@ -1064,7 +1043,7 @@ impl Run<'_> {
             }
             thread::sleep(Duration::from_millis(1));
         };
-        let broken = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
+        let broken = subscribers.broken();
         let report = subscribers.stop();
         let last_ms = if report.replay.is_empty() {
             f64::NAN
@@ -1129,28 +1108,9 @@ impl Run<'_> {
         // No limit on handshakes in flight: the storm is every client at once.
         let subscribers = Subscribers::start(&self.endpoint, plans, args.threads, count);
         let deadline = Instant::now() + Duration::from_secs(120);
-        let registered_ns = loop {
-            let failed = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
-            if failed > 0 {
-                let report = subscribers.stop();
-                return Err(format!(
-                    "{failed} of {count} subscribers failed: {:?}",
-                    report.errors
-                ));
-            }
-            if subscribers.sum(|p| &p.ready) >= count as u64 {
-                break event::now_ns();
-            }
-            if Instant::now() > deadline {
-                let ready = subscribers.sum(|p| &p.ready);
-                let report = subscribers.stop();
-                return Err(format!(
-                    "only {ready} of {count} subscribers were registered in time: {:?}",
-                    report.errors
-                ));
-            }
-            thread::sleep(Duration::from_millis(1));
-        };
+        let subscribers =
+            subscribers.await_ready(count as u64, deadline, Duration::from_millis(1))?;
+        let registered_ns = event::now_ns();
         let registered_secs = (registered_ns - started_ns) as f64 / 1e9;
         // herald's storm goes on until every earlier subscriber has the later ones' creates;
         // NATS emits nothing, so it is over once all are registered.
@@ -1285,7 +1245,7 @@ impl Run<'_> {
         let deadline = started + Duration::from_secs(300);
         loop {
             let finished = subscribers.sum(|p| &p.replays_done);
-            let broken = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
+            let broken = subscribers.broken();
             if finished + broken >= clients as u64 || Instant::now() > deadline {
                 break;
             }
@@ -1294,7 +1254,7 @@ impl Run<'_> {
         let secs = started.elapsed().as_secs_f64();
         let delivered = subscribers.sum(|p| &p.delivered[mode::PREFILL]);
         let finished = subscribers.sum(|p| &p.replays_done);
-        let broken = subscribers.sum(|p| &p.failed) + subscribers.sum(|p| &p.dropped);
+        let broken = subscribers.broken();
         let rss = self.server.peak_rss_kib();
         let report = subscribers.stop();
         println!(
