@@ -393,3 +393,33 @@ fn a_missing_claim_is_a_403_naming_the_principal_the_claim_and_the_object_where_
         );
     }
 }
+
+#[test]
+fn a_token_in_use_loses_at_once_what_its_role_no_longer_grants() {
+    let server = Server::shared();
+    let role = unique("lister");
+    let claims = json!([
+        {"Scope": "users", "Action": "list", "Specific": "*"},
+        {"Scope": "users", "Action": "token", "Specific": "*"},
+    ]);
+    server.create_role(&role, claims);
+    let name = unique("user");
+    server.create_user(&name, "lister-pw", &[&role]);
+    let token = Auth::bearer(&server.mint_token(&name, "lister-pw", 600));
+    // Used twice, so the second answer is the remembered verification's.
+    for _ in 0..2 {
+        let reply = server.request("GET", "/api/v3/users", &token, None);
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let narrowed = json!({"Name": role, "Claims": [
+        {"Scope": "users", "Action": "token", "Specific": "*"},
+    ]});
+    let reply = server.request(
+        "PUT",
+        &format!("/api/v3/roles/{role}"),
+        &server.admin(),
+        Some(&narrowed.to_string()),
+    );
+    assert!((200..300).contains(&reply.status), "{reply:?}");
+    assert_drp_error(&server.request("GET", "/api/v3/users", &token, None), 403);
+}
