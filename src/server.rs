@@ -503,8 +503,7 @@ impl LogThread {
 fn open_local_log(config: &Config, db_path: &Path, db: &sled::Db) -> Result<EventLog, ServerError> {
     let marker = crate::store::data_dir::read_epoch_marker(&config.data_dir)?;
     check_log_present(config, db_path, marker.as_deref(), db)?;
-    let mut log = EventLog::open(db)?;
-    log.sync_files_in(db_path)?;
+    let log = EventLog::open_synced(db, db_path)?;
     if marker.as_deref() != Some(log.epoch()) {
         crate::store::data_dir::write_epoch_marker(&config.data_dir, log.epoch())?;
     }

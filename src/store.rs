@@ -3,11 +3,13 @@
 //!
 //! - [`db`]: the sled database: opening it, its trees and `meta` keys, the schema check.
 //! - [`log`]: the event log in sled, the default [`EventStore`].
+//! - [`journal`]: the log's journal, one synced file write per flush that only added events.
 //! - [`data_dir`]: the data directory's lock and the marker naming the log it holds.
 //! - [`versions`]: a cluster node's record of the write each object, user and role holds.
 
 pub mod data_dir;
 pub mod db;
+pub mod journal;
 pub mod log;
 pub(crate) mod versions;
 
@@ -119,7 +121,9 @@ impl EventStore for EventLog {
         EventLog::release(self)
     }
     fn write_state(&mut self, change: Box<dyn StateChange>) -> Vec<Event> {
-        // The change writes other trees of the same database, so the log's flush covers them.
+        // The change writes other trees of the same database, so the log's flush covers them:
+        // the next one is a whole checkpoint, not a journal write.
+        self.state_written();
         change.write()
     }
 }

@@ -21,6 +21,10 @@ const STREAM_SCHEMA: u32 = 4;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Wait for one JetStream answer (an ack, a stream request).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a starting node keeps asking for the stream while JetStream does not answer in
+/// time: several nodes creating a replicated stream at once on busy servers can take longer
+/// than one request's wait.
+const OPEN_PATIENCE: Duration = Duration::from_secs(15);
 /// How often an idle NATS connection is pinged: a server that stopped answering is left for
 /// another within about two of these.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
@@ -97,7 +101,20 @@ pub(super) async fn join(
         .lock()
         .map(|r| r.clone())
         .unwrap_or(Retention::UNLIMITED);
-    let (stream, facts) = open_stream(&js, settings, &retention).await?;
+    let asked_since = Instant::now();
+    let (stream, facts) = loop {
+        match open_stream(&js, settings, &retention).await {
+            // async-nats keeps the kind of a request's failure inside each call's own error
+            // type; the message is what they share.
+            Err(ClusterError::JetStream(message))
+                if message.contains("timed out") && asked_since.elapsed() < OPEN_PATIENCE =>
+            {
+                tracing::warn!(%message, "JetStream did not answer in time; asking again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            opened => break opened?,
+        }
+    };
     tracing::info!(
         stream = %stream_name(&settings.name),
         epoch = %facts.epoch,

@@ -53,6 +53,7 @@ use super::db::{
     DbFiles, EPOCH_KEY, EVENTS_TREE, FIRST_SEQ_KEY, GAPS_TREE, LAST_SEQ_KEY, LOG_SCHEMA, META_TREE,
     RESERVED_SEQ_KEY, SCHEMA_VERSION_KEY, SchemaFound, V1_EVENTS_TREE, sled_reason,
 };
+use super::journal::Journal;
 
 /// The on-disk layout version this code reads and writes.
 pub const SCHEMA_VERSION: u64 = LOG_SCHEMA.version;
@@ -140,6 +141,11 @@ pub enum StoreError {
     },
 }
 
+/// An I/O error of the database's files or journal, as sled reports its own.
+fn io_error(error: std::io::Error) -> StoreError {
+    StoreError::Sled(sled::Error::Io(error))
+}
+
 // By hand rather than `#[from]`, which would also expose the cause as `source` and so print
 // it twice in a cause chain.
 impl From<sled::Error> for StoreError {
@@ -185,8 +191,13 @@ pub struct EventLog {
     reserved: u64,
     count: u64,
     bytes: u64,
-    /// The database's files, synced after every flush ([`EventLog::sync_files_in`]).
+    /// The database's files, synced by every checkpoint ([`EventLog::open_synced`]).
     files: Option<DbFiles>,
+    /// With the files: the journal a flush that only added events writes instead.
+    journal: Option<Journal>,
+    /// Something other than an append changed the database since the last checkpoint, so the
+    /// next flush must be one.
+    state_written: bool,
 }
 
 /// A cheap, cloneable, `Send + Sync` read handle on the event log for replay reads.
@@ -227,6 +238,10 @@ impl EventLog {
     /// Open scans every chunk once to prove there is no hole and to count the events; it reads
     /// each record's length, never its JSON (`benches/log.rs` measures it).
     pub fn open(db: &sled::Db) -> Result<EventLog, StoreError> {
+        EventLog::open_in(db, None)
+    }
+
+    fn open_in(db: &sled::Db, synced_in: Option<&Path>) -> Result<EventLog, StoreError> {
         let super::db::LogTrees { events, meta, gaps } = super::db::log_trees(db)?;
 
         match super::db::check_schema(&meta, &LOG_SCHEMA)? {
@@ -251,74 +266,37 @@ impl EventLog {
         let recorded_last = read_meta_u64(&meta, LAST_SEQ_KEY)?.unwrap_or(0);
         let recorded_first = read_meta_u64(&meta, FIRST_SEQ_KEY)?;
         let mut history_lost = false;
-        let (mut first_seq, mut last_seq, stored_last, count, bytes) =
-            match scan_events(&events, &gaps)? {
-                Some(scan) => {
-                    // A gap may end the log: an unclean stop with no event stored since.
-                    if scan.last < recorded_last
-                        && gap_after(&gaps, scan.last)? != Some(recorded_last)
-                    {
-                        return Err(StoreError::TailLost {
-                            stored: scan.last,
-                            recorded: recorded_last,
-                        });
-                    }
-                    let last = scan.last.max(recorded_last);
-                    (scan.first, last, scan.last, scan.count, scan.bytes)
+        let (first_seq, last_seq, stored_last, count, bytes) = match scan_events(&events, &gaps)? {
+            Some(scan) => {
+                // A gap may end the log: an unclean stop with no event stored since.
+                if scan.last < recorded_last && gap_after(&gaps, scan.last)? != Some(recorded_last)
+                {
+                    return Err(StoreError::TailLost {
+                        stored: scan.last,
+                        recorded: recorded_last,
+                    });
                 }
-                None => {
-                    // Empty after appends: fine if a trim removed everything, otherwise the events
-                    // were lost and clients must learn that through a new epoch.
-                    let next = recorded_last.saturating_add(1);
-                    history_lost = recorded_last > 0 && recorded_first != Some(next);
-                    (next, recorded_last, recorded_last, 0, 0)
-                }
-            };
+                let last = scan.last.max(recorded_last);
+                (scan.first, last, scan.last, scan.count, scan.bytes)
+            }
+            None => {
+                // Empty after appends: fine if a trim removed everything, otherwise the events
+                // were lost and clients must learn that through a new epoch.
+                let next = recorded_last.saturating_add(1);
+                history_lost = recorded_last > 0 && recorded_first != Some(next);
+                (next, recorded_last, recorded_last, 0, 0)
+            }
+        };
         if last_seq > recorded_last {
             meta.insert(LAST_SEQ_KEY, &last_seq.to_be_bytes())?;
         }
         if history_lost {
             meta.insert(FIRST_SEQ_KEY, &first_seq.to_be_bytes())?;
         }
-        let mut resumed_after = match gaps.iter().next_back() {
+        let resumed_after = match gaps.iter().next_back() {
             Some(entry) => decode_gap_end(&entry?.1)?,
             None => 0,
         };
-        let reserved = read_meta_u64(&meta, RESERVED_SEQ_KEY)?.unwrap_or(0);
-        if reserved > last_seq {
-            // An unclean stop under `batched`: Seqs up to the mark may have reached clients with
-            // events that are gone, so none of them is ever given to another event.
-            tracing::warn!(
-                stored = last_seq,
-                reserved,
-                "herald did not stop cleanly; the log continues after the reserved Seq, and a replay from before it answers Recovered: false"
-            );
-            if count == 0 {
-                first_seq = reserved.saturating_add(1);
-                meta.insert(FIRST_SEQ_KEY, &first_seq.to_be_bytes())?;
-            } else {
-                // One gap per run of skipped Seqs: a gap that ends the log grows.
-                let start = match gaps.iter().next_back() {
-                    Some(entry) => {
-                        let (key, value) = entry?;
-                        if decode_gap_end(&value)? == last_seq {
-                            decode_key(&key)?
-                        } else {
-                            last_seq.saturating_add(1)
-                        }
-                    }
-                    None => last_seq.saturating_add(1),
-                };
-                gaps.insert(start.to_be_bytes(), &reserved.to_be_bytes())?;
-            }
-            meta.insert(LAST_SEQ_KEY, &reserved.to_be_bytes())?;
-            last_seq = reserved;
-            resumed_after = reserved;
-        }
-        if reserved > 0 {
-            meta.remove(RESERVED_SEQ_KEY)?;
-        }
-
         let stored_epoch = if history_lost {
             tracing::warn!(
                 last_seq,
@@ -340,10 +318,8 @@ impl EventLog {
                 fresh
             }
         };
-        // The epoch must be durable before any client is told about it.
-        meta.flush()?;
-
-        Ok(EventLog {
+        let reserved = read_meta_u64(&meta, RESERVED_SEQ_KEY)?.unwrap_or(0);
+        let mut log = EventLog {
             events,
             meta,
             gaps,
@@ -360,7 +336,82 @@ impl EventLog {
             count,
             bytes,
             files: None,
-        })
+            journal: None,
+            state_written: false,
+        };
+        if let Some(dir) = synced_in {
+            log.files = Some(DbFiles::open(dir).map_err(io_error)?);
+            log.recover_from_journal(dir)?;
+        }
+        log.skip_reserved(reserved)?;
+        // The epoch must be durable before any client is told about it.
+        log.checkpoint()?;
+        log.shared
+            .durable_seq
+            .store(log.last_seq, Ordering::Release);
+        Ok(log)
+    }
+
+    /// Opens the log in the database at `dir` (`db` opened there) so that what a flush makes
+    /// stable survives a power cut: every flush syncs the database's files, or writes and syncs
+    /// its journal when only events were added. Events the journal holds beyond what sled
+    /// recovered are appended again first.
+    pub fn open_synced(db: &sled::Db, dir: &Path) -> Result<EventLog, StoreError> {
+        EventLog::open_in(db, Some(dir))
+    }
+
+    /// Appends again the events of the journal in `dir` that sled did not recover; from then on
+    /// flushes write the journal.
+    fn recover_from_journal(&mut self, dir: &Path) -> Result<(), StoreError> {
+        let (journal, records) = Journal::open(dir, self.epoch()).map_err(io_error)?;
+        let last_before = self.last_seq;
+        for record in records {
+            let rows: Vec<(u64, &[u8])> = (record.first_seq..)
+                .zip(record.events.iter().map(Vec::as_slice))
+                .filter(|&(seq, _)| seq > self.last_seq)
+                .collect();
+            if rows
+                .first()
+                .is_some_and(|&(seq, _)| seq != self.last_seq + 1)
+            {
+                return Err(StoreError::Corrupt {
+                    what: format!(
+                        "its journal {} continues at Seq {} but the log ends at Seq {}",
+                        journal.path().display(),
+                        record.first_seq,
+                        self.last_seq
+                    ),
+                });
+            }
+            let stored_at = UNIX_EPOCH + std::time::Duration::from_nanos(record.stored_at);
+            self.append(&rows, stored_at)?;
+        }
+        if self.last_seq > last_before {
+            tracing::warn!(
+                from = last_before + 1,
+                through = self.last_seq,
+                "herald did not stop cleanly; the events its database had not written yet were taken from its journal"
+            );
+        }
+        self.journal = Some(journal);
+        Ok(())
+    }
+
+    /// After an unclean stop under `batched`: `Seq`s up to the reserved mark may have reached
+    /// clients with events that are gone, so the log continues above it, across a gap.
+    fn skip_reserved(&mut self, reserved: u64) -> Result<(), StoreError> {
+        if reserved > self.last_seq {
+            tracing::warn!(
+                stored = self.last_seq,
+                reserved,
+                "herald did not stop cleanly; the log continues after the reserved Seq, and a replay from before it answers Recovered: false"
+            );
+            self.skip_to(reserved)?;
+        }
+        if reserved > 0 {
+            self.meta.remove(RESERVED_SEQ_KEY)?;
+        }
+        Ok(())
     }
 
     /// Starts a log with `epoch` in an empty database, its first event to have `Seq`
@@ -456,8 +507,7 @@ impl EventLog {
     /// One flush of the whole database (appended events are flushed with it).
     pub fn reserve(&mut self, through: u64) -> Result<(), StoreError> {
         self.meta.insert(RESERVED_SEQ_KEY, &through.to_be_bytes())?;
-        self.meta.flush()?;
-        self.sync_files()?;
+        self.checkpoint()?;
         self.reserved = through;
         Ok(())
     }
@@ -465,13 +515,12 @@ impl EventLog {
     /// On a clean stop: makes everything appended durable, then gives the reservation back, so
     /// the next start continues right after the last event and a clean stop leaves no gap.
     pub fn release(&mut self) -> Result<(), StoreError> {
-        if self.reserved == 0 {
-            return Ok(());
+        // One checkpoint: sled recovers a prefix of its log, so the mark is never gone while an
+        // event appended before its removal is.
+        if self.reserved > 0 {
+            self.meta.remove(RESERVED_SEQ_KEY)?;
         }
-        self.flush()?;
-        self.meta.remove(RESERVED_SEQ_KEY)?;
-        self.meta.flush()?;
-        self.sync_files()?;
+        self.checkpoint()?;
         self.reserved = 0;
         Ok(())
     }
@@ -518,11 +567,16 @@ impl EventLog {
             expected = expected.saturating_add(1);
         }
         let stored_at = unix_nanos(stored_at).to_be_bytes();
-        let mut batch = Batch::default();
+        let mut chunks = Vec::new();
         let mut added_bytes = 0u64;
         let mut rest = events;
+        // Record bytes still to place, so a small append allocates no more than it needs.
+        let mut records_left: usize = events
+            .iter()
+            .map(|(_, json)| RECORD_LEN_LEN + json.len())
+            .sum();
         while let Some(&(first, _)) = rest.first() {
-            let mut value = Vec::with_capacity(CHUNK_BYTES);
+            let mut value = Vec::with_capacity(CHUNK_BYTES.min(STORED_AT_LEN + records_left));
             value.extend_from_slice(&stored_at);
             let mut taken = 0;
             for &(_, json) in rest {
@@ -534,14 +588,28 @@ impl EventLog {
                 taken += 1;
             }
             rest = rest.get(taken..).unwrap_or_default();
+            records_left = records_left.saturating_sub(value.len() - STORED_AT_LEN);
             added_bytes = added_bytes.saturating_add(value.len() as u64);
-            batch.insert(&first.to_be_bytes(), value);
+            chunks.push((first.to_be_bytes(), value));
         }
         // Chunks first, then the mark, each atomic, in one writer's order: sled recovers a
         // prefix of its log, so a crash leaves at worst chunks above the mark, which `open`
-        // takes up; never a mark above the chunks. A cross-tree transaction cost twice as much.
-        self.events.apply_batch(batch)?;
+        // takes up; never a mark above the chunks. A cross-tree transaction cost twice as much,
+        // and a batch makes sled write out its buffer twice (before and after), so one chunk,
+        // the usual append of a small publish, is a plain insert.
+        if let [(key, value)] = chunks.as_mut_slice() {
+            self.events.insert(*key, std::mem::take(value))?;
+        } else {
+            let mut batch = Batch::default();
+            for (key, value) in chunks {
+                batch.insert(&key, value);
+            }
+            self.events.apply_batch(batch)?;
+        }
         self.meta.insert(LAST_SEQ_KEY, &new_last.to_be_bytes())?;
+        if let Some(journal) = &mut self.journal {
+            journal.stage(events[0].0, u64::from_be_bytes(stored_at), events);
+        }
         self.last_seq = new_last;
         self.stored_last = new_last;
         self.count = self.count.saturating_add(events.len() as u64);
@@ -549,27 +617,37 @@ impl EventLog {
         Ok(())
     }
 
-    /// From now on every flush also syncs the files of the database at `dir` (the path it was
-    /// opened at), so that what it makes stable survives a power cut; syncs them once now.
-    pub fn sync_files_in(&mut self, dir: &Path) -> Result<(), StoreError> {
-        self.files = Some(DbFiles::open(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?);
+    /// The next flush must make more than appended events durable (a state change wrote other
+    /// trees of the database).
+    pub fn state_written(&mut self) {
+        self.state_written = true;
+    }
+
+    /// Makes every write to the database durable: one sled flush, then its files synced with
+    /// `fdatasync`. The journal's records are redundant afterwards.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.events.flush()?;
+        if let Some(files) = &self.files {
+            files.sync().map_err(io_error)?;
+        }
+        if let Some(journal) = &mut self.journal {
+            journal.checkpointed();
+        }
+        self.state_written = false;
         Ok(())
     }
 
-    fn sync_files(&self) -> Result<(), StoreError> {
-        match &self.files {
-            Some(files) => files
-                .sync()
-                .map_err(|e| StoreError::Sled(sled::Error::Io(e))),
-            None => Ok(()),
+    /// Makes everything appended so far durable and visible to readers, as one group commit:
+    /// the journal's one synced write when only events were added and they fit, else a
+    /// checkpoint.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        let journaled = match &mut self.journal {
+            Some(journal) if !self.state_written => journal.commit().map_err(io_error)?,
+            _ => false,
+        };
+        if !journaled {
+            self.checkpoint()?;
         }
-    }
-
-    /// Makes everything appended so far durable (one sled flush, i.e. group commit, then the
-    /// database's files synced with `fdatasync`) and visible to readers.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.events.flush()?;
-        self.sync_files()?;
         self.shared
             .durable_seq
             .store(self.last_seq, Ordering::Release);
@@ -1299,6 +1377,78 @@ mod tests {
                 (decode_key(&key).unwrap(), decode_gap_end(&value).unwrap())
             })
             .collect()
+    }
+
+    /// Writes the events `seqs` to the journal in `dir` as one record, as a flush would have
+    /// before sled wrote them out.
+    fn journal_only(dir: &Path, epoch: &str, seqs: std::ops::RangeInclusive<u64>) {
+        let (mut journal, _) = Journal::open(dir, epoch).unwrap();
+        let bodies: Vec<(u64, Vec<u8>)> = seqs.map(|seq| (seq, json(seq))).collect();
+        let refs: Vec<(u64, &[u8])> = bodies.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        journal.stage(refs[0].0, unix_nanos(SystemTime::now()), &refs);
+        assert!(journal.commit().unwrap());
+    }
+
+    /// Opens the log synced in `dir`, appends and checkpoints `n` events, and answers its epoch.
+    fn checkpointed_log_of(dir: &tempfile::TempDir, n: u64) -> String {
+        let mut log = EventLog::open_synced(&open_db(dir), dir.path()).unwrap();
+        append_n(&mut log, n, SystemTime::now());
+        log.checkpoint().unwrap();
+        log.epoch().to_owned()
+    }
+
+    #[test]
+    fn events_only_the_journal_holds_are_appended_again_when_the_log_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = checkpointed_log_of(&dir, 3);
+        journal_only(dir.path(), &epoch, 2..=6);
+        let log = EventLog::open_synced(&open_db(&dir), dir.path()).unwrap();
+        assert_eq!((log.first_seq(), log.last_seq(), log.len()), (1, 6, 6));
+        let events = log.read_after(0, 100).unwrap();
+        assert_eq!(seqs(&events), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(events[5].1, json(6), "the journal's bytes, exactly");
+        drop(log);
+        let log = EventLog::open_synced(&open_db(&dir), dir.path()).unwrap();
+        assert_eq!(
+            (log.last_seq(), log.len()),
+            (6, 6),
+            "taken up once, and made durable in the database"
+        );
+    }
+
+    #[test]
+    fn a_journal_of_another_log_is_ignored_when_the_log_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        checkpointed_log_of(&dir, 3);
+        journal_only(dir.path(), "another epoch", 4..=6);
+        let log = EventLog::open_synced(&open_db(&dir), dir.path()).unwrap();
+        assert_eq!(log.last_seq(), 3);
+    }
+
+    #[test]
+    fn a_journal_that_continues_past_the_logs_end_is_refused_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = checkpointed_log_of(&dir, 3);
+        journal_only(dir.path(), &epoch, 6..=7);
+        let error = EventLog::open_synced(&open_db(&dir), dir.path()).unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("journal"), "{error}");
+    }
+
+    #[test]
+    fn after_an_unclean_stop_under_batched_the_journals_events_come_before_the_reserved_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let mut log = EventLog::open_synced(&open_db(&dir), dir.path()).unwrap();
+            append_n(&mut log, 5, SystemTime::now());
+            log.reserve(15).unwrap();
+            log.epoch().to_owned()
+        };
+        journal_only(dir.path(), &epoch, 6..=8);
+        let db = open_db(&dir);
+        let log = EventLog::open_synced(&db, dir.path()).unwrap();
+        assert_eq!((log.last_seq(), log.len()), (15, 8));
+        assert_eq!(gaps(&db), vec![(9, 15)]);
     }
 
     #[test]
