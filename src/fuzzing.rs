@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::config;
 use crate::objects::Kind;
 use crate::objects::store::{apply_patch, decode, encode, prepare};
+use crate::store::journal;
 use crate::store::log::Chunk;
 use crate::wire::command::{self, Command};
 use crate::wire::event::{self, EncodedEvent};
@@ -289,4 +290,28 @@ pub fn log_chunk(data: &[u8]) -> bool {
         let _ = EncodedEvent::from_stored(seq, json);
     }
     true
+}
+
+/// A journal file as the log finds it at open: whatever the bytes, no panic; the records read
+/// continue each other's `Seq`s and fit in the bytes, and the bytes of exactly those records
+/// read back the same. Accepted: at least one record (for the epoch `fuzz`).
+pub fn journal(data: &[u8]) -> bool {
+    let (generation, records) = journal::read(data, "fuzz");
+    let mut used = 0usize;
+    for pair in records.windows(2) {
+        assert_eq!(
+            pair[1].first_seq,
+            pair[0]
+                .first_seq
+                .saturating_add(pair[0].events.len() as u64)
+        );
+    }
+    for record in &records {
+        used += journal::HEADER_LEN + 8;
+        used += record.events.iter().map(|e| 4 + e.len()).sum::<usize>();
+    }
+    assert!(used <= data.len());
+    let (again_generation, again) = journal::read(data.get(..used).unwrap_or_default(), "fuzz");
+    assert_eq!((again_generation, &again), (generation, &records));
+    !records.is_empty()
 }

@@ -70,3 +70,8 @@ fn every_config_file_seed_keeps_the_fuzz_properties() {
 fn every_log_chunk_seed_keeps_the_fuzz_properties() {
     run_seeds("log_chunk", herald::fuzzing::log_chunk);
 }
+
+#[test]
+fn every_journal_seed_keeps_the_fuzz_properties() {
+    run_seeds("journal", herald::fuzzing::journal);
+}

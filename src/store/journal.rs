@@ -149,6 +149,12 @@ impl Journal {
     }
 }
 
+/// The current records of a journal's bytes, for the log with `epoch`, and their generation
+/// (0 when none): what [`Journal::open`] reads back.
+pub fn read(bytes: &[u8], epoch: &str) -> (u64, Vec<Record>) {
+    read_records(bytes, crc32fast::hash(epoch.as_bytes()))
+}
+
 /// The current records of a journal's bytes and their generation (0 when none).
 fn read_records(bytes: &[u8], epoch_crc: u32) -> (u64, Vec<Record>) {
     let mut records: Vec<Record> = Vec::new();
