@@ -297,19 +297,16 @@ pub fn log_chunk(data: &[u8]) -> bool {
 /// read back the same. Accepted: at least one record (for the epoch `fuzz`).
 pub fn journal(data: &[u8]) -> bool {
     let (generation, records) = journal::read(data, "fuzz");
-    let mut used = 0usize;
     for pair in records.windows(2) {
         assert_eq!(
             pair[1].first_seq,
-            pair[0]
-                .first_seq
-                .saturating_add(pair[0].events.len() as u64)
+            pair[0].first_seq.saturating_add(u64::from(pair[0].count))
         );
     }
-    for record in &records {
-        used += journal::HEADER_LEN + 8;
-        used += record.events.iter().map(|e| 4 + e.len()).sum::<usize>();
-    }
+    let used: usize = records
+        .iter()
+        .map(|record| journal::HEADER_LEN + record.body.len())
+        .sum();
     assert!(used <= data.len());
     let (again_generation, again) = journal::read(data.get(..used).unwrap_or_default(), "fuzz");
     assert_eq!((again_generation, &again), (generation, &records));

@@ -13,9 +13,10 @@
 //! - the generation (`u64`): one more than the newest found at open, and one more after each
 //!   checkpoint, so records left from before a checkpoint are never read as current;
 //! - a CRC-32 of the log's epoch (`u32`): a journal left by another log is ignored;
-//! - the `Seq` of the record's first event (`u64`), the body's length (`u32`);
-//! - the body: the append's stored-at (unix nanoseconds, `u64`), then per event its length
-//!   (`u32`) and JSON, exactly as the log's chunks hold them.
+//! - the `Seq` of the record's first event (`u64`), its number of events (`u32`), the body's
+//!   length (`u32`);
+//! - the body: one chunk of the log, byte for byte as the log stores it (`store::log`'s
+//!   layout: stored-at, then per event its length and JSON); the journal does not read it.
 //!
 //! Every number is big-endian. Reading stops at the first record that is torn, of another
 //! generation, or not continuing the previous one's `Seq`s: records are written in order and
@@ -29,22 +30,29 @@ use std::path::{Path, PathBuf};
 /// Marks the start of a record.
 pub const MAGIC: [u8; 4] = *b"HJL1";
 /// Bytes of a record before its body.
-pub const HEADER_LEN: usize = 4 + 4 + 8 + 4 + 8 + 4;
+pub const HEADER_LEN: usize = 4 + 4 + 8 + 4 + 8 + 4 + 4;
 /// Bytes the journal may grow to before a checkpoint starts it over: at 600-byte events one
 /// checkpoint per ~13,000 events, each one sled flush, against one `fdatasync` per flush saved.
 pub const CAPACITY: u64 = 8 * 1024 * 1024;
 /// The journal's file name in the database's directory.
 pub const FILE_NAME: &str = "journal";
 
-/// Events of one append, read back from the journal.
+/// One chunk of the log, read back from the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// The `Seq` of the first event.
+    /// The `Seq` of the chunk's first event.
     pub first_seq: u64,
-    /// When the append stored them (unix nanoseconds).
-    pub stored_at: u64,
-    /// Each event's JSON, `Seq`s `first_seq..`.
-    pub events: Vec<Vec<u8>>,
+    /// How many events the chunk holds.
+    pub count: u32,
+    /// The chunk's value, as the log stores it.
+    pub body: Vec<u8>,
+}
+
+impl Record {
+    /// The `Seq` right after the record's last event.
+    fn next_seq(&self) -> u64 {
+        self.first_seq.saturating_add(u64::from(self.count))
+    }
 }
 
 /// The open journal: where the next record goes, and the records not yet written.
@@ -94,15 +102,15 @@ impl Journal {
         &self.path
     }
 
-    /// Adds the record of one append (`Seq`s from `first_seq`) to the next commit.
-    pub fn stage(&mut self, first_seq: u64, stored_at: u64, events: &[(u64, &[u8])]) {
-        let body_len: usize = 8 + events.iter().map(|(_, json)| 4 + json.len()).sum::<usize>();
-        let Ok(body_len_u32) = u32::try_from(body_len) else {
+    /// Adds one chunk of the log (`count` events from `first_seq`, its stored value `body`) to
+    /// the next commit.
+    pub fn stage(&mut self, first_seq: u64, count: usize, body: &[u8]) {
+        let (Ok(count), Ok(body_len)) = (u32::try_from(count), u32::try_from(body.len())) else {
             self.oversized = true;
             return;
         };
         let start = self.pending.len();
-        self.pending.reserve(HEADER_LEN + body_len);
+        self.pending.reserve(HEADER_LEN + body.len());
         self.pending.extend_from_slice(&MAGIC);
         self.pending.extend_from_slice(&[0; 4]);
         self.pending
@@ -110,16 +118,21 @@ impl Journal {
         self.pending
             .extend_from_slice(&self.epoch_crc.to_be_bytes());
         self.pending.extend_from_slice(&first_seq.to_be_bytes());
-        self.pending.extend_from_slice(&body_len_u32.to_be_bytes());
-        self.pending.extend_from_slice(&stored_at.to_be_bytes());
-        for (_, json) in events {
-            // The log refused any event whose length does not fit a u32 before staging it.
-            let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
-            self.pending.extend_from_slice(&len.to_be_bytes());
-            self.pending.extend_from_slice(json);
-        }
+        self.pending.extend_from_slice(&count.to_be_bytes());
+        self.pending.extend_from_slice(&body_len.to_be_bytes());
+        self.pending.extend_from_slice(body);
         let crc = crc32fast::hash(&self.pending[start + 8..]);
         self.pending[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    /// How much is staged: a mark for [`Journal::unstage`].
+    pub fn staged(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Takes back what was staged after `mark` (an append that failed stores nothing).
+    pub fn unstage(&mut self, mark: usize) {
+        self.pending.truncate(mark);
     }
 
     /// Writes and syncs the staged records. `Ok(false)` when they do not fit before
@@ -164,13 +177,11 @@ fn read_records(bytes: &[u8], epoch_crc: u32) -> (u64, Vec<Record>) {
         if generation.is_some_and(|g| g != record_generation) {
             break;
         }
-        if let Some(previous) = records.last() {
-            let next = previous
-                .first_seq
-                .saturating_add(previous.events.len() as u64);
-            if record.first_seq != next {
-                break;
-            }
+        if records
+            .last()
+            .is_some_and(|previous: &Record| previous.next_seq() != record.first_seq)
+        {
+            break;
         }
         generation = Some(record_generation);
         records.push(record);
@@ -189,7 +200,8 @@ fn read_record(bytes: &[u8], epoch_crc: u32) -> Option<(u64, Record, &[u8])> {
     let generation = u64::from_be_bytes(header[8..16].try_into().ok()?);
     let record_epoch = u32::from_be_bytes(header[16..20].try_into().ok()?);
     let first_seq = u64::from_be_bytes(header[20..28].try_into().ok()?);
-    let body_len = u32::from_be_bytes(header[28..32].try_into().ok()?) as usize;
+    let count = u32::from_be_bytes(header[28..32].try_into().ok()?);
+    let body_len = u32::from_be_bytes(header[32..36].try_into().ok()?) as usize;
     let body = bytes.get(HEADER_LEN..HEADER_LEN.checked_add(body_len)?)?;
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&header[8..]);
@@ -197,18 +209,10 @@ fn read_record(bytes: &[u8], epoch_crc: u32) -> Option<(u64, Record, &[u8])> {
     if hasher.finalize() != crc || record_epoch != epoch_crc {
         return None;
     }
-    let stored_at = u64::from_be_bytes(body.get(..8)?.try_into().ok()?);
-    let mut events = Vec::new();
-    let mut rest = &body[8..];
-    while !rest.is_empty() {
-        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        events.push(rest.get(4..4usize.checked_add(len)?)?.to_vec());
-        rest = &rest[4 + len..];
-    }
     let record = Record {
         first_seq,
-        stored_at,
-        events,
+        count,
+        body: body.to_vec(),
     };
     Some((generation, record, &bytes[HEADER_LEN + body_len..]))
 }
@@ -217,37 +221,34 @@ fn read_record(bytes: &[u8], epoch_crc: u32) -> Option<(u64, Record, &[u8])> {
 mod tests {
     use super::*;
 
-    fn rows(first: u64, jsons: &[&'static str]) -> Vec<(u64, &'static [u8])> {
-        (first..)
-            .zip(jsons.iter().map(|j| j.as_bytes()))
-            .collect::<Vec<_>>()
-    }
-
     fn reopen(dir: &Path, epoch: &str) -> Vec<Record> {
         Journal::open(dir, epoch).expect("open").1
     }
 
+    fn first_seqs(records: &[Record]) -> Vec<u64> {
+        records.iter().map(|r| r.first_seq).collect()
+    }
+
     #[test]
-    fn committed_records_read_back_in_order_with_their_events() {
+    fn committed_records_read_back_in_order_with_their_bodies() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut journal, found) = Journal::open(dir.path(), "e").expect("open");
         assert!(found.is_empty());
-        journal.stage(1, 7, &rows(1, &["{\"a\":1}", "{\"b\":2}"]));
-        journal.stage(3, 8, &rows(3, &["{\"c\":3}"]));
+        journal.stage(1, 2, b"two events");
+        journal.stage(3, 1, b"one");
         assert!(journal.commit().expect("commit"));
-        let found = reopen(dir.path(), "e");
         assert_eq!(
-            found,
+            reopen(dir.path(), "e"),
             vec![
                 Record {
                     first_seq: 1,
-                    stored_at: 7,
-                    events: vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()],
+                    count: 2,
+                    body: b"two events".to_vec(),
                 },
                 Record {
                     first_seq: 3,
-                    stored_at: 8,
-                    events: vec![b"{\"c\":3}".to_vec()],
+                    count: 1,
+                    body: b"one".to_vec(),
                 },
             ]
         );
@@ -257,49 +258,71 @@ mod tests {
     fn staged_records_that_were_never_committed_are_not_read_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut journal, _) = Journal::open(dir.path(), "e").expect("open");
-        journal.stage(1, 7, &rows(1, &["{}"]));
+        journal.stage(1, 1, b"x");
         drop(journal);
         assert!(reopen(dir.path(), "e").is_empty());
+    }
+
+    #[test]
+    fn records_taken_back_after_a_mark_are_not_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut journal, _) = Journal::open(dir.path(), "e").expect("open");
+        journal.stage(1, 1, b"kept");
+        let mark = journal.staged();
+        journal.stage(2, 1, b"taken back");
+        journal.unstage(mark);
+        journal.stage(2, 1, b"written instead");
+        assert!(journal.commit().expect("commit"));
+        let found = reopen(dir.path(), "e");
+        assert_eq!(first_seqs(&found), [1, 2]);
+        assert_eq!(found[1].body, b"written instead");
     }
 
     #[test]
     fn records_from_before_a_checkpoint_are_not_read_after_the_next_record() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut journal, _) = Journal::open(dir.path(), "e").expect("open");
-        journal.stage(1, 1, &rows(1, &["{\"old\":\"a long first record\"}"]));
-        journal.stage(2, 1, &rows(2, &["{\"old\":2}"]));
+        journal.stage(1, 1, b"a long first record");
+        journal.stage(2, 1, b"second");
         journal.commit().expect("commit");
         journal.checkpointed();
-        journal.stage(3, 2, &rows(3, &["{}"]));
+        journal.stage(3, 1, b"3");
         journal.commit().expect("commit");
-        let found = reopen(dir.path(), "e");
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].first_seq, 3);
+        assert_eq!(first_seqs(&reopen(dir.path(), "e")), [3]);
     }
 
     #[test]
     fn a_journal_reopened_writes_a_new_generation_over_the_old_records() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut journal, _) = Journal::open(dir.path(), "e").expect("open");
-        journal.stage(1, 1, &rows(1, &["{\"x\":\"first run, a longer event\"}"]));
-        journal.stage(2, 1, &rows(2, &["{\"x\":2}"]));
+        journal.stage(1, 1, b"first run, a longer record");
+        journal.stage(2, 1, b"2");
         journal.commit().expect("commit");
         drop(journal);
         let (mut journal, found) = Journal::open(dir.path(), "e").expect("open");
         assert_eq!(found.len(), 2);
         journal.checkpointed();
-        journal.stage(5, 1, &rows(5, &["{}"]));
+        journal.stage(5, 1, b"5");
         journal.commit().expect("commit");
-        let found = reopen(dir.path(), "e");
-        assert_eq!(found.iter().map(|r| r.first_seq).collect::<Vec<_>>(), [5]);
+        assert_eq!(first_seqs(&reopen(dir.path(), "e")), [5]);
+    }
+
+    #[test]
+    fn a_record_not_continuing_the_previous_ones_seqs_ends_what_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut journal, _) = Journal::open(dir.path(), "e").expect("open");
+        journal.stage(1, 2, b"1 and 2");
+        journal.stage(4, 1, b"4");
+        journal.commit().expect("commit");
+        assert_eq!(first_seqs(&reopen(dir.path(), "e")), [1]);
     }
 
     #[test]
     fn a_torn_or_corrupt_record_ends_what_is_read() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut journal, _) = Journal::open(dir.path(), "e").expect("open");
-        journal.stage(1, 1, &rows(1, &["{\"a\":1}"]));
-        journal.stage(2, 1, &rows(2, &["{\"b\":2}"]));
+        journal.stage(1, 1, b"a");
+        journal.stage(2, 1, b"b");
         journal.commit().expect("commit");
         let path = journal.path().to_path_buf();
         drop(journal);
@@ -308,7 +331,7 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&path, &bytes).expect("write");
         assert_eq!(reopen(dir.path(), "e").len(), 1);
-        bytes.truncate(HEADER_LEN + 3);
+        bytes.truncate(HEADER_LEN - 3);
         std::fs::write(&path, &bytes).expect("write");
         assert!(reopen(dir.path(), "e").is_empty());
     }
@@ -317,7 +340,7 @@ mod tests {
     fn a_journal_written_for_another_epoch_is_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut journal, _) = Journal::open(dir.path(), "one").expect("open");
-        journal.stage(1, 1, &rows(1, &["{}"]));
+        journal.stage(1, 1, b"x");
         journal.commit().expect("commit");
         assert!(reopen(dir.path(), "two").is_empty());
     }
@@ -326,11 +349,10 @@ mod tests {
     fn records_that_would_pass_the_capacity_are_left_to_a_checkpoint() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut journal, _) = Journal::open(dir.path(), "e").expect("open");
-        let big = vec![b'x'; CAPACITY as usize];
-        journal.stage(1, 1, &[(1, &big)]);
+        journal.stage(1, 1, &vec![b'x'; CAPACITY as usize]);
         assert!(!journal.commit().expect("commit"));
         journal.checkpointed();
-        journal.stage(2, 1, &rows(2, &["{}"]));
+        journal.stage(2, 1, b"x");
         assert!(journal.commit().expect("commit"));
         assert_eq!(reopen(dir.path(), "e").len(), 1);
     }

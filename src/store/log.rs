@@ -366,10 +366,14 @@ impl EventLog {
         let (journal, records) = Journal::open(dir, self.epoch()).map_err(io_error)?;
         let last_before = self.last_seq;
         for record in records {
-            let rows: Vec<(u64, &[u8])> = (record.first_seq..)
-                .zip(record.events.iter().map(Vec::as_slice))
-                .filter(|&(seq, _)| seq > self.last_seq)
-                .collect();
+            let chunk = Chunk::decode(record.first_seq, &record.body)?;
+            let mut rows: Vec<(u64, &[u8])> = Vec::new();
+            for row in chunk.records() {
+                let (seq, json) = row?;
+                if seq > self.last_seq {
+                    rows.push((seq, json));
+                }
+            }
             if rows
                 .first()
                 .is_some_and(|&(seq, _)| seq != self.last_seq + 1)
@@ -383,7 +387,7 @@ impl EventLog {
                     ),
                 });
             }
-            let stored_at = UNIX_EPOCH + std::time::Duration::from_nanos(record.stored_at);
+            let stored_at = UNIX_EPOCH + std::time::Duration::from_nanos(chunk.stored_at);
             self.append(&rows, stored_at)?;
         }
         if self.last_seq > last_before {
@@ -590,30 +594,50 @@ impl EventLog {
             rest = rest.get(taken..).unwrap_or_default();
             records_left = records_left.saturating_sub(value.len() - STORED_AT_LEN);
             added_bytes = added_bytes.saturating_add(value.len() as u64);
-            chunks.push((first.to_be_bytes(), value));
+            chunks.push((first, taken, value));
         }
-        // Chunks first, then the mark, each atomic, in one writer's order: sled recovers a
-        // prefix of its log, so a crash leaves at worst chunks above the mark, which `open`
-        // takes up; never a mark above the chunks. A cross-tree transaction cost twice as much,
-        // and a batch makes sled write out its buffer twice (before and after), so one chunk,
-        // the usual append of a small publish, is a plain insert.
-        if let [(key, value)] = chunks.as_mut_slice() {
-            self.events.insert(*key, std::mem::take(value))?;
-        } else {
-            let mut batch = Batch::default();
-            for (key, value) in chunks {
-                batch.insert(&key, value);
-            }
-            self.events.apply_batch(batch)?;
-        }
-        self.meta.insert(LAST_SEQ_KEY, &new_last.to_be_bytes())?;
+        // The journal takes the chunks as they are stored, and gives them back if sled refused.
+        let staged = self.journal.as_ref().map(Journal::staged);
         if let Some(journal) = &mut self.journal {
-            journal.stage(events[0].0, u64::from_be_bytes(stored_at), events);
+            for (first, taken, value) in &chunks {
+                journal.stage(*first, *taken, value);
+            }
+        }
+        if let Err(error) = self.store_chunks(chunks, new_last) {
+            if let (Some(journal), Some(mark)) = (&mut self.journal, staged) {
+                journal.unstage(mark);
+            }
+            return Err(error);
         }
         self.last_seq = new_last;
         self.stored_last = new_last;
         self.count = self.count.saturating_add(events.len() as u64);
         self.bytes = self.bytes.saturating_add(added_bytes);
+        Ok(())
+    }
+
+    /// Stores an append's chunks (first `Seq`, events, value), then the mark of its last `Seq`.
+    fn store_chunks(
+        &self,
+        mut chunks: Vec<(u64, usize, Vec<u8>)>,
+        new_last: u64,
+    ) -> Result<(), StoreError> {
+        // Chunks first, then the mark, each atomic, in one writer's order: sled recovers a
+        // prefix of its log, so a crash leaves at worst chunks above the mark, which `open`
+        // takes up; never a mark above the chunks. A cross-tree transaction cost twice as much,
+        // and a batch makes sled write out its buffer twice (before and after), so one chunk,
+        // the usual append of a small publish, is a plain insert.
+        if let [(first, _, value)] = chunks.as_mut_slice() {
+            self.events
+                .insert(first.to_be_bytes(), std::mem::take(value))?;
+        } else {
+            let mut batch = Batch::default();
+            for (first, _, value) in chunks {
+                batch.insert(&first.to_be_bytes(), value);
+            }
+            self.events.apply_batch(batch)?;
+        }
+        self.meta.insert(LAST_SEQ_KEY, &new_last.to_be_bytes())?;
         Ok(())
     }
 
@@ -1383,9 +1407,12 @@ mod tests {
     /// before sled wrote them out.
     fn journal_only(dir: &Path, epoch: &str, seqs: std::ops::RangeInclusive<u64>) {
         let (mut journal, _) = Journal::open(dir, epoch).unwrap();
-        let bodies: Vec<(u64, Vec<u8>)> = seqs.map(|seq| (seq, json(seq))).collect();
-        let refs: Vec<(u64, &[u8])> = bodies.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        journal.stage(refs[0].0, unix_nanos(SystemTime::now()), &refs);
+        let first = *seqs.start();
+        let mut value = unix_nanos(SystemTime::now()).to_be_bytes().to_vec();
+        for seq in seqs.clone() {
+            push_record(&mut value, &json(seq));
+        }
+        journal.stage(first, seqs.count(), &value);
         assert!(journal.commit().unwrap());
     }
 
